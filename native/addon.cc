@@ -1,0 +1,9 @@
+#include "addon.h"
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("Inotify", InitInotify(env));
+  exports.Set("scanDir", Napi::Function::New(env, ScanDir, "scanDir"));
+  return exports;
+}
+
+NODE_API_MODULE(phoenix_native, Init)

@@ -1,0 +1,17 @@
+#pragma once
+#include <napi.h>
+
+#include <cerrno>
+#include <cstring>
+#include <string>
+
+Napi::Function InitInotify(Napi::Env env);
+Napi::Value ScanDir(const Napi::CallbackInfo& info);
+
+// Throws an Error carrying `errno` (negative, as Node does) and a message with strerror.
+inline void ThrowErrno(Napi::Env env, int err, const char* syscall) {
+  Napi::Error e = Napi::Error::New(env, std::string(syscall) + ": " + std::strerror(err));
+  e.Set("errno", Napi::Number::New(env, -err));
+  e.Set("syscall", Napi::String::New(env, syscall));
+  e.ThrowAsJavaScriptException();
+}

@@ -1,0 +1,35 @@
+import { createRequire } from 'node:module';
+import { PhoenixError } from './errors.js';
+
+/** The raw native binding (native/*.cc). Only src/watcher/inotify.ts and src/scanner/ use it. */
+export interface NativeInotify {
+  addWatch(path: Buffer, mask: number): number;
+  rmWatch(wd: number): number;
+  pause(): void;
+  resume(): void;
+  stats(): { events: number; batches: number; overflows: number; reads: number; pendingBytes: number };
+  close(): void;
+}
+
+export interface NativeBinding {
+  Inotify: new (onBatch: (events: Buffer, negErrno: number) => void) => NativeInotify;
+  scanDir(path: Buffer): Promise<Buffer>;
+}
+
+let binding: NativeBinding | undefined;
+
+export function native(): NativeBinding {
+  if (binding === undefined) {
+    const require = createRequire(import.meta.url);
+    try {
+      // dist/src/native.js → <package>/build/Release
+      binding = require('../../build/Release/phoenix_native.node') as NativeBinding;
+    } catch (cause) {
+      throw new PhoenixError('PHX_NATIVE', 'the native inotify addon is not built', {
+        hint: 'run `npm ci` (or `npm run install`) in the Phoenix directory; it needs make, g++ and python3',
+        cause,
+      });
+    }
+  }
+  return binding;
+}
