@@ -339,7 +339,7 @@ export class Watcher {
     const old = this.#tree.get(path);
     if (old === undefined) return this.#appeared(path, false);
     const e = lstatEntry(toFsPath(this.root, path));
-    if (e === undefined) return; // its IN_DELETE follows
+    if (e === undefined) return markStale(old); // deleted (IN_DELETE follows) or a parent moved on
     this.#tree.set(path, e);
     this.#emit({ type: 'modified', path, kind: e.kind, closed });
   }
@@ -348,7 +348,7 @@ export class Watcher {
     const old = this.#tree.get(path);
     if (old === undefined) return this.#appeared(path, false);
     const e = lstatEntry(toFsPath(this.root, path));
-    if (e === undefined) return;
+    if (e === undefined) return markStale(old);
     if (e.kind !== old.kind) return this.#appeared(path, e.kind === 'dir');
     this.#tree.set(path, e);
     this.#emit({ type: 'attributes', path, kind: e.kind });
@@ -384,10 +384,10 @@ export class Watcher {
     this.#emit({ type: 'moved', from, path: to, kind: known.kind });
     const now = lstatEntry(toFsPath(this.root, to));
     if (now !== undefined && now.kind === known.kind) this.#tree.set(to, now);
-    // Exclusions are path patterns: what is inside may be in or out under its new name.
-    if (known.kind === 'dir' && this.#opts.exclude !== undefined && this.#opts.exclude.length > 0) {
-      return this.#reconcile(to);
-    }
+    // Events queued before this move named paths under `from` that were already gone when
+    // they were handled (lstat found nothing), and exclusions are path patterns that may
+    // now match differently: reconcile the moved subtree so that nothing inside is missed.
+    if (known.kind === 'dir') return this.#reconcile(to);
   }
 
   // ---- watches and the known tree ------------------------------------------------------
@@ -526,6 +526,16 @@ export class Watcher {
     this.close();
     this.#opts.onFatal?.(err);
   }
+}
+
+/**
+ * A change was seen but its path could not be read any more (a parent directory moved on
+ * before the event was handled): make sure the next reconcile of wherever it now lives
+ * reports it as modified, instead of trusting stat fields that may not have moved.
+ */
+function markStale(e: Entry): void {
+  e.mtimeNs = -1n;
+  e.ctimeNs = -1n;
 }
 
 /** Reads /proc/sys/fs/inotify/NAME, or undefined. */
