@@ -30,6 +30,7 @@ export interface WatcherOptions extends FilterOptions {
 }
 
 export type WatcherState = 'starting' | 'watching' | 'degraded' | 'failed' | 'closed';
+type OwnState = Exclude<WatcherState, 'degraded'>;
 
 export interface WatcherStats extends InotifyStats {
   state: WatcherState;
@@ -69,7 +70,7 @@ export class Watcher {
   #held: { job: InotifyEvent; since: number } | undefined;
   #moveTimer: NodeJS.Timeout | undefined;
   #timers: NodeJS.Timeout[] = [];
-  #state: WatcherState = 'starting';
+  #state: OwnState = 'starting';
   #rescans = 0;
   #changes = 0;
   #last: Change | undefined;
@@ -90,7 +91,9 @@ export class Watcher {
     this.root = rawFromUtf8(real);
   }
 
+  /** `degraded` while some directories have no watch (the watch limit) and rely on rescans. */
   get state(): WatcherState {
+    if (this.#state === 'watching' && this.#unwatched.size > 0) return 'degraded';
     return this.#state;
   }
 
@@ -129,7 +132,7 @@ export class Watcher {
     } finally {
       this.#running = false;
     }
-    if (this.#state === 'starting') this.#state = this.#unwatched.size > 0 ? 'degraded' : 'watching';
+    if (this.#state === 'starting') this.#state = 'watching';
     this.#warnWatchLimit();
     const every = (ms: number | undefined, fn: () => void): void => {
       if (ms !== undefined && ms > 0) this.#timers.push(setInterval(fn, ms).unref());
@@ -159,7 +162,7 @@ export class Watcher {
     const base = this.#inotify?.stats() ?? { events: 0, batches: 0, overflows: 0, reads: 0, pendingBytes: 0 };
     return {
       ...base,
-      state: this.#state,
+      state: this.state,
       watches: this.#wdToPath.size,
       unwatched: this.#unwatched.size,
       rescans: this.#rescans,
@@ -410,7 +413,6 @@ export class Watcher {
     if (rc === 'ENOENT' || rc === 'ENOTDIR') return; // vanished or replaced: its parent's events say so
     this.#unwatched.add(rel);
     if (rc !== 'ENOSPC') this.#warn(rc, `cannot watch ${displayPath(rel) || '.'}: ${rc}; it is rescanned periodically instead`);
-    if (this.#state === 'watching') this.#state = 'degraded';
   }
 
   #forgetWatch(wd: number): void {
@@ -445,7 +447,6 @@ export class Watcher {
     this.#rescans++;
     this.#emit({ type: 'rescan', path: scope, kind: 'dir', reason });
     await this.#reconcile(scope);
-    if (this.#unwatched.size === 0 && this.#state === 'degraded') this.#state = 'watching';
   }
 
   /** Scans `scope`, emits what differs from the known tree, and makes the scan the known tree. */

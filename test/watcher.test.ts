@@ -1,0 +1,144 @@
+import assert from 'node:assert/strict';
+import { readFileSync, readdirSync, mkdirSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { changeToJson } from '../src/cli/format.js';
+import type { PhoenixError } from '../src/errors.js';
+import type { Change } from '../src/model/change.js';
+import { readLimit, Watcher, type WatcherOptions } from '../src/watcher/watcher.js';
+import { applyEvent, realTree, tempDir, treeDiff, type JsonEvent } from './helpers.js';
+
+/** A watcher in this process, with its changes kept and a way to wait for them. */
+async function watch(root: string, opts: Partial<WatcherOptions> = {}) {
+  const changes: Change[] = [];
+  const warnings: PhoenixError[] = [];
+  let wake: (() => void) | undefined;
+  const w = new Watcher(root, {
+    ...opts,
+    onChange: (c) => {
+      changes.push(c);
+      wake?.();
+    },
+    onWarning: (e) => warnings.push(e),
+  });
+  await w.start();
+  const initial = realTree(root);
+  const waitFor = async (pred: (c: Change) => boolean, from = 0): Promise<number> => {
+    const deadline = Date.now() + 60_000;
+    for (;;) {
+      const i = changes.findIndex((c, idx) => idx >= from && pred(c));
+      if (i >= 0) return i;
+      assert.ok(Date.now() < deadline, 'timed out waiting for a change');
+      await new Promise<void>((r) => {
+        wake = r;
+        setTimeout(r, 100);
+      });
+    }
+  };
+  let n = 0;
+  const sync = async (): Promise<void> => {
+    const name = `.sync-${++n}`;
+    const from = changes.length;
+    writeFileSync(join(root, name), '');
+    const i = await waitFor((c) => c.type === 'created' && c.path === name, from);
+    unlinkSync(join(root, name));
+    await waitFor((c) => c.type === 'removed' && c.path === name, i);
+  };
+  const rebuilt = (): Map<string, string> => {
+    const t = new Map<string, string>(initial);
+    for (const c of changes) applyEvent(t as never, changeToJson(c) as unknown as JsonEvent);
+    return t;
+  };
+  return { w, changes, warnings, waitFor, sync, rebuilt };
+}
+
+describe('Watcher', () => {
+  it('reports a real kernel queue overflow and reconciles by rescanning', async () => {
+    const dir = tempDir();
+    mkdirSync(join(dir.path, 'busy'));
+    mkdirSync(join(dir.path, 'moving/inner'), { recursive: true });
+    writeFileSync(join(dir.path, 'moving/inner/f'), 'f');
+    const t = await watch(dir.path);
+    const max = readLimit('max_queued_events') ?? 16384;
+    t.w.pauseReader();
+    for (let i = 0; i < max; i++) writeFileSync(join(dir.path, 'busy', `n${i}`), ''); // >= 2 events each
+    renameSync(join(dir.path, 'moving'), join(dir.path, 'moved'));
+    writeFileSync(join(dir.path, 'moved/inner/g'), 'g');
+    t.w.resumeReader();
+    await t.waitFor((c) => c.type === 'rescan' && c.reason === 'overflow');
+    await t.sync();
+    assert.ok(t.w.stats().overflows >= 1, 'the overflow is counted');
+    assert.deepEqual(treeDiff(t.rebuilt() as never, realTree(dir.path)), []);
+    // Watches follow the reconcile: a write into the moved directory is seen under its new name.
+    writeFileSync(join(dir.path, 'moved/inner/h'), 'h');
+    await t.waitFor((c) => c.type === 'created' && c.path === 'moved/inner/h');
+    t.w.close();
+    dir.cleanup();
+  });
+
+  it('the watch limit: a clear message, a degraded state, and periodic scans of what is not watched', async (ctx) => {
+    const file = '/proc/sys/fs/inotify/max_user_watches';
+    const original = readFileSync(file, 'utf8').trim();
+    try {
+      writeFileSync(file, original);
+    } catch {
+      ctx.skip(`cannot write ${file} (needs root): the watch-limit test lowers it for a moment`);
+      return;
+    }
+    const dir = tempDir();
+    for (let i = 0; i < 30; i++) mkdirSync(join(dir.path, `d${i}`));
+    const used = countWatchesInUse();
+    writeFileSync(file, String(used + 10));
+    let t: Awaited<ReturnType<typeof watch>>;
+    try {
+      t = await watch(dir.path, { unwatchedScanMs: 200 });
+    } finally {
+      writeFileSync(file, original);
+    }
+    const warning = t.warnings.find((w) => w.code === 'PHX_WATCH_LIMIT');
+    assert.ok(warning, 'a PHX_WATCH_LIMIT warning');
+    assert.match(warning.message, /fs\.inotify\.max_user_watches is \d+ and this source needs 31 watches/);
+    assert.match(warning.hint ?? '', /sudo sysctl -w fs\.inotify\.max_user_watches=\d+/);
+    assert.equal(t.w.state, 'degraded');
+    assert.ok(t.w.unwatched.size > 0 && t.w.unwatched.size <= 30);
+    // A directory without a watch: its changes come from the periodic scan.
+    const blind = [...t.w.unwatched][0] as string;
+    writeFileSync(join(dir.path, blind, 'seen-by-scan'), 'x');
+    await t.waitFor((c) => c.type === 'created' && c.path === `${blind}/seen-by-scan`);
+    assert.ok(t.changes.some((c) => c.type === 'rescan' && c.reason === 'unwatched'));
+    // With the limit restored, the next periodic scan places the missing watches.
+    await t.waitFor(() => t.w.unwatched.size === 0);
+    assert.equal(t.w.state, 'watching');
+    t.w.close();
+    dir.cleanup();
+  });
+
+  it('a removed source is a clear error state, not a crash', async () => {
+    const dir = tempDir();
+    let fatal: PhoenixError | undefined;
+    const w = new Watcher(dir.path, { onChange: () => {}, onFatal: (e) => (fatal = e) });
+    await w.start();
+    dir.cleanup();
+    const deadline = Date.now() + 10_000;
+    while (fatal === undefined && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(fatal?.code, 'PHX_SOURCE_GONE');
+    assert.equal(w.state, 'failed');
+  });
+});
+
+/** inotify watches held by all processes now (per /proc/PID/fdinfo). */
+function countWatchesInUse(): number {
+  let n = 0;
+  for (const pid of readdirSync('/proc')) {
+    if (!/^\d+$/.test(pid)) continue;
+    try {
+      for (const fd of readdirSync(`/proc/${pid}/fdinfo`)) {
+        const info = readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8');
+        n += info.split('\n').filter((l) => l.startsWith('inotify wd:')).length;
+      }
+    } catch {
+      // processes come and go
+    }
+  }
+  return n;
+}
