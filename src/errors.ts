@@ -9,7 +9,18 @@ export type ErrorCode =
   | 'PHX_WATCH_LIMIT' // inotify_add_watch failed with ENOSPC
   | 'PHX_INSTANCE_LIMIT' // inotify_init1 failed with EMFILE
   | 'PHX_NATIVE' // the native addon is missing or failed
-  | 'PHX_IO'; // an unexpected file system error
+  | 'PHX_IO' // an unexpected file system error
+  | 'PHX_NOT_FOUND' // a backend object does not exist
+  | 'PHX_EXISTS' // a create-only put found the object already there
+  | 'PHX_BACKEND' // the storage failed (see BackendError.transient)
+  | 'PHX_BAD_URL' // a repository URL Phoenix cannot use
+  | 'PHX_REPO_NOT_INITIALISED' // no config object at the repository URL
+  | 'PHX_REPO_EXISTS' // init on a repository that already has a config
+  | 'PHX_WRONG_PASSWORD' // the password does not open any key of the repository
+  | 'PHX_NO_PASSWORD' // encryption needs a password and none was given
+  | 'PHX_CORRUPT' // an object failed authentication or its checksum, or does not parse
+  | 'PHX_LOCKED' // another writer holds the source's lease
+  | 'PHX_NOT_IN_REPO'; // a path or source is not in the repository
 
 export class PhoenixError extends Error {
   readonly code: ErrorCode;

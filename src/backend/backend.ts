@@ -1,0 +1,100 @@
+import { PhoenixError } from '../errors.js';
+
+/**
+ * The storage interface every backend implements (memory, local directory, S3, and the
+ * wrappers). Keys are '/'-separated strings without a leading '/'; generic code relies on
+ * the contract stated on each method, and the conformance suite (test/backend-suite.ts)
+ * checks it for every backend.
+ */
+export interface Backend {
+  /** Where the objects live, for messages (`/mnt/backup`, `s3://bucket/prefix`). */
+  readonly location: string;
+  readonly capabilities: BackendCapabilities;
+  /**
+   * Stores `data` under `key`, atomically: a reader sees the whole object or none. With
+   * `createOnly`, fails with `PHX_EXISTS` when the key exists — but only backends whose
+   * capabilities say `createOnly` guarantee that.
+   */
+  put(key: string, data: Uint8Array, opts?: { createOnly?: boolean }): Promise<void>;
+  /**
+   * The whole object, or `length` bytes from `offset`. A missing key fails with
+   * `PHX_NOT_FOUND`; a range past the end fails with a permanent error, never a short read.
+   */
+  get(key: string, range?: ByteRange): Promise<Buffer>;
+  /** The object's size; `PHX_NOT_FOUND` when missing. */
+  stat(key: string): Promise<ObjectInfo>;
+  /** Every object whose key starts with `prefix`, paginated underneath, in no set order. */
+  list(prefix: string): AsyncIterable<ObjectInfo>;
+  /** Removes `key`; removing a missing key succeeds. */
+  delete(key: string): Promise<void>;
+  close(): Promise<void>;
+}
+
+export interface BackendCapabilities {
+  /** `put(…, {createOnly: true})` is enforced atomically by the storage. */
+  createOnly: boolean;
+}
+
+export interface ByteRange {
+  offset: number;
+  length: number;
+}
+
+export interface ObjectInfo {
+  key: string;
+  size: number;
+}
+
+/** A storage failure. `transient` ones (network, 5xx, throttling) are worth retrying. */
+export class BackendError extends PhoenixError {
+  readonly transient: boolean;
+  readonly key: string | undefined;
+
+  constructor(
+    code: 'PHX_NOT_FOUND' | 'PHX_EXISTS' | 'PHX_BACKEND',
+    message: string,
+    opts: { transient?: boolean; key?: string; hint?: string; cause?: unknown } = {},
+  ) {
+    super(code, message, opts);
+    this.name = 'BackendError';
+    this.transient = opts.transient ?? false;
+    this.key = opts.key;
+  }
+}
+
+export const notFound = (location: string, key: string): BackendError =>
+  new BackendError('PHX_NOT_FOUND', `${location}: object ${key} does not exist`, { key });
+
+export const exists = (location: string, key: string): BackendError =>
+  new BackendError('PHX_EXISTS', `${location}: object ${key} already exists`, { key });
+
+export const pastEnd = (location: string, key: string, range: ByteRange, size: number): BackendError =>
+  new BackendError(
+    'PHX_BACKEND',
+    `${location}: read of ${range.length} bytes at ${range.offset} is past the end of ${key} (${size} bytes)`,
+    { key },
+  );
+
+export function isNotFound(err: unknown): boolean {
+  return err instanceof PhoenixError && err.code === 'PHX_NOT_FOUND';
+}
+
+export function isTransient(err: unknown): boolean {
+  return err instanceof BackendError && err.transient;
+}
+
+/** Checks a range against an object's size (shared by backends that read whole objects). */
+export function checkRange(location: string, key: string, size: number, range: ByteRange | undefined): void {
+  if (range === undefined) return;
+  if (!Number.isSafeInteger(range.offset) || !Number.isSafeInteger(range.length) || range.offset < 0 || range.length < 0) {
+    throw new BackendError('PHX_BACKEND', `${location}: invalid range ${JSON.stringify(range)} for ${key}`, { key });
+  }
+  if (range.offset + range.length > size) throw pastEnd(location, key, range, size);
+}
+
+/** Collects a listing (for callers that need it whole). */
+export async function listAll(b: Backend, prefix: string): Promise<ObjectInfo[]> {
+  const out: ObjectInfo[] = [];
+  for await (const o of b.list(prefix)) out.push(o);
+  return out;
+}

@@ -1,0 +1,166 @@
+import { randomBytes } from 'node:crypto';
+import { constants, promises as fs } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { errnoCode } from '../errors.js';
+import { BackendError, checkRange, exists, notFound, type Backend, type ByteRange, type ObjectInfo } from './backend.js';
+
+const TMP = '.tmp-';
+
+/**
+ * Objects as files under a directory (an external disk, a NAS mount). A put writes a
+ * temporary file, fsyncs it, renames (or links, for create-only) it into place and fsyncs
+ * the directory, so a crash leaves the old object, the new one, or a stray `.tmp-` file —
+ * never a torn object.
+ */
+export class LocalBackend implements Backend {
+  readonly location: string;
+  readonly capabilities = { createOnly: true };
+  readonly #root: string;
+
+  constructor(root: string) {
+    this.#root = root;
+    this.location = root;
+  }
+
+  #path(key: string): string {
+    if (key === '' || key.startsWith('/') || key.split('/').some((s) => s === '' || s === '.' || s === '..' || s.startsWith(TMP))) {
+      throw new BackendError('PHX_BACKEND', `${this.location}: invalid object key ${JSON.stringify(key)}`, { key });
+    }
+    return join(this.#root, key);
+  }
+
+  async put(key: string, data: Uint8Array, opts: { createOnly?: boolean } = {}): Promise<void> {
+    const path = this.#path(key);
+    const dir = dirname(path);
+    const tmp = join(dir, `${TMP}${randomBytes(8).toString('hex')}`);
+    try {
+      await fs.mkdir(dir, { recursive: true });
+      const fh = await fs.open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
+      try {
+        await fh.writeFile(data);
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      if (opts.createOnly) {
+        try {
+          await fs.link(tmp, path); // fails atomically with EEXIST
+        } finally {
+          await fs.unlink(tmp).catch(() => {});
+        }
+      } else {
+        await fs.rename(tmp, path);
+      }
+      await syncDir(dir);
+    } catch (err) {
+      await fs.unlink(tmp).catch(() => {});
+      if (errnoCode(err) === 'EEXIST') throw exists(this.location, key);
+      throw this.#error(err, key, 'write');
+    }
+  }
+
+  async get(key: string, range?: ByteRange): Promise<Buffer> {
+    const path = this.#path(key);
+    let fh;
+    try {
+      fh = await fs.open(path, 'r');
+    } catch (err) {
+      throw this.#error(err, key, 'read');
+    }
+    try {
+      const { size } = await fh.stat();
+      checkRange(this.location, key, size, range);
+      const offset = range?.offset ?? 0;
+      const length = range?.length ?? size;
+      const buf = Buffer.allocUnsafe(length);
+      let done = 0;
+      while (done < length) {
+        const { bytesRead } = await fh.read(buf, done, length - done, offset + done);
+        if (bytesRead === 0) throw new BackendError('PHX_BACKEND', `${this.location}: ${key} shrank while being read`, { key, transient: true });
+        done += bytesRead;
+      }
+      return buf;
+    } catch (err) {
+      throw err instanceof BackendError ? err : this.#error(err, key, 'read');
+    } finally {
+      await fh.close();
+    }
+  }
+
+  async stat(key: string): Promise<ObjectInfo> {
+    try {
+      const st = await fs.stat(this.#path(key));
+      return { key, size: st.size };
+    } catch (err) {
+      throw err instanceof BackendError ? err : this.#error(err, key, 'stat');
+    }
+  }
+
+  async *list(prefix: string): AsyncIterable<ObjectInfo> {
+    // Walk only the directory the prefix names; filter the rest by string.
+    const slash = prefix.lastIndexOf('/');
+    const base = slash < 0 ? '' : prefix.slice(0, slash);
+    const stack = [base];
+    while (stack.length > 0) {
+      const rel = stack.pop() as string;
+      let entries;
+      try {
+        entries = await fs.readdir(join(this.#root, rel), { withFileTypes: true });
+      } catch (err) {
+        if (errnoCode(err) === 'ENOENT' || errnoCode(err) === 'ENOTDIR') continue;
+        throw this.#error(err, rel, 'list');
+      }
+      for (const e of entries) {
+        if (e.name.startsWith(TMP)) continue;
+        const key = rel === '' ? e.name : `${rel}/${e.name}`;
+        if (e.isDirectory()) {
+          if (prefix.startsWith(`${key}/`) || key.startsWith(prefix)) stack.push(key);
+        } else if (e.isFile() && key.startsWith(prefix)) {
+          const st = await fs.stat(join(this.#root, key)).catch(() => undefined);
+          if (st !== undefined) yield { key, size: st.size };
+        }
+      }
+    }
+  }
+
+  async delete(key: string): Promise<void> {
+    try {
+      await fs.unlink(this.#path(key));
+    } catch (err) {
+      if (errnoCode(err) !== 'ENOENT') throw this.#error(err, key, 'delete');
+    }
+  }
+
+  async close(): Promise<void> {}
+
+  #error(err: unknown, key: string, op: string): BackendError {
+    const code = errnoCode(err);
+    if (code === 'ENOENT') return notFound(this.location, key);
+    if (code === 'ENOSPC') {
+      return new BackendError('PHX_BACKEND', `${this.location}: the disk is full (${op} ${key})`, {
+        key,
+        hint: 'free space on the repository disk; nothing was lost, the change is retried',
+        cause: err,
+      });
+    }
+    if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS') {
+      return new BackendError('PHX_BACKEND', `${this.location}: permission denied (${op} ${key})`, {
+        key,
+        hint: 'check that the repository directory is writable by this user',
+        cause: err,
+      });
+    }
+    // EIO, ETIMEDOUT, ESTALE (NFS) and the like may pass.
+    const transient = code === 'EIO' || code === 'ETIMEDOUT' || code === 'ESTALE' || code === 'EAGAIN' || code === 'EBUSY';
+    return new BackendError('PHX_BACKEND', `${this.location}: ${op} ${key} failed: ${(err as Error).message}`, { key, transient, cause: err });
+  }
+}
+
+async function syncDir(dir: string): Promise<void> {
+  const fh = await fs.open(dir, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}

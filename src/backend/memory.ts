@@ -1,0 +1,36 @@
+import { checkRange, exists, notFound, type Backend, type ByteRange, type ObjectInfo } from './backend.js';
+
+/** Objects in a Map: for fast tests of everything above the storage. */
+export class MemoryBackend implements Backend {
+  readonly location = 'memory:';
+  readonly capabilities = { createOnly: true };
+  readonly #objects = new Map<string, Buffer>();
+
+  async put(key: string, data: Uint8Array, opts: { createOnly?: boolean } = {}): Promise<void> {
+    if (opts.createOnly && this.#objects.has(key)) throw exists(this.location, key);
+    this.#objects.set(key, Buffer.from(data)); // a copy: callers may reuse their buffer
+  }
+
+  async get(key: string, range?: ByteRange): Promise<Buffer> {
+    const obj = this.#objects.get(key);
+    if (obj === undefined) throw notFound(this.location, key);
+    checkRange(this.location, key, obj.length, range);
+    return Buffer.from(range === undefined ? obj : obj.subarray(range.offset, range.offset + range.length));
+  }
+
+  async stat(key: string): Promise<ObjectInfo> {
+    const obj = this.#objects.get(key);
+    if (obj === undefined) throw notFound(this.location, key);
+    return { key, size: obj.length };
+  }
+
+  async *list(prefix: string): AsyncIterable<ObjectInfo> {
+    for (const [key, obj] of [...this.#objects]) if (key.startsWith(prefix)) yield { key, size: obj.length };
+  }
+
+  async delete(key: string): Promise<void> {
+    this.#objects.delete(key);
+  }
+
+  async close(): Promise<void> {}
+}

@@ -1,0 +1,195 @@
+import {
+  AbortMultipartUploadCommand, CompleteMultipartUploadCommand, CreateMultipartUploadCommand, DeleteObjectCommand,
+  GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client, UploadPartCommand,
+  type S3ClientConfig,
+} from '@aws-sdk/client-s3';
+import { BackendError, checkRange, exists, notFound, pastEnd, type Backend, type ByteRange, type ObjectInfo } from './backend.js';
+
+export interface S3Options {
+  bucket: string;
+  /** Key prefix inside the bucket, without leading or trailing '/'. */
+  prefix: string;
+  /** Custom endpoint (MinIO, Ceph, Swift, R2, GCS …); AWS when absent. */
+  endpoint?: string;
+  region?: string;
+  pathStyle?: boolean;
+  /** Objects above this size are uploaded in parts. */
+  multipartThreshold?: number;
+  partSize?: number;
+}
+
+/**
+ * An S3-compatible object store through AWS SDK v3. Credentials come from the SDK's standard
+ * chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE, instance roles …); endpoint
+ * and region from the URL or AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL / AWS_REGION.
+ */
+export class S3Backend implements Backend {
+  readonly location: string;
+  // If-None-Match: * is sent for create-only puts, but not every S3-compatible server honours
+  // it, so Phoenix does not claim it (and does not rely on it for correctness).
+  readonly capabilities = { createOnly: false };
+  readonly #client: S3Client;
+  readonly #bucket: string;
+  readonly #prefix: string;
+  readonly #threshold: number;
+  readonly #partSize: number;
+
+  constructor(opts: S3Options) {
+    this.#bucket = opts.bucket;
+    this.#prefix = opts.prefix === '' ? '' : `${opts.prefix.replace(/^\/+|\/+$/g, '')}/`;
+    this.location = `s3://${opts.bucket}/${opts.prefix}`.replace(/\/$/, '');
+    this.#threshold = opts.multipartThreshold ?? 64 * 2 ** 20;
+    this.#partSize = Math.max(5 * 2 ** 20, opts.partSize ?? 16 * 2 ** 20);
+    const endpoint = opts.endpoint ?? process.env.AWS_ENDPOINT_URL_S3 ?? process.env.AWS_ENDPOINT_URL;
+    const config: S3ClientConfig = {
+      region: opts.region ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1',
+      forcePathStyle: opts.pathStyle ?? endpoint !== undefined,
+      maxAttempts: 1, // retries are the RetryBackend's job, with one policy for every backend
+      requestChecksumCalculation: 'WHEN_REQUIRED',
+      responseChecksumValidation: 'WHEN_REQUIRED',
+    };
+    if (endpoint !== undefined) config.endpoint = endpoint;
+    this.#client = new S3Client(config);
+  }
+
+  async put(key: string, data: Uint8Array, opts: { createOnly?: boolean } = {}): Promise<void> {
+    const Key = this.#prefix + key;
+    try {
+      if (data.length <= this.#threshold) {
+        await this.#client.send(
+          new PutObjectCommand({ Bucket: this.#bucket, Key, Body: data, ...(opts.createOnly ? { IfNoneMatch: '*' } : {}) }),
+        );
+        return;
+      }
+      await this.#multipart(Key, data);
+    } catch (err) {
+      if (statusOf(err) === 412) throw exists(this.location, key);
+      throw this.#error(err, key, 'put');
+    }
+  }
+
+  async #multipart(Key: string, data: Uint8Array): Promise<void> {
+    const { UploadId } = await this.#client.send(new CreateMultipartUploadCommand({ Bucket: this.#bucket, Key }));
+    try {
+      const parts: Array<{ ETag: string | undefined; PartNumber: number }> = [];
+      for (let off = 0, n = 1; off < data.length; off += this.#partSize, n++) {
+        const Body = data.subarray(off, Math.min(data.length, off + this.#partSize));
+        const r = await this.#client.send(new UploadPartCommand({ Bucket: this.#bucket, Key, UploadId, PartNumber: n, Body }));
+        parts.push({ ETag: r.ETag, PartNumber: n });
+      }
+      await this.#client.send(
+        new CompleteMultipartUploadCommand({ Bucket: this.#bucket, Key, UploadId, MultipartUpload: { Parts: parts } }),
+      );
+    } catch (err) {
+      await this.#client.send(new AbortMultipartUploadCommand({ Bucket: this.#bucket, Key, UploadId })).catch(() => {});
+      throw err;
+    }
+  }
+
+  async get(key: string, range?: ByteRange): Promise<Buffer> {
+    if (range !== undefined && range.length === 0) {
+      // HTTP cannot ask for zero bytes: check the bounds against the size instead.
+      const { size } = await this.stat(key);
+      checkRange(this.location, key, size, range);
+      return Buffer.alloc(0);
+    }
+    if (range !== undefined) checkRange(this.location, key, Number.MAX_SAFE_INTEGER, range);
+    try {
+      const r = await this.#client.send(
+        new GetObjectCommand({
+          Bucket: this.#bucket,
+          Key: this.#prefix + key,
+          ...(range ? { Range: `bytes=${range.offset}-${range.offset + range.length - 1}` } : {}),
+        }),
+      );
+      let body = Buffer.from((await r.Body?.transformToByteArray()) ?? new Uint8Array());
+      if (range !== undefined && body.length > range.length) {
+        // The server sent more than asked: the whole object (Range ignored), or a longer range
+        // (s3rver reads `bytes=0-0` as `bytes=0-`). Content-Range says where the body starts.
+        const start = r.ContentRange === undefined ? 0 : Number(/^bytes (\d+)-/.exec(r.ContentRange)?.[1] ?? NaN);
+        const from = range.offset - start;
+        if (!(from >= 0) || from + range.length > body.length) throw pastEnd(this.location, key, range, start + body.length);
+        body = body.subarray(from, from + range.length);
+      }
+      if (range !== undefined && body.length !== range.length) {
+        // A range that starts inside the object but ends past it comes back short.
+        throw pastEnd(this.location, key, range, range.offset + body.length);
+      }
+      return body;
+    } catch (err) {
+      if (err instanceof BackendError) throw err;
+      if (statusOf(err) === 416 && range !== undefined) {
+        const size = await this.stat(key).then((s) => s.size);
+        throw pastEnd(this.location, key, range, size);
+      }
+      throw this.#error(err, key, 'get');
+    }
+  }
+
+  async stat(key: string): Promise<ObjectInfo> {
+    try {
+      const r = await this.#client.send(new HeadObjectCommand({ Bucket: this.#bucket, Key: this.#prefix + key }));
+      return { key, size: r.ContentLength ?? 0 };
+    } catch (err) {
+      throw this.#error(err, key, 'stat');
+    }
+  }
+
+  async *list(prefix: string): AsyncIterable<ObjectInfo> {
+    let ContinuationToken: string | undefined;
+    do {
+      let r;
+      try {
+        r = await this.#client.send(
+          new ListObjectsV2Command({ Bucket: this.#bucket, Prefix: this.#prefix + prefix, ContinuationToken }),
+        );
+      } catch (err) {
+        throw this.#error(err, prefix, 'list');
+      }
+      for (const o of r.Contents ?? []) {
+        if (o.Key !== undefined) yield { key: o.Key.slice(this.#prefix.length), size: o.Size ?? 0 };
+      }
+      ContinuationToken = r.IsTruncated ? r.NextContinuationToken : undefined;
+    } while (ContinuationToken !== undefined);
+  }
+
+  async delete(key: string): Promise<void> {
+    try {
+      await this.#client.send(new DeleteObjectCommand({ Bucket: this.#bucket, Key: this.#prefix + key }));
+    } catch (err) {
+      if (statusOf(err) !== 404) throw this.#error(err, key, 'delete');
+    }
+  }
+
+  async close(): Promise<void> {
+    this.#client.destroy();
+  }
+
+  #error(err: unknown, key: string, op: string): BackendError {
+    const status = statusOf(err);
+    const name = (err as { name?: string }).name ?? '';
+    if (status === 404 && name === 'NoSuchBucket') {
+      return new BackendError('PHX_BACKEND', `${this.location}: bucket ${this.#bucket} does not exist`, {
+        key,
+        hint: 'create the bucket first, or check the bucket name and the endpoint',
+        cause: err,
+      });
+    }
+    if (status === 404 || name === 'NoSuchKey' || name === 'NotFound') return notFound(this.location, key);
+    if (status === 401 || status === 403) {
+      return new BackendError('PHX_BACKEND', `${this.location}: the store refused the credentials (${op} ${key}: HTTP ${status} ${name})`, {
+        key,
+        hint: 'check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and the bucket policy',
+        cause: err,
+      });
+    }
+    // No HTTP status: the request never got an answer (refused, reset, timed out).
+    const transient = status === undefined || status >= 500 || status === 429 || status === 408;
+    const what = status === undefined ? (err as Error).message : `HTTP ${status} ${name}`;
+    return new BackendError('PHX_BACKEND', `${this.location}: ${op} ${key} failed: ${what}`, { key, transient, cause: err });
+  }
+}
+
+function statusOf(err: unknown): number | undefined {
+  return (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
+}
