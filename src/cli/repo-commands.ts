@@ -1,0 +1,241 @@
+import { resolve } from 'node:path';
+import { backup } from '../archiver/backup.js';
+import { isNotFound, listAll } from '../backend/backend.js';
+import { openBackend } from '../backend/open.js';
+import { PhoenixError } from '../errors.js';
+import { displayPath, isWithin, rawFromUtf8, rawToBuffer, utf8Of, type RawPath } from '../model/path.js';
+import { corrupt } from '../repo/crypto.js';
+import { packKey, type FileRecord } from '../repo/format.js';
+import { openBlob, parseHeader, type PackEntry } from '../repo/pack.js';
+import { checkContiguous, Repository, type CommitInfo } from '../repo/repository.js';
+import { restore } from '../restore/restore.js';
+import { openRepo, openState, parseTime, password, pickSource, print, repoUrl, type RepoFlags } from './common.js';
+
+const iso = (ms: number): string => new Date(ms).toISOString();
+const mib = (n: number): string => `${(n / 2 ** 20).toFixed(1)} MiB`;
+
+export async function initCommand(flags: RepoFlags & { insecureNoEncryption?: boolean }): Promise<void> {
+  const backend = openBackend(repoUrl(flags));
+  const pw = flags.insecureNoEncryption ? undefined : await password(flags, true);
+  const repo = await Repository.init(backend, { ...(pw !== undefined ? { password: pw } : {}), insecureNoEncryption: flags.insecureNoEncryption ?? false });
+  print(flags, { id: repo.config.id, location: backend.location, encryption: repo.config.encryption }, `created repository ${repo.config.id} at ${backend.location} (encryption: ${repo.config.encryption})`);
+  await backend.close();
+}
+
+export async function backupCommand(source: string, flags: RepoFlags & { exclude: string[]; oneFileSystem?: boolean }): Promise<number> {
+  const repo = await openRepo(flags);
+  const db = openState(flags, repo);
+  const dir = resolve(source);
+  const name = flags.source ?? dir;
+  const start = performance.now();
+  try {
+    const r = await backup(repo, db, dir, name, {
+      exclude: flags.exclude,
+      oneFileSystem: flags.oneFileSystem ?? false,
+      onProblem: (p, m) => process.stderr.write(`phoenix: warning: ${displayPath(p)}: ${m}\n`),
+    });
+    const secs = (performance.now() - start) / 1000;
+    const s = r.stats;
+    const json = { source: name, seq: r.commit?.seq ?? null, time: r.commit ? iso(r.commit.timeMs) : null, ...s, problems: r.problems, seconds: secs };
+    const text = r.commit
+      ? `commit ${r.commit.seq} of ${JSON.stringify(name)}: ${s.files} files, ${s.dirs} dirs changed, ${s.deleted} deleted, ${mib(s.bytesUploaded)} uploaded in ${secs.toFixed(2)} s`
+      : `no changes in ${JSON.stringify(name)} since the last commit (${secs.toFixed(2)} s)`;
+    print(flags, json, text);
+    return r.problems > 0 ? 1 : 0;
+  } finally {
+    db.close();
+    await repo.backend.close();
+  }
+}
+
+export async function logCommand(flags: RepoFlags): Promise<void> {
+  const repo = await openRepo(flags);
+  const source = await pickSource(repo, flags);
+  for (const info of await repo.commitList(source)) {
+    const c = await repo.readCommit(info);
+    const puts = c.changes.filter((x) => x.op === 'put').length;
+    const dels = c.changes.filter((x) => x.op === 'delete').length;
+    const moves = c.changes.filter((x) => x.op === 'move').length;
+    print(
+      flags,
+      { seq: c.seq, time: iso(c.timeMs), puts, deletes: dels, moves, packs: c.packs.length, bytesUploaded: c.stats.bytesUploaded, bytesTotal: c.stats.bytesTotal },
+      `${String(c.seq).padStart(6)}  ${iso(c.timeMs)}  ${puts} put, ${dels} deleted, ${moves} moved, ${mib(c.stats.bytesUploaded)} uploaded`,
+    );
+  }
+  await repo.backend.close();
+}
+
+/** The seq current at `atMs` (the last commit at or before it), or undefined when there was none yet. */
+function seqAt(commits: CommitInfo[], atMs: number | undefined): number | undefined {
+  if (atMs === undefined) return commits.at(-1)?.seq;
+  let seq: number | undefined;
+  for (const c of commits) if (c.timeMs <= atMs) seq = c.seq;
+  return seq;
+}
+
+async function stateAt(repo: Repository, source: string, at: string | undefined) {
+  const commits = await repo.commitList(source);
+  const atMs = at === undefined ? undefined : parseTime(at);
+  const seq = seqAt(commits, atMs);
+  if (seq === undefined) {
+    throw new PhoenixError('PHX_NOT_IN_REPO', `there is no commit of ${JSON.stringify(source)} at or before ${iso(atMs ?? 0)}`, {
+      hint: commits.length > 0 ? `the first is from ${iso((commits[0] as CommitInfo).timeMs)}` : 'back something up first',
+    });
+  }
+  return repo.loadState(source, seq);
+}
+
+function jsonPath(r: FileRecord): Record<string, unknown> {
+  const s = utf8Of(r.path);
+  const o: Record<string, unknown> = { path: s ?? displayPath(r.path) };
+  if (s === undefined) o.pathBase64 = rawToBuffer(r.path).toString('base64');
+  return o;
+}
+
+export async function lsCommand(path: string | undefined, flags: RepoFlags & { at?: string }): Promise<void> {
+  const repo = await openRepo(flags);
+  const source = await pickSource(repo, flags);
+  const { state, seq } = await stateAt(repo, source, flags.at);
+  const under = path === undefined ? '' : rawFromUtf8(path.replace(/^\/+|\/+$/g, ''));
+  const rows = [...state.values()].filter((r) => isWithin(r.path, under)).sort((a, b) => (a.path < b.path ? -1 : 1));
+  if (under !== '' && rows.length === 0) throw new PhoenixError('PHX_NOT_IN_REPO', `${path} is not in commit ${seq}`);
+  for (const r of rows) {
+    print(
+      flags,
+      { ...jsonPath(r), type: r.type, size: r.size, mode: r.mode, mtime: iso(Number(r.mtimeNs / 1_000_000n)), ...(r.target !== undefined ? { target: displayPath(r.target) } : {}) },
+      `${r.type.padEnd(7)} ${(r.mode & 0o7777).toString(8).padStart(4, '0')} ${String(r.size).padStart(12)} ${iso(Number(r.mtimeNs / 1_000_000n))}  ${displayPath(r.path)}${r.target !== undefined ? ` -> ${displayPath(r.target)}` : ''}`,
+    );
+  }
+  await repo.backend.close();
+}
+
+export async function versionsCommand(path: string, flags: RepoFlags): Promise<void> {
+  const repo = await openRepo(flags);
+  const source = await pickSource(repo, flags);
+  let p: RawPath = rawFromUtf8(path.replace(/^\/+|\/+$/g, ''));
+  // Walk the journal backwards would need the state; forwards, following moves, is simple.
+  const events: Array<Record<string, unknown>> = [];
+  for (const info of await repo.commitList(source)) {
+    const c = await repo.readCommit(info);
+    for (const ch of c.changes) {
+      if (ch.op === 'put' && ch.path === p) events.push({ seq: c.seq, time: iso(c.timeMs), event: 'version', size: ch.size, type: ch.type, mtime: iso(Number(ch.mtimeNs / 1_000_000n)) });
+      else if (ch.op === 'delete' && isWithin(p, ch.path)) events.push({ seq: c.seq, time: iso(c.timeMs), event: 'deleted' });
+      else if (ch.op === 'move' && isWithin(p, ch.from)) {
+        const to = ch.path + p.slice(ch.from.length);
+        events.push({ seq: c.seq, time: iso(c.timeMs), event: 'moved', to: displayPath(to) });
+        p = to;
+      }
+    }
+  }
+  if (events.length === 0) throw new PhoenixError('PHX_NOT_IN_REPO', `${path} was never backed up in ${JSON.stringify(source)}`);
+  for (const e of events) {
+    const extra = e.event === 'version' ? `${String(e.size).padStart(12)} bytes  ${String(e.type)}` : e.event === 'moved' ? `moved to ${String(e.to)}` : 'deleted';
+    print(flags, e, `${String(e.seq).padStart(6)}  ${String(e.time)}  ${extra}`);
+  }
+  await repo.backend.close();
+}
+
+export async function restoreCommand(paths: string[], flags: RepoFlags & { target: string; at?: string }): Promise<number> {
+  const repo = await openRepo(flags);
+  const source = await pickSource(repo, flags);
+  const { state, seq } = await stateAt(repo, source, flags.at);
+  const tty = process.stderr.isTTY && !flags.json;
+  let lastDraw = 0;
+  let problems = 0;
+  const r = await restore(repo, state, flags.target, {
+    paths: paths.map((p) => rawFromUtf8(p.replace(/^\/+|\/+$/g, ''))),
+    onProgress: (p) => {
+      if (!tty || performance.now() - lastDraw < 100) return;
+      lastDraw = performance.now();
+      const pct = p.totalBytes > 0 ? Math.floor((100 * p.bytes) / p.totalBytes) : 100;
+      const bar = '#'.repeat(Math.floor(pct / 4)).padEnd(25, '.');
+      process.stderr.write(`\r[${bar}] ${pct}%  ${p.files} files  ${mib(p.bytes)} / ${mib(p.totalBytes)}`);
+    },
+    onProblem: (p, m) => {
+      problems++;
+      process.stderr.write(`phoenix: warning: ${displayPath(p)}: ${m}\n`);
+    },
+  });
+  if (tty) process.stderr.write('\n');
+  print(flags, { seq, ...r }, `restored commit ${seq} to ${flags.target}: ${r.files} files, ${r.dirs} dirs, ${r.symlinks} symlinks, ${mib(r.bytes)}`);
+  await repo.backend.close();
+  return problems > 0 ? 1 : 0;
+}
+
+/**
+ * Structure: every source's journal is contiguous and decodes, every checkpoint decodes,
+ * and every chunk a state refers to is listed in its pack's header at that place. With
+ * `readData`, every pack is read whole and every blob is decrypted and re-hashed.
+ */
+export async function checkCommand(flags: RepoFlags & { readData?: boolean }): Promise<number> {
+  const repo = await openRepo(flags);
+  const errors: string[] = [];
+  const headers = new Map<string, Map<string, PackEntry> | null>();
+  const header = async (pack: string): Promise<Map<string, PackEntry> | null> => {
+    if (headers.has(pack)) return headers.get(pack) ?? null;
+    let table: Map<string, PackEntry> | null = null;
+    try {
+      const { size } = await repo.backend.stat(packKey(pack));
+      const len = (await repo.backend.get(packKey(pack), { offset: size - 4, length: 4 })).readUInt32LE(0);
+      if (len + 4 > size) throw corrupt(`pack ${packKey(pack)}`, 'its header length is past its start');
+      const tail = await repo.backend.get(packKey(pack), { offset: size - 4 - len, length: len });
+      table = new Map(parseHeader(repo.keys, tail, `pack ${packKey(pack)}`).map((e) => [e.id, e]));
+    } catch (err) {
+      errors.push(isNotFound(err) ? `pack ${packKey(pack)} is missing` : (err as Error).message);
+    }
+    headers.set(pack, table);
+    return table;
+  };
+  let refs = 0;
+  for (const source of await repo.sources()) {
+    try {
+      const commits = await repo.commitList(source);
+      checkContiguous(source, commits);
+      for (const info of commits) await repo.readCommit(info);
+      const { state } = await repo.loadState(source);
+      for (const r of state.values()) {
+        for (const c of r.chunks) {
+          refs++;
+          const h = await header(c.pack);
+          const e = h?.get(c.id);
+          if (h !== null && (e === undefined || e.offset !== c.offset || e.length !== c.length)) {
+            errors.push(`${displayPath(r.path)} (${source}): chunk ${c.id.slice(0, 16)}… is not where its pack's header says`);
+          }
+        }
+      }
+    } catch (err) {
+      errors.push((err as Error).message);
+    }
+  }
+  let blobs = 0;
+  if (flags.readData) {
+    for (const o of await listAll(repo.backend, 'data/')) {
+      const pack = o.key.split('/').pop() as string;
+      const h = await header(pack);
+      if (h === null) continue;
+      const bytes = await repo.backend.get(o.key);
+      const { createHash } = await import('node:crypto');
+      if (createHash('sha256').update(bytes).digest('hex') !== pack) errors.push(`pack ${o.key} does not match its name (modified or damaged)`);
+      for (const e of h.values()) {
+        try {
+          const data = openBlob(repo.keys, bytes.subarray(e.offset, e.offset + e.length), `chunk ${e.id.slice(0, 16)}… in ${o.key}`);
+          if (repo.keys.id(data).toString('hex') !== e.id) errors.push(`chunk ${e.id.slice(0, 16)}… in ${o.key} does not match its id`);
+          blobs++;
+        } catch (err) {
+          errors.push((err as Error).message);
+        }
+      }
+    }
+  }
+  for (const e of errors) process.stderr.write(`phoenix: error: ${e}\n`);
+  print(
+    flags,
+    { ok: errors.length === 0, errors, packs: headers.size, chunkRefs: refs, blobsRead: blobs },
+    errors.length === 0
+      ? `no errors: ${headers.size} packs, ${refs} chunk references${flags.readData ? `, ${blobs} blobs read and verified` : ''}`
+      : `${errors.length} errors found`,
+  );
+  await repo.backend.close();
+  return errors.length === 0 ? 0 : 1;
+}
+

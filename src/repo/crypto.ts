@@ -1,0 +1,88 @@
+import { createCipheriv, createDecipheriv, createHash, createHmac, randomBytes, scrypt } from 'node:crypto';
+import { PhoenixError } from '../errors.js';
+
+export interface KdfParams {
+  alg: 'scrypt';
+  N: number;
+  r: number;
+  p: number;
+  salt: string; // base64
+}
+
+/**
+ * The keys of an open repository. `encKey` seals objects with AES-256-GCM; `macKey` keys the
+ * chunk ids (HMAC-SHA-256), so ids reveal nothing about content. Without encryption both are
+ * absent, bodies are stored as they are, and ids are plain SHA-256.
+ */
+export class Keys {
+  constructor(
+    readonly encKey: Buffer | undefined,
+    readonly macKey: Buffer | undefined,
+  ) {}
+
+  static none(): Keys {
+    return new Keys(undefined, undefined);
+  }
+
+  static fromMaster(master: Buffer): Keys {
+    return new Keys(master.subarray(0, 32), master.subarray(32, 64));
+  }
+
+  get encrypted(): boolean {
+    return this.encKey !== undefined;
+  }
+
+  /** The chunk id of `data`: HMAC-SHA-256 under the MAC key, or SHA-256. */
+  id(data: Uint8Array): Buffer {
+    return this.macKey ? createHmac('sha256', this.macKey).update(data).digest() : createHash('sha256').update(data).digest();
+  }
+
+  /** nonce (12) ‖ ciphertext ‖ tag (16); the plaintext itself when not encrypted. */
+  seal(plain: Uint8Array): Buffer {
+    if (!this.encKey) return Buffer.from(plain);
+    return seal(this.encKey, plain);
+  }
+
+  /** Opens a sealed body; `what` names it in the error when it fails authentication. */
+  open(sealed: Uint8Array, what: string): Buffer {
+    if (!this.encKey) return Buffer.from(sealed);
+    return open(this.encKey, sealed, what);
+  }
+}
+
+export function seal(key: Buffer, plain: Uint8Array): Buffer {
+  const nonce = randomBytes(12);
+  const c = createCipheriv('aes-256-gcm', key, nonce);
+  const body = Buffer.concat([nonce, c.update(plain), c.final(), c.getAuthTag()]);
+  return body;
+}
+
+export function open(key: Buffer, sealed: Uint8Array, what: string): Buffer {
+  if (sealed.length < 28) throw corrupt(what, 'too short to be an encrypted object');
+  const buf = Buffer.from(sealed.buffer, sealed.byteOffset, sealed.byteLength);
+  const d = createDecipheriv('aes-256-gcm', key, buf.subarray(0, 12));
+  d.setAuthTag(buf.subarray(buf.length - 16));
+  try {
+    return Buffer.concat([d.update(buf.subarray(12, buf.length - 16)), d.final()]);
+  } catch {
+    throw corrupt(what, 'it fails authentication (modified, truncated or damaged)');
+  }
+}
+
+export function corrupt(what: string, why: string): PhoenixError {
+  return new PhoenixError('PHX_CORRUPT', `${what} is corrupted: ${why}`, {
+    hint: 'run `phoenix check --read-data` to see the extent; restore from another copy of the repository if it is damaged',
+  });
+}
+
+export function deriveKey(password: string, kdf: KdfParams): Promise<Buffer> {
+  return new Promise((resolve, reject) =>
+    scrypt(password.normalize('NFC'), Buffer.from(kdf.salt, 'base64'), 32, { N: kdf.N, r: kdf.r, p: kdf.p, maxmem: 256 * kdf.N * kdf.r * 2 }, (err, key) =>
+      err ? reject(err) : resolve(key),
+    ),
+  );
+}
+
+export function newKdf(N = 2 ** 15): KdfParams {
+  return { alg: 'scrypt', N, r: 8, p: 1, salt: randomBytes(16).toString('base64') };
+}

@@ -1,0 +1,162 @@
+import type { Kind } from '../model/entry.js';
+import { rawFromBuffer, rawToBuffer, type RawPath } from '../model/path.js';
+
+/** Where a chunk lives: its id (hex), its pack (hex id), and the sealed blob's byte range. */
+export interface ChunkRef {
+  id: string;
+  pack: string;
+  offset: number;
+  length: number;
+}
+
+/** One entry of a source's tree as stored: everything restore needs. */
+export interface FileRecord {
+  path: RawPath;
+  type: Kind;
+  mode: number;
+  uid: number;
+  gid: number;
+  mtimeNs: bigint;
+  size: number;
+  target?: RawPath;
+  chunks: ChunkRef[];
+}
+
+export type JournalChange =
+  | ({ op: 'put' } & FileRecord)
+  | { op: 'delete'; path: RawPath }
+  | { op: 'move'; from: RawPath; path: RawPath };
+
+export interface CommitStats {
+  files: number;
+  dirs: number;
+  deleted: number;
+  /** Bytes of new sealed blobs uploaded in this commit's packs. */
+  bytesUploaded: number;
+  /** Bytes of file content the puts describe. */
+  bytesTotal: number;
+}
+
+export interface Commit {
+  source: string;
+  seq: number;
+  /** Milliseconds since the epoch. */
+  timeMs: number;
+  packs: string[];
+  changes: JournalChange[];
+  stats: CommitStats;
+}
+
+// ---- keys ----------------------------------------------------------------------------------
+
+export const CONFIG_KEY = 'config';
+export const packKey = (id: string): string => `data/${id.slice(0, 2)}/${id}`;
+export const sourceDir = (source: string): string => Buffer.from(source, 'utf8').toString('base64url');
+export const sourceFromDir = (dir: string): string => Buffer.from(dir, 'base64url').toString('utf8');
+const pad = (seq: number): string => String(seq).padStart(12, '0');
+/** The commit time is in the key, so a listing tells which commit was current at any instant. */
+export const commitKey = (source: string, seq: number, timeMs: number): string => `journal/${sourceDir(source)}/${pad(seq)}-${timeMs}`;
+export const checkpointKey = (source: string, seq: number): string => `checkpoint/${sourceDir(source)}/${pad(seq)}`;
+export const leaseKey = (source: string): string => `lease/${sourceDir(source)}`;
+
+export function parseCommitKey(name: string): { seq: number; timeMs: number } | undefined {
+  const m = /^(\d{12})-(\d+)$/.exec(name);
+  return m ? { seq: Number(m[1]), timeMs: Number(m[2]) } : undefined;
+}
+
+// ---- JSON encoding (paths and link targets as base64 bytes, times as decimal strings) ------
+
+type Json = Record<string, unknown>;
+const b64 = (p: RawPath): string => rawToBuffer(p).toString('base64');
+const unb64 = (s: unknown): RawPath => rawFromBuffer(Buffer.from(String(s), 'base64'));
+
+export function encodeRecord(r: FileRecord): Json {
+  const o: Json = { p: b64(r.path), t: r.type, m: r.mode, u: r.uid, g: r.gid, mt: r.mtimeNs.toString(), s: r.size };
+  if (r.target !== undefined) o.l = b64(r.target);
+  if (r.chunks.length > 0) o.c = r.chunks.map((c) => [c.id, c.pack, c.offset, c.length]);
+  return o;
+}
+
+export function decodeRecord(o: Json): FileRecord {
+  const r: FileRecord = {
+    path: unb64(o.p),
+    type: o.t as Kind,
+    mode: Number(o.m),
+    uid: Number(o.u),
+    gid: Number(o.g),
+    mtimeNs: BigInt(String(o.mt)),
+    size: Number(o.s),
+    chunks: ((o.c as unknown[][] | undefined) ?? []).map(([id, pack, offset, length]) => ({
+      id: String(id),
+      pack: String(pack),
+      offset: Number(offset),
+      length: Number(length),
+    })),
+  };
+  if (o.l !== undefined) r.target = unb64(o.l);
+  if (!['file', 'dir', 'symlink', 'other'].includes(r.type)) throw new Error(`bad entry type ${String(o.t)}`);
+  return r;
+}
+
+export function encodeChange(c: JournalChange): Json {
+  if (c.op === 'put') return { op: 'put', ...encodeRecord(c) };
+  if (c.op === 'delete') return { op: 'delete', p: b64(c.path) };
+  return { op: 'move', f: b64(c.from), p: b64(c.path) };
+}
+
+export function decodeChange(o: Json): JournalChange {
+  if (o.op === 'put') return { op: 'put', ...decodeRecord(o) };
+  if (o.op === 'delete') return { op: 'delete', path: unb64(o.p) };
+  if (o.op === 'move') return { op: 'move', from: unb64(o.f), path: unb64(o.p) };
+  throw new Error(`unknown journal op ${String(o.op)}`);
+}
+
+export function encodeCommit(c: Commit): Json {
+  return { v: 1, source: c.source, seq: c.seq, time: c.timeMs, packs: c.packs, stats: c.stats, changes: c.changes.map(encodeChange) };
+}
+
+export function decodeCommit(o: Json): Commit {
+  if (o.v !== 1) throw new Error(`unsupported commit version ${String(o.v)}`);
+  return {
+    source: String(o.source),
+    seq: Number(o.seq),
+    timeMs: Number(o.time),
+    packs: (o.packs as string[]).map(String),
+    stats: o.stats as CommitStats,
+    changes: (o.changes as Json[]).map(decodeChange),
+  };
+}
+
+// ---- applying changes to a tree state --------------------------------------------------------
+
+export type TreeState = Map<RawPath, FileRecord>;
+
+function dropSubtree(state: TreeState, path: RawPath): void {
+  const old = state.get(path);
+  state.delete(path);
+  if (old !== undefined && old.type !== 'dir') return;
+  const prefix = `${path}/`;
+  for (const k of state.keys()) if (k.startsWith(prefix)) state.delete(k);
+}
+
+/** Applies one journal change (README and docs/FORMAT.md give the semantics). */
+export function applyChange(state: TreeState, c: JournalChange): void {
+  if (c.op === 'put') {
+    const old = state.get(c.path);
+    if (old?.type === 'dir' && c.type !== 'dir') dropSubtree(state, c.path);
+    const { op: _op, ...rec } = c;
+    state.set(c.path, rec);
+  } else if (c.op === 'delete') {
+    dropSubtree(state, c.path);
+  } else {
+    if (c.from === c.path) return;
+    const prefix = `${c.from}/`;
+    const moving = [...state].filter(([k]) => k === c.from || k.startsWith(prefix));
+    dropSubtree(state, c.from);
+    dropSubtree(state, c.path);
+    for (const [k, r] of moving) {
+      const np = c.path + k.slice(c.from.length);
+      state.set(np, { ...r, path: np });
+    }
+  }
+}

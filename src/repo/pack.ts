@@ -1,0 +1,76 @@
+import { createHash } from 'node:crypto';
+import { deflateRawSync, inflateRawSync } from 'node:zlib';
+import { corrupt, type Keys } from './crypto.js';
+
+/**
+ * Packs hold many chunks in one object: sealed blobs back to back, then the sealed header
+ * (JSON: [[id, offset, length], …]), then the header's length as a 4-byte little-endian
+ * integer. A blob is the sealed form of one flag byte (0 stored, 1 deflate-raw) and the data.
+ * A pack's id is the SHA-256 of its bytes.
+ */
+export const PACK_TARGET = 16 * 2 ** 20;
+
+export interface PackEntry {
+  id: string;
+  offset: number;
+  length: number;
+}
+
+export function sealBlob(keys: Keys, data: Uint8Array): Buffer {
+  let body: Buffer = Buffer.concat([Buffer.from([0]), data]);
+  if (data.length >= 512) {
+    const z = deflateRawSync(data, { level: 1 });
+    // Keep compression only when it saves at least an eighth.
+    if (z.length < data.length - (data.length >> 3)) body = Buffer.concat([Buffer.from([1]), z]);
+  }
+  return keys.seal(body);
+}
+
+export function openBlob(keys: Keys, sealed: Uint8Array, what: string): Buffer {
+  const body = keys.open(sealed, what);
+  if (body.length < 1) throw corrupt(what, 'empty blob');
+  const flag = body[0];
+  if (flag === 0) return body.subarray(1);
+  if (flag === 1) {
+    try {
+      return inflateRawSync(body.subarray(1));
+    } catch {
+      throw corrupt(what, 'its compressed data does not inflate');
+    }
+  }
+  throw corrupt(what, `unknown blob flag ${String(flag)}`);
+}
+
+/** Collects blobs for one pack. */
+export class PackBuilder {
+  readonly #parts: Buffer[] = [];
+  readonly entries: PackEntry[] = [];
+  size = 0;
+
+  add(id: string, sealedBlob: Buffer): PackEntry {
+    const e = { id, offset: this.size, length: sealedBlob.length };
+    this.#parts.push(sealedBlob);
+    this.entries.push(e);
+    this.size += sealedBlob.length;
+    return e;
+  }
+
+  finish(keys: Keys): { id: string; bytes: Buffer } {
+    const header = keys.seal(Buffer.from(JSON.stringify(this.entries.map((e) => [e.id, e.offset, e.length]))));
+    const len = Buffer.alloc(4);
+    len.writeUInt32LE(header.length);
+    const bytes = Buffer.concat([...this.#parts, header, len]);
+    return { id: createHash('sha256').update(bytes).digest('hex'), bytes };
+  }
+}
+
+/** Parses a pack's header from its tail (the last 4 bytes and the header before them). */
+export function parseHeader(keys: Keys, tail: Buffer, what: string): PackEntry[] {
+  try {
+    const parsed = JSON.parse(keys.open(tail, `header of ${what}`).toString()) as Array<[string, number, number]>;
+    return parsed.map(([id, offset, length]) => ({ id, offset, length }));
+  } catch (err) {
+    if (err instanceof Error && 'code' in err && err.code === 'PHX_CORRUPT') throw err;
+    throw corrupt(`header of ${what}`, 'it does not parse');
+  }
+}

@@ -1,0 +1,337 @@
+import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
+import { deflateRawSync, inflateRawSync } from 'node:zlib';
+import { isNotFound, listAll, type Backend } from '../backend/backend.js';
+import { PhoenixError } from '../errors.js';
+import { DEFAULT_CHUNKER, type ChunkerParams } from './chunker.js';
+import { corrupt, deriveKey, Keys, newKdf, open, seal, type KdfParams } from './crypto.js';
+import {
+  applyChange, checkpointKey, commitKey, CONFIG_KEY, decodeCommit, decodeRecord, encodeCommit, encodeRecord, leaseKey,
+  packKey, parseCommitKey, sourceDir, sourceFromDir, type ChunkRef, type Commit, type TreeState,
+} from './format.js';
+import { openBlob, PACK_TARGET, PackBuilder, sealBlob } from './pack.js';
+
+/** The `config` object (JSON, not encrypted: it holds what is needed to open the rest). */
+export interface RepoConfig {
+  phoenix: 1;
+  id: string;
+  chunker: ChunkerParams;
+  encryption: 'aes-256-gcm' | 'none';
+  kdf?: KdfParams;
+  /** The 64-byte master key, sealed under the password's key (base64). */
+  masterKey?: string;
+}
+
+/** A commit as a listing shows it: no need to read the object to know its seq and time. */
+export interface CommitInfo {
+  key: string;
+  seq: number;
+  timeMs: number;
+}
+
+/** How often a checkpoint (the full state) is written: every this many commits. */
+export const CHECKPOINT_EVERY = 16;
+export const LEASE_TTL_MS = 5 * 60_000;
+
+export class Repository {
+  private constructor(
+    readonly backend: Backend,
+    readonly config: RepoConfig,
+    readonly keys: Keys,
+  ) {}
+
+  static async init(backend: Backend, opts: { password?: string; insecureNoEncryption?: boolean; kdfN?: number }): Promise<Repository> {
+    const existing = await backend.stat(CONFIG_KEY).catch((e: unknown) => (isNotFound(e) ? undefined : Promise.reject(e)));
+    if (existing !== undefined) {
+      throw new PhoenixError('PHX_REPO_EXISTS', `${backend.location} already holds a Phoenix repository`, {
+        hint: 'use it as it is, or choose another location for a new one',
+      });
+    }
+    const config: RepoConfig = { phoenix: 1, id: randomBytes(16).toString('hex'), chunker: DEFAULT_CHUNKER, encryption: 'none' };
+    let keys = Keys.none();
+    if (!opts.insecureNoEncryption) {
+      if (opts.password === undefined || opts.password === '') throw noPassword();
+      const master = randomBytes(64);
+      config.encryption = 'aes-256-gcm';
+      config.kdf = newKdf(opts.kdfN);
+      config.masterKey = seal(await deriveKey(opts.password, config.kdf), master).toString('base64');
+      keys = Keys.fromMaster(master);
+    }
+    await backend.put(CONFIG_KEY, Buffer.from(`${JSON.stringify(config, null, 2)}\n`), { createOnly: true });
+    return new Repository(backend, config, keys);
+  }
+
+  /** Opens a repository; `password` is asked for only when the repository is encrypted. */
+  static async open(backend: Backend, password: () => Promise<string | undefined>): Promise<Repository> {
+    let raw: Buffer;
+    try {
+      raw = await backend.get(CONFIG_KEY);
+    } catch (err) {
+      if (isNotFound(err)) {
+        throw new PhoenixError('PHX_REPO_NOT_INITIALISED', `there is no Phoenix repository at ${backend.location}`, {
+          hint: `create one with: phoenix init --repo ${backend.location}`,
+        });
+      }
+      throw err;
+    }
+    let config: RepoConfig;
+    try {
+      config = JSON.parse(raw.toString()) as RepoConfig;
+    } catch {
+      throw corrupt(`${backend.location}/config`, 'it is not JSON');
+    }
+    if (config.phoenix !== 1) {
+      throw new PhoenixError('PHX_CORRUPT', `${backend.location}/config has format version ${String(config.phoenix)}, this Phoenix reads version 1`, {
+        hint: 'upgrade Phoenix',
+      });
+    }
+    if (config.encryption === 'none') return new Repository(backend, config, Keys.none());
+    const pw = await password();
+    if (pw === undefined || pw === '') throw noPassword();
+    const key = await deriveKey(pw, config.kdf as KdfParams);
+    let master: Buffer;
+    try {
+      master = open(key, Buffer.from(config.masterKey ?? '', 'base64'), 'config');
+    } catch {
+      throw new PhoenixError('PHX_WRONG_PASSWORD', `wrong password for the repository at ${backend.location}`, {
+        hint: 'check PHOENIX_PASSWORD or the file given with --password-file',
+      });
+    }
+    return new Repository(backend, config, Keys.fromMaster(master));
+  }
+
+  // ---- sealed JSON objects ---------------------------------------------------------------
+
+  async #putJson(key: string, value: unknown, createOnly = false): Promise<number> {
+    const body = this.keys.seal(deflateRawSync(Buffer.from(JSON.stringify(value))));
+    await this.backend.put(key, body, { createOnly });
+    return body.length;
+  }
+
+  async #getJson(key: string): Promise<Record<string, unknown>> {
+    const body = await this.backend.get(key);
+    const plain = this.keys.open(body, `object ${key}`);
+    try {
+      return JSON.parse(inflateRawSync(plain).toString()) as Record<string, unknown>;
+    } catch {
+      throw corrupt(`object ${key}`, 'it does not decode');
+    }
+  }
+
+  // ---- sources and commits ------------------------------------------------------------------
+
+  async sources(): Promise<string[]> {
+    const names = new Set<string>();
+    for await (const o of this.backend.list('journal/')) names.add(sourceFromDir(o.key.split('/')[1] ?? ''));
+    return [...names].sort();
+  }
+
+  /** The commits of `source`, oldest first, from a listing (the objects are not read). */
+  async commitList(source: string): Promise<CommitInfo[]> {
+    const prefix = `journal/${sourceDir(source)}/`;
+    const out: CommitInfo[] = [];
+    for (const o of await listAll(this.backend, prefix)) {
+      const parsed = parseCommitKey(o.key.slice(prefix.length));
+      if (parsed) out.push({ key: o.key, ...parsed });
+    }
+    out.sort((a, b) => a.seq - b.seq);
+    return out;
+  }
+
+  async readCommit(info: CommitInfo): Promise<Commit> {
+    const obj = await this.#getJson(info.key);
+    try {
+      const c = decodeCommit(obj);
+      if (c.seq !== info.seq) throw new Error(`seq ${c.seq} in an object named ${info.seq}`);
+      return c;
+    } catch (err) {
+      if (err instanceof PhoenixError) throw err;
+      throw corrupt(`commit ${info.key}`, (err as Error).message);
+    }
+  }
+
+  /**
+   * Writes a commit. Call it only once every pack it names is durable: the commit object is
+   * the commit point. Create-only, so two writers cannot both take one seq where the store
+   * enforces it; the lease keeps them apart everywhere else.
+   */
+  async writeCommit(c: Commit): Promise<CommitInfo> {
+    const key = commitKey(c.source, c.seq, c.timeMs);
+    await this.#putJson(key, encodeCommit(c), true);
+    return { key, seq: c.seq, timeMs: c.timeMs };
+  }
+
+  async writeCheckpoint(source: string, seq: number, state: TreeState): Promise<void> {
+    await this.#putJson(checkpointKey(source, seq), { v: 1, source, seq, entries: [...state.values()].map(encodeRecord) });
+  }
+
+  /**
+   * The tree of `source` after commit `seq` (the latest when absent): the newest checkpoint at
+   * or before it, then the commits after that checkpoint. Checks that the journal is contiguous.
+   */
+  async loadState(source: string, seq?: number): Promise<{ state: TreeState; seq: number; commitsRead: number }> {
+    const commits = await this.commitList(source);
+    checkContiguous(source, commits);
+    const target = seq ?? commits.at(-1)?.seq ?? 0;
+    const state: TreeState = new Map();
+    let from = 0;
+    const cpPrefix = `checkpoint/${sourceDir(source)}/`;
+    const cps = (await listAll(this.backend, cpPrefix)).map((o) => Number(o.key.slice(cpPrefix.length))).filter((n) => n <= target && n > 0);
+    const best = Math.max(0, ...cps);
+    if (best > 0) {
+      const obj = await this.#getJson(checkpointKey(source, best));
+      for (const e of obj.entries as Array<Record<string, unknown>>) {
+        const r = decodeRecord(e);
+        state.set(r.path, r);
+      }
+      from = best;
+    }
+    const tail = commits.filter((c) => c.seq > from && c.seq <= target);
+    const read = await mapLimited(tail, 8, (c) => this.readCommit(c));
+    for (const c of read) for (const ch of c.changes) applyChange(state, ch);
+    return { state, seq: target, commitsRead: read.length };
+  }
+
+  // ---- chunks and packs -----------------------------------------------------------------
+
+  /** Reads one chunk and verifies it against its id. */
+  async readChunk(ref: ChunkRef): Promise<Buffer> {
+    const what = `chunk ${ref.id.slice(0, 16)}… in pack ${packKey(ref.pack)}`;
+    let sealed: Buffer;
+    try {
+      sealed = await this.backend.get(packKey(ref.pack), { offset: ref.offset, length: ref.length });
+    } catch (err) {
+      if (isNotFound(err)) throw corrupt(what, 'its pack is missing');
+      if (err instanceof PhoenixError && err.code === 'PHX_BACKEND' && /past the end/.test(err.message)) throw corrupt(what, 'its pack is truncated');
+      throw err;
+    }
+    const data = openBlob(this.keys, sealed, what);
+    if (this.keys.id(data).toString('hex') !== ref.id) throw corrupt(what, 'its content does not match its id');
+    return data;
+  }
+
+  // ---- the writer's lease -----------------------------------------------------------------
+
+  /** Takes the lease of `source` for this process, or fails with PHX_LOCKED naming the holder. */
+  async acquireLease(source: string): Promise<Lease> {
+    const key = leaseKey(source);
+    const me = { host: hostname(), pid: process.pid, token: randomBytes(8).toString('hex') };
+    const current = await this.backend.get(key).then(
+      (b) => JSON.parse(b.toString()) as { host: string; pid: number; token: string; expiresMs: number },
+      (e: unknown) => (isNotFound(e) ? undefined : Promise.reject(e)),
+    );
+    if (current !== undefined && current.expiresMs > Date.now()) {
+      throw new PhoenixError(
+        'PHX_LOCKED',
+        `source ${JSON.stringify(source)} is being written by process ${current.pid} on ${current.host} (lease until ${new Date(current.expiresMs).toISOString()})`,
+        { hint: 'only one writer per source: stop the other one, or wait for its lease to expire if it died' },
+      );
+    }
+    const write = (): Promise<void> =>
+      this.backend.put(key, Buffer.from(JSON.stringify({ ...me, expiresMs: Date.now() + LEASE_TTL_MS })));
+    await write();
+    return {
+      renew: write,
+      release: async () => {
+        const now = await this.backend.get(key).catch(() => undefined);
+        if (now !== undefined && (JSON.parse(now.toString()) as { token: string }).token === me.token) await this.backend.delete(key);
+      },
+    };
+  }
+}
+
+export interface Lease {
+  renew(): Promise<void>;
+  release(): Promise<void>;
+}
+
+/**
+ * Gathers new chunks into packs and uploads each pack when it reaches the target size.
+ * `flush()` uploads the last partial pack and waits for every upload: after it, every ref
+ * handed out is durable and a commit may name them.
+ */
+export class ChunkWriter {
+  #pack = new PackBuilder();
+  #pending: Array<{ entryIndex: number; resolve: (pack: string) => void }> = [];
+  readonly #uploads: Array<Promise<void>> = [];
+  readonly packs: string[] = [];
+  bytesUploaded = 0;
+
+  constructor(readonly repo: Repository) {}
+
+  /** Adds a chunk (id already computed); resolves to its ref once its pack id is known. */
+  add(id: string, data: Uint8Array): Promise<ChunkRef> {
+    const entry = this.#pack.add(id, sealBlob(this.repo.keys, data));
+    const p = new Promise<string>((resolve) => this.#pending.push({ entryIndex: this.#pack.entries.length - 1, resolve }));
+    if (this.#pack.size >= PACK_TARGET) this.#cut();
+    return p.then((pack) => ({ id, pack, offset: entry.offset, length: entry.length }));
+  }
+
+  #cut(): void {
+    if (this.#pack.entries.length === 0) return;
+    const { id, bytes } = this.#pack.finish(this.repo.keys);
+    for (const p of this.#pending) p.resolve(id);
+    this.#pending = [];
+    this.#pack = new PackBuilder();
+    this.packs.push(id);
+    this.bytesUploaded += bytes.length;
+    // Content-addressed: if the object exists already (a retried put), it is the same bytes.
+    this.#active++;
+    const up = this.repo.backend.put(packKey(id), bytes).then(
+      () => undefined,
+      (err: unknown) => {
+        this.#error ??= err;
+      },
+    );
+    this.#uploads.push(
+      up.finally(() => {
+        this.#active--;
+        for (const w of this.#waiters.splice(0)) w();
+      }),
+    );
+  }
+
+  #active = 0;
+  #error: unknown;
+  readonly #waiters: Array<() => void> = [];
+
+  /** Waits while more than `max` packs are uploading, so memory stays bounded. */
+  async backpressure(max = 3): Promise<void> {
+    while (this.#active > max) await new Promise<void>((r) => this.#waiters.push(r));
+    if (this.#error !== undefined) throw this.#error;
+  }
+
+  /** Uploads the partial pack and waits until every pack is durable. */
+  async flush(): Promise<void> {
+    this.#cut();
+    await Promise.all(this.#uploads);
+    if (this.#error !== undefined) throw this.#error;
+  }
+}
+
+export function checkContiguous(source: string, commits: CommitInfo[]): void {
+  commits.forEach((c, i) => {
+    if (c.seq !== i + 1) {
+      throw corrupt(`the journal of source ${JSON.stringify(source)}`, `commit ${i + 1} is missing (found ${c.seq} in its place)`);
+    }
+  });
+}
+
+function noPassword(): PhoenixError {
+  return new PhoenixError('PHX_NO_PASSWORD', 'the repository is encrypted and no password was given', {
+    hint: 'set PHOENIX_PASSWORD, or PHOENIX_PASSWORD_FILE / --password-file, or run on a terminal to be asked',
+  });
+}
+
+export async function mapLimited<T, R>(items: T[], limit: number, fn: (t: T) => Promise<R>): Promise<R[]> {
+  const out = new Array<R>(items.length);
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < items.length) {
+      const i = next++;
+      out[i] = await fn(items[i] as T);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return out;
+}

@@ -1,0 +1,135 @@
+import { constants, promises as fs } from 'node:fs';
+import { PhoenixError } from '../errors.js';
+import { displayPath, isWithin, rawFromUtf8, rawToBuffer, type RawPath } from '../model/path.js';
+import type { FileRecord, TreeState } from '../repo/format.js';
+import type { Repository } from '../repo/repository.js';
+
+export interface RestoreOptions {
+  /** Restore only these paths (and what is below them); everything when empty. */
+  paths?: RawPath[];
+  onProgress?: (p: { files: number; bytes: number; totalBytes: number }) => void;
+  onProblem?: (path: RawPath, message: string) => void;
+}
+
+export interface RestoreResult {
+  files: number;
+  dirs: number;
+  symlinks: number;
+  bytes: number;
+  skipped: number;
+}
+
+/**
+ * Writes `state` (or the selected paths of it) below `target`: bytes verified chunk by
+ * chunk, modes, mtimes, symlinks, empty directories, names that are not UTF-8. Paths from
+ * the repository are untrusted: one that would land outside `target` is refused, and no
+ * write ever goes through a symlink.
+ */
+export async function restore(repo: Repository, state: TreeState, target: string, opts: RestoreOptions = {}): Promise<RestoreResult> {
+  const wanted = opts.paths ?? [];
+  const selected = [...state.values()].filter((r) => wanted.length === 0 || wanted.some((w) => isWithin(r.path, w)));
+  if (wanted.length > 0) {
+    for (const w of wanted) {
+      if (!selected.some((r) => isWithin(r.path, w))) {
+        throw new PhoenixError('PHX_NOT_IN_REPO', `${displayPath(w)} is not in the backup at that time`, { hint: 'list what there is with phoenix ls' });
+      }
+    }
+  }
+  for (const r of selected) checkPath(r.path);
+  selected.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+  // Parents of selected paths that are themselves not selected still have to exist.
+  await fs.mkdir(target, { recursive: true });
+  const root = rawFromUtf8(await fs.realpath(target));
+  const abs = (p: RawPath): Buffer => rawToBuffer(`${root}/${p}`);
+  const result: RestoreResult = { files: 0, dirs: 0, symlinks: 0, bytes: 0, skipped: 0 };
+  const totalBytes = selected.reduce((n, r) => n + (r.type === 'file' ? r.size : 0), 0);
+  const dirsMade = new Set<RawPath>(['']);
+
+  /** Creates the parents of `p` as real directories (never through a symlink). */
+  const ensureParents = async (p: RawPath): Promise<void> => {
+    const parts = p.split('/');
+    let cur = '';
+    for (let i = 0; i < parts.length - 1; i++) {
+      cur = cur === '' ? (parts[i] as string) : `${cur}/${parts[i]}`;
+      if (dirsMade.has(cur)) continue;
+      await fs.mkdir(abs(cur)).catch((e: NodeJS.ErrnoException) => (e.code === 'EEXIST' ? undefined : Promise.reject(e)));
+      const st = await fs.lstat(abs(cur));
+      if (!st.isDirectory()) throw new PhoenixError('PHX_IO', `cannot restore below ${displayPath(cur)}: it exists in the target and is not a directory`);
+      dirsMade.add(cur);
+    }
+  };
+
+  for (const r of selected) {
+    await ensureParents(r.path);
+    if (r.type === 'dir') {
+      await fs.mkdir(abs(r.path), { mode: 0o700 }).catch((e: NodeJS.ErrnoException) => (e.code === 'EEXIST' ? undefined : Promise.reject(e)));
+      const st = await fs.lstat(abs(r.path));
+      if (!st.isDirectory()) throw new PhoenixError('PHX_IO', `cannot restore directory ${displayPath(r.path)}: something else is in its place in the target`);
+      dirsMade.add(r.path);
+      result.dirs++;
+    } else if (r.type === 'file') {
+      await writeFile(repo, abs(r.path), r, (n) => {
+        result.bytes += n;
+        opts.onProgress?.({ files: result.files, bytes: result.bytes, totalBytes });
+      });
+      result.files++;
+    } else if (r.type === 'symlink') {
+      await fs.rm(abs(r.path), { force: true });
+      await fs.symlink(rawToBuffer(r.target ?? ''), abs(r.path));
+      await fs.lutimes(abs(r.path), nsToSeconds(r.mtimeNs), nsToSeconds(r.mtimeNs)).catch(() => {});
+      result.symlinks++;
+    } else {
+      result.skipped++;
+      opts.onProblem?.(r.path, 'special files (fifos, sockets, devices) are recorded but not re-created');
+    }
+  }
+  // Directory metadata last, deepest first, so writing their contents does not change it.
+  for (const r of [...selected].reverse()) {
+    if (r.type !== 'dir') continue;
+    await fs.chmod(abs(r.path), r.mode & 0o7777);
+    await fs.utimes(abs(r.path), nsToSeconds(r.mtimeNs), nsToSeconds(r.mtimeNs));
+    await chown(abs(r.path), r);
+  }
+  return result;
+}
+
+async function writeFile(repo: Repository, path: Buffer, r: FileRecord, onBytes: (n: number) => void): Promise<void> {
+  // Unlink first so that a symlink or a hard link in the target is replaced, never written through.
+  await fs.rm(path, { force: true });
+  const fh = await fs.open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+  try {
+    let written = 0;
+    for (const ref of r.chunks) {
+      const data = await repo.readChunk(ref);
+      await fh.write(data, 0, data.length, written);
+      written += data.length;
+      onBytes(data.length);
+    }
+    if (written !== r.size) throw new PhoenixError('PHX_CORRUPT', `${displayPath(r.path)}: its chunks hold ${written} bytes, the record says ${r.size}`);
+    await fh.chmod(r.mode & 0o7777);
+    await fh.utimes(nsToSeconds(r.mtimeNs), nsToSeconds(r.mtimeNs));
+  } finally {
+    await fh.close();
+  }
+  await chown(path, r);
+}
+
+async function chown(path: Buffer, r: FileRecord): Promise<void> {
+  if (process.getuid?.() !== 0) return;
+  await fs.lchown(path, r.uid, r.gid).catch(() => {});
+}
+
+/** Seconds as a number keep microseconds exactly enough for utimes; Node takes no ns. */
+function nsToSeconds(ns: bigint): number {
+  return Number(ns / 1000n) / 1e6;
+}
+
+/** A path from the repository must stay inside the target. */
+function checkPath(p: RawPath): void {
+  const parts = p.split('/');
+  if (p === '' || parts.some((s) => s === '' || s === '.' || s === '..' || s.includes('\0'))) {
+    throw new PhoenixError('PHX_CORRUPT', `the repository holds the path ${JSON.stringify(displayPath(p))}, which would land outside the target; refusing to restore`, {
+      hint: 'the repository was tampered with or damaged: run phoenix check',
+    });
+  }
+}

@@ -1,0 +1,96 @@
+import Database from 'better-sqlite3';
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { rawFromBuffer, rawToBuffer, type RawPath } from '../model/path.js';
+import { decodeRecord, encodeRecord, type ChunkRef, type FileRecord } from '../repo/format.js';
+
+/** What the local cache knows of one path: the stored record, plus inode and ctime to skip unchanged files. */
+export interface CachedFile {
+  rec: FileRecord;
+  ino: string;
+  ctimeNs: string;
+}
+
+/**
+ * The local state: a SQLite cache (WAL) of each source's tree as of its last commit and of
+ * where chunks live. It can always be rebuilt from the repository, and is whenever its
+ * repository id or commit seq does not match.
+ */
+export class StateDb {
+  readonly #db: Database.Database;
+  readonly #getChunk: Database.Statement;
+  readonly #putChunk: Database.Statement;
+  readonly #putFile: Database.Statement;
+  readonly #delFile: Database.Statement;
+
+  constructor(path: string) {
+    mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+    this.#db = new Database(path);
+    this.#db.pragma('journal_mode = WAL');
+    this.#db.pragma('synchronous = NORMAL');
+    this.#db.exec(`
+      CREATE TABLE IF NOT EXISTS meta (source TEXT PRIMARY KEY, repo_id TEXT NOT NULL, seq INTEGER NOT NULL);
+      CREATE TABLE IF NOT EXISTS files (source TEXT NOT NULL, path BLOB NOT NULL, rec TEXT NOT NULL, ino TEXT NOT NULL, ctime TEXT NOT NULL, PRIMARY KEY (source, path));
+      CREATE TABLE IF NOT EXISTS chunks (id TEXT PRIMARY KEY, pack TEXT NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL);
+    `);
+    this.#getChunk = this.#db.prepare('SELECT pack, offset, length FROM chunks WHERE id = ?');
+    this.#putChunk = this.#db.prepare('INSERT OR REPLACE INTO chunks (id, pack, offset, length) VALUES (?, ?, ?, ?)');
+    this.#putFile = this.#db.prepare('INSERT OR REPLACE INTO files (source, path, rec, ino, ctime) VALUES (?, ?, ?, ?, ?)');
+    this.#delFile = this.#db.prepare('DELETE FROM files WHERE source = ? AND path = ?');
+  }
+
+  /** The seq the cache holds for `source` in repository `repoId`, or undefined when it is not in sync. */
+  seq(source: string, repoId: string): number | undefined {
+    const row = this.#db.prepare('SELECT repo_id, seq FROM meta WHERE source = ?').get(source) as { repo_id: string; seq: number } | undefined;
+    return row?.repo_id === repoId ? row.seq : undefined;
+  }
+
+  files(source: string): Map<RawPath, CachedFile> {
+    const out = new Map<RawPath, CachedFile>();
+    const rows = this.#db.prepare('SELECT path, rec, ino, ctime FROM files WHERE source = ?').all(source) as Array<{ path: Buffer; rec: string; ino: string; ctime: string }>;
+    for (const r of rows) out.set(rawFromBuffer(r.path), { rec: decodeRecord(JSON.parse(r.rec) as Record<string, unknown>), ino: r.ino, ctimeNs: r.ctime });
+    return out;
+  }
+
+  chunk(id: string): ChunkRef | undefined {
+    const r = this.#getChunk.get(id) as { pack: string; offset: number; length: number } | undefined;
+    return r ? { id, ...r } : undefined;
+  }
+
+  /** Replaces everything known about `source` (after a rebuild from the repository). */
+  replaceSource(source: string, repoId: string, seq: number, files: Iterable<CachedFile>): void {
+    this.#db.transaction(() => {
+      this.#db.prepare('DELETE FROM files WHERE source = ?').run(source);
+      for (const f of files) this.#putFileRow(source, f);
+      this.#setSeq(source, repoId, seq);
+    })();
+  }
+
+  /** Records a commit: files put and deleted, chunks added, the new seq — atomically. */
+  applyCommit(source: string, repoId: string, seq: number, put: Iterable<CachedFile>, deleted: Iterable<RawPath>, chunks: Iterable<ChunkRef>): void {
+    this.#db.transaction(() => {
+      for (const p of deleted) this.#delFile.run(source, rawToBuffer(p));
+      for (const f of put) this.#putFileRow(source, f);
+      for (const c of chunks) this.#putChunk.run(c.id, c.pack, c.offset, c.length);
+      this.#setSeq(source, repoId, seq);
+    })();
+  }
+
+  addChunks(chunks: Iterable<ChunkRef>): void {
+    this.#db.transaction(() => {
+      for (const c of chunks) this.#putChunk.run(c.id, c.pack, c.offset, c.length);
+    })();
+  }
+
+  #putFileRow(source: string, f: CachedFile): void {
+    this.#putFile.run(source, rawToBuffer(f.rec.path), JSON.stringify(encodeRecord(f.rec)), f.ino, f.ctimeNs);
+  }
+
+  #setSeq(source: string, repoId: string, seq: number): void {
+    this.#db.prepare('INSERT OR REPLACE INTO meta (source, repo_id, seq) VALUES (?, ?, ?)').run(source, repoId, seq);
+  }
+
+  close(): void {
+    this.#db.close();
+  }
+}
