@@ -144,7 +144,8 @@ export function applyChange(state: TreeState, c: JournalChange): void {
   if (c.op === 'put') {
     const old = state.get(c.path);
     if (old?.type === 'dir' && c.type !== 'dir') dropSubtree(state, c.path);
-    const { op: _op, ...rec } = c;
+    const rec: FileRecord = { path: c.path, type: c.type, mode: c.mode, uid: c.uid, gid: c.gid, mtimeNs: c.mtimeNs, size: c.size, chunks: c.chunks };
+    if (c.target !== undefined) rec.target = c.target;
     state.set(c.path, rec);
   } else if (c.op === 'delete') {
     dropSubtree(state, c.path);
