@@ -1,0 +1,317 @@
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import {
+  appendFileSync, chmodSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync,
+  symlinkSync, truncateSync, unlinkSync, writeFileSync,
+} from 'node:fs';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import fc from 'fast-check';
+import { backup } from '../src/archiver/backup.js';
+import { listAll, type Backend } from '../src/backend/backend.js';
+import { LocalBackend } from '../src/backend/local.js';
+import { MemoryBackend } from '../src/backend/memory.js';
+import { S3Backend } from '../src/backend/s3.js';
+import { PhoenixError } from '../src/errors.js';
+import { DEFAULT_CHUNKER, chunkStream } from '../src/repo/chunker.js';
+import { Repository } from '../src/repo/repository.js';
+import { restore } from '../src/restore/restore.js';
+import { StateDb } from '../src/state/db.js';
+import { tempDir } from './helpers.js';
+import { startS3rver } from './servers.js';
+
+const PASSWORD = 'correct horse battery staple';
+const init = (b: Backend): Promise<Repository> => Repository.init(b, { password: PASSWORD, kdfN: 1024 });
+const reopen = (b: Backend, pw = PASSWORD): Promise<Repository> => Repository.open(b, async () => pw);
+const code = (c: string) => (e: unknown) => e instanceof PhoenixError && e.code === c;
+
+/** What a tree holds, for comparison: type, mode, content hash, mtime (ms), link target. */
+function snapshot(root: string): Map<string, string> {
+  const out = new Map<string, string>();
+  const walk = (abs: Buffer, rel: string): void => {
+    for (const name of readdirSync(abs, { encoding: 'buffer' })) {
+      const a = Buffer.concat([abs, Buffer.from('/'), name]);
+      const r = rel === '' ? name.toString('latin1') : `${rel}/${name.toString('latin1')}`;
+      const st = lstatSync(a, { bigint: true });
+      const mode = (Number(st.mode) & 0o7777).toString(8);
+      if (st.isDirectory()) {
+        out.set(r, `dir ${mode} ${st.mtimeNs / 1_000_000n}`);
+        walk(a, r);
+      } else if (st.isSymbolicLink()) {
+        out.set(r, `link ${readlinkSync(a, { encoding: 'buffer' }).toString('hex')}`);
+      } else {
+        const h = createHash('sha256').update(readFileSync(a)).digest('hex').slice(0, 16);
+        out.set(r, `file ${mode} ${st.size} ${h} ${st.mtimeNs / 1_000_000n}`);
+      }
+    }
+  };
+  walk(Buffer.from(root), '');
+  return out;
+}
+
+async function chunksOf(data: Buffer): Promise<Buffer[]> {
+  const out: Buffer[] = [];
+  async function* one(): AsyncGenerator<Buffer> {
+    for (let i = 0; i < data.length; i += 1_000_000) yield data.subarray(i, i + 1_000_000);
+  }
+  for await (const c of chunkStream(one())) out.push(Buffer.from(c));
+  return out;
+}
+
+describe('FastCDC chunker', () => {
+  it('cuts within bounds, deterministically, and an insertion changes only nearby chunks', async () => {
+    const data = randomBytes(24 * 2 ** 20);
+    const a = await chunksOf(data);
+    assert.ok(Buffer.concat(a).equals(data));
+    for (const c of a.slice(0, -1)) assert.ok(c.length >= DEFAULT_CHUNKER.min && c.length <= DEFAULT_CHUNKER.max, `size ${c.length}`);
+    const mean = data.length / a.length;
+    assert.ok(mean > 0.5 * DEFAULT_CHUNKER.avg && mean < 2 * DEFAULT_CHUNKER.avg, `mean chunk ${mean}`);
+    const edited = Buffer.concat([data.subarray(0, 10_000_000), Buffer.from('inserted'), data.subarray(10_000_000)]);
+    const b = await chunksOf(edited);
+    const ids = new Set(a.map((c) => createHash('sha256').update(c).digest('hex')));
+    const fresh = b.filter((c) => !ids.has(createHash('sha256').update(c).digest('hex')));
+    assert.ok(fresh.length <= 2, `${fresh.length} chunks changed`);
+    assert.equal((await chunksOf(Buffer.from('small'))).length, 1);
+  });
+});
+
+type Op =
+  | { t: 'write'; name: number; size: number; seed: number }
+  | { t: 'append'; name: number; size: number }
+  | { t: 'truncate'; name: number; size: number }
+  | { t: 'delete'; name: number }
+  | { t: 'rename'; name: number; to: number }
+  | { t: 'mkdir'; name: number }
+  | { t: 'movedir'; name: number; to: number }
+  | { t: 'chmod'; name: number; mode: number }
+  | { t: 'symlink'; name: number; to: number };
+
+const NAMES = ['a', 'b c', 'd/e', 'd/f', Buffer.from([0x66, 0xff, 0x2e]).toString('latin1'), 'g/h/i', 'ünï'];
+const DIRS = ['d', 'g', 'g/h', 'k'];
+const opArb: fc.Arbitrary<Op> = fc.oneof(
+  fc.record({ t: fc.constant('write' as const), name: fc.nat(NAMES.length - 1), size: fc.oneof(fc.nat(3000), fc.nat(1_500_000)), seed: fc.nat(1000) }),
+  fc.record({ t: fc.constant('append' as const), name: fc.nat(NAMES.length - 1), size: fc.nat(5000) }),
+  fc.record({ t: fc.constant('truncate' as const), name: fc.nat(NAMES.length - 1), size: fc.nat(2000) }),
+  fc.record({ t: fc.constant('delete' as const), name: fc.nat(NAMES.length - 1) }),
+  fc.record({ t: fc.constant('rename' as const), name: fc.nat(NAMES.length - 1), to: fc.nat(NAMES.length - 1) }),
+  fc.record({ t: fc.constant('mkdir' as const), name: fc.nat(DIRS.length - 1) }),
+  fc.record({ t: fc.constant('movedir' as const), name: fc.nat(DIRS.length - 1), to: fc.nat(DIRS.length - 1) }),
+  fc.record({ t: fc.constant('chmod' as const), name: fc.nat(NAMES.length - 1), mode: fc.constantFrom(0o600, 0o644, 0o755, 0o400) }),
+  fc.record({ t: fc.constant('symlink' as const), name: fc.nat(NAMES.length - 1), to: fc.nat(NAMES.length - 1) }),
+);
+
+/** Applies one operation to the tree at `root`; operations that do not apply are skipped. */
+function applyOp(root: string, op: Op): void {
+  const p = (rel: string): Buffer => Buffer.from(`${root}/${rel}`, 'latin1');
+  const parent = (rel: string): void => {
+    const i = rel.lastIndexOf('/');
+    if (i > 0) mkdirSync(p(rel.slice(0, i)), { recursive: true });
+  };
+  const name = NAMES[op.name] as string;
+  try {
+    switch (op.t) {
+      case 'write': {
+        parent(name);
+        const block = createHash('sha256').update(String(op.seed)).digest();
+        const data = Buffer.alloc(op.size);
+        for (let i = 0; i < op.size; i += 32) block.copy(data, i); // compressible, and the same seed dedupes
+        rmSync(p(name), { force: true, recursive: true });
+        writeFileSync(p(name), data);
+        break;
+      }
+      case 'append':
+        if (lstatSync(p(name)).isFile()) appendFileSync(p(name), randomBytes(op.size));
+        break;
+      case 'truncate':
+        if (lstatSync(p(name)).isFile()) truncateSync(p(name), op.size);
+        break;
+      case 'delete':
+        rmSync(p(name), { recursive: true, force: true });
+        break;
+      case 'rename': {
+        const to = NAMES[op.to] as string;
+        if (to === name || to.startsWith(`${name}/`)) break;
+        parent(to);
+        rmSync(p(to), { recursive: true, force: true });
+        renameSync(p(name), p(to));
+        break;
+      }
+      case 'mkdir':
+        mkdirSync(p(DIRS[op.name] as string), { recursive: true });
+        break;
+      case 'movedir': {
+        const from = DIRS[op.name] as string;
+        const to = `${DIRS[op.to] as string}-moved`;
+        if (to.startsWith(`${from}/`) || !lstatSync(p(from)).isDirectory()) break;
+        parent(to);
+        rmSync(p(to), { recursive: true, force: true });
+        renameSync(p(from), p(to));
+        break;
+      }
+      case 'chmod':
+        if (!lstatSync(p(name)).isSymbolicLink()) chmodSync(p(name), op.mode);
+        break;
+      case 'symlink':
+        parent(name);
+        rmSync(p(name), { recursive: true, force: true });
+        symlinkSync(Buffer.from(NAMES[op.to] as string, 'latin1'), p(name));
+        break;
+    }
+  } catch (err) {
+    const c = (err as NodeJS.ErrnoException).code;
+    if (c !== 'ENOENT' && c !== 'ENOTDIR' && c !== 'EEXIST' && c !== 'EISDIR') throw err;
+  }
+}
+
+/** Random trees and changes, a backup after each step; every commit restores to its step's tree. */
+async function roundTrip(open: () => Promise<{ backend: Backend; cleanup?: () => Promise<void> }>, runs: number): Promise<void> {
+  await fc.assert(
+    fc.asyncProperty(fc.array(opArb, { minLength: 1, maxLength: 12 }), async (ops) => {
+      const { backend, cleanup } = await open();
+      const src = tempDir('phx-prop-src-');
+      const state = tempDir('phx-prop-state-');
+      const out = tempDir('phx-prop-out-');
+      const repo = await init(backend);
+      const db = new StateDb(join(state.path, 'db.sqlite'));
+      try {
+        const expected = new Map<number, Map<string, string>>();
+        for (const op of ops) {
+          applyOp(src.path, op);
+          const r = await backup(repo, db, src.path, 'prop');
+          const seq = r.commit?.seq ?? Math.max(0, ...expected.keys());
+          expected.set(seq, snapshot(src.path));
+        }
+        for (const [seq, tree] of expected) {
+          if (seq === 0) continue;
+          const dir = join(out.path, String(seq));
+          const { state: st } = await repo.loadState('prop', seq);
+          await restore(repo, st, dir);
+          assert.deepEqual(snapshot(dir), tree, `commit ${seq}`);
+        }
+      } finally {
+        db.close();
+        await backend.close();
+        await cleanup?.();
+        src.cleanup();
+        state.cleanup();
+        out.cleanup();
+      }
+    }),
+    { numRuns: runs },
+  );
+}
+
+describe('backup and restore (property-based)', () => {
+  it('memory backend', async () => roundTrip(async () => ({ backend: new MemoryBackend() }), 12));
+  it('local backend', async () =>
+    roundTrip(async () => {
+      const d = tempDir('phx-prop-repo-');
+      return { backend: new LocalBackend(d.path), cleanup: async () => d.cleanup() };
+    }, 6));
+  it('S3 backend (s3rver)', async () => {
+    const server = await startS3rver();
+    try {
+      let n = 0;
+      await roundTrip(async () => ({ backend: new S3Backend({ bucket: server.bucket, prefix: `prop${n++}`, endpoint: server.endpoint }) }), 3);
+    } finally {
+      await server.stop();
+    }
+  });
+});
+
+describe('repository', () => {
+  async function fixture() {
+    const repoDir = tempDir('phx-repo-');
+    const src = tempDir('phx-src-');
+    const state = tempDir('phx-state-');
+    mkdirSync(join(src.path, 'docs'));
+    writeFileSync(join(src.path, 'docs/big'), randomBytes(3 * 2 ** 20));
+    writeFileSync(join(src.path, 'small'), 'small');
+    const backend = new LocalBackend(repoDir.path);
+    const repo = await init(backend);
+    const db = new StateDb(join(state.path, 'db.sqlite'));
+    const first = await backup(repo, db, src.path, 'src');
+    return {
+      repoDir, src, state, backend, repo, db, first,
+      done: () => {
+        db.close();
+        for (const d of [repoDir, src, state]) d.cleanup();
+      },
+    };
+  }
+
+  it('a second backup with no changes writes nothing; losing the local state re-uploads nothing', async () => {
+    const f = await fixture();
+    assert.equal(f.first.commit?.seq, 1);
+    const again = await backup(f.repo, f.db, f.src.path, 'src');
+    assert.equal(again.commit, undefined);
+    f.db.close();
+    rmSync(f.state.path, { recursive: true, force: true });
+    const fresh = new StateDb(join(f.state.path, 'db.sqlite'));
+    const rebuilt = await backup(f.repo, fresh, f.src.path, 'src');
+    assert.equal(rebuilt.commit, undefined, 'the rebuilt cache knows everything is there');
+    appendFileSync(join(f.src.path, 'small'), '!');
+    writeFileSync(join(f.src.path, 'copy-of-big'), readFileSync(join(f.src.path, 'docs/big')));
+    const changed = await backup(f.repo, fresh, f.src.path, 'src');
+    assert.equal(changed.commit?.seq, 2);
+    assert.ok(changed.stats.bytesUploaded < 10_000, `a copy of known content uploads nothing new (${changed.stats.bytesUploaded} bytes)`);
+    fresh.close();
+    f.db.close = () => {};
+    f.done();
+  });
+
+  it('a wrong password, a missing repository and a second init are clear errors', async () => {
+    const f = await fixture();
+    await assert.rejects(reopen(f.backend, 'wrong'), code('PHX_WRONG_PASSWORD'));
+    await assert.rejects(reopen(new MemoryBackend()), code('PHX_REPO_NOT_INITIALISED'));
+    await assert.rejects(init(f.backend), code('PHX_REPO_EXISTS'));
+    f.done();
+  });
+
+  it('tampering: a flipped byte in a pack, a deleted pack, a truncated commit are detected, never restored wrong', async () => {
+    const f = await fixture();
+    const packs = (await listAll(f.backend, 'data/')).map((o) => o.key);
+    assert.ok(packs.length >= 1);
+    const packPath = join(f.repoDir.path, packs[0] as string);
+    const original = readFileSync(packPath);
+    const flipped = Buffer.from(original);
+    flipped[100] = (flipped[100] as number) ^ 1;
+    writeFileSync(packPath, flipped);
+    const { state } = await f.repo.loadState('src');
+    const out = tempDir('phx-out-');
+    await assert.rejects(restore(f.repo, state, out.path), (e) => code('PHX_CORRUPT')(e) && /fails authentication/.test((e as Error).message));
+    unlinkSync(packPath);
+    await assert.rejects(restore(f.repo, state, join(out.path, '2')), (e) => code('PHX_CORRUPT')(e) && /pack is missing/.test((e as Error).message));
+    writeFileSync(packPath, original);
+    const commits = (await listAll(f.backend, 'journal/')).map((o) => o.key);
+    const commitPath = join(f.repoDir.path, commits[0] as string);
+    writeFileSync(commitPath, readFileSync(commitPath).subarray(0, 20));
+    const [info] = await f.repo.commitList('src');
+    await assert.rejects(f.repo.readCommit(info!), (e) => code('PHX_CORRUPT')(e) && (e as Error).message.includes(commits[0] as string));
+    const [cp] = (await listAll(f.backend, 'checkpoint/')).map((o) => o.key);
+    writeFileSync(join(f.repoDir.path, cp as string), 'garbage');
+    await assert.rejects(f.repo.loadState('src'), (e) => code('PHX_CORRUPT')(e) && (e as Error).message.includes(cp as string));
+    out.cleanup();
+    f.done();
+  });
+
+  it('restore refuses paths that would land outside the target', async () => {
+    const backend = new MemoryBackend();
+    const repo = await init(backend);
+    const out = tempDir('phx-out-');
+    const evil = { path: '../escaped', type: 'file' as const, mode: 0o644, uid: 0, gid: 0, mtimeNs: 0n, size: 0, chunks: [] };
+    await repo.writeCommit({ source: 'x', seq: 1, timeMs: Date.now(), packs: [], changes: [{ op: 'put', ...evil }], stats: { files: 1, dirs: 0, deleted: 0, bytesUploaded: 0, bytesTotal: 0 } });
+    const { state } = await repo.loadState('x');
+    await assert.rejects(restore(repo, state, join(out.path, 'target')), (e) => code('PHX_CORRUPT')(e) && /outside the target/.test((e as Error).message));
+    assert.equal(existsSync(join(out.path, 'escaped')), false);
+    out.cleanup();
+  });
+
+  it('one writer per source: a second lease is refused while the first holds', async () => {
+    const repo = await init(new MemoryBackend());
+    const lease = await repo.acquireLease('s');
+    await assert.rejects(repo.acquireLease('s'), (e) => code('PHX_LOCKED')(e) && /is being written by process/.test((e as Error).message));
+    await lease.release();
+    await (await repo.acquireLease('s')).release();
+  });
+});
