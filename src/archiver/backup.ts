@@ -33,9 +33,12 @@ const TORN_RETRIES = 3;
  */
 export async function backup(repo: Repository, db: StateDb, sourceDir: string, source: string, opts: BackupOptions = {}): Promise<BackupResult> {
   const lease = await repo.acquireLease(source);
+  const renew = setInterval(() => void lease.renew().catch(() => {}), 60_000);
+  renew.unref();
   try {
     return await backupLocked(repo, db, sourceDir, source, opts);
   } finally {
+    clearInterval(renew);
     await lease.release();
   }
 }
@@ -228,10 +231,12 @@ async function readFile(
     try {
       const st0 = await fh.stat({ bigint: true });
       const handle = fh;
+      // Small files get a buffer of their size (+1 to see the end in one read), not a whole block.
+      const blockSize = Math.min(READ_BLOCK, Number(st0.size) + 1);
       async function* blocks(): AsyncGenerator<Buffer> {
         for (;;) {
-          const buf = Buffer.allocUnsafe(READ_BLOCK);
-          const { bytesRead } = await handle.read(buf, 0, READ_BLOCK, null);
+          const buf = Buffer.allocUnsafe(blockSize);
+          const { bytesRead } = await handle.read(buf, 0, blockSize, null);
           if (bytesRead === 0) return;
           onBytes(bytesRead);
           yield buf.subarray(0, bytesRead);

@@ -6,7 +6,8 @@ import { corrupt, type Keys } from './crypto.js';
  * Packs hold many chunks in one object: sealed blobs back to back, then the sealed header
  * (JSON: [[id, offset, length], …]), then the header's length as a 4-byte little-endian
  * integer. A blob is the sealed form of one flag byte (0 stored, 1 deflate-raw) and the data.
- * A pack's id is the SHA-256 of its bytes.
+ * A pack's id is the SHA-256 of its bytes. Chunks are compressed when a sample of their first
+ * 8 KiB shrinks by an eighth, and kept compressed only when the whole does too.
  */
 export const PACK_TARGET = 16 * 2 ** 20;
 
@@ -18,7 +19,9 @@ export interface PackEntry {
 
 export function sealBlob(keys: Keys, data: Uint8Array): Buffer {
   let body: Buffer = Buffer.concat([Buffer.from([0]), data]);
-  if (data.length >= 512) {
+  // Compress when a sample says it pays: random or already-compressed data is not tried whole.
+  const sample = data.subarray(0, 8 * 1024);
+  if (data.length >= 512 && deflateRawSync(sample, { level: 1 }).length < sample.length - (sample.length >> 3)) {
     const z = deflateRawSync(data, { level: 1 });
     // Keep compression only when it saves at least an eighth.
     if (z.length < data.length - (data.length >> 3)) body = Buffer.concat([Buffer.from([1]), z]);

@@ -1,0 +1,113 @@
+/**
+ * Repository benchmark: Phoenix beside restic (Debian package) and tar, in one run.
+ *   npm run bench:repo          (BENCH_SCALE=0.1 for a quick run)
+ * Tree: 20,000 files of 1–64 KiB, 20 of 5 MiB, 2 of 256 MiB (random bytes), scaled by BENCH_SCALE.
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, mkdtempSync, openSync, rmSync, writeSync, closeSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const scale = Number(process.env.BENCH_SCALE ?? 1);
+const PHOENIX = fileURLToPath(new URL('../../bin/phoenix.js', import.meta.url));
+const work = mkdtempSync(join(tmpdir(), 'phx-bench-repo-'));
+const src = join(work, 'src');
+
+function writeRandom(path: string, size: number): void {
+  const fd = openSync(path, 'w');
+  for (let done = 0; done < size; done += 8 * 2 ** 20) writeSync(fd, randomBytes(Math.min(8 * 2 ** 20, size - done)));
+  closeSync(fd);
+}
+
+function makeTree(): number {
+  let total = 0;
+  const small = Math.round(20_000 * scale);
+  for (let i = 0; i < small; i++) {
+    const dir = join(src, `d${i % 200}`);
+    if (i < 200) mkdirSync(dir, { recursive: true });
+    const size = 1024 + Math.floor(Math.random() * 63 * 1024);
+    writeFileSync(join(dir, `f${i}`), randomBytes(size));
+    total += size;
+  }
+  mkdirSync(join(src, 'medium'));
+  for (let i = 0; i < Math.max(1, Math.round(20 * scale)); i++) {
+    writeRandom(join(src, 'medium', `m${i}`), 5 * 2 ** 20);
+    total += 5 * 2 ** 20;
+  }
+  mkdirSync(join(src, 'large'));
+  for (let i = 0; i < 2; i++) {
+    const size = Math.round(256 * 2 ** 20 * scale);
+    writeRandom(join(src, 'large', `l${i}`), size);
+    total += size;
+  }
+  return total;
+}
+
+function timed(cmd: string, args: string[], env: Record<string, string> = {}): { s: number; out: string } {
+  const t = performance.now();
+  const r = spawnSync(cmd, args, { encoding: 'utf8', env: { ...process.env, ...env }, maxBuffer: 1 << 28 });
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.status}): ${r.stderr}`);
+  return { s: (performance.now() - t) / 1000, out: r.stdout };
+}
+
+function flipOneByte(): void {
+  const fd = openSync(join(src, 'large', 'l0'), 'r+');
+  writeSync(fd, Buffer.from([Math.floor(Math.random() * 256)]), 0, 1, Math.floor(scale * 100 * 2 ** 20));
+  closeSync(fd);
+}
+
+const total = makeTree();
+execFileSync('sync');
+const results: { phoenix: Record<string, string>; restic: Record<string, string> } = { phoenix: {}, restic: {} };
+
+// Phoenix
+{
+  const env = { PHOENIX_PASSWORD: 'bench', PHOENIX_REPOSITORY: join(work, 'phx-repo'), XDG_STATE_HOME: join(work, 'phx-state') };
+  timed('node', [PHOENIX, 'init'], env);
+  const first = timed('node', [PHOENIX, 'backup', src, '--json'], env);
+  const none = timed('node', [PHOENIX, 'backup', src, '--json'], env);
+  flipOneByte();
+  const one = timed('node', [PHOENIX, 'backup', src, '--json'], env);
+  const restore = timed('node', [PHOENIX, 'restore', '--target', join(work, 'phx-out')], env);
+  const up = (JSON.parse(one.out) as { bytesUploaded: number }).bytesUploaded;
+  results.phoenix = { first: first.s.toFixed(2), none: none.s.toFixed(2), oneByte: (up / 2 ** 20).toFixed(2), restore: restore.s.toFixed(2) };
+  rmSync(join(work, 'phx-out'), { recursive: true, force: true });
+}
+
+// restic
+const haveRestic = spawnSync('sh', ['-c', 'command -v restic']).status === 0;
+if (haveRestic) {
+  const env = { RESTIC_PASSWORD: 'bench', RESTIC_REPOSITORY: join(work, 'restic-repo'), RESTIC_CACHE_DIR: join(work, 'restic-cache') };
+  timed('restic', ['init'], env);
+  const first = timed('restic', ['backup', '--json', src], env);
+  const none = timed('restic', ['backup', '--json', src], env);
+  flipOneByte();
+  const one = timed('restic', ['backup', '--json', src], env);
+  const restore = timed('restic', ['restore', 'latest', '--target', join(work, 'restic-out')], env);
+  const summary = one.out.trim().split('\n').map((l) => JSON.parse(l) as { message_type: string; data_added?: number }).find((m) => m.message_type === 'summary');
+  results.restic = { first: first.s.toFixed(2), none: none.s.toFixed(2), oneByte: ((summary?.data_added ?? NaN) / 2 ** 20).toFixed(2), restore: restore.s.toFixed(2) };
+} else {
+  results.restic = { first: 'n/a', none: 'n/a', oneByte: 'n/a', restore: 'n/a' };
+  console.log('restic not installed: apt-get install restic to compare');
+}
+const tar = timed('sh', ['-c', `tar cf - -C "$1" . | cat >/dev/null`, 'sh', src]);
+
+const rows = [
+  ['metric', 'phoenix', 'restic', 'ratio restic/phoenix', 'goal'],
+  ['first backup (s)', results.phoenix.first, results.restic.first, ratio('first'), '>= 1.5x'],
+  ['no-change backup (s)', results.phoenix.none, results.restic.none, ratio('none'), 'phoenix < 0.5 s'],
+  ['one byte changed in a large file: uploaded (MiB)', results.phoenix.oneByte, results.restic.oneByte, '', 'phoenix < 2 MiB'],
+  ['restore (s)', results.phoenix.restore, results.restic.restore, ratio('restore'), ''],
+];
+function ratio(k: string): string {
+  // restic's time over Phoenix's: above 1 means Phoenix is faster.
+  const a = Number(results.phoenix[k]);
+  const b = Number(results.restic[k]);
+  return Number.isFinite(a) && Number.isFinite(b) ? `${(b / a).toFixed(2)}x` : '';
+}
+console.log(`tree: ${(total / 2 ** 20).toFixed(0)} MiB in ${Math.round(20_000 * scale) + Math.round(20 * scale) + 2} files; tar cf - | cat: ${tar.s.toFixed(2)} s (${(total / 2 ** 20 / tar.s).toFixed(0)} MiB/s)`);
+const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => (r[c] ?? '').length)));
+for (const r of rows) console.log(r.map((cell, c) => (cell ?? '').padEnd(widths[c]!)).join('  '));
+rmSync(work, { recursive: true, force: true });
