@@ -59,7 +59,7 @@ export async function restore(repo: Repository, state: TreeState, target: string
     }
   };
 
-  for (const r of selected) {
+  const restoreOne = async (r: FileRecord): Promise<void> => {
     await ensureParents(r.path);
     if (r.type === 'dir') {
       await fs.mkdir(abs(r.path), { mode: 0o700 }).catch((e: NodeJS.ErrnoException) => (e.code === 'EEXIST' ? undefined : Promise.reject(e)));
@@ -82,7 +82,16 @@ export async function restore(repo: Repository, state: TreeState, target: string
       result.skipped++;
       opts.onProblem?.(r.path, 'special files (fifos, sockets, devices) are recorded but not re-created');
     }
-  }
+  };
+  // Directories first, in order; then files and links, a few at a time (reads overlap writes).
+  for (const r of selected) if (r.type === 'dir') await restoreOne(r);
+  const rest = selected.filter((r) => r.type !== 'dir');
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: 4 }, async () => {
+      while (next < rest.length) await restoreOne(rest[next++] as FileRecord);
+    }),
+  );
   // Directory metadata last, deepest first, so writing their contents does not change it.
   for (const r of [...selected].reverse()) {
     if (r.type !== 'dir') continue;
