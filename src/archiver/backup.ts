@@ -2,7 +2,7 @@ import { constants, promises as fs } from 'node:fs';
 import { errnoCode, PhoenixError } from '../errors.js';
 import type { Entry } from '../model/entry.js';
 import { Filter } from '../model/filter.js';
-import { parentOf, rawFromUtf8, toFsPath, type RawPath } from '../model/path.js';
+import { isWithin, parentOf, rawFromUtf8, toFsPath, type RawPath } from '../model/path.js';
 import { chunkStream } from '../repo/chunker.js';
 import type { ChunkRef, CommitStats, FileRecord, JournalChange } from '../repo/format.js';
 import { CHECKPOINT_EVERY, ChunkWriter, type CommitInfo, type Repository } from '../repo/repository.js';
@@ -131,7 +131,9 @@ async function backupLocked(repo: Repository, db: StateDb, sourceDir: string, so
     }),
   );
 
-  const deletedAll = [...prev.keys()].filter((p) => !seen.has(p));
+  // Below a directory that could not be listed nothing is known: keep what the last commit had.
+  const unlisted = scanned.problems.map((p) => p.path).filter((p) => scanned.tree.get(p)?.kind === 'dir' || p === '');
+  const deletedAll = [...prev.keys()].filter((p) => !seen.has(p) && !unlisted.some((u) => p !== u && isWithin(p, u)));
   const deletedSet = new Set(deletedAll);
   const deletes: JournalChange[] = deletedAll
     .filter((p) => !deletedSet.has(parentOf(p)))

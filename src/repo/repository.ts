@@ -220,7 +220,9 @@ export class Repository {
       (b) => JSON.parse(b.toString()) as { host: string; pid: number; token: string; expiresMs: number },
       (e: unknown) => (isNotFound(e) ? undefined : Promise.reject(e)),
     );
-    if (current !== undefined && current.expiresMs > Date.now()) {
+    // A lease of a process of this host that is gone (killed, crashed) is stale at once.
+    const stale = current !== undefined && current.host === me.host && !processAlive(current.pid);
+    if (current !== undefined && current.expiresMs > Date.now() && !stale) {
       throw new PhoenixError(
         'PHX_LOCKED',
         `source ${JSON.stringify(source)} is being written by process ${current.pid} on ${current.host} (lease until ${new Date(current.expiresMs).toISOString()})`,
@@ -315,6 +317,15 @@ export function checkContiguous(source: string, commits: CommitInfo[]): void {
       throw corrupt(`the journal of source ${JSON.stringify(source)}`, `commit ${i + 1} is missing (found ${c.seq} in its place)`);
     }
   });
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }
 
 function noPassword(): PhoenixError {
