@@ -1,9 +1,9 @@
-import { constants, promises as fs } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync, promises as fs, readSync } from 'node:fs';
 import { errnoCode, PhoenixError } from '../errors.js';
 import type { Entry } from '../model/entry.js';
 import { Filter } from '../model/filter.js';
 import { isWithin, parentOf, rawFromUtf8, toFsPath, type RawPath } from '../model/path.js';
-import { chunkStream } from '../repo/chunker.js';
+import { chunkStream, DEFAULT_CHUNKER, nextCut } from '../repo/chunker.js';
 import type { ChunkRef, CommitStats, FileRecord, JournalChange } from '../repo/format.js';
 import { CHECKPOINT_EVERY, ChunkWriter, type CommitInfo, type Repository } from '../repo/repository.js';
 import { scan } from '../scanner/scan.js';
@@ -25,6 +25,8 @@ export interface BackupResult {
 
 const READ_BLOCK = 4 * 2 ** 20;
 const TORN_RETRIES = 3;
+/** Below this size a file is read with synchronous calls: one thread-pool round trip per call costs more than the read. */
+const SMALL_FILE = 1024 * 1024;
 
 /**
  * One-shot backup of `sourceDir` as `source`: scan, compare with the last commit (through the
@@ -221,6 +223,10 @@ async function readFile(
   writer: ChunkWriter,
   onBytes: (n: number) => void,
 ): Promise<ReadResult> {
+  if (scanned.size < SMALL_FILE) {
+    const small = readSmallFile(path, scanned, chunkRef, onBytes);
+    if (small !== undefined) return small; // undefined: it grew; read it the long way
+  }
   for (let attempt = 1; ; attempt++) {
     let fh;
     try {
@@ -273,3 +279,57 @@ async function readFile(
   }
 }
 
+
+/** The fast path for small files: open, fstat, read, fstat, close, all synchronous. */
+function readSmallFile(path: Buffer, scanned: Entry, chunkRef: (data: Buffer) => PendingChunk, onBytes: (n: number) => void): ReadResult | undefined {
+  for (let attempt = 1; attempt <= TORN_RETRIES; attempt++) {
+    let fd: number;
+    try {
+      fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+    } catch (err) {
+      const code = errnoCode(err);
+      if (code === 'ENOENT' || code === 'ELOOP' || code === 'ENOTDIR') return { status: 'vanished' };
+      return { status: 'error', message: `cannot open: ${(err as Error).message}` };
+    }
+    try {
+      const st0 = fstatSync(fd, { bigint: true });
+      if (st0.size >= BigInt(SMALL_FILE)) return undefined;
+      const buf = Buffer.allocUnsafe(Number(st0.size) + 1);
+      let n = 0;
+      for (;;) {
+        const r = readSync(fd, buf, n, buf.length - n, null);
+        if (r === 0) break;
+        n += r;
+        if (n === buf.length) return undefined; // grew past what fstat said
+      }
+      const st1 = fstatSync(fd, { bigint: true });
+      const stable = st0.size === st1.size && st0.mtimeNs === st1.mtimeNs && st0.ctimeNs === st1.ctimeNs && n === Number(st1.size);
+      if (!stable && attempt < TORN_RETRIES) continue;
+      onBytes(n);
+      const data = buf.subarray(0, n);
+      const chunks: PendingChunk[] = [];
+      for (let pos = 0; pos < n; ) {
+        const cut = nextCut(data, pos, n, DEFAULT_CHUNKER, true);
+        chunks.push(chunkRef(data.subarray(pos, pos + cut)));
+        pos += cut;
+      }
+      const entry: Entry = {
+        ...scanned,
+        size: n,
+        mode: Number(st1.mode),
+        uid: Number(st1.uid),
+        gid: Number(st1.gid),
+        mtimeNs: st1.mtimeNs,
+        ctimeNs: st1.ctimeNs,
+        ino: st1.ino,
+      };
+      return { status: 'ok', entry, chunks, torn: !stable };
+    } catch (err) {
+      if (err instanceof PhoenixError) throw err;
+      return { status: 'error', message: `cannot read: ${(err as Error).message}` };
+    } finally {
+      closeSync(fd);
+    }
+  }
+  return undefined;
+}
