@@ -1,4 +1,4 @@
-import { closeSync, constants, fstatSync, openSync, promises as fs, readSync } from 'node:fs';
+import { type BigIntStats, closeSync, constants, fstatSync, openSync, promises as fs, readSync } from 'node:fs';
 import { errnoCode, PhoenixError } from '../errors.js';
 import type { Entry } from '../model/entry.js';
 import { Filter } from '../model/filter.js';
@@ -258,17 +258,7 @@ async function readFile(
       const st1 = await fh.stat({ bigint: true });
       const stable = st0.size === st1.size && st0.mtimeNs === st1.mtimeNs && st0.ctimeNs === st1.ctimeNs;
       if (stable || attempt >= TORN_RETRIES) {
-        const entry: Entry = {
-          ...scanned,
-          size: Number(st1.size),
-          mode: Number(st1.mode),
-          uid: Number(st1.uid),
-          gid: Number(st1.gid),
-          mtimeNs: st1.mtimeNs,
-          ctimeNs: st1.ctimeNs,
-          ino: st1.ino,
-        };
-        return { status: 'ok', entry, chunks, torn: !stable };
+        return { status: 'ok', entry: entryAfterRead(scanned, st1, Number(st1.size)), chunks, torn: !stable };
       }
     } catch (err) {
       if (err instanceof PhoenixError) throw err; // the repository failed: stop the backup
@@ -313,17 +303,7 @@ function readSmallFile(path: Buffer, scanned: Entry, chunkRef: (data: Buffer) =>
         chunks.push(chunkRef(data.subarray(pos, pos + cut)));
         pos += cut;
       }
-      const entry: Entry = {
-        ...scanned,
-        size: n,
-        mode: Number(st1.mode),
-        uid: Number(st1.uid),
-        gid: Number(st1.gid),
-        mtimeNs: st1.mtimeNs,
-        ctimeNs: st1.ctimeNs,
-        ino: st1.ino,
-      };
-      return { status: 'ok', entry, chunks, torn: !stable };
+      return { status: 'ok', entry: entryAfterRead(scanned, st1, n), chunks, torn: !stable };
     } catch (err) {
       if (err instanceof PhoenixError) throw err;
       return { status: 'error', message: `cannot read: ${(err as Error).message}` };
@@ -332,4 +312,9 @@ function readSmallFile(path: Buffer, scanned: Entry, chunkRef: (data: Buffer) =>
     }
   }
   return undefined;
+}
+
+/** The entry as it stood when its read ended (what the commit records). */
+function entryAfterRead(scanned: Entry, st: BigIntStats, size: number): Entry {
+  return { ...scanned, size, mode: Number(st.mode), uid: Number(st.uid), gid: Number(st.gid), mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs, ino: st.ino };
 }

@@ -141,7 +141,8 @@ export class Watcher {
       for (const dir of this.#unwatched) this.#push({ rescan: dir, reason: 'unwatched' });
     });
     every(this.#opts.periodicScanMs, () => this.#push({ rescan: '', reason: 'periodic' }));
-    void this.#run();
+    // Events that arrived during the scan are handled after the caller has seen start() resolve.
+    setImmediate(() => void this.#run());
   }
 
   /** Asks for a reconcile scan of `scope` (relative raw path), in order with events. */
