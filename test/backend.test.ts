@@ -9,7 +9,7 @@ import { FaultyBackend, LimitBackend, RetryBackend } from '../src/backend/wrappe
 import { PhoenixError } from '../src/errors.js';
 import { backendConformance } from './backend-suite.js';
 import { tempDir } from './helpers.js';
-import { startS3rver } from './servers.js';
+import { startS3rver, startSwift } from './servers.js';
 
 backendConformance('memory', async () => ({ backend: new MemoryBackend() }));
 
@@ -22,6 +22,20 @@ backendConformance('S3 (s3rver)', async () => {
   const server = await startS3rver();
   const threshold = 6 * 2 ** 20;
   const backend = new S3Backend({ bucket: server.bucket, prefix: 'suite', endpoint: server.endpoint, multipartThreshold: threshold, partSize: 5 * 2 ** 20 });
+  return { backend, multipartThreshold: threshold, cleanup: () => server.stop() };
+});
+
+backendConformance('S3 (OpenStack Swift s3api)', async () => {
+  const server = await startSwift();
+  if (typeof server === 'string') {
+    console.log(`\n*** ${server} ***\n`);
+    return server;
+  }
+  const threshold = 6 * 2 ** 20;
+  const backend = new S3Backend({
+    bucket: server.bucket, prefix: 'suite', endpoint: server.endpoint, credentials: server.credentials,
+    multipartThreshold: threshold, partSize: 5 * 2 ** 20,
+  });
   return { backend, multipartThreshold: threshold, cleanup: () => server.stop() };
 });
 

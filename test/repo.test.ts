@@ -20,7 +20,7 @@ import { Repository } from '../src/repo/repository.js';
 import { restore } from '../src/restore/restore.js';
 import { StateDb } from '../src/state/db.js';
 import { tempDir } from './helpers.js';
-import { startS3rver } from './servers.js';
+import { startS3rver, startSwift } from './servers.js';
 
 const PASSWORD = 'correct horse battery staple';
 const init = (b: Backend): Promise<Repository> => Repository.init(b, { password: PASSWORD, kdfN: 1024 });
@@ -210,6 +210,20 @@ describe('backup and restore (property-based)', () => {
       const d = tempDir('phx-prop-repo-');
       return { backend: new LocalBackend(d.path), cleanup: async () => d.cleanup() };
     }, 6));
+  it('S3 backend (OpenStack Swift s3api)', async (ctx) => {
+    const server = await startSwift();
+    if (typeof server === 'string') {
+      console.log(`\n*** ${server} ***\n`);
+      ctx.skip(server);
+      return;
+    }
+    try {
+      let n = 0;
+      await roundTrip(async () => ({ backend: new S3Backend({ bucket: server.bucket, prefix: `prop${n++}`, endpoint: server.endpoint, credentials: server.credentials }) }), 3);
+    } finally {
+      await server.stop();
+    }
+  });
   it('S3 backend (s3rver)', async () => {
     const server = await startS3rver();
     try {

@@ -1,4 +1,6 @@
+import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { createServer } from 'node:net';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { tempDir } from './helpers.js';
@@ -34,4 +36,60 @@ export async function startS3rver(): Promise<S3Server> {
 /** True when a command exists on PATH. */
 export function have(cmd: string): boolean {
   return spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0;
+}
+
+/** A free TCP port on 127.0.0.1 (closed again before it is returned). */
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as { port: number };
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+export const SWIFT_CREDENTIALS = { accessKeyId: 'test:tester', secretAccessKey: 'testing' };
+
+/**
+ * A single-node OpenStack Swift with s3api (test/fixtures/swift-server.sh), or the reason it
+ * cannot run here. CI installs its Debian packages; elsewhere the tests say how to.
+ */
+export async function startSwift(): Promise<(S3Server & { credentials: typeof SWIFT_CREDENTIALS }) | string> {
+  if (!have('swift-proxy-server') || !have('memcached')) {
+    return 'skipped: OpenStack Swift is not installed (apt-get install swift-proxy swift-account swift-container swift-object memcached)';
+  }
+  const dir = tempDir('phx-swift-');
+  const ports = [];
+  for (let i = 0; i < 5; i++) ports.push(await freePort());
+  const script = fileURLToPath(new URL('../../test/fixtures/swift-server.sh', import.meta.url));
+  const child = spawn('bash', [script, dir.path, ...ports.map(String)], { stdio: ['ignore', 'pipe', 'inherit'], detached: true });
+  const port = await new Promise<number>((resolve, reject) => {
+    child.on('exit', (c) => reject(new Error(`swift exited with ${c}`)));
+    createInterface({ input: child.stdout! }).once('line', (l) => resolve((JSON.parse(l) as { port: number }).port));
+  });
+  const endpoint = `http://127.0.0.1:${port}`;
+  const client = new S3Client({ endpoint, region: 'us-east-1', forcePathStyle: true, credentials: SWIFT_CREDENTIALS });
+  // The proxy answers before the account and container servers do: retry until they are up.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await client.send(new CreateBucketCommand({ Bucket: 'phoenix-test' }));
+      break;
+    } catch (err) {
+      if (attempt >= 100) throw err;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+  client.destroy();
+  return {
+    endpoint,
+    bucket: 'phoenix-test',
+    credentials: SWIFT_CREDENTIALS,
+    stop: async () => {
+      process.kill(-(child.pid as number), 'SIGTERM');
+      await new Promise((r) => child.once('exit', r));
+      dir.cleanup();
+    },
+  };
 }

@@ -16,6 +16,8 @@ export interface S3Options {
   /** Objects above this size are uploaded in parts. */
   multipartThreshold?: number;
   partSize?: number;
+  /** Explicit credentials; the SDK's default chain (environment, profile, role) when absent. */
+  credentials?: { accessKeyId: string; secretAccessKey: string };
 }
 
 /**
@@ -33,6 +35,7 @@ export class S3Backend implements Backend {
   readonly #prefix: string;
   readonly #threshold: number;
   readonly #partSize: number;
+  #conditionalPuts = true;
 
   constructor(opts: S3Options) {
     this.#bucket = opts.bucket;
@@ -49,6 +52,7 @@ export class S3Backend implements Backend {
       responseChecksumValidation: 'WHEN_REQUIRED',
     };
     if (endpoint !== undefined) config.endpoint = endpoint;
+    if (opts.credentials !== undefined) config.credentials = opts.credentials;
     this.#client = new S3Client(config);
   }
 
@@ -56,9 +60,15 @@ export class S3Backend implements Backend {
     const Key = this.#prefix + key;
     try {
       if (data.length <= this.#threshold) {
-        await this.#client.send(
-          new PutObjectCommand({ Bucket: this.#bucket, Key, Body: data, ...(opts.createOnly ? { IfNoneMatch: '*' } : {}) }),
-        );
+        const conditional = opts.createOnly === true && this.#conditionalPuts;
+        try {
+          await this.#client.send(new PutObjectCommand({ Bucket: this.#bucket, Key, Body: data, ...(conditional ? { IfNoneMatch: '*' } : {}) }));
+        } catch (err) {
+          // Some servers (OpenStack Swift's s3api) answer 501 to If-None-Match: put without it.
+          if (!conditional || statusOf(err) !== 501) throw err;
+          this.#conditionalPuts = false;
+          await this.#client.send(new PutObjectCommand({ Bucket: this.#bucket, Key, Body: data }));
+        }
         return;
       }
       await this.#multipart(Key, data);
