@@ -4,9 +4,11 @@ import type { Entry } from '../model/entry.js';
 import { Filter } from '../model/filter.js';
 import { isWithin, parentOf, rawFromUtf8, toFsPath, type RawPath } from '../model/path.js';
 import { chunkStream, DEFAULT_CHUNKER, nextCut } from '../repo/chunker.js';
+import { sealBlob } from '../repo/pack.js';
 import type { ChunkRef, CommitStats, FileRecord, JournalChange } from '../repo/format.js';
 import { CHECKPOINT_EVERY, ChunkWriter, type CommitInfo, type Repository } from '../repo/repository.js';
 import { scan } from '../scanner/scan.js';
+import { SealPool } from './seal-pool.js';
 import type { CachedFile, StateDb } from '../state/db.js';
 
 export interface BackupOptions {
@@ -37,15 +39,24 @@ export async function backup(repo: Repository, db: StateDb, sourceDir: string, s
   const lease = await repo.acquireLease(source);
   const renew = setInterval(() => void lease.renew().catch(() => {}), 60_000);
   renew.unref();
+  const pool = new SealPool(repo.keys);
   try {
-    return await backupLocked(repo, db, sourceDir, source, opts);
+    return await backupLocked(repo, db, sourceDir, source, opts, pool);
   } finally {
     clearInterval(renew);
+    await pool.close();
     await lease.release();
   }
 }
 
-async function backupLocked(repo: Repository, db: StateDb, sourceDir: string, source: string, opts: BackupOptions): Promise<BackupResult> {
+async function backupLocked(
+  repo: Repository,
+  db: StateDb,
+  sourceDir: string,
+  source: string,
+  opts: BackupOptions,
+  pool: SealPool,
+): Promise<BackupResult> {
   const seq = await syncCache(repo, db, source);
   const root = rawFromUtf8(sourceDir);
   const top = await fs.lstat(sourceDir).catch(() => undefined);
@@ -70,17 +81,23 @@ async function backupLocked(repo: Repository, db: StateDb, sourceDir: string, so
   let progressBytes = 0;
   let progressFiles = 0;
 
-  /** The chunk's id now; its ref once its pack is cut (new chunks) or at once (known ones). */
-  const chunkRef = (data: Buffer): PendingChunk => {
-    const id = repo.keys.id(data).toString('hex');
+  /** A chunk by id: known (its ref at once), or new (its ref once its pack is cut), uploaded once. */
+  const refFor = (id: string, seal: () => Buffer): PendingChunk => {
     const known = db.chunk(id);
     if (known) return { id, ref: Promise.resolve(known) };
     let p = newChunks.get(id);
     if (p === undefined) {
-      p = writer.add(id, data);
+      p = writer.addSealed(id, seal());
       newChunks.set(id, p);
     }
     return { id, ref: p };
+  };
+  /** Small chunks are hashed and sealed here; a round trip to a worker would cost more. */
+  const chunkRef = (data: Buffer): PendingChunk => refFor(repo.keys.id(data).toString('hex'), () => sealBlob(repo.keys, data));
+  /** Large chunks are hashed and sealed on worker threads (sealed even when known: the id comes with it). */
+  const bigChunkRef = async (data: Buffer): Promise<PendingChunk> => {
+    const { id, sealed } = await pool.submit(data);
+    return refFor(id, () => sealed);
   };
   const unresolved: Array<{ rec: FileRecord; refs: Array<Promise<ChunkRef>> }> = [];
 
@@ -93,7 +110,7 @@ async function backupLocked(repo: Repository, db: StateDb, sourceDir: string, so
     let rec: FileRecord | undefined;
     let entry = e;
     if (e.kind === 'file') {
-      const read = await readFile(toFsPath(root, path), e, chunkRef, writer, (n) => {
+      const read = await readFile(toFsPath(root, path), e, chunkRef, bigChunkRef, pool, writer, (n) => {
         progressBytes += n;
         opts.onProgress?.({ files: progressFiles, bytes: progressBytes, total: 0 });
       });
@@ -220,6 +237,8 @@ async function readFile(
   path: Buffer,
   scanned: Entry,
   chunkRef: (data: Buffer) => PendingChunk,
+  bigChunkRef: (data: Buffer) => Promise<PendingChunk>,
+  pool: SealPool,
   writer: ChunkWriter,
   onBytes: (n: number) => void,
 ): Promise<ReadResult> {
@@ -250,11 +269,13 @@ async function readFile(
           yield buf.subarray(0, bytesRead);
         }
       }
-      const chunks: PendingChunk[] = [];
+      const pending: Array<Promise<PendingChunk>> = [];
       for await (const chunk of chunkStream(blocks())) {
-        chunks.push(chunkRef(chunk));
+        await pool.acquire();
+        pending.push(bigChunkRef(chunk));
         await writer.backpressure();
       }
+      const chunks = await Promise.all(pending);
       const st1 = await fh.stat({ bigint: true });
       const stable = st0.size === st1.size && st0.mtimeNs === st1.mtimeNs && st0.ctimeNs === st1.ctimeNs;
       if (stable || attempt >= TORN_RETRIES) {

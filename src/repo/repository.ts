@@ -263,7 +263,12 @@ export class ChunkWriter {
 
   /** Adds a chunk (id already computed); resolves to its ref once its pack id is known. */
   add(id: string, data: Uint8Array): Promise<ChunkRef> {
-    const entry = this.#pack.add(id, sealBlob(this.repo.keys, data));
+    return this.addSealed(id, sealBlob(this.repo.keys, data));
+  }
+
+  /** Adds a blob already sealed (by a worker thread). */
+  addSealed(id: string, sealed: Buffer): Promise<ChunkRef> {
+    const entry = this.#pack.add(id, sealed);
     const p = new Promise<string>((resolve) => this.#pending.push({ entryIndex: this.#pack.entries.length - 1, resolve }));
     if (this.#pack.size >= PACK_TARGET) this.#cut();
     return p.then((pack) => ({ id, pack, offset: entry.offset, length: entry.length }));
