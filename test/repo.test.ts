@@ -276,6 +276,15 @@ describe('repository', () => {
     f.done();
   });
 
+  it('compresses what compresses and stores random bytes as they are', async () => {
+    const f = await fixture(); // 3 MiB of random bytes: stored, not bigger than needed
+    assert.ok(f.first.stats.bytesUploaded < 3 * 2 ** 20 + 64 * 1024, `random: ${f.first.stats.bytesUploaded}`);
+    writeFileSync(join(f.src.path, 'text.log'), 'a line of a log file that repeats\n'.repeat(60_000));
+    const r = await backup(f.repo, f.db, f.src.path, 'src');
+    assert.ok((r.stats.bytesUploaded) < 200_000, `2 MiB of text uploads ${r.stats.bytesUploaded} bytes`);
+    f.done();
+  });
+
   it('a wrong password, a missing repository and a second init are clear errors', async () => {
     const f = await fixture();
     await assert.rejects(reopen(f.backend, 'wrong'), code('PHX_WRONG_PASSWORD'));
