@@ -1,6 +1,12 @@
-import { BackendError, isTransient, type Backend, type ByteRange, type ObjectInfo } from './backend.js';
+import { BackendError, isTransient, listAll, type Backend, type ByteRange, type ObjectInfo } from './backend.js';
 
-/** Wraps a backend; every method passes through unless overridden. */
+export type BackendOp = 'put' | 'get' | 'stat' | 'list' | 'delete';
+
+/**
+ * Wraps a backend. Every single-object call goes through `around`, which a wrapper
+ * overrides to add its one behaviour (retry, a limit, faults); `list` streams and is
+ * overridden on its own where needed.
+ */
 abstract class Wrapper implements Backend {
   constructor(protected readonly inner: Backend) {}
   get location(): string {
@@ -9,20 +15,23 @@ abstract class Wrapper implements Backend {
   get capabilities() {
     return this.inner.capabilities;
   }
+  protected around<T>(_op: BackendOp, _key: string, fn: () => Promise<T>): Promise<T> {
+    return fn();
+  }
   put(key: string, data: Uint8Array, opts?: { createOnly?: boolean }): Promise<void> {
-    return this.inner.put(key, data, opts);
+    return this.around('put', key, () => this.inner.put(key, data, opts));
   }
   get(key: string, range?: ByteRange): Promise<Buffer> {
-    return this.inner.get(key, range);
+    return this.around('get', key, () => this.inner.get(key, range));
   }
   stat(key: string): Promise<ObjectInfo> {
-    return this.inner.stat(key);
+    return this.around('stat', key, () => this.inner.stat(key));
   }
   list(prefix: string): AsyncIterable<ObjectInfo> {
     return this.inner.list(prefix);
   }
   delete(key: string): Promise<void> {
-    return this.inner.delete(key);
+    return this.around('delete', key, () => this.inner.delete(key));
   }
   close(): Promise<void> {
     return this.inner.close();
@@ -51,29 +60,24 @@ export class RetryBackend extends Wrapper {
     this.#opts = { attempts: opts.attempts ?? 8, baseDelayMs: opts.baseDelayMs ?? 100, maxDelayMs: opts.maxDelayMs ?? 30_000, onRetry: opts.onRetry };
   }
 
-  async #retry<T>(fn: () => Promise<T>): Promise<T> {
+  protected override async around<T>(_op: BackendOp, _key: string, fn: () => Promise<T>): Promise<T> {
     for (let attempt = 1; ; attempt++) {
       try {
         return await fn();
       } catch (err) {
-        if (!isTransient(err) || attempt >= this.#opts.attempts) throw err;
-        const cap = Math.min(this.#opts.maxDelayMs, this.#opts.baseDelayMs * 2 ** (attempt - 1));
-        const delay = Math.random() * cap;
-        this.#opts.onRetry?.(err as BackendError, attempt, delay);
-        await new Promise((r) => setTimeout(r, delay));
+        await this.#backoff(err, attempt);
       }
     }
   }
 
-  override put(key: string, data: Uint8Array, opts?: { createOnly?: boolean }): Promise<void> {
-    return this.#retry(() => this.inner.put(key, data, opts));
+  /** Rethrows what is not worth retrying; otherwise waits before attempt `attempt + 1`. */
+  async #backoff(err: unknown, attempt: number): Promise<void> {
+    if (!isTransient(err) || attempt >= this.#opts.attempts) throw err;
+    const delay = Math.random() * Math.min(this.#opts.maxDelayMs, this.#opts.baseDelayMs * 2 ** (attempt - 1));
+    this.#opts.onRetry?.(err as BackendError, attempt, delay);
+    await new Promise((r) => setTimeout(r, delay));
   }
-  override get(key: string, range?: ByteRange): Promise<Buffer> {
-    return this.#retry(() => this.inner.get(key, range));
-  }
-  override stat(key: string): Promise<ObjectInfo> {
-    return this.#retry(() => this.inner.stat(key));
-  }
+
   override async *list(prefix: string): AsyncIterable<ObjectInfo> {
     // A listing that fails midway starts over; duplicates are dropped by key.
     const seen = new Set<string>();
@@ -86,13 +90,9 @@ export class RetryBackend extends Wrapper {
         }
         return;
       } catch (err) {
-        if (!isTransient(err) || attempt >= this.#opts.attempts) throw err;
-        await new Promise((r) => setTimeout(r, Math.random() * Math.min(this.#opts.maxDelayMs, this.#opts.baseDelayMs * 2 ** attempt)));
+        await this.#backoff(err, attempt);
       }
     }
-  }
-  override delete(key: string): Promise<void> {
-    return this.#retry(() => this.inner.delete(key));
   }
 }
 
@@ -108,7 +108,7 @@ export class LimitBackend extends Wrapper {
     super(inner);
   }
 
-  async #with<T>(fn: () => Promise<T>): Promise<T> {
+  protected override async around<T>(_op: BackendOp, _key: string, fn: () => Promise<T>): Promise<T> {
     // A released slot passes straight to the next waiter, so no newcomer can slip in between.
     if (this.#active >= this.limit) await new Promise<void>((r) => this.#waiting.push(r));
     else this.#active++;
@@ -120,26 +120,11 @@ export class LimitBackend extends Wrapper {
       else this.#active--;
     }
   }
-
-  override put(key: string, data: Uint8Array, opts?: { createOnly?: boolean }): Promise<void> {
-    return this.#with(() => this.inner.put(key, data, opts));
-  }
-  override get(key: string, range?: ByteRange): Promise<Buffer> {
-    return this.#with(() => this.inner.get(key, range));
-  }
-  override stat(key: string): Promise<ObjectInfo> {
-    return this.#with(() => this.inner.stat(key));
-  }
-  override delete(key: string): Promise<void> {
-    return this.#with(() => this.inner.delete(key));
-  }
 }
-
-export type FaultOp = 'put' | 'get' | 'stat' | 'list' | 'delete';
 
 export interface Fault {
   /** Which calls to hit; all when absent. */
-  op?: FaultOp;
+  op?: BackendOp;
   key?: RegExp;
   /** How many matching calls to hit; unlimited when absent. */
   times?: number;
@@ -158,7 +143,7 @@ export class FaultyBackend extends Wrapper {
     return this;
   }
 
-  async #call<T>(op: FaultOp, key: string, fn: () => Promise<T>): Promise<T> {
+  protected override async around<T>(op: BackendOp, key: string, fn: () => Promise<T>): Promise<T> {
     this.calls++;
     const f = this.faults.find((x) => (x.op === undefined || x.op === op) && (x.key === undefined || x.key.test(key)) && (x.times === undefined || x.times > 0));
     if (f?.times !== undefined) f.times--;
@@ -171,23 +156,7 @@ export class FaultyBackend extends Wrapper {
     return result;
   }
 
-  override put(key: string, data: Uint8Array, opts?: { createOnly?: boolean }): Promise<void> {
-    return this.#call('put', key, () => this.inner.put(key, data, opts));
-  }
-  override get(key: string, range?: ByteRange): Promise<Buffer> {
-    return this.#call('get', key, () => this.inner.get(key, range));
-  }
-  override stat(key: string): Promise<ObjectInfo> {
-    return this.#call('stat', key, () => this.inner.stat(key));
-  }
   override async *list(prefix: string): AsyncIterable<ObjectInfo> {
-    yield* await this.#call('list', prefix, async () => {
-      const all: ObjectInfo[] = [];
-      for await (const o of this.inner.list(prefix)) all.push(o);
-      return all;
-    });
-  }
-  override delete(key: string): Promise<void> {
-    return this.#call('delete', key, () => this.inner.delete(key));
+    yield* await this.around('list', prefix, () => listAll(this.inner, prefix));
   }
 }
