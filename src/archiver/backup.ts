@@ -6,7 +6,7 @@ import { isWithin, parentOf, rawFromUtf8, toFsPath, type RawPath } from '../mode
 import { chunkStream, DEFAULT_CHUNKER, nextCut } from '../repo/chunker.js';
 import { sealBlob } from '../repo/pack.js';
 import type { ChunkRef, CommitStats, FileRecord, JournalChange } from '../repo/format.js';
-import { CHECKPOINT_EVERY, ChunkWriter, type CommitInfo, type Repository } from '../repo/repository.js';
+import { CHECKPOINT_EVERY, ChunkWriter, mapLimited, type CommitInfo, type Repository } from '../repo/repository.js';
 import { scan } from '../scanner/scan.js';
 import { SealPool } from './seal-pool.js';
 import type { CachedFile, StateDb } from '../state/db.js';
@@ -140,15 +140,7 @@ async function backupLocked(
 
   // Files are read a few at a time so that disk and network overlap.
   const entries = [...scanned.tree.subtree('')].map((p) => [p, scanned.tree.get(p) as Entry] as const);
-  let next = 0;
-  await Promise.all(
-    Array.from({ length: 4 }, async () => {
-      while (next < entries.length) {
-        const [p, e] = entries[next++] as readonly [RawPath, Entry];
-        await visit(p, e);
-      }
-    }),
-  );
+  await mapLimited(entries, 4, ([p, e]) => visit(p, e));
 
   // Below a directory that could not be listed nothing is known: keep what the last commit had.
   const unlisted = scanned.problems.map((p) => p.path).filter((p) => scanned.tree.get(p)?.kind === 'dir' || p === '');
@@ -251,14 +243,12 @@ async function readFile(
     try {
       fh = await fs.open(path, constants.O_RDONLY | constants.O_NOFOLLOW);
     } catch (err) {
-      const code = errnoCode(err);
-      if (code === 'ENOENT' || code === 'ELOOP' || code === 'ENOTDIR') return { status: 'vanished' };
-      return { status: 'error', message: `cannot open: ${(err as Error).message}` };
+      return openFailed(err);
     }
     try {
       const st0 = await fh.stat({ bigint: true });
       const handle = fh;
-      // Small files get a buffer of their size (+1 to see the end in one read), not a whole block.
+      // A file smaller than a block gets a buffer of its size (+1 to see the end in one read).
       const blockSize = Math.min(READ_BLOCK, Number(st0.size) + 1);
       async function* blocks(): AsyncGenerator<Buffer> {
         for (;;) {
@@ -277,7 +267,7 @@ async function readFile(
       }
       const chunks = await Promise.all(pending);
       const st1 = await fh.stat({ bigint: true });
-      const stable = st0.size === st1.size && st0.mtimeNs === st1.mtimeNs && st0.ctimeNs === st1.ctimeNs;
+      const stable = heldStill(st0, st1);
       if (stable || attempt >= TORN_RETRIES) {
         return { status: 'ok', entry: entryAfterRead(scanned, st1, Number(st1.size)), chunks, torn: !stable };
       }
@@ -298,9 +288,7 @@ function readSmallFile(path: Buffer, scanned: Entry, chunkRef: (data: Buffer) =>
     try {
       fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW);
     } catch (err) {
-      const code = errnoCode(err);
-      if (code === 'ENOENT' || code === 'ELOOP' || code === 'ENOTDIR') return { status: 'vanished' };
-      return { status: 'error', message: `cannot open: ${(err as Error).message}` };
+      return openFailed(err);
     }
     try {
       const st0 = fstatSync(fd, { bigint: true });
@@ -314,7 +302,7 @@ function readSmallFile(path: Buffer, scanned: Entry, chunkRef: (data: Buffer) =>
         if (n === buf.length) return undefined; // grew past what fstat said
       }
       const st1 = fstatSync(fd, { bigint: true });
-      const stable = st0.size === st1.size && st0.mtimeNs === st1.mtimeNs && st0.ctimeNs === st1.ctimeNs && n === Number(st1.size);
+      const stable = heldStill(st0, st1) && n === Number(st1.size);
       if (!stable && attempt < TORN_RETRIES) continue;
       onBytes(n);
       const data = buf.subarray(0, n);
@@ -338,4 +326,15 @@ function readSmallFile(path: Buffer, scanned: Entry, chunkRef: (data: Buffer) =>
 /** The entry as it stood when its read ended (what the commit records). */
 function entryAfterRead(scanned: Entry, st: BigIntStats, size: number): Entry {
   return { ...scanned, size, mode: Number(st.mode), uid: Number(st.uid), gid: Number(st.gid), mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs, ino: st.ino };
+}
+
+/** Size, mtime and ctime the same before and after a read: the content read is whole. */
+function heldStill(before: BigIntStats, after: BigIntStats): boolean {
+  return before.size === after.size && before.mtimeNs === after.mtimeNs && before.ctimeNs === after.ctimeNs;
+}
+
+function openFailed(err: unknown): Extract<ReadResult, { status: 'vanished' | 'error' }> {
+  const code = errnoCode(err);
+  if (code === 'ENOENT' || code === 'ELOOP' || code === 'ENOTDIR') return { status: 'vanished' };
+  return { status: 'error', message: `cannot open: ${(err as Error).message}` };
 }

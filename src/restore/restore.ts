@@ -2,7 +2,7 @@ import { constants, promises as fs } from 'node:fs';
 import { PhoenixError } from '../errors.js';
 import { displayPath, isWithin, rawFromUtf8, rawToBuffer, type RawPath } from '../model/path.js';
 import type { FileRecord, TreeState } from '../repo/format.js';
-import type { Repository } from '../repo/repository.js';
+import { mapLimited, type Repository } from '../repo/repository.js';
 
 export interface RestoreOptions {
   /** Restore only these paths (and what is below them); everything when empty. */
@@ -45,27 +45,25 @@ export async function restore(repo: Repository, state: TreeState, target: string
   const totalBytes = selected.reduce((n, r) => n + (r.type === 'file' ? r.size : 0), 0);
   const dirsMade = new Set<RawPath>(['']);
 
-  /** Creates the parents of `p` as real directories (never through a symlink). */
-  const ensureParents = async (p: RawPath): Promise<void> => {
-    const parts = p.split('/');
-    let cur = '';
-    for (let i = 0; i < parts.length - 1; i++) {
-      cur = cur === '' ? (parts[i] as string) : `${cur}/${parts[i]}`;
-      if (dirsMade.has(cur)) continue;
-      await fs.mkdir(abs(cur)).catch((e: NodeJS.ErrnoException) => (e.code === 'EEXIST' ? undefined : Promise.reject(e)));
-      const st = await fs.lstat(abs(cur));
-      if (!st.isDirectory()) throw new PhoenixError('PHX_IO', `cannot restore below ${displayPath(cur)}: it exists in the target and is not a directory`);
-      dirsMade.add(cur);
+  /** Makes `p` a real directory (never a symlink to one), creating it when missing. */
+  const realDir = async (p: RawPath, mode?: number): Promise<void> => {
+    if (dirsMade.has(p)) return;
+    await fs.mkdir(abs(p), { mode }).catch((e: NodeJS.ErrnoException) => (e.code === 'EEXIST' ? undefined : Promise.reject(e)));
+    if (!(await fs.lstat(abs(p))).isDirectory()) {
+      throw new PhoenixError('PHX_IO', `cannot restore ${displayPath(p)}: something other than a directory is in its place in the target`);
     }
+    dirsMade.add(p);
+  };
+
+  /** Creates the parents of `p` as real directories. */
+  const ensureParents = async (p: RawPath): Promise<void> => {
+    for (let i = p.indexOf('/'); i >= 0; i = p.indexOf('/', i + 1)) await realDir(p.slice(0, i));
   };
 
   const restoreOne = async (r: FileRecord): Promise<void> => {
     await ensureParents(r.path);
     if (r.type === 'dir') {
-      await fs.mkdir(abs(r.path), { mode: 0o700 }).catch((e: NodeJS.ErrnoException) => (e.code === 'EEXIST' ? undefined : Promise.reject(e)));
-      const st = await fs.lstat(abs(r.path));
-      if (!st.isDirectory()) throw new PhoenixError('PHX_IO', `cannot restore directory ${displayPath(r.path)}: something else is in its place in the target`);
-      dirsMade.add(r.path);
+      await realDir(r.path, 0o700); // its own mode is set last, once its contents are written
       result.dirs++;
     } else if (r.type === 'file') {
       await writeFile(repo, abs(r.path), r, (n) => {
@@ -85,13 +83,7 @@ export async function restore(repo: Repository, state: TreeState, target: string
   };
   // Directories first, in order; then files and links, a few at a time (reads overlap writes).
   for (const r of selected) if (r.type === 'dir') await restoreOne(r);
-  const rest = selected.filter((r) => r.type !== 'dir');
-  let next = 0;
-  await Promise.all(
-    Array.from({ length: 4 }, async () => {
-      while (next < rest.length) await restoreOne(rest[next++] as FileRecord);
-    }),
-  );
+  await mapLimited(selected.filter((r) => r.type !== 'dir'), 4, restoreOne);
   // Directory metadata last, deepest first, so writing their contents does not change it.
   for (const r of [...selected].reverse()) {
     if (r.type !== 'dir') continue;
