@@ -16,6 +16,7 @@ import { MemoryBackend } from '../src/backend/memory.js';
 import { S3Backend } from '../src/backend/s3.js';
 import { PhoenixError } from '../src/errors.js';
 import { DEFAULT_CHUNKER, chunkStream } from '../src/repo/chunker.js';
+import { checkRepository } from '../src/repo/check.js';
 import { Repository } from '../src/repo/repository.js';
 import { restore } from '../src/restore/restore.js';
 import { StateDb } from '../src/state/db.js';
@@ -305,6 +306,9 @@ describe('repository', () => {
     const { state } = await f.repo.loadState('src');
     const out = tempDir('phx-out-');
     await assert.rejects(restore(f.repo, state, out.path), (e) => code('PHX_CORRUPT')(e) && /fails authentication/.test((e as Error).message));
+    const checked = await checkRepository(f.repo, { readData: true });
+    assert.ok(checked.errors.some((e) => /does not match its name/.test(e)), checked.errors.join('\n'));
+    assert.ok(checked.errors.some((e) => /fails authentication/.test(e)), checked.errors.join('\n'));
     unlinkSync(packPath);
     await assert.rejects(restore(f.repo, state, join(out.path, '2')), (e) => code('PHX_CORRUPT')(e) && /pack is missing/.test((e as Error).message));
     writeFileSync(packPath, original);
@@ -315,6 +319,7 @@ describe('repository', () => {
     await assert.rejects(f.repo.readCommit(info!), (e) => code('PHX_CORRUPT')(e) && (e as Error).message.includes(commits[0] as string));
     const [cp] = (await listAll(f.backend, 'checkpoint/')).map((o) => o.key);
     writeFileSync(join(f.repoDir.path, cp as string), 'garbage');
+    assert.ok((await checkRepository(f.repo)).errors.some((e) => e.includes(cp as string)));
     await assert.rejects(f.repo.loadState('src'), (e) => code('PHX_CORRUPT')(e) && (e as Error).message.includes(cp as string));
     out.cleanup();
     f.done();

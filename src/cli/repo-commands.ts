@@ -1,13 +1,11 @@
 import { resolve } from 'node:path';
 import { backup } from '../archiver/backup.js';
-import { isNotFound, listAll } from '../backend/backend.js';
 import { openBackend } from '../backend/open.js';
 import { PhoenixError } from '../errors.js';
 import { displayPath, isWithin, rawFromUtf8, rawToBuffer, utf8Of, type RawPath } from '../model/path.js';
-import { corrupt } from '../repo/crypto.js';
-import { packKey, type FileRecord } from '../repo/format.js';
-import { openBlob, parseHeader, type PackEntry } from '../repo/pack.js';
-import { checkContiguous, Repository, type CommitInfo } from '../repo/repository.js';
+import { checkRepository } from '../repo/check.js';
+import type { FileRecord } from '../repo/format.js';
+import { Repository, type CommitInfo } from '../repo/repository.js';
 import { restore } from '../restore/restore.js';
 import { openRepo, openState, parseTime, password, pickSource, print, repoUrl, type RepoFlags } from './common.js';
 
@@ -162,77 +160,16 @@ export async function restoreCommand(paths: string[], flags: RepoFlags & { targe
   return problems > 0 ? 1 : 0;
 }
 
-/**
- * Structure: every source's journal is contiguous and decodes, every checkpoint decodes,
- * and every chunk a state refers to is listed in its pack's header at that place. With
- * `readData`, every pack is read whole and every blob is decrypted and re-hashed.
- */
+/** `phoenix check`: the work is checkRepository's; this prints what it found. */
 export async function checkCommand(flags: RepoFlags & { readData?: boolean }): Promise<number> {
   const repo = await openRepo(flags);
-  const errors: string[] = [];
-  const headers = new Map<string, Map<string, PackEntry> | null>();
-  const header = async (pack: string): Promise<Map<string, PackEntry> | null> => {
-    if (headers.has(pack)) return headers.get(pack) ?? null;
-    let table: Map<string, PackEntry> | null = null;
-    try {
-      const { size } = await repo.backend.stat(packKey(pack));
-      const len = (await repo.backend.get(packKey(pack), { offset: size - 4, length: 4 })).readUInt32LE(0);
-      if (len + 4 > size) throw corrupt(`pack ${packKey(pack)}`, 'its header length is past its start');
-      const tail = await repo.backend.get(packKey(pack), { offset: size - 4 - len, length: len });
-      table = new Map(parseHeader(repo.keys, tail, `pack ${packKey(pack)}`).map((e) => [e.id, e]));
-    } catch (err) {
-      errors.push(isNotFound(err) ? `pack ${packKey(pack)} is missing` : (err as Error).message);
-    }
-    headers.set(pack, table);
-    return table;
-  };
-  let refs = 0;
-  for (const source of await repo.sources()) {
-    try {
-      const commits = await repo.commitList(source);
-      checkContiguous(source, commits);
-      for (const info of commits) await repo.readCommit(info);
-      const { state } = await repo.loadState(source);
-      for (const r of state.values()) {
-        for (const c of r.chunks) {
-          refs++;
-          const h = await header(c.pack);
-          const e = h?.get(c.id);
-          if (h !== null && (e === undefined || e.offset !== c.offset || e.length !== c.length)) {
-            errors.push(`${displayPath(r.path)} (${source}): chunk ${c.id.slice(0, 16)}… is not where its pack's header says`);
-          }
-        }
-      }
-    } catch (err) {
-      errors.push((err as Error).message);
-    }
-  }
-  let blobs = 0;
-  if (flags.readData) {
-    for (const o of await listAll(repo.backend, 'data/')) {
-      const pack = o.key.split('/').pop() as string;
-      const h = await header(pack);
-      if (h === null) continue;
-      const bytes = await repo.backend.get(o.key);
-      const { createHash } = await import('node:crypto');
-      if (createHash('sha256').update(bytes).digest('hex') !== pack) errors.push(`pack ${o.key} does not match its name (modified or damaged)`);
-      for (const e of h.values()) {
-        try {
-          const data = openBlob(repo.keys, bytes.subarray(e.offset, e.offset + e.length), `chunk ${e.id.slice(0, 16)}… in ${o.key}`);
-          if (repo.keys.id(data).toString('hex') !== e.id) errors.push(`chunk ${e.id.slice(0, 16)}… in ${o.key} does not match its id`);
-          blobs++;
-        } catch (err) {
-          errors.push((err as Error).message);
-        }
-      }
-    }
-  }
+  const { errors, packs, chunkRefs, blobsRead } = await checkRepository(repo, { readData: flags.readData ?? false });
   for (const e of errors) process.stderr.write(`phoenix: error: ${e}\n`);
   print(
     flags,
-    { ok: errors.length === 0, errors, packs: headers.size, chunkRefs: refs, blobsRead: blobs },
+    { ok: errors.length === 0, errors, packs, chunkRefs, blobsRead },
     errors.length === 0
-      ? `no errors: ${headers.size} packs, ${refs} chunk references${flags.readData ? `, ${blobs} blobs read and verified` : ''}`
+      ? `no errors: ${packs} packs, ${chunkRefs} chunk references${flags.readData ? `, ${blobsRead} blobs read and verified` : ''}`
       : `${errors.length} errors found`,
   );
   await repo.backend.close();

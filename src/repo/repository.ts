@@ -9,7 +9,7 @@ import {
   applyChange, checkpointKey, commitKey, CONFIG_KEY, decodeCommit, decodeRecord, encodeCommit, encodeRecord, leaseKey,
   packKey, parseCommitKey, sourceDir, sourceFromDir, type ChunkRef, type Commit, type TreeState,
 } from './format.js';
-import { openBlob, PACK_TARGET, PackBuilder, sealBlob } from './pack.js';
+import { openBlob, PACK_TARGET, PackBuilder, parseHeader, sealBlob, type PackEntry } from './pack.js';
 
 /** The `config` object (JSON, not encrypted: it holds what is needed to open the rest). */
 export interface RepoConfig {
@@ -173,26 +173,50 @@ export class Repository {
     const commits = await this.commitList(source);
     checkContiguous(source, commits);
     const target = seq ?? commits.at(-1)?.seq ?? 0;
-    const state: TreeState = new Map();
-    let from = 0;
-    const cpPrefix = `checkpoint/${sourceDir(source)}/`;
-    const cps = (await listAll(this.backend, cpPrefix)).map((o) => Number(o.key.slice(cpPrefix.length))).filter((n) => n <= target && n > 0);
-    const best = Math.max(0, ...cps);
-    if (best > 0) {
-      const obj = await this.#getJson(checkpointKey(source, best));
-      for (const e of obj.entries as Array<Record<string, unknown>>) {
-        const r = decodeRecord(e);
-        state.set(r.path, r);
-      }
-      from = best;
-    }
+    const best = Math.max(0, ...(await this.checkpointSeqs(source)).filter((n) => n <= target));
+    const state: TreeState = best > 0 ? await this.readCheckpoint(source, best) : new Map();
+    const from = best;
     const tail = commits.filter((c) => c.seq > from && c.seq <= target);
     const read = await mapLimited(tail, 8, (c) => this.readCommit(c));
     for (const c of read) for (const ch of c.changes) applyChange(state, ch);
     return { state, seq: target, commitsRead: read.length };
   }
 
+  /** The seqs of the checkpoints of `source`, from a listing. */
+  async checkpointSeqs(source: string): Promise<number[]> {
+    const prefix = `checkpoint/${sourceDir(source)}/`;
+    return (await listAll(this.backend, prefix)).map((o) => Number(o.key.slice(prefix.length))).filter((n) => n > 0);
+  }
+
+  async readCheckpoint(source: string, seq: number): Promise<TreeState> {
+    const key = checkpointKey(source, seq);
+    const obj = await this.#getJson(key);
+    const state: TreeState = new Map();
+    try {
+      for (const e of obj.entries as Array<Record<string, unknown>>) {
+        const r = decodeRecord(e);
+        state.set(r.path, r);
+      }
+    } catch (err) {
+      throw corrupt(`checkpoint ${key}`, (err as Error).message);
+    }
+    return state;
+  }
+
   // ---- chunks and packs -----------------------------------------------------------------
+
+  /**
+   * A pack's header: its last 4 bytes give the sealed header's length, which sits right
+   * before them. Two ranged reads, never the whole pack.
+   */
+  async packHeader(pack: string): Promise<PackEntry[]> {
+    const key = packKey(pack);
+    const { size } = await this.backend.stat(key);
+    if (size < 4) throw corrupt(`pack ${key}`, 'it is shorter than its trailer');
+    const len = (await this.backend.get(key, { offset: size - 4, length: 4 })).readUInt32LE(0);
+    if (len + 4 > size) throw corrupt(`pack ${key}`, 'its header length is past its start');
+    return parseHeader(this.keys, await this.backend.get(key, { offset: size - 4 - len, length: len }), `pack ${key}`);
+  }
 
   /** Reads one chunk and verifies it against its id. */
   async readChunk(ref: ChunkRef): Promise<Buffer> {
