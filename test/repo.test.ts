@@ -184,6 +184,7 @@ async function roundTrip(open: () => Promise<{ backend: Backend; cleanup?: () =>
           const seq = r.commit?.seq ?? Math.max(0, ...expected.keys());
           expected.set(seq, snapshot(src.path));
         }
+        assert.deepEqual((await checkRepository(repo, { readData: true })).errors, [], 'check finds nothing wrong');
         for (const [seq, tree] of expected) {
           if (seq === 0) continue;
           const dir = join(out.path, String(seq));
