@@ -31,7 +31,8 @@ describe('phoenix init / backup / log / ls / versions / restore / check', () => 
     assert.equal(b1.status, 0, b1.stderr);
     assert.equal(b1.json()[0]?.seq, 1);
     const t1 = new Date().toISOString();
-    await new Promise((r) => setTimeout(r, 20));
+    // Everything after this point must be later than t1, to the millisecond.
+    while (Date.now() <= Date.parse(t1)) await new Promise((r) => setImmediate(r));
     const none = phoenix(env, 'backup', src, '--json');
     assert.equal(none.json()[0]?.seq, null, 'no changes: no commit');
     appendFileSync(join(src, 'notes.txt'), ' and v2');
