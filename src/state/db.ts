@@ -67,8 +67,17 @@ export class StateDb {
   }
 
   /** Records a commit: files put and deleted, chunks added, the new seq — atomically. */
-  applyCommit(source: string, repoId: string, seq: number, put: Iterable<CachedFile>, deleted: Iterable<RawPath>, chunks: Iterable<ChunkRef>): void {
+  applyCommit(
+    source: string,
+    repoId: string,
+    seq: number,
+    put: Iterable<CachedFile>,
+    deleted: Iterable<RawPath>,
+    chunks: Iterable<ChunkRef>,
+    inTransaction?: () => void,
+  ): void {
     this.#db.transaction(() => {
+      inTransaction?.();
       for (const p of deleted) this.#delFile.run(source, rawToBuffer(p));
       for (const f of put) this.#putFileRow(source, f);
       for (const c of chunks) this.#putChunk.run(c.id, c.pack, c.offset, c.length);

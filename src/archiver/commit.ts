@@ -1,0 +1,228 @@
+import type { Entry } from '../model/entry.js';
+import { isWithin, parentOf, type RawPath } from '../model/path.js';
+import { sealBlob } from '../repo/pack.js';
+import type { Commit, ChunkRef, CommitStats, FileRecord, JournalChange } from '../repo/format.js';
+import { ChunkWriter, type CommitInfo, type Repository } from '../repo/repository.js';
+import type { CachedFile, StateDb } from '../state/db.js';
+import { readFile, TORN_RETRIES, type PendingChunk } from './read.js';
+import type { SealPool } from './seal-pool.js';
+
+export interface CommitBuilderOptions {
+  /** A path that could not be backed up (it keeps its last version). */
+  onProblem?: (path: RawPath, message: string) => void;
+  /** Bytes of file content read. */
+  onBytes?: (n: number) => void;
+}
+
+export type AddResult = 'unchanged' | 'added' | 'vanished' | 'error';
+
+/**
+ * Builds one commit of one source on top of what the cache knows (`known`, the tree as of the
+ * last commit): entries added (files read, chunked, deduplicated, sealed and packed), removed
+ * and moved. `commit()` makes it durable — packs, then the commit object, then the cache — and
+ * `applyTo()` brings the caller's `known` up to date. Until then `known` is left alone, so a
+ * commit that fails can simply be built again.
+ *
+ * Moves and removals must come before the adds of the same commit (journal order: moves and
+ * deletes as called, then puts).
+ */
+export class CommitBuilder {
+  readonly stats: CommitStats = { files: 0, dirs: 0, deleted: 0, bytesUploaded: 0, bytesTotal: 0 };
+  /** Paths changed by this commit: a new cache row, or null when removed. */
+  readonly #overlay = new Map<RawPath, CachedFile | null>();
+  readonly #structural: JournalChange[] = [];
+  readonly #puts: FileRecord[] = [];
+  readonly #unresolved: Array<{ rec: FileRecord; refs: Array<Promise<ChunkRef>> }> = [];
+  readonly #newChunks = new Map<string, Promise<ChunkRef>>();
+  readonly #writer: ChunkWriter;
+
+  constructor(
+    readonly repo: Repository,
+    readonly db: StateDb,
+    readonly pool: SealPool,
+    readonly source: string,
+    readonly known: ReadonlyMap<RawPath, CachedFile>,
+    readonly opts: CommitBuilderOptions = {},
+  ) {
+    this.#writer = new ChunkWriter(repo);
+  }
+
+  /** The entry at `path` as of this commit so far. */
+  get(path: RawPath): CachedFile | undefined {
+    const o = this.#overlay.get(path);
+    return o === null ? undefined : (o ?? this.known.get(path));
+  }
+
+  /** True when the commit would change the journal. */
+  get changed(): boolean {
+    return this.#structural.length > 0 || this.#puts.length > 0;
+  }
+
+  get size(): number {
+    return this.#structural.length + this.#puts.length;
+  }
+
+  /**
+   * Records `e` (found at `path`, readable at `fsPath`) if it differs from what is known.
+   * Files are read; one that changed while read is read again (torn content is never
+   * committed as whole); 'vanished' when it is gone, 'error' when unreadable (it keeps its last
+   * version, and the problem is reported).
+   */
+  async add(path: RawPath, fsPath: Buffer, e: Entry): Promise<AddResult> {
+    const before = this.get(path);
+    if (before !== undefined && unchanged(before, e)) return 'unchanged';
+    let entry = e;
+    let rec: FileRecord;
+    if (e.kind === 'file') {
+      const read = await readFile(fsPath, e, this.#chunkRef, this.#bigChunkRef, this.pool, this.#writer, (n) => this.opts.onBytes?.(n));
+      if (read.status === 'vanished') return 'vanished';
+      if (read.status === 'error') {
+        this.opts.onProblem?.(path, read.message);
+        return 'error';
+      }
+      if (read.torn) this.opts.onProblem?.(path, `kept changing while read ${TORN_RETRIES} times; backed up as last read`);
+      entry = read.entry;
+      // Ids now (to compare with the last version); packs and offsets once the packs are cut.
+      rec = record(path, entry, read.chunks.map((c) => ({ id: c.id, pack: '', offset: 0, length: 0 })));
+      this.#unresolved.push({ rec, refs: read.chunks.map((c) => c.ref) });
+    } else {
+      rec = record(path, e, []);
+    }
+    this.#overlay.set(path, { rec, ino: entry.ino.toString(), ctimeNs: entry.ctimeNs.toString() });
+    if (before !== undefined && sameRecord(before.rec, rec)) return 'unchanged'; // only inode or ctime moved
+    this.#puts.push(rec);
+    if (rec.type === 'dir') this.stats.dirs++;
+    else this.stats.files++;
+    this.stats.bytesTotal += rec.size;
+    return 'added';
+  }
+
+  /** `path` and everything below it are gone. */
+  remove(path: RawPath): void {
+    const gone = this.#subtree(path);
+    if (gone.length > 0) this.removeMany(gone);
+  }
+
+  /**
+   * Removes a set of paths that holds the whole subtree of each of its directories (as a
+   * scan's diff gives): one journal delete per topmost path.
+   */
+  removeMany(paths: readonly RawPath[]): void {
+    const set = new Set(paths);
+    for (const p of paths) {
+      if (this.get(p) === undefined) continue;
+      this.#overlay.set(p, null);
+      if (p !== '' && set.has(parentOf(p))) continue;
+      this.#structural.push({ op: 'delete', path: p });
+      this.stats.deleted++;
+    }
+  }
+
+  /** The entry at `from` (a whole directory with its subtree) now stands at `to`: no data moves. */
+  move(from: RawPath, to: RawPath): void {
+    if (from === to || this.get(from) === undefined || isWithin(to, from)) return;
+    const moving = this.#subtree(from).map((p) => [p, this.get(p) as CachedFile] as const);
+    for (const [p] of moving) this.#overlay.set(p, null);
+    for (const p of this.#subtree(to)) this.#overlay.set(p, null);
+    for (const [p, c] of moving) {
+      const np = to + p.slice(from.length);
+      this.#overlay.set(np, { ...c, rec: { ...c.rec, path: np } });
+    }
+    this.#structural.push({ op: 'move', from, path: to });
+  }
+
+  /**
+   * Makes the commit durable as `seq` (packs, then the commit object, then the cache, with
+   * `inTransaction` run in the cache's transaction). Returns undefined when nothing changed
+   * (then only the cache rows are updated, under `seq - 1`).
+   */
+  async commit(seq: number, inTransaction?: () => void): Promise<{ info: CommitInfo; commit: Commit } | undefined> {
+    await this.#writer.flush();
+    for (const u of this.#unresolved) u.rec.chunks = await Promise.all(u.refs);
+    const puts: CachedFile[] = [];
+    const deleted: RawPath[] = [];
+    for (const [p, c] of this.#overlay) {
+      if (c === null) deleted.push(p);
+      else puts.push(c);
+    }
+    const repoId = this.repo.config.id;
+    if (!this.changed) {
+      this.db.applyCommit(this.source, repoId, seq - 1, puts, deleted, [], inTransaction);
+      return undefined;
+    }
+    this.stats.bytesUploaded = this.#writer.bytesUploaded;
+    const changes: JournalChange[] = [...this.#structural, ...this.#puts.map((r): JournalChange => ({ op: 'put', ...r }))];
+    const commit: Commit = { source: this.source, seq, timeMs: Date.now(), packs: this.#writer.packs, changes, stats: this.stats };
+    const info = await this.repo.writeCommit(commit);
+    this.db.applyCommit(this.source, repoId, seq, puts, deleted, await Promise.all(this.#newChunks.values()), inTransaction);
+    return { info, commit };
+  }
+
+  /** Applies this (committed) builder's changes to `known`. */
+  applyTo(known: Map<RawPath, CachedFile>): void {
+    for (const [p, c] of this.#overlay) {
+      if (c === null) known.delete(p);
+      else known.set(p, c);
+    }
+  }
+
+  /** Orders the puts (the journal lists them in this order). */
+  sortPuts(compare: (a: RawPath, b: RawPath) => number): void {
+    this.#puts.sort((a, b) => compare(a.path, b.path));
+  }
+
+  /** `path` and every known path below it (as of this commit). */
+  #subtree(path: RawPath): RawPath[] {
+    const top = this.get(path);
+    if (top === undefined) return [];
+    if (top.rec.type !== 'dir') return [path];
+    const out = new Set<RawPath>([path]);
+    const under = (k: RawPath): boolean => k !== path && isWithin(k, path);
+    for (const k of this.known.keys()) if (under(k) && this.#overlay.get(k) !== null) out.add(k);
+    for (const [k, c] of this.#overlay) if (c !== null && under(k)) out.add(k);
+    return [...out];
+  }
+
+  /** A chunk by id: known (its ref at once), or new (its ref once its pack is cut), uploaded once. */
+  readonly #refFor = (id: string, seal: () => Buffer): PendingChunk => {
+    const known = this.db.chunk(id);
+    if (known) return { id, ref: Promise.resolve(known) };
+    let p = this.#newChunks.get(id);
+    if (p === undefined) {
+      p = this.#writer.addSealed(id, seal());
+      this.#newChunks.set(id, p);
+    }
+    return { id, ref: p };
+  };
+
+  /** Small chunks are hashed and sealed here; a round trip to a worker would cost more. */
+  readonly #chunkRef = (data: Buffer): PendingChunk => this.#refFor(this.repo.keys.id(data).toString('hex'), () => sealBlob(this.repo.keys, data));
+
+  /** Large chunks are hashed and sealed on worker threads (sealed even when known: the id comes with it). */
+  readonly #bigChunkRef = async (data: Buffer): Promise<PendingChunk> => {
+    const { id, sealed } = await this.pool.submit(data);
+    return this.#refFor(id, () => sealed);
+  };
+}
+
+/** The cache says this entry was committed as it stands now: nothing to read. */
+export function unchanged(c: CachedFile, e: Entry): boolean {
+  const r = c.rec;
+  return (
+    r.type === e.kind && c.ino === e.ino.toString() && c.ctimeNs === e.ctimeNs.toString() && r.mtimeNs === e.mtimeNs &&
+    (e.kind === 'dir' || r.size === e.size) && r.mode === e.mode && r.uid === e.uid && r.gid === e.gid && r.target === e.target
+  );
+}
+
+function record(path: RawPath, e: Entry, chunks: ChunkRef[]): FileRecord {
+  const r: FileRecord = { path, type: e.kind, mode: e.mode, uid: e.uid, gid: e.gid, mtimeNs: e.mtimeNs, size: e.kind === 'file' ? e.size : 0, chunks };
+  if (e.target !== undefined) r.target = e.target;
+  return r;
+}
+
+function sameRecord(a: FileRecord, b: FileRecord): boolean {
+  return (
+    a.type === b.type && a.mode === b.mode && a.uid === b.uid && a.gid === b.gid && a.mtimeNs === b.mtimeNs && a.size === b.size &&
+    a.target === b.target && a.chunks.length === b.chunks.length && a.chunks.every((c, i) => c.id === b.chunks[i]?.id)
+  );
+}
