@@ -30,3 +30,6 @@ export function changeToText(c: Change): string {
   if (c.type === 'rescan') line += ` (${c.reason}: reconciling)`;
   return line;
 }
+
+/** Bytes as MiB with one decimal. */
+export const mib = (n: number): string => `${(n / 2 ** 20).toFixed(1)} MiB`;

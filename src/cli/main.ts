@@ -3,6 +3,7 @@ import { PhoenixError } from '../errors.js';
 import { eventsCommand } from './events.js';
 import { backupCommand, checkCommand, initCommand, logCommand, lsCommand, restoreCommand, versionsCommand } from './repo-commands.js';
 import { printError } from './output.js';
+import { statusCommand, watchCommand } from './watch.js';
 
 /** Exit codes: 0 success, 1 failure, 2 usage error. */
 export async function main(argv: string[]): Promise<number> {
@@ -21,6 +22,31 @@ export async function main(argv: string[]): Promise<number> {
     .option('--one-file-system', 'do not cross file system boundaries')
     .action((source: string, opts: { json?: boolean; exclude: string[]; oneFileSystem?: boolean }) => {
       result = eventsCommand(source, opts);
+    });
+
+  program
+    .command('watch')
+    .description('back SOURCE up continuously: every change durable in the repository within a fraction of a second')
+    .argument('[SOURCE]', 'directory to watch (or the sources: of --config)')
+    .option('-r, --repo <URL>', 'repository: a directory, or s3://bucket/prefix (default: $PHOENIX_REPOSITORY, the config file, or ~/.local/share/phoenix/repository)')
+    .option('--config <FILE>', 'YAML configuration (README: Configuration); flags override it')
+    .option('--password-file <FILE>', 'read the password from FILE (default: $PHOENIX_PASSWORD_FILE; or $PHOENIX_PASSWORD)')
+    .option('--state <DIR>', 'local state directory (default: $XDG_STATE_HOME/phoenix)')
+    .option('--source <NAME>', "the source's name in the repository (default: its absolute path)")
+    .addOption(new Option('--exclude <PATTERN>', 'exclude paths matching PATTERN (.gitignore syntax; repeatable)').argParser(collect).default([]))
+    .option('--one-file-system', 'do not cross file system boundaries')
+    .addOption(new Option('--log-level <LEVEL>', 'log level (default: $PHOENIX_LOG_LEVEL or info)').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']))
+    .action((source: string | undefined, opts) => {
+      result = watchCommand(source, opts);
+    });
+  program
+    .command('status')
+    .description('what the running phoenix watch is doing: state, pending changes, last commit, errors')
+    .option('--state <DIR>', 'the state directory the daemon uses (default: $XDG_STATE_HOME/phoenix)')
+    .option('--config <FILE>', 'read the state directory from this configuration')
+    .option('--json', 'print JSON')
+    .action((opts) => {
+      result = statusCommand(opts);
     });
 
   const repoCmd = (name: string, description: string): Command =>
@@ -75,7 +101,7 @@ export async function main(argv: string[]): Promise<number> {
     return await result;
   } catch (err) {
     printError(err);
-    return err instanceof PhoenixError && err.code === 'PHX_USAGE' ? 2 : 1;
+    return err instanceof PhoenixError && (err.code === 'PHX_USAGE' || err.code === 'PHX_CONFIG') ? 2 : 1;
   }
 }
 

@@ -8,9 +8,9 @@ import type { FileRecord } from '../repo/format.js';
 import { Repository, type CommitInfo } from '../repo/repository.js';
 import { restore } from '../restore/restore.js';
 import { openRepo, openState, parseTime, password, pickSource, print, repoUrl, type RepoFlags } from './common.js';
+import { mib } from './format.js';
 
 const iso = (ms: number): string => new Date(ms).toISOString();
-const mib = (n: number): string => `${(n / 2 ** 20).toFixed(1)} MiB`;
 
 export async function initCommand(flags: RepoFlags & { insecureNoEncryption?: boolean }): Promise<void> {
   const backend = openBackend(repoUrl(flags));

@@ -257,7 +257,16 @@ export class Repository {
       this.backend.put(key, Buffer.from(JSON.stringify({ ...me, expiresMs: Date.now() + LEASE_TTL_MS })));
     await write();
     return {
-      renew: write,
+      renew: async () => {
+        // Another writer took over (our lease expired while we could not reach the store): stop.
+        const now = await this.backend.get(key).catch(() => undefined);
+        if (now !== undefined && (JSON.parse(now.toString()) as { token: string }).token !== me.token) {
+          throw new PhoenixError('PHX_LOCKED', `the lease of source ${JSON.stringify(source)} was taken over by another writer`, {
+            hint: 'only one writer per source: stop the other one',
+          });
+        }
+        await write();
+      },
       release: async () => {
         const now = await this.backend.get(key).catch(() => undefined);
         if (now !== undefined && (JSON.parse(now.toString()) as { token: string }).token === me.token) await this.backend.delete(key);

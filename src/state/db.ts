@@ -11,6 +11,18 @@ export interface CachedFile {
   ctimeNs: string;
 }
 
+/** One row of the durable queue: a path changed (dirty), or a move. */
+export interface QueuedChange {
+  id: number;
+  source: string;
+  op: 'path' | 'move';
+  path: RawPath;
+  from?: RawPath;
+  timeMs: number;
+  /** Written and still open (a longer settle time). */
+  open: boolean;
+}
+
 /**
  * The local state: a SQLite cache (WAL) of each source's tree as of its last commit and of
  * where chunks live. It can always be rebuilt from the repository, and is whenever its
@@ -22,6 +34,9 @@ export class StateDb {
   readonly #putChunk: Database.Statement;
   readonly #putFile: Database.Statement;
   readonly #delFile: Database.Statement;
+  readonly #putQueue: Database.Statement;
+  readonly #trimQueue: Database.Statement;
+  #lastQueued: number;
 
   constructor(path: string) {
     mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
@@ -32,7 +47,11 @@ export class StateDb {
       CREATE TABLE IF NOT EXISTS meta (source TEXT PRIMARY KEY, repo_id TEXT NOT NULL, seq INTEGER NOT NULL);
       CREATE TABLE IF NOT EXISTS files (source TEXT NOT NULL, path BLOB NOT NULL, rec TEXT NOT NULL, ino TEXT NOT NULL, ctime TEXT NOT NULL, PRIMARY KEY (source, path));
       CREATE TABLE IF NOT EXISTS chunks (id TEXT PRIMARY KEY, pack TEXT NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL);
+      CREATE TABLE IF NOT EXISTS queue (id INTEGER PRIMARY KEY, source TEXT NOT NULL, op TEXT NOT NULL, path BLOB NOT NULL, from_path BLOB, time_ms INTEGER NOT NULL, open INTEGER NOT NULL);
     `);
+    this.#putQueue = this.#db.prepare('INSERT INTO queue (id, source, op, path, from_path, time_ms, open) VALUES (?, ?, ?, ?, ?, ?, ?)');
+    this.#trimQueue = this.#db.prepare('DELETE FROM queue WHERE source = ? AND id <= ?');
+    this.#lastQueued = (this.#db.prepare('SELECT max(id) AS id FROM queue').get() as { id: number | null }).id ?? 0;
     this.#getChunk = this.#db.prepare('SELECT pack, offset, length FROM chunks WHERE id = ?');
     this.#putChunk = this.#db.prepare('INSERT OR REPLACE INTO chunks (id, pack, offset, length) VALUES (?, ?, ?, ?)');
     this.#putFile = this.#db.prepare('INSERT OR REPLACE INTO files (source, path, rec, ino, ctime) VALUES (?, ?, ?, ?, ?)');
@@ -97,6 +116,42 @@ export class StateDb {
 
   #setSeq(source: string, repoId: string, seq: number): void {
     this.#db.prepare('INSERT OR REPLACE INTO meta (source, repo_id, seq) VALUES (?, ?, ?)').run(source, repoId, seq);
+  }
+
+  // ---- the durable queue of changes seen but not yet committed (phoenix watch) ----
+
+  /** The id the next queued row gets: ids grow, so rows replay in the order they were seen. */
+  nextQueueId(): number {
+    return ++this.#lastQueued;
+  }
+
+  /** Appends rows (ids from nextQueueId) in one transaction. */
+  enqueue(rows: readonly QueuedChange[]): void {
+    if (rows.length === 0) return;
+    this.#db.transaction(() => {
+      for (const r of rows) this.#putQueue.run(r.id, r.source, r.op, rawToBuffer(r.path), r.from === undefined ? null : rawToBuffer(r.from), r.timeMs, r.open ? 1 : 0);
+    })();
+  }
+
+  /** Drops the rows of `source` up to `id` (call within applyCommit's transaction, with enqueue for what stays pending). */
+  trimQueue(source: string, id: number): void {
+    this.#trimQueue.run(source, id);
+  }
+
+  queued(source: string): QueuedChange[] {
+    const rows = this.#db.prepare('SELECT id, op, path, from_path, time_ms, open FROM queue WHERE source = ? ORDER BY id').all(source) as Array<{
+      id: number;
+      op: 'move' | 'path';
+      path: Buffer;
+      from_path: Buffer | null;
+      time_ms: number;
+      open: number;
+    }>;
+    return rows.map((r) => {
+      const q: QueuedChange = { id: r.id, source, op: r.op, path: rawFromBuffer(r.path), timeMs: r.time_ms, open: r.open === 1 };
+      if (r.from_path !== null) q.from = rawFromBuffer(r.from_path);
+      return q;
+    });
   }
 
   close(): void {

@@ -1,0 +1,154 @@
+import { readFileSync } from 'node:fs';
+import type { Server } from 'node:net';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import { SealPool } from '../archiver/seal-pool.js';
+import { PhoenixError } from '../errors.js';
+import type { Repository } from '../repo/repository.js';
+import { StateDb } from '../state/db.js';
+import type { WatchConfig } from './config.js';
+import { SourceRunner, type SourceEvents } from './source.js';
+import { serveStatus, type Status } from './status.js';
+
+const MAX_ERRORS = 50;
+
+/**
+ * `phoenix watch`: one process, one repository, one or more sources. Wires each source's
+ * watcher, durable queue and committer to the repository, and serves the status socket.
+ */
+export class Daemon {
+  readonly #config: WatchConfig;
+  readonly #repo: Repository;
+  readonly #repoUrl: string;
+  readonly #log: Logger;
+  readonly #db: StateDb;
+  readonly #pool: SealPool;
+  readonly #runners: SourceRunner[] = [];
+  readonly #errors: Status['errors'] = [];
+  readonly uploaded = { bytes: 0, files: 0, commits: 0 };
+  bytesRead = 0;
+  #server: Server | undefined;
+  #stopping = false;
+  #failed = 0;
+  /** Resolves when every source has failed (the daemon has nothing left to do). */
+  readonly allFailed: Promise<void>;
+  #resolveAllFailed = (): void => {};
+
+  private constructor(config: WatchConfig, repo: Repository, repoUrl: string, log: Logger) {
+    this.#config = config;
+    this.#repo = repo;
+    this.#repoUrl = repoUrl;
+    this.#log = log;
+    this.#db = new StateDb(join(config.stateDir, `${repo.config.id}.sqlite`));
+    this.#pool = new SealPool(repo.keys);
+    this.allFailed = new Promise((r) => (this.#resolveAllFailed = r));
+  }
+
+  /** Starts serving status, then each source (lease, reconcile, watch). Throws if any cannot start. */
+  static async start(config: WatchConfig, repo: Repository, repoUrl: string, log: Logger): Promise<Daemon> {
+    const d = new Daemon(config, repo, repoUrl, log);
+    try {
+      d.#server = await serveStatus(config.stateDir, () => d.status());
+      for (const sc of config.sources) {
+        const runner = new SourceRunner(sc, repo, d.#db, d.#pool, d.#eventsFor(sc.name), {
+          settle: config.settle,
+          reconcileMs: config.reconcileMs,
+        });
+        d.#runners.push(runner);
+        log.info({ source: sc.name, path: sc.path }, 'starting');
+        await runner.start();
+      }
+    } catch (err) {
+      await d.stop(Date.now()).catch(() => {});
+      throw err;
+    }
+    log.info({ sources: config.sources.length, repository: repoUrl }, 'watching');
+    return d;
+  }
+
+  /**
+   * Stops watching, commits what is pending until `deadlineMs`, releases the leases and
+   * closes everything. True when nothing was left pending.
+   */
+  async stop(deadlineMs: number): Promise<boolean> {
+    this.#stopping = true;
+    const results = await Promise.all(this.#runners.map((r) => r.stop(deadlineMs)));
+    await new Promise<void>((r) => (this.#server ? this.#server.close(() => r()) : r()));
+    await this.#pool.close();
+    this.#db.close();
+    await this.#repo.backend.close();
+    return results.every(Boolean);
+  }
+
+  status(): Status {
+    const now = Date.now();
+    const iso = (c: { seq: number; timeMs: number } | undefined): Status['lastCommit'] => (c ? { seq: c.seq, time: new Date(c.timeMs).toISOString() } : null);
+    const sources = this.#runners.map((r) => {
+      const oldest = r.pending.oldestMs();
+      return {
+        name: r.config.name,
+        path: r.config.path,
+        state: r.state,
+        pending: r.pending.size,
+        oldestPendingMs: oldest === undefined ? 0 : Math.max(0, now - oldest),
+        lastCommit: iso(r.lastCommit),
+        overflows: r.overflows,
+      };
+    });
+    const latest = this.#runners.map((r) => r.lastCommit).reduce<{ seq: number; timeMs: number } | undefined>((a, c) => (c && (!a || c.timeMs > a.timeMs) ? c : a), undefined);
+    const states = sources.map((s) => s.state);
+    const state: Status['state'] = this.#stopping
+      ? 'stopping'
+      : states.some((s) => s === 'starting' || s === 'scanning')
+        ? 'scanning'
+        : states.some((s) => s === 'degraded' || s === 'failed')
+          ? 'degraded'
+          : 'watching';
+    return {
+      state,
+      pid: process.pid,
+      repository: this.#repoUrl,
+      pending: sources.reduce((n, s) => n + s.pending, 0),
+      oldestPendingMs: Math.max(0, ...sources.map((s) => s.oldestPendingMs)),
+      lastCommit: iso(latest),
+      overflows: sources.reduce((n, s) => n + s.overflows, 0),
+      watches: { used: this.#runners.reduce((n, r) => n + r.watches, 0), limit: watchLimit() },
+      uploaded: { ...this.uploaded },
+      errors: [...this.#errors],
+      sources,
+    };
+  }
+
+  #eventsFor(source: string): SourceEvents {
+    const log = this.#log.child({ source });
+    return {
+      info: (msg, fields) => log.info(fields ?? {}, msg),
+      warn: (msg, fields) => log.warn(fields ?? {}, msg),
+      problem: (path, message) => {
+        log.warn(path === undefined ? {} : { path }, message);
+        this.#errors.push({ time: new Date().toISOString(), path: path ?? null, message });
+        if (this.#errors.length > MAX_ERRORS) this.#errors.shift();
+      },
+      committed: (c) => {
+        this.uploaded.bytes += c.bytes;
+        this.uploaded.files += c.files;
+        this.uploaded.commits++;
+        log.debug({ seq: c.seq, changes: c.changes, files: c.files, bytes: c.bytes, oldestMs: c.oldestMs }, 'committed');
+      },
+      bytesRead: (n) => (this.bytesRead += n),
+      fatal: (err: PhoenixError) => {
+        log.error({ code: err.code, hint: err.hint }, err.message);
+        this.#errors.push({ time: new Date().toISOString(), path: null, message: err.message });
+        if (++this.#failed === this.#config.sources.length) this.#resolveAllFailed();
+      },
+    };
+  }
+}
+
+function watchLimit(): number | null {
+  try {
+    return Number(readFileSync('/proc/sys/fs/inotify/max_user_watches', 'utf8').trim());
+  } catch {
+    return null;
+  }
+}

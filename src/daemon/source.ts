@@ -1,0 +1,348 @@
+import { CommitBuilder, unchanged } from '../archiver/commit.js';
+import { syncCache } from '../archiver/backup.js';
+import type { SealPool } from '../archiver/seal-pool.js';
+import { isTransient } from '../backend/backend.js';
+import { PhoenixError } from '../errors.js';
+import type { Change } from '../model/change.js';
+import { Filter } from '../model/filter.js';
+import { displayPath, toFsPath, type RawPath } from '../model/path.js';
+import { mapLimited, type Lease, type Repository } from '../repo/repository.js';
+import { lstatEntry } from '../scanner/stat.js';
+import type { CachedFile, QueuedChange, StateDb } from '../state/db.js';
+import { Watcher } from '../watcher/watcher.js';
+import { PendingChanges, type SettleTimes } from './pending.js';
+
+export interface SourceConfig {
+  /** The source's name in the repository (default: its absolute path). */
+  name: string;
+  path: string;
+  exclude: string[];
+  oneFileSystem: boolean;
+}
+
+/** What a source reports to the daemon (logs, status). */
+export interface SourceEvents {
+  info(msg: string, fields?: Record<string, unknown>): void;
+  warn(msg: string, fields?: Record<string, unknown>): void;
+  /** A path that could not be backed up, or a commit that failed. */
+  problem(path: string | undefined, message: string): void;
+  /** `oldestMs`: how long the oldest change of the commit waited to be durable. */
+  committed(c: { seq: number; timeMs: number; files: number; bytes: number; changes: number; oldestMs: number | undefined }): void;
+  /** Bytes of file content read. */
+  bytesRead(n: number): void;
+  /** The source cannot go on (its directory is gone, or another writer took the lease). */
+  fatal(err: PhoenixError): void;
+}
+
+export interface SourceOptions {
+  settle: SettleTimes;
+  /** A full reconcile scan this often (0: never). */
+  reconcileMs: number;
+  /** Paths per commit at most, so one commit stays a bounded amount of work and memory. */
+  maxBatch?: number;
+  /** Longest wait between retries while the store fails. */
+  maxBackoffMs?: number;
+}
+
+export type SourceState = 'starting' | 'scanning' | 'watching' | 'degraded' | 'stopping' | 'stopped' | 'failed';
+
+/** A checkpoint is written after this many commits, but not more often than every CHECKPOINT_MIN_MS. */
+const CHECKPOINT_COMMITS = 16;
+const CHECKPOINT_MIN_MS = 60_000;
+const CHECKPOINT_MAX_COMMITS = 1000;
+
+/**
+ * Keeps one source's journal up to date: every change its watcher reports goes to the durable
+ * queue and the pending set; settled paths are read and committed in batches; a failing store
+ * is retried with backoff while the queue waits on disk.
+ */
+export class SourceRunner {
+  readonly #repo: Repository;
+  readonly #db: StateDb;
+  readonly #pool: SealPool;
+  readonly #events: SourceEvents;
+  readonly #opts: Required<SourceOptions>;
+  readonly #filter: Filter;
+  readonly pending: PendingChanges;
+  #watcher: Watcher | undefined;
+  #lease: Lease | undefined;
+  #renew: NodeJS.Timeout | undefined;
+  #known = new Map<RawPath, CachedFile>();
+  #seq = 0;
+  #state: SourceState = 'starting';
+  #timer: NodeJS.Timeout | undefined;
+  #committing: Promise<void> | undefined;
+  #queueBuffer: QueuedChange[] = [];
+  #lastRow = 0;
+  #backoffMs = 0;
+  #retryAt = 0;
+  #checkpoint = { seq: 0, timeMs: 0, writing: Promise.resolve() };
+  lastCommit: { seq: number; timeMs: number } | undefined;
+  overflows = 0;
+
+  constructor(readonly config: SourceConfig, repo: Repository, db: StateDb, pool: SealPool, events: SourceEvents, opts: SourceOptions) {
+    this.#repo = repo;
+    this.#db = db;
+    this.#pool = pool;
+    this.#events = events;
+    this.#opts = { maxBatch: 5000, maxBackoffMs: 60_000, ...opts };
+    this.#filter = new Filter(config);
+    this.pending = new PendingChanges(opts.settle);
+  }
+
+  get state(): SourceState {
+    if (this.#state === 'watching' && this.#watcher?.state === 'degraded') return 'degraded';
+    return this.#state;
+  }
+
+  get watches(): number {
+    return this.#watcher?.stats().watches ?? 0;
+  }
+
+  get seq(): number {
+    return this.#seq;
+  }
+
+  /**
+   * Takes the lease, brings the cache in line with the repository, replays the durable queue,
+   * starts watching, and queues whatever differs between the tree and the last commit (what
+   * changed while Phoenix was not running).
+   */
+  async start(): Promise<void> {
+    const name = this.config.name;
+    this.#lease = await this.#repo.acquireLease(name);
+    this.#renew = setInterval(() => {
+      this.#lease?.renew().catch((err: unknown) => {
+        if (err instanceof PhoenixError && err.code === 'PHX_LOCKED') this.#fail(err);
+        else this.#events.warn(`cannot renew the lease: ${(err as Error).message}`);
+      });
+    }, 60_000).unref();
+    this.#seq = await syncCache(this.#repo, this.#db, name);
+    this.#known = this.#db.files(name);
+    this.lastCommit = await this.#repo.commitList(name).then((l) => {
+      const c = l.at(-1);
+      return c && { seq: c.seq, timeMs: c.timeMs };
+    });
+    this.#checkpoint.seq = Math.max(0, ...(await this.#repo.checkpointSeqs(name)));
+    const queued = this.#db.queued(name);
+    for (const q of queued) this.pending.add(fromQueued(q), q.timeMs, q.id);
+    this.#lastRow = queued.at(-1)?.id ?? 0;
+    if (queued.length > 0) this.#events.info('replaying the queue of the last run', { changes: queued.length });
+
+    this.#state = 'scanning';
+    this.#watcher = new Watcher(this.config.path, {
+      exclude: this.config.exclude,
+      oneFileSystem: this.config.oneFileSystem,
+      periodicScanMs: this.#opts.reconcileMs,
+      onChange: (c) => this.#onChange(c),
+      onWarning: (w) => this.#events.problem(undefined, `${w.message}${w.hint ? ` (${w.hint})` : ''}`),
+      onFatal: (err) => this.#fail(err),
+    });
+    await this.#watcher.start();
+    // The reconcile: the tree as it is now against the last commit.
+    const now = Date.now();
+    const tree = this.#watcher.tree;
+    let differ = 0;
+    for (const p of tree.subtree('')) {
+      const before = this.#known.get(p);
+      if (before !== undefined && unchanged(before, tree.get(p)!)) continue;
+      this.#record({ type: 'created', path: p, kind: 'file' }, now);
+      differ++;
+    }
+    for (const p of this.#known.keys()) {
+      if (tree.get(p) !== undefined) continue;
+      this.#record({ type: 'removed', path: p, kind: 'file' }, now);
+      differ++;
+    }
+    this.#events.info('reconciled with the last commit', { entries: tree.size, changed: differ, seq: this.#seq });
+    if (this.#state === 'scanning') this.#state = 'watching';
+    this.#schedule();
+  }
+
+  /**
+   * Stops watching, commits everything pending (ready or not) until `deadlineMs`, releases the
+   * lease. False when something was left pending (it stays in the durable queue).
+   */
+  async stop(deadlineMs: number): Promise<boolean> {
+    if (this.#state === 'stopped') return true;
+    const failed = this.#state === 'failed';
+    this.#state = 'stopping';
+    this.#watcher?.close();
+    clearTimeout(this.#timer);
+    this.#flushQueue();
+    while (!failed && this.pending.size > 0 && Date.now() < deadlineMs) {
+      await this.#committing;
+      if (this.#retryAt > Date.now()) await sleep(Math.min(this.#retryAt, deadlineMs) - Date.now());
+      if (Date.now() >= deadlineMs) break;
+      await this.#commit(true);
+    }
+    await this.#committing;
+    await this.#checkpoint.writing;
+    clearInterval(this.#renew);
+    const clean = this.pending.size === 0;
+    if (!failed) await this.#lease?.release().catch((err: unknown) => this.#events.warn(`cannot release the lease: ${(err as Error).message}`));
+    this.#state = 'stopped';
+    return clean;
+  }
+
+  #onChange(c: Change): void {
+    if (c.type === 'rescan') {
+      if (c.reason === 'overflow') {
+        this.overflows++;
+        this.#events.warn('the kernel event queue overflowed: rescanning', { path: displayPath(c.path) });
+      } else if (c.reason !== 'periodic') {
+        this.#events.info('rescanning', { path: displayPath(c.path), reason: c.reason });
+      }
+      return;
+    }
+    this.#record(c, Date.now());
+    this.#schedule();
+  }
+
+  /** Into the durable queue (written within the tick), then into the pending set. */
+  #record(c: Exclude<Change, { type: 'rescan' }>, now: number): void {
+    const id = this.#db.nextQueueId();
+    const q: QueuedChange = { id, source: this.config.name, op: c.type === 'moved' ? 'move' : 'path', path: c.path, timeMs: now, open: c.type === 'modified' && !c.closed };
+    if (c.type === 'moved') q.from = c.from;
+    if (this.#queueBuffer.push(q) === 1) setImmediate(() => this.#flushQueue());
+    this.#lastRow = id;
+    this.pending.add(c, now, id);
+  }
+
+  #flushQueue(): void {
+    const rows = this.#queueBuffer;
+    this.#queueBuffer = [];
+    this.#db.enqueue(rows);
+  }
+
+  #schedule(): void {
+    if (this.#committing !== undefined || this.#state === 'stopping' || this.#state === 'stopped' || this.#state === 'failed') return;
+    const ready = this.pending.nextReadyMs();
+    if (ready === undefined) return;
+    clearTimeout(this.#timer);
+    const wait = Math.max(0, ready - Date.now(), this.#retryAt - Date.now());
+    this.#timer = setTimeout(() => void this.#commit(false), wait);
+  }
+
+  /** Commits what is ready (or everything pending when `all`). */
+  #commit(all: boolean): Promise<void> {
+    const run = this.#commitOnce(all).finally(() => {
+      this.#committing = undefined;
+      this.#schedule();
+    });
+    this.#committing = run;
+    return run;
+  }
+
+  async #commitOnce(all: boolean): Promise<void> {
+    this.#flushQueue();
+    const maxRow = this.#lastRow;
+    const batch = this.pending.take(Date.now(), all, this.#opts.maxBatch);
+    if (batch.moves.length === 0 && batch.paths.length === 0) {
+      this.pending.done(true);
+      return;
+    }
+    const name = this.config.name;
+    const root = this.#watcherRoot();
+    const builder = new CommitBuilder(this.#repo, this.#db, this.#pool, name, this.#known, {
+      onProblem: (p, m) => this.#events.problem(displayPath(p), m),
+      onBytes: (n) => this.#events.bytesRead(n),
+    });
+    try {
+      for (const m of batch.moves) builder.move(m.from, m.to);
+      const paths = batch.paths.sort(compareRaw);
+      await mapLimited(paths, 4, async (p) => {
+        const e = p === '' || !this.#filter.excludes(p, false) ? this.#lstat(root, p) : undefined;
+        if (e === 'error') return;
+        if (e === undefined || (e.kind === 'dir' && this.#filter.excludes(p, true))) builder.remove(p);
+        else if ((await builder.add(p, toFsPath(root, p), e)) === 'vanished') builder.remove(p);
+      });
+      builder.sortPuts(compareRaw);
+      const done = await builder.commit(this.#seq + 1, () => {
+        this.#db.trimQueue(name, maxRow);
+        // What stays pending and was only in the rows just dropped gets a row again.
+        const keep = this.pending.requeue(maxRow, () => this.#db.nextQueueId());
+        this.#db.enqueue(keep.map((k) => ({ id: k.row, source: name, op: 'path', path: k.path, timeMs: k.firstMs, open: k.open })));
+      });
+      builder.applyTo(this.#known);
+      this.pending.done(true);
+      this.#backoffMs = 0;
+      this.#retryAt = 0;
+      if (done !== undefined) {
+        this.#seq = done.commit.seq;
+        this.lastCommit = { seq: done.commit.seq, timeMs: done.commit.timeMs };
+        const s = done.commit.stats;
+        this.#events.committed({
+          seq: this.#seq,
+          timeMs: done.commit.timeMs,
+          files: s.files,
+          bytes: s.bytesUploaded,
+          changes: done.commit.changes.length,
+          oldestMs: batch.oldestMs === undefined ? undefined : done.commit.timeMs - batch.oldestMs,
+        });
+        this.#maybeCheckpoint();
+      }
+    } catch (err) {
+      this.pending.done(false);
+      if (err instanceof PhoenixError && err.code === 'PHX_LOCKED') {
+        this.#fail(err);
+        return;
+      }
+      this.#backoffMs = Math.min(this.#opts.maxBackoffMs, Math.max(1000, this.#backoffMs * 2));
+      this.#retryAt = Date.now() + this.#backoffMs;
+      const transient = isTransient(err);
+      this.#events.problem(undefined, `commit failed${transient ? ' (the store is unreachable)' : ''}: ${(err as Error).message}; retrying in ${Math.round(this.#backoffMs / 1000)} s`);
+    }
+  }
+
+  #lstat(root: RawPath, p: RawPath): ReturnType<typeof lstatEntry> | 'error' {
+    try {
+      return lstatEntry(toFsPath(root, p));
+    } catch (err) {
+      this.#events.problem(displayPath(p), `cannot stat: ${(err as Error).message}`);
+      return 'error';
+    }
+  }
+
+  #watcherRoot(): RawPath {
+    if (this.#watcher === undefined) throw new Error('not started');
+    return this.#watcher.root;
+  }
+
+  #maybeCheckpoint(): void {
+    const since = this.#seq - this.#checkpoint.seq;
+    const due = this.#checkpoint.seq === 0 || since >= CHECKPOINT_MAX_COMMITS || (since >= CHECKPOINT_COMMITS && Date.now() - this.#checkpoint.timeMs >= CHECKPOINT_MIN_MS);
+    if (!due) return;
+    const seq = this.#seq;
+    const state = new Map([...this.#known].map(([p, f]) => [p, f.rec]));
+    this.#checkpoint.seq = seq;
+    this.#checkpoint.timeMs = Date.now();
+    // In the background: commits go on meanwhile. A checkpoint lost is only a slower restore.
+    this.#checkpoint.writing = this.#checkpoint.writing
+      .then(() => this.#repo.writeCheckpoint(this.config.name, seq, state))
+      .catch((err: unknown) => this.#events.warn(`cannot write checkpoint ${seq}: ${(err as Error).message}`));
+  }
+
+  #fail(err: PhoenixError): void {
+    if (this.#state === 'failed' || this.#state === 'stopped') return;
+    this.#state = 'failed';
+    this.#watcher?.close();
+    clearTimeout(this.#timer);
+    clearInterval(this.#renew);
+    this.#events.fatal(err);
+  }
+}
+
+function fromQueued(q: QueuedChange): Change {
+  if (q.op === 'move' && q.from !== undefined) return { type: 'moved', from: q.from, path: q.path, kind: 'file' };
+  return { type: 'modified', path: q.path, kind: 'file', closed: !q.open };
+}
+
+/** Byte order of raw paths: parents before their children. */
+function compareRaw(a: RawPath, b: RawPath): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, Math.max(0, ms)));
+}

@@ -1,0 +1,89 @@
+import { chmodSync, unlinkSync } from 'node:fs';
+import { createConnection, createServer, type Server } from 'node:net';
+import { join } from 'node:path';
+import { errnoCode, PhoenixError } from '../errors.js';
+
+/** What `phoenix status --json` prints (a contract: fields are only ever added). */
+export interface Status {
+  state: 'scanning' | 'watching' | 'degraded' | 'stopping';
+  pid: number;
+  repository: string;
+  /** Changes seen but not yet durable in the repository. */
+  pending: number;
+  /** Age of the oldest such change (the current exposure), 0 when none. */
+  oldestPendingMs: number;
+  lastCommit: { seq: number; time: string } | null;
+  overflows: number;
+  watches: { used: number; limit: number | null };
+  uploaded: { bytes: number; files: number; commits: number };
+  /** Recent problems, newest last. */
+  errors: Array<{ time: string; path: string | null; message: string }>;
+  sources: Array<{
+    name: string;
+    path: string;
+    state: string;
+    pending: number;
+    oldestPendingMs: number;
+    lastCommit: { seq: number; time: string } | null;
+    overflows: number;
+  }>;
+}
+
+export const socketPath = (stateDir: string): string => join(stateDir, 'phoenix.sock');
+
+/**
+ * Serves the status on a Unix socket in the state directory (mode 0600): each connection gets
+ * one JSON document and is closed. Refuses to start when another daemon answers there.
+ */
+export async function serveStatus(stateDir: string, status: () => Status): Promise<Server> {
+  const path = socketPath(stateDir);
+  const other = await queryStatus(stateDir).catch(() => undefined);
+  if (other !== undefined) {
+    throw new PhoenixError('PHX_LOCKED', `another phoenix watch (pid ${other.pid}) is running with the state directory ${stateDir}`, {
+      hint: 'stop it first, or give this one its own --state DIR',
+    });
+  }
+  try {
+    unlinkSync(path); // a socket left by a daemon that was killed
+  } catch (err) {
+    if (errnoCode(err) !== 'ENOENT') throw err;
+  }
+  const server = createServer((conn) => {
+    conn.on('error', () => {});
+    conn.end(`${JSON.stringify(status())}\n`);
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(path, () => resolve());
+  });
+  chmodSync(path, 0o600);
+  return server;
+}
+
+/** Asks the daemon of `stateDir` for its status; PHX_NOT_RUNNING when none answers. */
+export function queryStatus(stateDir: string): Promise<Status> {
+  const path = socketPath(stateDir);
+  return new Promise((resolve, reject) => {
+    const conn = createConnection(path);
+    let data = '';
+    conn.setEncoding('utf8');
+    conn.on('data', (d: string) => (data += d));
+    conn.on('end', () => {
+      try {
+        resolve(JSON.parse(data) as Status);
+      } catch (err) {
+        reject(new PhoenixError('PHX_IO', `the daemon at ${path} sent an unreadable status: ${(err as Error).message}`));
+      }
+    });
+    conn.on('error', (err) => {
+      const code = errnoCode(err);
+      if (code === 'ENOENT' || code === 'ECONNREFUSED') {
+        reject(new PhoenixError('PHX_NOT_RUNNING', `no phoenix watch is running with the state directory ${path.slice(0, -'/phoenix.sock'.length)}`, {
+          hint: 'start one with phoenix watch, or pass the --state DIR it uses',
+        }));
+      } else {
+        reject(new PhoenixError('PHX_IO', `cannot reach the daemon at ${path}: ${err.message}`, { cause: err }));
+      }
+    });
+  });
+}
