@@ -11,23 +11,44 @@ export interface S3Server {
   stop(): Promise<void>;
 }
 
+/** An s3rver that can also be stopped for a while and started again (same port, same data). */
+export interface RestartableS3Server extends S3Server {
+  pause(): Promise<void>;
+  resume(): Promise<void>;
+}
+
 /** Starts s3rver in a child process on 127.0.0.1 and a free port. */
-export async function startS3rver(): Promise<S3Server> {
+export async function startS3rver(): Promise<RestartableS3Server> {
   const dir = tempDir('phx-s3rver-');
   const script = fileURLToPath(new URL('./fixtures/s3-server.js', import.meta.url));
-  const child: ChildProcess = spawn(process.execPath, ['--openssl-legacy-provider', script, dir.path], { stdio: ['ignore', 'pipe', 'inherit'] });
-  const port = await new Promise<number>((resolve, reject) => {
-    child.on('exit', (c) => reject(new Error(`s3rver exited with ${c}`)));
-    createInterface({ input: child.stdout! }).once('line', (l) => resolve((JSON.parse(l) as { port: number }).port));
-  });
+  let child: ChildProcess | undefined;
+  const run = async (port: number): Promise<number> => {
+    const c = spawn(process.execPath, ['--openssl-legacy-provider', script, dir.path, String(port)], { stdio: ['ignore', 'pipe', 'inherit'] });
+    child = c;
+    return new Promise<number>((resolve, reject) => {
+      c.on('exit', (code) => reject(new Error(`s3rver exited with ${code}`)));
+      createInterface({ input: c.stdout! }).once('line', (l) => resolve((JSON.parse(l) as { port: number }).port));
+    });
+  };
+  const kill = async (): Promise<void> => {
+    const c = child;
+    child = undefined;
+    if (c === undefined || c.exitCode !== null) return;
+    c.kill('SIGTERM');
+    await new Promise((r) => c.once('exit', r));
+  };
+  const port = await run(0);
   process.env.AWS_ACCESS_KEY_ID = 'S3RVER';
   process.env.AWS_SECRET_ACCESS_KEY = 'S3RVER';
   return {
     endpoint: `http://127.0.0.1:${port}`,
     bucket: 'phoenix-test',
+    pause: kill,
+    resume: async () => {
+      await run(port);
+    },
     stop: async () => {
-      child.kill('SIGTERM');
-      await new Promise((r) => child.once('exit', r));
+      await kill();
       dir.cleanup();
     },
   };

@@ -8,17 +8,16 @@ import { DEFAULT_SETTLE, type SettleTimes } from './pending.js';
 import type { SourceConfig } from './source.js';
 
 /** `250ms`, `20s`, `5m`, `1h`, `2d`, or a number of milliseconds. */
-const duration = z.union([
-  z.number().int().nonnegative(),
-  z.string().transform((s, ctx) => {
-    const m = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)$/.exec(s.trim());
-    if (!m) {
-      ctx.addIssue({ code: 'custom', message: `expected a duration such as 20ms, 5s, 10m, 1h, got ${JSON.stringify(s)}` });
-      return z.NEVER;
-    }
-    return Math.round(Number(m[1]) * { ms: 1, s: 1e3, m: 6e4, h: 36e5, d: 864e5 }[m[2] as 'ms' | 's' | 'm' | 'h' | 'd']);
-  }),
-]);
+const DURATION_HINT = 'expected a duration such as 20ms, 5s, 10m, 1h (or a number of milliseconds)';
+const duration = z.union([z.number().int().nonnegative(), z.string()], { error: DURATION_HINT }).transform((v, ctx) => {
+  if (typeof v === 'number') return v;
+  const m = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)$/.exec(v.trim());
+  if (!m) {
+    ctx.addIssue({ code: 'custom', message: `${DURATION_HINT}, got ${JSON.stringify(v)}` });
+    return z.NEVER;
+  }
+  return Math.round(Number(m[1]) * { ms: 1, s: 1e3, m: 6e4, h: 36e5, d: 864e5 }[m[2] as 'ms' | 's' | 'm' | 'h' | 'd']);
+});
 
 const sourceSchema = z.strictObject({
   path: z.string().min(1),

@@ -5,7 +5,7 @@ import { isTransient } from '../backend/backend.js';
 import { PhoenixError } from '../errors.js';
 import type { Change } from '../model/change.js';
 import { Filter } from '../model/filter.js';
-import { displayPath, toFsPath, type RawPath } from '../model/path.js';
+import { displayPath, parentOf, toFsPath, type RawPath } from '../model/path.js';
 import { mapLimited, type Lease, type Repository } from '../repo/repository.js';
 import { lstatEntry } from '../scanner/stat.js';
 import type { CachedFile, QueuedChange, StateDb } from '../state/db.js';
@@ -195,7 +195,14 @@ export class SourceRunner {
       }
       return;
     }
-    this.#record(c, Date.now());
+    const now = Date.now();
+    this.#record(c, now);
+    // An entry added, removed or renamed changes its directory's mtime, which is committed too
+    // (the root's own metadata is not part of a source).
+    if (c.type === 'created' || c.type === 'removed' || c.type === 'moved') {
+      const parents = new Set([parentOf(c.path), c.type === 'moved' ? parentOf(c.from) : '']);
+      for (const dir of parents) if (dir !== '') this.#record({ type: 'attributes', path: dir, kind: 'dir' }, now);
+    }
     this.#schedule();
   }
 

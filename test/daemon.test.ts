@@ -1,0 +1,245 @@
+import assert from 'node:assert/strict';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { loadWatchConfig } from '../src/daemon/config.js';
+import { PendingChanges } from '../src/daemon/pending.js';
+import { PhoenixError } from '../src/errors.js';
+import { DaemonProcess, isExcluded, mapDiff, phoenix, snapshot, Workload, WORKLOAD_EXCLUDES } from './daemon-helpers.js';
+import { tempDir } from './helpers.js';
+import { startS3rver } from './servers.js';
+
+const excludeArgs = WORKLOAD_EXCLUDES.flatMap((p) => ['--exclude', p]);
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** A source, a repository and a state directory in a fresh temporary directory. */
+function setup(repoUrl?: string) {
+  const work = tempDir('phx-daemon-');
+  const src = join(work.path, 'src');
+  mkdirSync(src);
+  const repo = repoUrl ?? join(work.path, 'repo');
+  const init = phoenix({}, 'init', '--repo', repo);
+  assert.equal(init.status, 0, init.stderr);
+  return { work, src, repo, state: join(work.path, 'state'), restoreDir: (n: string) => join(work.path, `restore-${n}`) };
+}
+
+/** Restores `src`'s source (at `at`, or the latest) and compares it with `expected`. */
+function assertRestores(repo: string, src: string, target: string, expected: Map<string, string>, at?: string): void {
+  const r = phoenix({}, 'restore', '--repo', repo, '--source', src, '--target', target, ...(at ? ['--at', at] : []));
+  assert.equal(r.status, 0, r.stderr);
+  const diff = mapDiff(snapshot(target), expected);
+  assert.deepEqual(diff, [], `restore${at ? ` at ${at}` : ''} differs from the source:\n${diff.join('\n')}`);
+}
+
+/** The current time, and a wait until the clock has passed it (later changes are later to the millisecond). */
+async function instant(): Promise<string> {
+  const t = new Date().toISOString();
+  while (Date.now() <= Date.parse(t) + 1) await sleep(1);
+  return t;
+}
+
+describe('phoenix watch: configuration', () => {
+  it('names the key, the bad value and what is expected', () => {
+    const dir = tempDir('phx-config-');
+    after(dir.cleanup);
+    const file = join(dir.path, 'phoenix.yaml');
+    writeFileSync(file, 'repository: /r\nsettle:\n  closed: soon\nsources:\n  - path: /x\n    exclude: "*.tmp"\n    colour: blue\n');
+    assert.throws(
+      () => loadWatchConfig(undefined, { config: file, exclude: [] }),
+      (e: unknown) => {
+        assert.ok(e instanceof PhoenixError && e.code === 'PHX_CONFIG');
+        assert.match(e.message, /settle\.closed: expected a duration such as 20ms/);
+        assert.match(e.message, /sources\[0\]\.exclude: .*expected array.*\(found "\*\.tmp"\)/);
+        assert.match(e.message, /sources\[0\]: Unrecognized key: "colour"/);
+        return true;
+      },
+    );
+    writeFileSync(file, 'sources: [ {path: ok}\n');
+    assert.throws(() => loadWatchConfig(undefined, { config: file, exclude: [] }), /not valid YAML at line 2/);
+    writeFileSync(file, 'repository: ./repo\nsettle: {closed: 5ms, open: 2s}\nsources:\n  - path: ./docs\n    exclude: ["*.o"]\n');
+    const c = loadWatchConfig(undefined, { config: file, exclude: ['*.tmp'], repo: '/flag-wins' });
+    assert.equal(c.repository, '/flag-wins');
+    assert.deepEqual(c.settle, { closedMs: 5, openMs: 2000, maxDelayMs: 5000 });
+    assert.deepEqual(c.sources, [{ name: join(dir.path, 'docs'), path: join(dir.path, 'docs'), exclude: ['*.o', '*.tmp'], oneFileSystem: false }]);
+  });
+
+  it('phoenix status says when no daemon runs (exit 1), and a bad config is a usage error (exit 2)', () => {
+    const dir = tempDir('phx-status-');
+    after(dir.cleanup);
+    const r = phoenix({}, 'status', '--state', dir.path);
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /no phoenix watch is running .*\[PHX_NOT_RUNNING\]/);
+    writeFileSync(join(dir.path, 'bad.yaml'), 'sources: 3\n');
+    const w = phoenix({}, 'watch', '--config', join(dir.path, 'bad.yaml'));
+    assert.equal(w.status, 2);
+    assert.match(w.stderr, /sources: .*expected array.*\(found 3\)/);
+  });
+});
+
+describe('pending changes', () => {
+  const settle = { closedMs: 20, openMs: 1000, maxDelayMs: 5000 };
+  it('settles closed files quickly, open ones after a quiet second, and anything within the maximum delay', () => {
+    const p = new PendingChanges(settle);
+    p.add({ type: 'modified', path: 'log', kind: 'file', closed: false }, 0);
+    p.add({ type: 'modified', path: 'doc', kind: 'file', closed: true }, 0);
+    assert.equal(p.nextReadyMs(), 20);
+    assert.deepEqual(p.take(20, false, 100).paths, ['doc']);
+    p.done(true);
+    for (let t = 500; t <= 6000; t += 500) p.add({ type: 'modified', path: 'log', kind: 'file', closed: false }, t);
+    assert.equal(p.nextReadyMs(), 5000, 'the maximum delay bounds a file that never stops changing');
+    assert.deepEqual(p.take(5000, false, 100).paths, ['log']);
+    p.add({ type: 'modified', path: 'log', kind: 'file', closed: false }, 5100); // while its commit is built
+    p.done(true);
+    assert.equal(p.size, 1, 'a change seen during the commit stays pending');
+    assert.equal(p.oldestMs(), 5100);
+  });
+
+  it('carries pending paths along a directory move and folds them into a removal', () => {
+    const p = new PendingChanges(settle);
+    p.add({ type: 'created', path: 'd/a', kind: 'file' }, 0);
+    p.add({ type: 'moved', from: 'd', path: 'e', kind: 'dir' }, 1);
+    const b = p.take(100, false, 100);
+    assert.deepEqual(b.moves.map((m) => [m.from, m.to]), [['d', 'e']]);
+    assert.deepEqual(b.paths.sort(), ['e', 'e/a']);
+    p.done(false); // the store failed: everything stays
+    assert.equal(p.size, 3);
+    p.add({ type: 'removed', path: 'e', kind: 'dir' }, 2);
+    const c = p.take(100, false, 100);
+    assert.deepEqual(c.paths, ['e'], 'the removal replaces what was pending below it');
+    assert.equal(c.oldestMs, 0);
+    p.done(true);
+    assert.equal(p.size, 0);
+  });
+});
+
+describe('phoenix watch: end to end (real processes, real inotify)', () => {
+  it('a random live workload with a real overflow: restores equal the source now and at earlier instants', async () => {
+    const s = setup();
+    after(s.work.cleanup);
+    const cfg = join(s.work.path, 'phoenix.yaml');
+    // Short settle times so that files being appended are read while they grow.
+    writeFileSync(cfg, 'settle: {closed: 10ms, open: 50ms, max-delay: 200ms}\n');
+    const w = new Workload(s.src, 20261123);
+    await w.run(100); // changes made before the daemon ever ran
+    const d = new DaemonProcess({ src: s.src, repo: s.repo, state: s.state, args: [...excludeArgs, '--config', cfg] });
+    try {
+      await d.ready();
+      await Promise.all([w.run(500), w.appendSlowly(40, 64 * 1024)]);
+      await d.sync(s.src);
+      const snap1 = snapshot(s.src, isExcluded);
+      const t1 = await instant();
+
+      // Stop the daemon's process while many events arrive: the kernel queue overflows for real.
+      d.child.kill('SIGSTOP');
+      w.flood(17_000);
+      await w.run(200);
+      d.child.kill('SIGCONT');
+      await w.run(300);
+      await d.sync(s.src);
+      const status = await d.status();
+      assert.ok(status.overflows >= 1, `an overflow was forced: ${JSON.stringify(status)}`);
+      assert.equal(status.pending, 0);
+      assert.equal(status.oldestPendingMs, 0);
+      assert.ok(status.watches.used > 10 && status.lastCommit !== null && status.uploaded.commits > 0);
+      const snap2 = snapshot(s.src, isExcluded);
+      const t2 = await instant();
+
+      await Promise.all([w.run(400), w.appendSlowly(30, 200 * 1024)]);
+      await d.sync(s.src);
+      const snap3 = snapshot(s.src, isExcluded);
+      assert.equal(await d.stop(), 0, d.stderr.slice(-3000));
+
+      assertRestores(s.repo, s.src, s.restoreDir('latest'), snap3);
+      assertRestores(s.repo, s.src, s.restoreDir('t1'), snap1, t1);
+      assertRestores(s.repo, s.src, s.restoreDir('t2'), snap2, t2);
+      const check = phoenix({}, 'check', '--repo', s.repo, '--read-data');
+      assert.equal(check.status, 0, check.stdout + check.stderr);
+      const moves = phoenix({}, 'log', '--repo', s.repo, '--json').stdout.trim().split('\n').map((l) => JSON.parse(l) as { moves: number });
+      assert.ok(moves.some((c) => c.moves > 0), 'renames are committed as move entries');
+    } finally {
+      d.child.kill('SIGKILL');
+    }
+  });
+
+  it('kill -9 during the workload, changes while it is down, restart: nothing is lost, no half commit', async () => {
+    const s = setup();
+    after(s.work.cleanup);
+    const w = new Workload(s.src, 7);
+    await w.run(50);
+    let d = new DaemonProcess({ src: s.src, repo: s.repo, state: s.state, args: excludeArgs });
+    try {
+      await d.ready();
+      for (let round = 0; round < 3; round++) {
+        const work = w.run(300);
+        await sleep(50 + round * 70);
+        await d.kill9(); // at some moment of the workload: mid-commit, mid-read, idle
+        await work;
+        await w.run(100); // while it is down
+        d = new DaemonProcess({ src: s.src, repo: s.repo, state: s.state, args: excludeArgs });
+        await d.ready();
+      }
+      await w.run(200);
+      await d.sync(s.src);
+      const snap = snapshot(s.src, isExcluded);
+      assert.equal(await d.stop(), 0, d.stderr.slice(-3000));
+      assertRestores(s.repo, s.src, s.restoreDir('latest'), snap);
+      const check = phoenix({}, 'check', '--repo', s.repo);
+      assert.equal(check.status, 0, check.stdout + check.stderr);
+    } finally {
+      d.child.kill('SIGKILL');
+    }
+  });
+
+  it('the store goes away: the queue waits, status shows the backlog, and everything lands when it returns', async () => {
+    const server = await startS3rver();
+    after(() => server.stop());
+    const url = `s3://${server.bucket}/daemon?endpoint=${encodeURIComponent(server.endpoint)}&path-style=true`;
+    const s = setup(url);
+    after(s.work.cleanup);
+    const w = new Workload(s.src, 99);
+    const d = new DaemonProcess({ src: s.src, repo: url, state: s.state, args: excludeArgs });
+    try {
+      await d.ready();
+      await w.run(200);
+      await d.sync(s.src);
+      await server.pause();
+      await w.run(200);
+      await sleep(1500);
+      const down = await d.status();
+      assert.ok(down.pending > 0, `changes wait while the store is down: ${JSON.stringify(down)}`);
+      assert.ok(down.oldestPendingMs >= 1000, `the exposure grows: ${down.oldestPendingMs}`);
+      assert.ok(down.errors.some((e) => /commit failed/.test(e.message)), JSON.stringify(down.errors));
+      await server.resume();
+      await w.run(100);
+      await d.sync(s.src);
+      const snap = snapshot(s.src, isExcluded);
+      assert.equal(await d.stop(), 0, d.stderr.slice(-3000));
+      assertRestores(url, s.src, s.restoreDir('latest'), snap);
+    } finally {
+      d.child.kill('SIGKILL');
+    }
+  });
+
+  it('a second daemon on the same source is refused with a clear message', async () => {
+    const s = setup();
+    after(s.work.cleanup);
+    writeFileSync(join(s.src, 'f'), 'x');
+    const d = new DaemonProcess({ src: s.src, repo: s.repo, state: s.state });
+    try {
+      await d.ready();
+      const sameState = phoenix({}, 'watch', s.src, '--repo', s.repo, '--state', s.state);
+      assert.equal(sameState.status, 1);
+      assert.match(sameState.stderr, /another phoenix watch \(pid \d+\) is running with the state directory/);
+      const otherState = phoenix({}, 'watch', s.src, '--repo', s.repo, '--state', join(s.work.path, 'state2'));
+      assert.equal(otherState.status, 1);
+      assert.match(otherState.stderr, /is being written by process \d+ on .* \[PHX_LOCKED\]/);
+      const st = phoenix({}, 'status', '--state', s.state);
+      assert.equal(st.status, 0);
+      assert.match(st.stdout, /watching; repository /);
+      assert.equal(await d.stop(), 0);
+      rmSync(join(s.src, 'f'));
+    } finally {
+      d.child.kill('SIGKILL');
+    }
+  });
+});
