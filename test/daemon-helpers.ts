@@ -73,11 +73,11 @@ export class DaemonProcess {
   constructor(
     readonly opts: { src: string; repo: string; state: string; args?: string[]; env?: Record<string, string> },
   ) {
-    this.child = spawn(process.execPath, [PHOENIX, 'watch', opts.src, '--repo', opts.repo, '--state', opts.state, '--log-level', 'debug', ...(opts.args ?? [])], {
+    this.child = spawn(process.execPath, [PHOENIX, 'watch', opts.src, '--repo', opts.repo, '--state', opts.state, '--log-level', process.env.PHX_TEST_LOG_LEVEL ?? 'debug', ...(opts.args ?? [])], {
       stdio: ['ignore', 'ignore', 'pipe'],
       env: { ...process.env, PHOENIX_PASSWORD: PASSWORD, ...opts.env },
     });
-    this.child.stderr?.on('data', (d: Buffer) => (this.stderr = (this.stderr + d.toString()).slice(-200_000)));
+    this.child.stderr?.on('data', (d: Buffer) => (this.stderr = (this.stderr + d.toString()).slice(process.env.PHX_KEEP ? -200_000_000 : -200_000)));
     this.exited = new Promise((resolve) => this.child.on('exit', (code, signal) => resolve(code ?? (signal ? -1 : null))));
   }
 
@@ -313,11 +313,16 @@ export class Workload {
     this.files.add(p);
   }
 
-  /** Many small files at once, in a new directory (used to overflow the kernel queue). */
-  flood(n: number): void {
+  /** A new, empty directory for flood(). */
+  floodDir(): string {
     const d = this.#newName('');
     mkdirSync(this.#abs(d));
     this.dirs.add(d);
+    return d;
+  }
+
+  /** Many small files at once in directory `d` (used to overflow the kernel queue). */
+  flood(d: string, n: number): void {
     for (let i = 0; i < n; i++) writeFileSync(this.#abs(`${d}/${i}`), '');
   }
 }

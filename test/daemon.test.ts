@@ -14,7 +14,9 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 
 /** A source, a repository and a state directory in a fresh temporary directory. */
 function setup(repoUrl?: string) {
-  const work = tempDir('phx-daemon-');
+  const made = tempDir('phx-daemon-');
+  // PHX_KEEP=1 keeps the directories of a failed run for a look.
+  const work = process.env.PHX_KEEP ? { path: made.path, cleanup: () => process.stderr.write(`kept ${made.path}\n`) } : made;
   const src = join(work.path, 'src');
   mkdirSync(src);
   const repo = repoUrl ?? join(work.path, 'repo');
@@ -125,13 +127,14 @@ describe('phoenix watch: end to end (real processes, real inotify)', () => {
     try {
       await d.ready();
       await Promise.all([w.run(500), w.appendSlowly(40, 64 * 1024)]);
-      await d.sync(s.src);
+      const flood = w.floodDir();
+      await d.sync(s.src); // the flood directory is watched from here on
       const snap1 = snapshot(s.src, isExcluded);
       const t1 = await instant();
 
       // Stop the daemon's process while many events arrive: the kernel queue overflows for real.
       d.child.kill('SIGSTOP');
-      w.flood(17_000);
+      w.flood(flood, 17_000);
       await w.run(200);
       d.child.kill('SIGCONT');
       await w.run(300);
@@ -140,7 +143,7 @@ describe('phoenix watch: end to end (real processes, real inotify)', () => {
       assert.ok(status.overflows >= 1, `an overflow was forced: ${JSON.stringify(status)}`);
       assert.equal(status.pending, 0);
       assert.equal(status.oldestPendingMs, 0);
-      assert.ok(status.watches.used > 10 && status.lastCommit !== null && status.uploaded.commits > 0);
+      assert.ok(status.watches.used >= 2 && status.lastCommit !== null && status.uploaded.commits > 0);
       const snap2 = snapshot(s.src, isExcluded);
       const t2 = await instant();
 
@@ -158,6 +161,7 @@ describe('phoenix watch: end to end (real processes, real inotify)', () => {
       assert.ok(moves.some((c) => c.moves > 0), 'renames are committed as move entries');
     } finally {
       d.child.kill('SIGKILL');
+      if (process.env.PHX_KEEP) writeFileSync(join(s.work.path, 'daemon.log'), d.stderr);
     }
   });
 

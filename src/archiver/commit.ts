@@ -31,7 +31,8 @@ export class CommitBuilder {
   /** Paths changed by this commit: a new cache row, or null when removed. */
   readonly #overlay = new Map<RawPath, CachedFile | null>();
   readonly #structural: JournalChange[] = [];
-  readonly #puts: FileRecord[] = [];
+  /** Puts by path: a later removal or move of the same path in this commit takes them along. */
+  readonly #puts = new Map<RawPath, FileRecord>();
   readonly #unresolved: Array<{ rec: FileRecord; refs: Array<Promise<ChunkRef>> }> = [];
   readonly #newChunks = new Map<string, Promise<ChunkRef>>();
   readonly #writer: ChunkWriter;
@@ -55,11 +56,11 @@ export class CommitBuilder {
 
   /** True when the commit would change the journal. */
   get changed(): boolean {
-    return this.#structural.length > 0 || this.#puts.length > 0;
+    return this.#structural.length > 0 || this.#puts.size > 0;
   }
 
   get size(): number {
-    return this.#structural.length + this.#puts.length;
+    return this.#structural.length + this.#puts.size;
   }
 
   /**
@@ -90,7 +91,8 @@ export class CommitBuilder {
     }
     this.#overlay.set(path, { rec, ino: entry.ino.toString(), ctimeNs: entry.ctimeNs.toString() });
     if (before !== undefined && sameRecord(before.rec, rec)) return 'unchanged'; // only inode or ctime moved
-    this.#puts.push(rec);
+    this.#dropPut(path);
+    this.#puts.set(path, rec);
     if (rec.type === 'dir') this.stats.dirs++;
     else this.stats.files++;
     this.stats.bytesTotal += rec.size;
@@ -103,6 +105,15 @@ export class CommitBuilder {
     if (gone.length > 0) this.removeMany(gone);
   }
 
+  /** Everything below `path` is gone (`path` itself stays as it is). */
+  removeBelow(path: RawPath): void {
+    const under = (k: RawPath): boolean => k !== path && isWithin(k, path);
+    const gone = new Set<RawPath>();
+    for (const k of this.known.keys()) if (under(k) && this.#overlay.get(k) !== null) gone.add(k);
+    for (const [k, c] of this.#overlay) if (c !== null && under(k)) gone.add(k);
+    if (gone.size > 0) this.removeMany([...gone]);
+  }
+
   /**
    * Removes a set of paths that holds the whole subtree of each of its directories (as a
    * scan's diff gives): one journal delete per topmost path.
@@ -112,23 +123,42 @@ export class CommitBuilder {
     for (const p of paths) {
       if (this.get(p) === undefined) continue;
       this.#overlay.set(p, null);
+      this.#dropPut(p);
       if (p !== '' && set.has(parentOf(p))) continue;
       this.#structural.push({ op: 'delete', path: p });
       this.stats.deleted++;
     }
   }
 
-  /** The entry at `from` (a whole directory with its subtree) now stands at `to`: no data moves. */
-  move(from: RawPath, to: RawPath): void {
-    if (from === to || this.get(from) === undefined || isWithin(to, from)) return;
+  /**
+   * The entry at `from` (a whole directory with its subtree) now stands at `to`: no data moves.
+   * False when nothing is known at `from` (then what stands at `to` must be added).
+   */
+  move(from: RawPath, to: RawPath): boolean {
+    if (from === to || isWithin(to, from)) return false;
     const moving = this.#subtree(from).map((p) => [p, this.get(p) as CachedFile] as const);
+    if (moving.length === 0) return false;
+    const replaced = this.#subtree(to);
     for (const [p] of moving) this.#overlay.set(p, null);
-    for (const p of this.#subtree(to)) this.#overlay.set(p, null);
+    for (const p of replaced) {
+      this.#overlay.set(p, null);
+      this.#dropPut(p);
+    }
     for (const [p, c] of moving) {
       const np = to + p.slice(from.length);
-      this.#overlay.set(np, { ...c, rec: { ...c.rec, path: np } });
+      const put = this.#puts.get(p);
+      if (put === c.rec) {
+        // Put by this commit: the same record (its chunks are resolved later) moves along.
+        this.#puts.delete(p);
+        put.path = np;
+        this.#puts.set(np, put);
+        this.#overlay.set(np, c);
+      } else {
+        this.#overlay.set(np, { ...c, rec: { ...c.rec, path: np } });
+      }
     }
     this.#structural.push({ op: 'move', from, path: to });
+    return true;
   }
 
   /**
@@ -151,11 +181,26 @@ export class CommitBuilder {
       return undefined;
     }
     this.stats.bytesUploaded = this.#writer.bytesUploaded;
-    const changes: JournalChange[] = [...this.#structural, ...this.#puts.map((r): JournalChange => ({ op: 'put', ...r }))];
+    const changes: JournalChange[] = [...this.#structural, ...[...this.#puts.values()].map((r): JournalChange => ({ op: 'put', ...r }))];
     const commit: Commit = { source: this.source, seq, timeMs: Date.now(), packs: this.#writer.packs, changes, stats: this.stats };
     const info = await this.repo.writeCommit(commit);
     this.db.applyCommit(this.source, repoId, seq, puts, deleted, await Promise.all(this.#newChunks.values()), inTransaction);
     return { info, commit };
+  }
+
+  /**
+   * Directories that entries of this commit lie in but that are not committed themselves
+   * (moved into a directory that is new, or put before their directory settled). Every
+   * committed entry's directory must be committed too: moves and removals rely on it.
+   */
+  missingParents(): RawPath[] {
+    const out = new Set<RawPath>();
+    for (const [p, c] of this.#overlay) {
+      if (c === null) continue;
+      const dir = parentOf(p);
+      if (dir !== '' && this.get(dir)?.rec.type !== 'dir') out.add(dir);
+    }
+    return [...out];
   }
 
   /** Applies this (committed) builder's changes to `known`. */
@@ -168,13 +213,30 @@ export class CommitBuilder {
 
   /** Orders the puts (the journal lists them in this order). */
   sortPuts(compare: (a: RawPath, b: RawPath) => number): void {
-    this.#puts.sort((a, b) => compare(a.path, b.path));
+    const sorted = [...this.#puts.values()].sort((a, b) => compare(a.path, b.path));
+    this.#puts.clear();
+    for (const r of sorted) this.#puts.set(r.path, r);
+  }
+
+  #dropPut(path: RawPath): void {
+    const r = this.#puts.get(path);
+    if (r === undefined) return;
+    this.#puts.delete(path);
+    if (r.type === 'dir') this.stats.dirs--;
+    else this.stats.files--;
+    this.stats.bytesTotal -= r.size;
   }
 
   /** `path` and every known path below it (as of this commit). */
   #subtree(path: RawPath): RawPath[] {
     const top = this.get(path);
-    if (top === undefined) return [];
+    if (top === undefined) {
+      // Nothing committed lies below a path that is not (callers keep every parent committed),
+      // but entries moved in by this commit may, below a directory that is new.
+      const out: RawPath[] = [];
+      for (const [k, c] of this.#overlay) if (c !== null && k !== path && isWithin(k, path)) out.push(k);
+      return out;
+    }
     if (top.rec.type !== 'dir') return [path];
     const out = new Set<RawPath>([path]);
     const under = (k: RawPath): boolean => k !== path && isWithin(k, path);

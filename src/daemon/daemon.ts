@@ -124,6 +124,7 @@ export class Daemon {
     return {
       info: (msg, fields) => log.info(fields ?? {}, msg),
       warn: (msg, fields) => log.warn(fields ?? {}, msg),
+      trace: log.isLevelEnabled('trace') ? (msg, fields) => log.trace(fields, msg) : undefined,
       problem: (path, message) => {
         log.warn(path === undefined ? {} : { path }, message);
         this.#errors.push({ time: new Date().toISOString(), path: path ?? null, message });
@@ -137,7 +138,7 @@ export class Daemon {
       },
       bytesRead: (n) => (this.bytesRead += n),
       fatal: (err: PhoenixError) => {
-        log.error({ code: err.code, hint: err.hint }, err.message);
+        log.error({ code: err.code, hint: err.hint, cause: (err.cause as Error | undefined)?.stack }, err.message);
         this.#errors.push({ time: new Date().toISOString(), path: null, message: err.message });
         if (++this.#failed === this.#config.sources.length) this.#resolveAllFailed();
       },

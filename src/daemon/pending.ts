@@ -24,6 +24,9 @@ interface Item {
   againMs: number | undefined;
   /** The id of its latest row in the durable queue. */
   row: number;
+  /** Removed (and perhaps back since): what was known below it is gone. */
+  replaced: boolean;
+  replacedTaken: boolean;
 }
 
 export interface Move {
@@ -35,6 +38,8 @@ export interface Move {
 export interface Batch {
   moves: Move[];
   paths: RawPath[];
+  /** Those of `paths` that were removed since their last commit (perhaps to come back). */
+  replaced: RawPath[];
   /** When the oldest change of the batch was seen. */
   oldestMs: number | undefined;
 }
@@ -85,6 +90,7 @@ export class PendingChanges {
         return;
       case 'removed':
         this.#touch(c.path, now, false, this.#dropBelow(c.path, false));
+        (this.#items.get(c.path) as Item).replaced = true;
         return;
       case 'moved': {
         const replacedFirst = this.#dropBelow(c.path, true);
@@ -118,18 +124,22 @@ export class PendingChanges {
   /** Marks ready paths (every path when `all`) and every move in flight; at most `max` paths. */
   take(now: number, all: boolean, max: number): Batch {
     const paths: RawPath[] = [];
+    const replaced: RawPath[] = [];
     let oldestMs = this.#moves[0]?.ms;
     for (const it of this.#items.values()) {
       if (paths.length >= max) break;
       if (it.inFlight || (!all && this.#readyAt(it) > now)) continue;
       it.inFlight = true;
       it.againMs = undefined;
+      it.replacedTaken = it.replaced;
+      it.replaced = false;
       this.#taken.push(it);
       paths.push(it.path);
+      if (it.replacedTaken) replaced.push(it.path);
       if (oldestMs === undefined || it.firstMs < oldestMs) oldestMs = it.firstMs;
     }
     this.#movesInFlight = this.#moves.length;
-    return { moves: this.#moves.slice(0, this.#movesInFlight), paths, oldestMs };
+    return { moves: this.#moves.slice(0, this.#movesInFlight), paths, replaced, oldestMs };
   }
 
   /** The batch taken last is durable (`ok`), or must be tried again. */
@@ -138,7 +148,10 @@ export class PendingChanges {
       it.inFlight = false;
       const again = it.againMs;
       it.againMs = undefined;
-      if (!ok) continue;
+      if (!ok) {
+        it.replaced ||= it.replacedTaken;
+        continue;
+      }
       if (again !== undefined) it.firstMs = again;
       else if (this.#items.get(it.path) === it) this.#items.delete(it.path);
     }
@@ -168,7 +181,7 @@ export class PendingChanges {
   #touch(path: RawPath, now: number, open: boolean | undefined, firstMs = now): void {
     const it = this.#items.get(path);
     if (it === undefined) {
-      this.#items.set(path, { path, firstMs: Math.min(firstMs, now), lastMs: now, open: open ?? false, inFlight: false, againMs: undefined, row: this.#row });
+      this.#items.set(path, { path, firstMs: Math.min(firstMs, now), lastMs: now, open: open ?? false, inFlight: false, againMs: undefined, row: this.#row, replaced: false, replacedTaken: false });
       return;
     }
     it.row = Math.max(it.row, this.#row);

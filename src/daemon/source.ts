@@ -24,6 +24,8 @@ export interface SourceConfig {
 export interface SourceEvents {
   info(msg: string, fields?: Record<string, unknown>): void;
   warn(msg: string, fields?: Record<string, unknown>): void;
+  /** Every change, batch and read, when tracing (undefined otherwise: costs nothing). */
+  trace?: ((msg: string, fields: Record<string, unknown>) => void) | undefined;
   /** A path that could not be backed up, or a commit that failed. */
   problem(path: string | undefined, message: string): void;
   /** `oldestMs`: how long the oldest change of the commit waited to be durable. */
@@ -186,6 +188,7 @@ export class SourceRunner {
   }
 
   #onChange(c: Change): void {
+    this.#events.trace?.('change', { change: c });
     if (c.type === 'rescan') {
       if (c.reason === 'overflow') {
         this.overflows++;
@@ -256,14 +259,44 @@ export class SourceRunner {
       onBytes: (n) => this.#events.bytesRead(n),
     });
     try {
-      for (const m of batch.moves) builder.move(m.from, m.to);
-      const paths = batch.paths.sort(compareRaw);
-      await mapLimited(paths, 4, async (p) => {
+      this.#events.trace?.('take', { moves: batch.moves, paths: batch.paths });
+      const paths = new Set(batch.paths);
+      const current = (dir: RawPath): RawPath[] => this.#watcher?.tree.subtree(dir) ?? [];
+      for (const m of batch.moves) {
+        // Nothing committed at `from` (it was new, or a commit that read it after it had moved
+        // recorded it as gone): what stands at `to` now, as the watcher knows it, is added.
+        if (!builder.move(m.from, m.to)) for (const p of current(m.to)) paths.add(p);
+      }
+      // Removed since the last commit, and maybe back: what was below it is gone, and what is
+      // there now (as the watcher knows it) is added.
+      for (const r of batch.replaced) {
+        builder.remove(r);
+        for (const p of current(r)) paths.add(p);
+      }
+      const visit = async (p: RawPath): Promise<void> => {
         const e = p === '' || !this.#filter.excludes(p, false) ? this.#lstat(root, p) : undefined;
         if (e === 'error') return;
         if (e === undefined || (e.kind === 'dir' && this.#filter.excludes(p, true))) builder.remove(p);
-        else if ((await builder.add(p, toFsPath(root, p), e)) === 'vanished') builder.remove(p);
-      });
+        else {
+          const r = await builder.add(p, toFsPath(root, p), e);
+          if (r === 'vanished') builder.remove(p);
+          this.#events.trace?.('add', { path: p, result: r, size: e.size, mtimeNs: String(e.mtimeNs) });
+        }
+        if (e === undefined) this.#events.trace?.('gone', { path: p });
+      };
+      await mapLimited([...paths].sort(compareRaw), 4, visit);
+      // Every committed entry's directory is committed too (moves and removals rely on it): a
+      // directory still settling behind its children comes along now; one that is gone takes
+      // the entries moved into it along.
+      const tried = new Set<RawPath>();
+      for (let dirs = builder.missingParents(); dirs.some((d) => !tried.has(d)); dirs = builder.missingParents()) {
+        for (const d of dirs.sort(compareRaw)) {
+          if (tried.has(d)) continue;
+          tried.add(d);
+          await visit(d);
+          if (builder.get(d)?.rec.type !== 'dir') builder.removeBelow(d);
+        }
+      }
       builder.sortPuts(compareRaw);
       const done = await builder.commit(this.#seq + 1, () => {
         this.#db.trimQueue(name, maxRow);

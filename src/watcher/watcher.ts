@@ -308,7 +308,11 @@ export class Watcher {
     if (e === undefined) return; // gone again; its IN_DELETE follows
     if (this.#filter.excludes(path, e.kind === 'dir')) return;
     const old = this.#tree.get(path);
-    if (old !== undefined && (old.kind === 'dir' || e.kind === 'dir')) this.#drop(path);
+    if (old !== undefined && (old.kind === 'dir' || e.kind === 'dir')) {
+      // Whatever stood here before (with its subtree) is gone; the listing below says what is there now.
+      this.#drop(path);
+      this.#emit({ type: 'removed', path, kind: old.kind });
+    }
     this.#tree.set(path, e);
     this.#emit({ type: 'created', path, kind: e.kind });
     if (e.kind === 'dir' && !this.#crossesDevice(e)) return this.#adoptDir(path);
@@ -472,7 +476,11 @@ export class Watcher {
       this.#tree = result.tree;
     } else {
       this.#tree.delete(scope);
-      for (const p of result.tree.subtree(scope)) this.#tree.set(p, result.tree.get(p) as Entry);
+      // The scope itself may be gone by now (moved on or removed while it was scanned).
+      for (const p of result.tree.subtree(scope)) {
+        const e = result.tree.get(p);
+        if (e !== undefined) this.#tree.set(p, e);
+      }
     }
     for (const c of changes) this.#emit(c);
     this.#warnWatchLimit();
