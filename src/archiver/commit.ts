@@ -74,6 +74,7 @@ export class CommitBuilder {
     if (before !== undefined && unchanged(before, e)) return 'unchanged';
     let entry = e;
     let rec: FileRecord;
+    let torn = false;
     if (e.kind === 'file') {
       const read = await readFile(fsPath, e, this.#chunkRef, this.#bigChunkRef, this.pool, this.#writer, (n) => this.opts.onBytes?.(n));
       if (read.status === 'vanished') return 'vanished';
@@ -81,7 +82,8 @@ export class CommitBuilder {
         this.opts.onProblem?.(path, read.message);
         return 'error';
       }
-      if (read.torn) this.opts.onProblem?.(path, `kept changing while read ${TORN_RETRIES} times; backed up as last read`);
+      torn = read.torn;
+      if (torn) this.opts.onProblem?.(path, `kept changing while read ${TORN_RETRIES} times; backed up as last read, and read again at its next change`);
       entry = read.entry;
       // Ids now (to compare with the last version); packs and offsets once the packs are cut.
       rec = record(path, entry, read.chunks.map((c) => ({ id: c.id, pack: '', offset: 0, length: 0 })));
@@ -89,7 +91,8 @@ export class CommitBuilder {
     } else {
       rec = record(path, e, []);
     }
-    this.#overlay.set(path, { rec, ino: entry.ino.toString(), ctimeNs: entry.ctimeNs.toString() });
+    // A torn read is kept, but the cache does not vouch for it: the next look reads it again.
+    this.#overlay.set(path, { rec, ino: entry.ino.toString(), ctimeNs: torn ? '' : entry.ctimeNs.toString() });
     if (before !== undefined && sameRecord(before.rec, rec)) return 'unchanged'; // only inode or ctime moved
     this.#dropPut(path);
     this.#puts.set(path, rec);

@@ -51,11 +51,13 @@ export async function readFile(
       const handle = fh;
       // A file smaller than a block gets a buffer of its size (+1 to see the end in one read).
       const blockSize = Math.min(READ_BLOCK, Number(st0.size) + 1);
+      let total = 0;
       async function* blocks(): AsyncGenerator<Buffer> {
         for (;;) {
           const buf = Buffer.allocUnsafe(blockSize);
           const { bytesRead } = await handle.read(buf, 0, blockSize, null);
           if (bytesRead === 0) return;
+          total += bytesRead;
           onBytes(bytesRead);
           yield buf.subarray(0, bytesRead);
         }
@@ -70,7 +72,8 @@ export async function readFile(
       const st1 = await fh.stat({ bigint: true });
       const stable = heldStill(st0, st1);
       if (stable || attempt >= TORN_RETRIES) {
-        return { status: 'ok', entry: entryAfterRead(scanned, st1, Number(st1.size)), chunks, torn: !stable };
+        // The size is what was read: a torn read may have stopped short of the file's end.
+        return { status: 'ok', entry: entryAfterRead(scanned, st1, total), chunks, torn: !stable };
       }
     } catch (err) {
       if (err instanceof PhoenixError) throw err; // the repository failed: stop the backup

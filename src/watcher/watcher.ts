@@ -279,7 +279,12 @@ export class Watcher {
     if (dir === undefined) return; // a watch we dropped; its events are stale
     if (ev.name === '') return this.#handleSelf(ev, dir);
     const path = joinRaw(dir, ev.name);
-    if (ev.mask & (IN.CREATE | IN.MOVED_TO)) return this.#appeared(path, (ev.mask & IN.ISDIR) !== 0);
+    // An excluded entry added or removed still changes its directory's mtime: say so.
+    const isDir = (ev.mask & IN.ISDIR) !== 0;
+    if (dir !== '' && ev.mask & (IN.CREATE | IN.DELETE | IN.MOVED_TO) && this.#filter.excludes(path, isDir) && this.#tree.has(dir)) {
+      this.#attributes(dir);
+    }
+    if (ev.mask & (IN.CREATE | IN.MOVED_TO)) return this.#appeared(path, isDir);
     if (ev.mask & IN.DELETE) return this.#removed(path);
     if (ev.mask & (IN.MODIFY | IN.CLOSE_WRITE)) return this.#modified(path, (ev.mask & IN.CLOSE_WRITE) !== 0);
     if (ev.mask & IN.ATTRIB) return this.#attributes(path);
@@ -347,19 +352,44 @@ export class Watcher {
     const old = this.#tree.get(path);
     if (old === undefined) return this.#appeared(path, false);
     const e = lstatEntry(toFsPath(this.root, path));
-    if (e === undefined) return markStale(old); // deleted (IN_DELETE follows) or a parent moved on
+    if (e === undefined) {
+      this.#otherLinks(path, old); // written through this name, gone by now: its other names changed
+      return markStale(old); // deleted (IN_DELETE follows) or a parent moved on
+    }
     this.#tree.set(path, e);
     this.#emit({ type: 'modified', path, kind: e.kind, closed });
+    this.#otherLinks(path, e);
+  }
+
+  /**
+   * inotify reports a change to a hard-linked file under the name it was made through only.
+   * Its other names in the tree changed as well: report them too (a walk of the tree, done
+   * only for files with several links).
+   */
+  #otherLinks(path: RawPath, e: Entry): void {
+    if (e.kind !== 'file' || e.nlink < 2) return;
+    for (const [p, other] of this.#tree.entries()) {
+      if (p === path || other.ino !== e.ino || other.dev !== e.dev) continue;
+      const now = lstatEntry(toFsPath(this.root, p));
+      if (now === undefined || now.ino !== other.ino) continue; // its own events follow
+      if (other.mtimeNs === now.mtimeNs && other.ctimeNs === now.ctimeNs && other.size === now.size && other.mode === now.mode) continue;
+      this.#tree.set(p, now);
+      this.#emit({ type: 'modified', path: p, kind: 'file', closed: true });
+    }
   }
 
   #attributes(path: RawPath): Promise<void> | void {
     const old = this.#tree.get(path);
     if (old === undefined) return this.#appeared(path, false);
     const e = lstatEntry(toFsPath(this.root, path));
-    if (e === undefined) return markStale(old);
+    if (e === undefined) {
+      this.#otherLinks(path, old);
+      return markStale(old);
+    }
     if (e.kind !== old.kind) return this.#appeared(path, e.kind === 'dir');
     this.#tree.set(path, e);
     this.#emit({ type: 'attributes', path, kind: e.kind });
+    this.#otherLinks(path, e);
   }
 
   /** IN_MOVED_FROM with its IN_MOVED_TO, or alone (moved out of the tree). */
@@ -372,6 +402,12 @@ export class Watcher {
     const known = from === undefined ? undefined : this.#tree.get(from);
     const toExcluded = to !== undefined && this.#filter.excludes(to, isDir);
 
+    // The directory on an excluded side of the move has a new mtime all the same.
+    const touch = (dir: RawPath | undefined, path: RawPath | undefined): void => {
+      if (dir !== undefined && dir !== '' && path !== undefined && this.#filter.excludes(path, isDir) && this.#tree.has(dir)) this.#attributes(dir);
+    };
+    touch(fromDir, from);
+    touch(toDir, to);
     if (to === undefined || toExcluded) {
       if (from !== undefined) this.#removed(from); // moved out (or into an excluded path)
       return;
