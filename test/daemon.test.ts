@@ -1,12 +1,15 @@
 import assert from 'node:assert/strict';
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { after, describe, it } from 'node:test';
 import { loadWatchConfig } from '../src/daemon/config.js';
 import { PendingChanges } from '../src/daemon/pending.js';
+import { queryStatus } from '../src/daemon/status.js';
 import { PhoenixError } from '../src/errors.js';
 import { DaemonProcess, isExcluded, mapDiff, phoenix, snapshot, Workload, WORKLOAD_EXCLUDES } from './daemon-helpers.js';
-import { tempDir } from './helpers.js';
+import { PHOENIX, tempDir } from './helpers.js';
 import { startS3rver } from './servers.js';
 
 const excludeArgs = WORKLOAD_EXCLUDES.flatMap((p) => ['--exclude', p]);
@@ -63,6 +66,14 @@ describe('phoenix watch: configuration', () => {
     assert.equal(c.repository, '/flag-wins');
     assert.deepEqual(c.settle, { closedMs: 5, openMs: 2000, maxDelayMs: 5000 });
     assert.deepEqual(c.sources, [{ name: join(dir.path, 'docs'), path: join(dir.path, 'docs'), exclude: ['*.o', '*.tmp'], oneFileSystem: false }]);
+  });
+
+  it('the example configuration in contrib/ is valid', () => {
+    const file = fileURLToPath(new URL('../../contrib/phoenix.yaml', import.meta.url));
+    const c = loadWatchConfig(undefined, { config: file, exclude: [] });
+    assert.equal(c.sources.length, 2);
+    assert.equal(c.sources[1]?.name, 'projects');
+    assert.equal(c.reconcileMs, 3_600_000);
   });
 
   it('phoenix status says when no daemon runs (exit 1), and a bad config is a usage error (exit 2)', () => {
@@ -222,6 +233,42 @@ describe('phoenix watch: end to end (real processes, real inotify)', () => {
     } finally {
       d.child.kill('SIGKILL');
     }
+  });
+
+  it("a new user's first run: no repository given, one is created with a generated password", async () => {
+    const home = tempDir('phx-home-');
+    after(home.cleanup);
+    const src = join(home.path, 'Documents');
+    mkdirSync(src);
+    writeFileSync(join(src, 'letter.txt'), 'dear diary');
+    const env: NodeJS.ProcessEnv = { ...process.env, XDG_DATA_HOME: join(home.path, 'data'), XDG_CONFIG_HOME: join(home.path, 'config'), XDG_STATE_HOME: join(home.path, 'state') };
+    for (const k of ['PHOENIX_PASSWORD', 'PHOENIX_PASSWORD_FILE', 'PHOENIX_REPOSITORY']) delete env[k];
+    const state = join(home.path, 'state', 'phoenix');
+    const run = async (): Promise<string> => {
+      const child = spawn(process.execPath, [PHOENIX, 'watch', src], { env, stdio: ['ignore', 'ignore', 'pipe'] });
+      let stderr = '';
+      child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
+      const exited = new Promise<number | null>((r) => child.on('exit', r));
+      for (;;) {
+        const st = await queryStatus(state).catch(() => undefined);
+        if (st !== undefined && st.state === 'watching' && st.pending === 0 && st.lastCommit !== null) break;
+        if (child.exitCode !== null) assert.fail(`phoenix watch exited: ${stderr}`);
+        await sleep(50);
+      }
+      child.kill('SIGTERM');
+      assert.equal(await exited, 0, stderr);
+      return stderr;
+    };
+    const first = await run();
+    assert.match(first, /generated a password for the new repository: keep a copy/);
+    const pwFile = join(home.path, 'config', 'phoenix', 'password');
+    assert.equal(statSync(pwFile).mode & 0o777, 0o600);
+    const repo = join(home.path, 'data', 'phoenix', 'repository');
+    const ls = spawnSync(process.execPath, [PHOENIX, 'ls', '--repo', repo, '--password-file', pwFile, '--json'], { env, encoding: 'utf8' });
+    assert.equal(ls.status, 0, ls.stderr);
+    assert.deepEqual(ls.stdout.trim().split('\n').map((l) => (JSON.parse(l) as { path: string }).path), ['letter.txt']);
+    writeFileSync(join(src, 'letter.txt'), 'dear diary, again');
+    await run(); // the second run finds the repository and its password by itself
   });
 
   it('a second daemon on the same source is refused with a clear message', async () => {

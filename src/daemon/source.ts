@@ -78,6 +78,8 @@ export class SourceRunner {
   #lastRow = 0;
   #backoffMs = 0;
   #retryAt = 0;
+  /** A commit failed: check the journal before the next one. */
+  #verify = false;
   #checkpoint = { seq: 0, timeMs: 0, writing: Promise.resolve() };
   lastCommit: { seq: number; timeMs: number } | undefined;
   overflows = 0;
@@ -254,11 +256,22 @@ export class SourceRunner {
     }
     const name = this.config.name;
     const root = this.#watcherRoot();
-    const builder = new CommitBuilder(this.#repo, this.#db, this.#pool, name, this.#known, {
-      onProblem: (p, m) => this.#events.problem(displayPath(p), m),
-      onBytes: (n) => this.#events.bytesRead(n),
-    });
     try {
+      if (this.#verify) {
+        // The last attempt failed, perhaps after its commit object landed (a lost response):
+        // if the journal moved on, take the cache from the repository before building on it.
+        const latest = (await this.#repo.commitList(this.config.name)).at(-1)?.seq ?? 0;
+        if (latest !== this.#seq) {
+          this.#events.warn('the journal has a commit this daemon did not see complete: reloading the cache', { seq: this.#seq, latest });
+          this.#seq = await syncCache(this.#repo, this.#db, this.config.name);
+          this.#known = this.#db.files(this.config.name);
+        }
+        this.#verify = false;
+      }
+      const builder = new CommitBuilder(this.#repo, this.#db, this.#pool, name, this.#known, {
+        onProblem: (p, m) => this.#events.problem(displayPath(p), m),
+        onBytes: (n) => this.#events.bytesRead(n),
+      });
       this.#events.trace?.('take', { moves: batch.moves, paths: batch.paths });
       const paths = new Set(batch.paths);
       const current = (dir: RawPath): RawPath[] => this.#watcher?.tree.subtree(dir) ?? [];
@@ -324,6 +337,7 @@ export class SourceRunner {
       }
     } catch (err) {
       this.pending.done(false);
+      this.#verify = true;
       if (err instanceof PhoenixError && err.code === 'PHX_LOCKED') {
         this.#fail(err);
         return;
