@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { backup } from '../src/archiver/backup.js';
+import { SealPool } from '../src/archiver/seal-pool.js';
 import { listAll, type Backend } from '../src/backend/backend.js';
 import { LocalBackend } from '../src/backend/local.js';
 import { MemoryBackend } from '../src/backend/memory.js';
@@ -17,6 +18,8 @@ import { S3Backend } from '../src/backend/s3.js';
 import { PhoenixError } from '../src/errors.js';
 import { DEFAULT_CHUNKER, chunkStream } from '../src/repo/chunker.js';
 import { checkRepository } from '../src/repo/check.js';
+import { Keys } from '../src/repo/crypto.js';
+import { openBlob, sealBlob } from '../src/repo/pack.js';
 import { Repository } from '../src/repo/repository.js';
 import { restore } from '../src/restore/restore.js';
 import { StateDb } from '../src/state/db.js';
@@ -204,6 +207,25 @@ async function roundTrip(open: () => Promise<{ backend: Backend; cleanup?: () =>
     { numRuns: runs },
   );
 }
+
+describe('sealing on worker threads', () => {
+  it('gives back exactly the blob the main thread would seal, for every size (small blobs live in a shared pool)', async () => {
+    const keys = Keys.fromMaster(randomBytes(64));
+    const pool = new SealPool(keys);
+    try {
+      for (const n of [0, 1, 100, 3000, 4095, 4096, 5000, 300_000]) {
+        const data = randomBytes(n);
+        await pool.acquire();
+        const { id, sealed } = await pool.submit(data);
+        assert.equal(id, keys.id(data).toString('hex'));
+        assert.equal(sealed.length, sealBlob(keys, data).length, `size ${n}`);
+        assert.ok(openBlob(keys, sealed, 'blob').equals(data), `size ${n}`);
+      }
+    } finally {
+      await pool.close();
+    }
+  });
+});
 
 describe('backup and restore (property-based)', () => {
   it('memory backend', async () => roundTrip(async () => ({ backend: new MemoryBackend() }), 12));

@@ -10,7 +10,9 @@ const keys = master === null ? Keys.none() : Keys.fromMaster(Buffer.from(master)
 parentPort?.on('message', (msg: { job: number; data: ArrayBuffer }) => {
   const data = Buffer.from(msg.data);
   const id = keys.id(data).toString('hex');
-  let sealed = sealBlob(keys, data);
-  if (sealed.byteOffset !== 0 || sealed.buffer.byteLength !== sealed.length) sealed = Buffer.from(sealed); // own its memory
-  parentPort?.postMessage({ job: msg.job, id, sealed: sealed.buffer }, [sealed.buffer as ArrayBuffer]);
+  const sealed = sealBlob(keys, data);
+  // A buffer of its own, exactly the blob: a small Buffer is a view into Node's shared 8 KiB
+  // pool (Buffer.from copies into the pool too), and its .buffer would carry the whole pool.
+  const own = new Uint8Array(sealed);
+  parentPort?.postMessage({ job: msg.job, id, sealed: own.buffer }, [own.buffer]);
 });

@@ -222,9 +222,15 @@ export class SourceRunner {
   }
 
   #flushQueue(): void {
-    const rows = this.#queueBuffer;
-    this.#queueBuffer = [];
-    this.#db.enqueue(rows);
+    if (this.#queueBuffer.length === 0) return;
+    try {
+      this.#db.enqueue(this.#queueBuffer);
+      this.#queueBuffer = [];
+    } catch (err) {
+      // A full disk, say: the changes are still pending in memory (and are committed); they are
+      // only not safe from a crash until the queue can be written again, at the next flush.
+      this.#events.problem(undefined, `cannot write the durable queue (${this.#queueBuffer.length} changes wait in memory): ${(err as Error).message}`);
+    }
   }
 
   #schedule(): void {
