@@ -1,14 +1,9 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import {
   appendFileSync,
   chmodSync,
   linkSync,
-  lstatSync,
   mkdirSync,
-  readdirSync,
-  readFileSync,
-  readlinkSync,
   renameSync,
   rmSync,
   symlinkSync,
@@ -22,32 +17,9 @@ import { queryStatus, type Status } from '../src/daemon/status.js';
 import { Repository } from '../src/repo/repository.js';
 import { PHOENIX } from './helpers.js';
 
-export const PASSWORD = 'daemon test password';
+export { snapshot } from './helpers.js';
 
-/** What a tree holds, for comparison: type, mode, content hash, mtime (ms), link target; `skip` leaves paths out. */
-export function snapshot(root: string, skip: (rel: string) => boolean = () => false): Map<string, string> {
-  const out = new Map<string, string>();
-  const walk = (abs: Buffer, rel: string): void => {
-    for (const name of readdirSync(abs, { encoding: 'buffer' })) {
-      const a = Buffer.concat([abs, Buffer.from('/'), name]);
-      const r = rel === '' ? name.toString('latin1') : `${rel}/${name.toString('latin1')}`;
-      if (skip(r)) continue;
-      const st = lstatSync(a, { bigint: true });
-      const mode = (Number(st.mode) & 0o7777).toString(8);
-      if (st.isDirectory()) {
-        out.set(r, `dir ${mode} ${st.mtimeNs / 1_000_000n}`);
-        walk(a, r);
-      } else if (st.isSymbolicLink()) {
-        out.set(r, `link ${readlinkSync(a, { encoding: 'buffer' }).toString('hex')}`);
-      } else {
-        const h = createHash('sha256').update(readFileSync(a)).digest('hex').slice(0, 16);
-        out.set(r, `file ${mode} ${st.size} ${h} ${st.mtimeNs / 1_000_000n}`);
-      }
-    }
-  };
-  walk(Buffer.from(root), '');
-  return out;
-}
+export const PASSWORD = 'daemon test password';
 
 export function mapDiff(actual: Map<string, string>, expected: Map<string, string>, max = 8): string[] {
   const out: string[] = [];
@@ -165,6 +137,8 @@ export class Workload {
   readonly #rand: () => number;
   readonly files = new Set<string>();
   readonly dirs = new Set<string>(['']);
+  /** What was done, with times (kept with PHX_KEEP, for a look at a failed run). */
+  readonly journal: string[] = [];
   #n = 0;
 
   constructor(
@@ -214,11 +188,16 @@ export class Workload {
     }
   }
 
+  #note(what: string, ...paths: string[]): void {
+    if (process.env.PHX_KEEP) this.journal.push(`${Date.now()} ${what} ${paths.map((p) => JSON.stringify(Buffer.from(p, 'latin1').toString('utf8'))).join(' ')}`);
+  }
+
   /** One random operation; operations that no longer apply are skipped. */
   step(): void {
     const r = this.#rand();
     const dir = this.#pick(this.dirs) ?? '';
     const file = this.#pick(this.files);
+    this.#note(`op ${r.toFixed(3)}`, dir, file ?? '');
     try {
       if (r < 0.25 || file === undefined) {
         const p = this.#rand() < 0.5 && file !== undefined ? file : this.#newName(dir);

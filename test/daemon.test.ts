@@ -172,7 +172,10 @@ describe('phoenix watch: end to end (real processes, real inotify)', () => {
       assert.ok(moves.some((c) => c.moves > 0), 'renames are committed as move entries');
     } finally {
       d.child.kill('SIGKILL');
-      if (process.env.PHX_KEEP) writeFileSync(join(s.work.path, 'daemon.log'), d.stderr);
+      if (process.env.PHX_KEEP) {
+        writeFileSync(join(s.work.path, 'daemon.log'), d.stderr);
+        writeFileSync(join(s.work.path, 'workload.log'), w.journal.join('\n'));
+      }
     }
   });
 
@@ -182,6 +185,7 @@ describe('phoenix watch: end to end (real processes, real inotify)', () => {
     const w = new Workload(s.src, 7);
     await w.run(50);
     let d = new DaemonProcess({ src: s.src, repo: s.repo, state: s.state, args: excludeArgs });
+    const logs: string[] = [];
     try {
       await d.ready();
       for (let round = 0; round < 3; round++) {
@@ -190,6 +194,7 @@ describe('phoenix watch: end to end (real processes, real inotify)', () => {
         await d.kill9(); // at some moment of the workload: mid-commit, mid-read, idle
         await work;
         await w.run(100); // while it is down
+        logs.push(d.stderr);
         d = new DaemonProcess({ src: s.src, repo: s.repo, state: s.state, args: excludeArgs });
         await d.ready();
       }
@@ -202,6 +207,10 @@ describe('phoenix watch: end to end (real processes, real inotify)', () => {
       assert.equal(check.status, 0, check.stdout + check.stderr);
     } finally {
       d.child.kill('SIGKILL');
+      if (process.env.PHX_KEEP) {
+        writeFileSync(join(s.work.path, 'daemon.log'), [...logs, d.stderr].join('\n----- restart -----\n'));
+        writeFileSync(join(s.work.path, 'workload.log'), w.journal.join('\n'));
+      }
     }
   });
 

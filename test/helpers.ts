@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { lstatSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { lstatSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -158,4 +159,29 @@ export function treeDiff(actual: Map<RawPath, Kind>, expected: Map<RawPath, Kind
   for (const [k, v] of expected) if (actual.get(k) !== v) out.push(`missing or wrong: ${JSON.stringify(k)} (${v}, got ${actual.get(k)})`);
   for (const [k, v] of actual) if (!expected.has(k)) out.push(`extra: ${JSON.stringify(k)} (${v})`);
   return out.slice(0, max);
+}
+
+/** What a tree holds, for comparison: type, mode, content hash, mtime (ms), link target; `skip` leaves paths out. */
+export function snapshot(root: string, skip: (rel: string) => boolean = () => false): Map<string, string> {
+  const out = new Map<string, string>();
+  const walk = (abs: Buffer, rel: string): void => {
+    for (const name of readdirSync(abs, { encoding: 'buffer' })) {
+      const a = Buffer.concat([abs, Buffer.from('/'), name]);
+      const r = rel === '' ? name.toString('latin1') : `${rel}/${name.toString('latin1')}`;
+      if (skip(r)) continue;
+      const st = lstatSync(a, { bigint: true });
+      const mode = (Number(st.mode) & 0o7777).toString(8);
+      if (st.isDirectory()) {
+        out.set(r, `dir ${mode} ${st.mtimeNs / 1_000_000n}`);
+        walk(a, r);
+      } else if (st.isSymbolicLink()) {
+        out.set(r, `link ${readlinkSync(a, { encoding: 'buffer' }).toString('hex')}`);
+      } else {
+        const h = createHash('sha256').update(readFileSync(a)).digest('hex').slice(0, 16);
+        out.set(r, `file ${mode} ${st.size} ${h} ${st.mtimeNs / 1_000_000n}`);
+      }
+    }
+  };
+  walk(Buffer.from(root), '');
+  return out;
 }

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import {
-  appendFileSync, chmodSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync,
+  appendFileSync, chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, renameSync, rmSync,
   symlinkSync, truncateSync, unlinkSync, writeFileSync,
 } from 'node:fs';
 import { spawnSync } from 'node:child_process';
@@ -23,37 +23,13 @@ import { openBlob, sealBlob } from '../src/repo/pack.js';
 import { Repository } from '../src/repo/repository.js';
 import { restore } from '../src/restore/restore.js';
 import { StateDb } from '../src/state/db.js';
-import { tempDir } from './helpers.js';
+import { snapshot, tempDir } from './helpers.js';
 import { startS3rver, startSwift } from './servers.js';
 
 const PASSWORD = 'correct horse battery staple';
 const init = (b: Backend): Promise<Repository> => Repository.init(b, { password: PASSWORD, kdfN: 1024 });
 const reopen = (b: Backend, pw = PASSWORD): Promise<Repository> => Repository.open(b, async () => pw);
 const code = (c: string) => (e: unknown) => e instanceof PhoenixError && e.code === c;
-
-/** What a tree holds, for comparison: type, mode, content hash, mtime (ms), link target. */
-function snapshot(root: string): Map<string, string> {
-  const out = new Map<string, string>();
-  const walk = (abs: Buffer, rel: string): void => {
-    for (const name of readdirSync(abs, { encoding: 'buffer' })) {
-      const a = Buffer.concat([abs, Buffer.from('/'), name]);
-      const r = rel === '' ? name.toString('latin1') : `${rel}/${name.toString('latin1')}`;
-      const st = lstatSync(a, { bigint: true });
-      const mode = (Number(st.mode) & 0o7777).toString(8);
-      if (st.isDirectory()) {
-        out.set(r, `dir ${mode} ${st.mtimeNs / 1_000_000n}`);
-        walk(a, r);
-      } else if (st.isSymbolicLink()) {
-        out.set(r, `link ${readlinkSync(a, { encoding: 'buffer' }).toString('hex')}`);
-      } else {
-        const h = createHash('sha256').update(readFileSync(a)).digest('hex').slice(0, 16);
-        out.set(r, `file ${mode} ${st.size} ${h} ${st.mtimeNs / 1_000_000n}`);
-      }
-    }
-  };
-  walk(Buffer.from(root), '');
-  return out;
-}
 
 async function chunksOf(data: Buffer): Promise<Buffer[]> {
   const out: Buffer[] = [];

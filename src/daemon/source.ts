@@ -281,27 +281,32 @@ export class SourceRunner {
       this.#events.trace?.('take', { moves: batch.moves, paths: batch.paths });
       const paths = new Set(batch.paths);
       const current = (dir: RawPath): RawPath[] => this.#watcher?.tree.subtree(dir) ?? [];
+      // Moves first. What stands at the target now, as the watcher knows it, is looked at too:
+      // the commit that read it at its old place may have raced the move.
       for (const m of batch.moves) {
-        // Nothing committed at `from` (it was new, or a commit that read it after it had moved
-        // recorded it as gone): what stands at `to` now, as the watcher knows it, is added.
-        if (!builder.move(m.from, m.to)) for (const p of current(m.to)) paths.add(p);
+        builder.move(m.from, m.to);
+        for (const p of current(m.to)) paths.add(p);
       }
-      // Removed since the last commit, and maybe back: what was below it is gone, and what is
-      // there now (as the watcher knows it) is added.
+      // Removed since the last commit (and maybe back): what was below it is gone, and what is
+      // there now is added.
+      const removed = new Set(batch.replaced);
       for (const r of batch.replaced) {
         builder.remove(r);
         for (const p of current(r)) paths.add(p);
       }
+      // Only a removal the watcher reported removes: a path that is not there without one was
+      // moved or removed after this batch was taken, and its own event is on its way.
       const visit = async (p: RawPath): Promise<void> => {
         const e = p === '' || !this.#filter.excludes(p, false) ? this.#lstat(root, p) : undefined;
         if (e === 'error') return;
-        if (e === undefined || (e.kind === 'dir' && this.#filter.excludes(p, true))) builder.remove(p);
-        else {
-          const r = await builder.add(p, toFsPath(root, p), e);
-          if (r === 'vanished') builder.remove(p);
-          this.#events.trace?.('add', { path: p, result: r, size: e.size, mtimeNs: String(e.mtimeNs) });
+        if (e === undefined || (e.kind === 'dir' && this.#filter.excludes(p, true))) {
+          if (removed.has(p) || e !== undefined) builder.remove(p);
+          this.#events.trace?.('gone', { path: p, removed: removed.has(p) });
+          return;
         }
-        if (e === undefined) this.#events.trace?.('gone', { path: p });
+        const r = await builder.add(p, toFsPath(root, p), e);
+        if (r === 'vanished' && removed.has(p)) builder.remove(p);
+        this.#events.trace?.('add', { path: p, result: r, size: e.size, mtimeNs: String(e.mtimeNs) });
       };
       await mapLimited([...paths].sort(compareRaw), 4, visit);
       // Every committed entry's directory is committed too (moves and removals rely on it): a

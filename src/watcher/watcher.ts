@@ -320,6 +320,7 @@ export class Watcher {
     }
     this.#tree.set(path, e);
     this.#emit({ type: 'created', path, kind: e.kind });
+    if (e.kind === 'file' && e.nlink > 1) this.#linkCount(e);
     if (e.kind === 'dir' && !this.#crossesDevice(e)) return this.#adoptDir(path);
   }
 
@@ -359,6 +360,14 @@ export class Watcher {
     this.#tree.set(path, e);
     this.#emit({ type: 'modified', path, kind: e.kind, closed });
     this.#otherLinks(path, e);
+  }
+
+  /**
+   * A new name for a file: its other names now have one more link (inotify does not say so to
+   * a directory watch), which #otherLinks relies on if a name is gone before its event is read.
+   */
+  #linkCount(e: Entry): void {
+    for (const [, other] of this.#tree.entries()) if (other.ino === e.ino && other.dev === e.dev) other.nlink = e.nlink;
   }
 
   /**
