@@ -164,12 +164,12 @@ export class PendingChanges {
    * The paths that stay pending after the batch in flight, whose latest queue row is at or
    * before `row` (rows that are being dropped): each gets a new row id from `nextId`.
    */
-  requeue(row: number, nextId: () => number): Array<{ path: RawPath; firstMs: number; open: boolean; row: number }> {
+  requeue(row: number, nextId: () => number): Array<{ path: RawPath; firstMs: number; open: boolean; replaced: boolean; row: number }> {
     const out = [];
     for (const it of this.#items.values()) {
       if (it.row > row || (it.inFlight && it.againMs === undefined)) continue;
       it.row = nextId();
-      out.push({ path: it.path, firstMs: it.againMs ?? it.firstMs, open: it.open, row: it.row });
+      out.push({ path: it.path, firstMs: it.againMs ?? it.firstMs, open: it.open, replaced: it.replaced, row: it.row });
     }
     return out;
   }

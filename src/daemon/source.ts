@@ -214,7 +214,8 @@ export class SourceRunner {
   /** Into the durable queue (written within the tick), then into the pending set. */
   #record(c: Exclude<Change, { type: 'rescan' }>, now: number): void {
     const id = this.#db.nextQueueId();
-    const q: QueuedChange = { id, source: this.config.name, op: c.type === 'moved' ? 'move' : 'path', path: c.path, timeMs: now, open: c.type === 'modified' && !c.closed };
+    const op = c.type === 'moved' ? 'move' : c.type === 'removed' ? 'removed' : 'path';
+    const q: QueuedChange = { id, source: this.config.name, op, path: c.path, timeMs: now, open: c.type === 'modified' && !c.closed };
     if (c.type === 'moved') q.from = c.from;
     if (this.#queueBuffer.push(q) === 1) setImmediate(() => this.#flushQueue());
     this.#lastRow = id;
@@ -294,10 +295,14 @@ export class SourceRunner {
         builder.remove(r);
         for (const p of current(r)) paths.add(p);
       }
-      // Only a removal the watcher reported removes: a path that is not there without one was
-      // moved or removed after this batch was taken, and its own event is on its way.
+      // The watcher's stream is the authority on what exists (lstat gives what it is now): a
+      // path the watcher does not know is not added, and only a removal it reported removes —
+      // a path missing without one was moved or removed after this batch was taken, and its
+      // own event follows.
+      const tree = this.#watcher?.tree;
       const visit = async (p: RawPath): Promise<void> => {
-        const e = p === '' || !this.#filter.excludes(p, false) ? this.#lstat(root, p) : undefined;
+        const known = p === '' || tree?.has(p) === true;
+        const e = known && (p === '' || !this.#filter.excludes(p, false)) ? this.#lstat(root, p) : undefined;
         if (e === 'error') return;
         if (e === undefined || (e.kind === 'dir' && this.#filter.excludes(p, true))) {
           if (removed.has(p) || e !== undefined) builder.remove(p);
@@ -326,7 +331,7 @@ export class SourceRunner {
         this.#db.trimQueue(name, maxRow);
         // What stays pending and was only in the rows just dropped gets a row again.
         const keep = this.pending.requeue(maxRow, () => this.#db.nextQueueId());
-        this.#db.enqueue(keep.map((k) => ({ id: k.row, source: name, op: 'path', path: k.path, timeMs: k.firstMs, open: k.open })));
+        this.#db.enqueue(keep.map((k) => ({ id: k.row, source: name, op: k.replaced ? 'removed' : 'path', path: k.path, timeMs: k.firstMs, open: k.open })));
       });
       builder.applyTo(this.#known);
       this.pending.done(true);
@@ -400,6 +405,7 @@ export class SourceRunner {
 
 function fromQueued(q: QueuedChange): Change {
   if (q.op === 'move' && q.from !== undefined) return { type: 'moved', from: q.from, path: q.path, kind: 'file' };
+  if (q.op === 'removed') return { type: 'removed', path: q.path, kind: 'file' };
   return { type: 'modified', path: q.path, kind: 'file', closed: !q.open };
 }
 

@@ -11,11 +11,11 @@ export interface CachedFile {
   ctimeNs: string;
 }
 
-/** One row of the durable queue: a path changed (dirty), or a move. */
+/** One row of the durable queue: a path changed (dirty), a path removed (with what was below it), or a move. */
 export interface QueuedChange {
   id: number;
   source: string;
-  op: 'path' | 'move';
+  op: 'path' | 'removed' | 'move';
   path: RawPath;
   from?: RawPath;
   timeMs: number;
@@ -141,7 +141,7 @@ export class StateDb {
   queued(source: string): QueuedChange[] {
     const rows = this.#db.prepare('SELECT id, op, path, from_path, time_ms, open FROM queue WHERE source = ? ORDER BY id').all(source) as Array<{
       id: number;
-      op: 'move' | 'path';
+      op: QueuedChange['op'];
       path: Buffer;
       from_path: Buffer | null;
       time_ms: number;
