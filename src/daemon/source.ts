@@ -73,6 +73,7 @@ export class SourceRunner {
   #seq = 0;
   #state: SourceState = 'starting';
   #timer: NodeJS.Timeout | undefined;
+  #timerAt = 0;
   #committing: Promise<void> | undefined;
   #queueBuffer: QueuedChange[] = [];
   #lastRow = 0;
@@ -208,7 +209,7 @@ export class SourceRunner {
       const parents = new Set([parentOf(c.path), c.type === 'moved' ? parentOf(c.from) : '']);
       for (const dir of parents) if (dir !== '') this.#record({ type: 'attributes', path: dir, kind: 'dir' }, now);
     }
-    this.#schedule();
+    this.#schedule(true);
   }
 
   /** Into the durable queue (written within the tick), then into the pending set. */
@@ -234,13 +235,24 @@ export class SourceRunner {
     }
   }
 
-  #schedule(): void {
+  /**
+   * Sets the timer for the next commit. `soon`: a change just came, and nothing it touched can
+   * be ready before `closedMs` from now — a timer already set to fire by then is left alone
+   * (a full look at the pending set per event would cost O(n²) in a burst).
+   */
+  #schedule(soon = false): void {
     if (this.#committing !== undefined || this.#state === 'stopping' || this.#state === 'stopped' || this.#state === 'failed') return;
+    const now = Date.now();
+    if (soon && this.#timer !== undefined && this.#timerAt <= now + this.pending.settle.closedMs) return;
     const ready = this.pending.nextReadyMs();
-    if (ready === undefined) return;
     clearTimeout(this.#timer);
-    const wait = Math.max(0, ready - Date.now(), this.#retryAt - Date.now());
-    this.#timer = setTimeout(() => void this.#commit(false), wait);
+    this.#timer = undefined;
+    if (ready === undefined) return;
+    this.#timerAt = Math.max(now, ready, this.#retryAt);
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined;
+      void this.#commit(false);
+    }, this.#timerAt - now);
   }
 
   /** Commits what is ready (or everything pending when `all`). */
