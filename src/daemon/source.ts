@@ -129,8 +129,11 @@ export class SourceRunner {
       return c && { seq: c.seq, timeMs: c.timeMs };
     });
     this.#checkpoint.seq = Math.max(0, ...(await this.#repo.checkpointSeqs(name)));
+    // What the last run saw but did not commit. Its moves are not replayed: the reconcile below
+    // compares the tree with the last commit and finds their effect (a removal and an addition,
+    // no data uploaded), where a replayed move could name what is long gone.
     const queued = this.#db.queued(name);
-    for (const q of queued) this.pending.add(fromQueued(q), q.timeMs, q.id);
+    for (const q of queued) if (q.op !== 'move') this.pending.add(fromQueued(q), q.timeMs, q.id);
     this.#lastRow = queued.at(-1)?.id ?? 0;
     if (queued.length > 0) this.#events.info('replaying the queue of the last run', { changes: queued.length });
 
@@ -416,7 +419,6 @@ export class SourceRunner {
 }
 
 function fromQueued(q: QueuedChange): Change {
-  if (q.op === 'move' && q.from !== undefined) return { type: 'moved', from: q.from, path: q.path, kind: 'file' };
   if (q.op === 'removed') return { type: 'removed', path: q.path, kind: 'file' };
   return { type: 'modified', path: q.path, kind: 'file', closed: !q.open };
 }
