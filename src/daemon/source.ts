@@ -48,6 +48,10 @@ export interface SourceOptions {
 
 export type SourceState = 'starting' | 'scanning' | 'watching' | 'degraded' | 'stopping' | 'stopped' | 'failed';
 
+/** Pending paths above which changes count as a stream, and commits are spaced. */
+const BUSY_PENDING = 100;
+const COMMIT_SPACING_MS = 100;
+
 /** A checkpoint is written after this many commits, but not more often than every CHECKPOINT_MIN_MS. */
 const CHECKPOINT_COMMITS = 16;
 const CHECKPOINT_MIN_MS = 60_000;
@@ -74,6 +78,7 @@ export class SourceRunner {
   #state: SourceState = 'starting';
   #timer: NodeJS.Timeout | undefined;
   #timerAt = 0;
+  #lastCommitEnd = 0;
   #committing: Promise<void> | undefined;
   #queueBuffer: QueuedChange[] = [];
   #lastRow = 0;
@@ -251,7 +256,10 @@ export class SourceRunner {
     clearTimeout(this.#timer);
     this.#timer = undefined;
     if (ready === undefined) return;
-    this.#timerAt = Math.max(now, ready, this.#retryAt);
+    // In a stream of many changes, commits are at least COMMIT_SPACING_MS apart, so a burst
+    // costs a few large commits rather than one every settle time; a lone change is not held.
+    const spaced = this.pending.size > BUSY_PENDING ? this.#lastCommitEnd + COMMIT_SPACING_MS : 0;
+    this.#timerAt = Math.max(now, ready, this.#retryAt, spaced);
     this.#timer = setTimeout(() => {
       this.#timer = undefined;
       void this.#commit(false);
@@ -262,6 +270,7 @@ export class SourceRunner {
   #commit(all: boolean): Promise<void> {
     const run = this.#commitOnce(all).finally(() => {
       this.#committing = undefined;
+      this.#lastCommitEnd = Date.now();
       this.#schedule();
     });
     this.#committing = run;
