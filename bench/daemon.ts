@@ -6,6 +6,7 @@
  * 20,000 small files is durable, bytes and objects written per commit, CPU while idle, and RSS
  * while watching a tree of 100,000 files.
  */
+import { setTimeout as sleep } from 'node:timers/promises';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -21,7 +22,6 @@ const idleSeconds = Number(process.env.BENCH_IDLE_S ?? 60);
 const PHOENIX = fileURLToPath(new URL('../../bin/phoenix.js', import.meta.url));
 const PASSWORD = 'bench';
 const env = (): NodeJS.ProcessEnv => ({ ...process.env, PHOENIX_PASSWORD: PASSWORD });
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const work = mkdtempSync(join(tmpdir(), 'phx-bench-daemon-'));
 
 interface Row {

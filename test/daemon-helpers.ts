@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import {
   appendFileSync,
@@ -21,19 +22,11 @@ export { snapshot } from './helpers.js';
 
 export const PASSWORD = 'daemon test password';
 
-export function mapDiff(actual: Map<string, string>, expected: Map<string, string>, max = 8): string[] {
-  const out: string[] = [];
-  for (const [k, v] of expected) if (actual.get(k) !== v) out.push(`${JSON.stringify(k)}: want ${v}, got ${actual.get(k)}`);
-  for (const [k, v] of actual) if (!expected.has(k)) out.push(`${JSON.stringify(k)}: extra ${v}`);
-  return out.slice(0, max);
-}
-
 export function phoenix(env: Record<string, string>, ...args: string[]): { status: number | null; stdout: string; stderr: string } {
   const r = spawnSync(process.execPath, [PHOENIX, ...args], { encoding: 'utf8', env: { ...process.env, PHOENIX_PASSWORD: PASSWORD, ...env }, timeout: 300_000 });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** A `phoenix watch` child process, with the test's view of it: status, sync, stop, kill. */
 export class DaemonProcess {

@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -8,12 +9,11 @@ import { loadWatchConfig } from '../src/daemon/config.js';
 import { PendingChanges } from '../src/daemon/pending.js';
 import { queryStatus } from '../src/daemon/status.js';
 import { PhoenixError } from '../src/errors.js';
-import { DaemonProcess, isExcluded, mapDiff, phoenix, snapshot, Workload, WORKLOAD_EXCLUDES } from './daemon-helpers.js';
-import { PHOENIX, tempDir } from './helpers.js';
+import { DaemonProcess, isExcluded, phoenix, snapshot, Workload, WORKLOAD_EXCLUDES } from './daemon-helpers.js';
+import { PHOENIX, tempDir, treeDiff } from './helpers.js';
 import { startS3rver } from './servers.js';
 
 const excludeArgs = WORKLOAD_EXCLUDES.flatMap((p) => ['--exclude', p]);
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** A source, a repository and a state directory in a fresh temporary directory. */
 function setup(repoUrl?: string) {
@@ -32,7 +32,7 @@ function setup(repoUrl?: string) {
 function assertRestores(repo: string, src: string, target: string, expected: Map<string, string>, at?: string): void {
   const r = phoenix({}, 'restore', '--repo', repo, '--source', src, '--target', target, ...(at ? ['--at', at] : []));
   assert.equal(r.status, 0, r.stderr);
-  const diff = mapDiff(snapshot(target), expected);
+  const diff = treeDiff(snapshot(target), expected);
   assert.deepEqual(diff, [], `restore${at ? ` at ${at}` : ''} differs from the source:\n${diff.join('\n')}`);
 }
 
@@ -228,8 +228,12 @@ describe('phoenix watch: end to end (real processes, real inotify)', () => {
       await d.sync(s.src);
       await server.pause();
       await w.run(200);
-      await sleep(1500);
-      const down = await d.status();
+      // Wait until a commit has failed and the oldest pending change is a second old (at most a minute).
+      let down = await d.status();
+      for (const deadline = Date.now() + 60_000; Date.now() < deadline; down = await d.status()) {
+        if (down.oldestPendingMs >= 1000 && down.errors.some((e) => /commit failed/.test(e.message))) break;
+        await sleep(50);
+      }
       assert.ok(down.pending > 0, `changes wait while the store is down: ${JSON.stringify(down)}`);
       assert.ok(down.oldestPendingMs >= 1000, `the exposure grows: ${down.oldestPendingMs}`);
       assert.ok(down.errors.some((e) => /commit failed/.test(e.message)), JSON.stringify(down.errors));

@@ -154,7 +154,7 @@ export class EventsProcess {
 }
 
 /** Readable differences between two trees, for assertion messages. */
-export function treeDiff(actual: Map<RawPath, Kind>, expected: Map<RawPath, Kind>, max = 10): string[] {
+export function treeDiff<V>(actual: Map<RawPath, V>, expected: Map<RawPath, V>, max = 10): string[] {
   const out: string[] = [];
   for (const [k, v] of expected) if (actual.get(k) !== v) out.push(`missing or wrong: ${JSON.stringify(k)} (${v}, got ${actual.get(k)})`);
   for (const [k, v] of actual) if (!expected.has(k)) out.push(`extra: ${JSON.stringify(k)} (${v})`);

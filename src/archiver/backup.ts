@@ -51,7 +51,7 @@ async function backupLocked(
   opts: BackupOptions,
   pool: SealPool,
 ): Promise<BackupResult> {
-  const seq = await syncCache(repo, db, source);
+  const seq = (await syncCache(repo, db, source))?.seq ?? 0;
   const root = rawFromUtf8(sourceDir);
   const top = await fs.lstat(sourceDir).catch(() => undefined);
   if (!top?.isDirectory()) {
@@ -103,11 +103,11 @@ function shouldCheckpoint(seq: number): boolean {
   return seq === 1 || seq % CHECKPOINT_EVERY === 0;
 }
 
-/** Brings the cache of `source` in line with the repository; returns the latest seq. */
-export async function syncCache(repo: Repository, db: StateDb, source: string): Promise<number> {
-  const commits = await repo.commitList(source);
-  const latest = commits.at(-1)?.seq ?? 0;
-  if (db.seq(source, repo.config.id) === latest) return latest;
+/** Brings the cache of `source` in line with the repository; returns its latest commit. */
+export async function syncCache(repo: Repository, db: StateDb, source: string): Promise<CommitInfo | undefined> {
+  const last = (await repo.commitList(source)).at(-1);
+  const latest = last?.seq ?? 0;
+  if (db.seq(source, repo.config.id) === latest) return last;
   // Rebuild: this source's tree, and the chunks of every source (for deduplication).
   for (const other of await repo.sources()) {
     const { state } = await repo.loadState(other);
@@ -115,6 +115,6 @@ export async function syncCache(repo: Repository, db: StateDb, source: string): 
     if (other === source) db.replaceSource(source, repo.config.id, latest, [...state.values()].map((rec) => ({ rec, ino: '', ctimeNs: '' })));
   }
   if (latest === 0) db.replaceSource(source, repo.config.id, 0, []);
-  return latest;
+  return last;
 }
 

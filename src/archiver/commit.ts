@@ -110,11 +110,8 @@ export class CommitBuilder {
 
   /** Everything below `path` is gone (`path` itself stays as it is). */
   removeBelow(path: RawPath): void {
-    const under = (k: RawPath): boolean => k !== path && isWithin(k, path);
-    const gone = new Set<RawPath>();
-    for (const k of this.known.keys()) if (under(k) && this.#overlay.get(k) !== null) gone.add(k);
-    for (const [k, c] of this.#overlay) if (c !== null && under(k)) gone.add(k);
-    if (gone.size > 0) this.removeMany([...gone]);
+    const gone = this.#below(path);
+    if (gone.length > 0) this.removeMany(gone);
   }
 
   /**
@@ -241,7 +238,12 @@ export class CommitBuilder {
       return out;
     }
     if (top.rec.type !== 'dir') return [path];
-    const out = new Set<RawPath>([path]);
+    return [path, ...this.#below(path)];
+  }
+
+  /** Every path below `path` (not itself) as of this commit: a walk of the whole cache. */
+  #below(path: RawPath): RawPath[] {
+    const out = new Set<RawPath>();
     const under = (k: RawPath): boolean => k !== path && isWithin(k, path);
     for (const k of this.known.keys()) if (under(k) && this.#overlay.get(k) !== null) out.add(k);
     for (const [k, c] of this.#overlay) if (c !== null && under(k)) out.add(k);

@@ -119,6 +119,12 @@ export class Daemon {
     };
   }
 
+  /** The last MAX_ERRORS problems, for status. */
+  #remember(path: string | undefined, message: string): void {
+    this.#errors.push({ time: new Date().toISOString(), path: path ?? null, message });
+    if (this.#errors.length > MAX_ERRORS) this.#errors.shift();
+  }
+
   #eventsFor(source: string): SourceEvents {
     const log = this.#log.child({ source });
     return {
@@ -127,8 +133,7 @@ export class Daemon {
       trace: log.isLevelEnabled('trace') ? (msg, fields) => log.trace(fields, msg) : undefined,
       problem: (path, message) => {
         log.warn(path === undefined ? {} : { path }, message);
-        this.#errors.push({ time: new Date().toISOString(), path: path ?? null, message });
-        if (this.#errors.length > MAX_ERRORS) this.#errors.shift();
+        this.#remember(path, message);
       },
       committed: (c) => {
         this.uploaded.bytes += c.bytes;
@@ -139,7 +144,7 @@ export class Daemon {
       bytesRead: (n) => (this.bytesRead += n),
       fatal: (err: PhoenixError) => {
         log.error({ code: err.code, hint: err.hint, cause: (err.cause as Error | undefined)?.stack }, err.message);
-        this.#errors.push({ time: new Date().toISOString(), path: null, message: err.message });
+        this.#remember(undefined, err.message);
         if (++this.#failed === this.#config.sources.length) this.#resolveAllFailed();
       },
     };

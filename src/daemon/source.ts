@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { CommitBuilder, unchanged } from '../archiver/commit.js';
 import { syncCache } from '../archiver/backup.js';
 import type { SealPool } from '../archiver/seal-pool.js';
@@ -127,12 +128,10 @@ export class SourceRunner {
         else this.#events.warn(`cannot renew the lease: ${(err as Error).message}`);
       });
     }, 60_000).unref();
-    this.#seq = await syncCache(this.#repo, this.#db, name);
+    const last = await syncCache(this.#repo, this.#db, name);
+    this.#seq = last?.seq ?? 0;
     this.#known = this.#db.files(name);
-    this.lastCommit = await this.#repo.commitList(name).then((l) => {
-      const c = l.at(-1);
-      return c && { seq: c.seq, timeMs: c.timeMs };
-    });
+    this.lastCommit = last && { seq: last.seq, timeMs: last.timeMs };
     this.#checkpoint.seq = Math.max(0, ...(await this.#repo.checkpointSeqs(name)));
     // What the last run saw but did not commit. Its moves are not replayed: the reconcile below
     // compares the tree with the last commit and finds their effect (a removal and an addition,
@@ -291,11 +290,13 @@ export class SourceRunner {
       if (this.#verify) {
         // The last attempt failed, perhaps after its commit object landed (a lost response):
         // if the journal moved on, take the cache from the repository before building on it.
-        const latest = (await this.#repo.commitList(this.config.name)).at(-1)?.seq ?? 0;
-        if (latest !== this.#seq) {
-          this.#events.warn('the journal has a commit this daemon did not see complete: reloading the cache', { seq: this.#seq, latest });
-          this.#seq = await syncCache(this.#repo, this.#db, this.config.name);
-          this.#known = this.#db.files(this.config.name);
+        // syncCache rebuilds the cache when the journal's latest seq is not the cache's.
+        const last = await syncCache(this.#repo, this.#db, name);
+        if ((last?.seq ?? 0) !== this.#seq) {
+          this.#events.warn('the journal has a commit this daemon did not see complete: reloaded the cache', { seq: this.#seq, latest: last?.seq });
+          this.#seq = last?.seq ?? 0;
+          this.#known = this.#db.files(name);
+          this.lastCommit = last && { seq: last.seq, timeMs: last.timeMs };
         }
         this.#verify = false;
       }
@@ -435,8 +436,4 @@ function fromQueued(q: QueuedChange): Change {
 /** Byte order of raw paths: parents before their children. */
 function compareRaw(a: RawPath, b: RawPath): number {
   return a < b ? -1 : a > b ? 1 : 0;
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, Math.max(0, ms)));
 }

@@ -78,7 +78,7 @@ export function queryStatus(stateDir: string): Promise<Status> {
     conn.on('error', (err) => {
       const code = errnoCode(err);
       if (code === 'ENOENT' || code === 'ECONNREFUSED') {
-        reject(new PhoenixError('PHX_NOT_RUNNING', `no phoenix watch is running with the state directory ${path.slice(0, -'/phoenix.sock'.length)}`, {
+        reject(new PhoenixError('PHX_NOT_RUNNING', `no phoenix watch is running with the state directory ${stateDir}`, {
           hint: 'start one with phoenix watch, or pass the --state DIR it uses',
         }));
       } else {
