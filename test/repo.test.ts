@@ -236,6 +236,32 @@ describe('backup and restore (property-based)', () => {
 });
 
 describe('repository', () => {
+  it('restores mtimes to the microsecond, also just above a microsecond boundary', async () => {
+    const src = tempDir('phx-mtime-src-');
+    const out = tempDir('phx-mtime-out-');
+    const state = tempDir('phx-mtime-state-');
+    const repo = await init(new MemoryBackend());
+    const db = new StateDb(join(state.path, 'db.sqlite'));
+    try {
+      const want = new Map<string, bigint>();
+      for (let i = 0; i < 40; i++) {
+        const f = join(src.path, `f${i}`);
+        writeFileSync(f, 'x');
+        const ns = `1795479900${String(692000 + i * 7).padStart(6, '0')}001`; // 1 ns past a microsecond
+        assert.equal(spawnSync('touch', ['-m', '-d', `@${ns.slice(0, 10)}.${ns.slice(10)}`, f]).status, 0);
+        want.set(`f${i}`, BigInt(ns) / 1000n);
+      }
+      await backup(repo, db, src.path, 'mtimes');
+      await restore(repo, (await repo.loadState('mtimes')).state, out.path);
+      for (const [name, us] of want) assert.equal(lstatSync(join(out.path, name), { bigint: true }).mtimeNs / 1000n, us, name);
+    } finally {
+      db.close();
+      src.cleanup();
+      out.cleanup();
+      state.cleanup();
+    }
+  });
+
   async function fixture() {
     const repoDir = tempDir('phx-repo-');
     const src = tempDir('phx-src-');

@@ -120,9 +120,13 @@ async function chown(path: Buffer, r: FileRecord): Promise<void> {
   await fs.lchown(path, r.uid, r.gid).catch(() => {});
 }
 
-/** Seconds as a number keep microseconds exactly enough for utimes; Node takes no ns. */
+/**
+ * Seconds as a number, for utimes (Node takes no ns). A double near 1.8e9 s is off by up to
+ * ~0.24 µs, and libuv truncates to ns: half a microsecond more makes the truncation land on
+ * the recorded microsecond instead of just below it (which could be the millisecond before).
+ */
 function nsToSeconds(ns: bigint): number {
-  return Number(ns / 1000n) / 1e6;
+  return Number(ns / 1000n) / 1e6 + 5e-7;
 }
 
 /** A path from the repository must stay inside the target. */
