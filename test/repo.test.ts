@@ -180,7 +180,7 @@ async function roundTrip(open: () => Promise<{ backend: Backend; cleanup?: () =>
         out.cleanup();
       }
     }),
-    { numRuns: runs },
+    { numRuns: runs, verbose: 1 }, // verbose: a failure prints the error that broke the property
   );
 }
 
