@@ -3,6 +3,7 @@
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Inotify", InitInotify(env));
   exports.Set("scanDir", Napi::Function::New(env, ScanDir, "scanDir"));
+  exports.Set("gearCut", Napi::Function::New(env, GearCut, "gearCut"));
   return exports;
 }
 

@@ -1,7 +1,7 @@
 import { createRequire } from 'node:module';
 import { PhoenixError } from './errors.js';
 
-/** The raw native binding (native/*.cc). Only src/watcher/inotify.ts and src/scanner/ use it. */
+/** The raw native binding (native/*.cc). Only src/watcher/inotify.ts, src/scanner/ and src/repo/chunker.ts use it. */
 export interface NativeInotify {
   addWatch(path: Buffer, mask: number): number;
   rmWatch(wd: number): number;
@@ -14,6 +14,10 @@ export interface NativeInotify {
 export interface NativeBinding {
   Inotify: new (onBatch: (events: Buffer, negErrno: number) => void) => NativeInotify;
   scanDir(path: Buffer): Promise<Buffer>;
+  gearCut(
+    data: Uint8Array, start: number, end: number, min: number, avg: number, max: number,
+    maskS: number, maskL: number, eof: boolean, gear: Uint32Array,
+  ): number;
 }
 
 let binding: NativeBinding | undefined;

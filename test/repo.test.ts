@@ -16,10 +16,10 @@ import { LocalBackend } from '../src/backend/local.js';
 import { MemoryBackend } from '../src/backend/memory.js';
 import { S3Backend } from '../src/backend/s3.js';
 import { PhoenixError } from '../src/errors.js';
-import { DEFAULT_CHUNKER, chunkStream } from '../src/repo/chunker.js';
+import { DEFAULT_CHUNKER, nextCut, referenceCut } from '../src/repo/chunker.js';
 import { checkRepository } from '../src/repo/check.js';
 import { Keys } from '../src/repo/crypto.js';
-import { openBlob, sealBlob } from '../src/repo/pack.js';
+import { openBlob } from '../src/repo/pack.js';
 import { Repository } from '../src/repo/repository.js';
 import { restore } from '../src/restore/restore.js';
 import { StateDb } from '../src/state/db.js';
@@ -31,29 +31,60 @@ const init = (b: Backend): Promise<Repository> => Repository.init(b, { password:
 const reopen = (b: Backend, pw = PASSWORD): Promise<Repository> => Repository.open(b, async () => pw);
 const code = (c: string) => (e: unknown) => e instanceof PhoenixError && e.code === c;
 
-async function chunksOf(data: Buffer): Promise<Buffer[]> {
-  const out: Buffer[] = [];
-  async function* one(): AsyncGenerator<Buffer> {
-    for (let i = 0; i < data.length; i += 1_000_000) yield data.subarray(i, i + 1_000_000);
+/** The chunks a seal worker cuts `data` into (written to a file and read back there), opened again. */
+async function chunksOf(data: Buffer, keys = Keys.none(), known: string[] = []): Promise<Array<{ id: string; data: Buffer | undefined }>> {
+  const dir = tempDir('phx-chunks-');
+  const pool = new SealPool(keys);
+  try {
+    writeFileSync(join(dir.path, 'f'), data);
+    const out: Array<{ id: string; data: Buffer | undefined }> = [];
+    const end = await pool.readFile(Buffer.from(join(dir.path, 'f')), data.length, known, {
+      chunk: (c) => {
+        const opened = c.sealed && openBlob(keys, c.sealed, 'blob');
+        assert.equal(opened?.length ?? c.bytes, c.bytes);
+        out.push({ id: c.id, data: opened });
+      },
+      restart: () => assert.fail('the file did not change'),
+    });
+    assert.equal(end.status, 'ok');
+    assert.equal(end.status === 'ok' && end.size, data.length);
+    return out;
+  } finally {
+    await pool.close();
+    dir.cleanup();
   }
-  for await (const c of chunkStream(one())) out.push(Buffer.from(c));
-  return out;
 }
 
-describe('FastCDC chunker', () => {
+describe('FastCDC chunker (on the seal workers)', () => {
   it('cuts within bounds, deterministically, and an insertion changes only nearby chunks', async () => {
     const data = randomBytes(24 * 2 ** 20);
-    const a = await chunksOf(data);
+    const a = (await chunksOf(data)).map((c) => c.data as Buffer);
     assert.ok(Buffer.concat(a).equals(data));
     for (const c of a.slice(0, -1)) assert.ok(c.length >= DEFAULT_CHUNKER.min && c.length <= DEFAULT_CHUNKER.max, `size ${c.length}`);
     const mean = data.length / a.length;
     assert.ok(mean > 0.5 * DEFAULT_CHUNKER.avg && mean < 2 * DEFAULT_CHUNKER.avg, `mean chunk ${mean}`);
+    // The same cuts as the reference over the whole buffer: reading in blocks changes nothing.
+    const whole: number[] = [];
+    for (let pos = 0; pos < data.length; ) pos += whole[whole.push(referenceCut(data, pos, data.length, DEFAULT_CHUNKER, true)) - 1] as number;
+    assert.deepEqual(a.map((c) => c.length), whole);
     const edited = Buffer.concat([data.subarray(0, 10_000_000), Buffer.from('inserted'), data.subarray(10_000_000)]);
-    const b = await chunksOf(edited);
+    const b = (await chunksOf(edited)).map((c) => c.data as Buffer);
     const ids = new Set(a.map((c) => createHash('sha256').update(c).digest('hex')));
     const fresh = b.filter((c) => !ids.has(createHash('sha256').update(c).digest('hex')));
     assert.ok(fresh.length <= 2, `${fresh.length} chunks changed`);
     assert.equal((await chunksOf(Buffer.from('small'))).length, 1);
+    assert.equal((await chunksOf(Buffer.alloc(0))).length, 0);
+  });
+
+  it('native cut points equal the TypeScript reference, with and without the end of data in view', () => {
+    const p = { min: 64, avg: 256, max: 1024 };
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 3000 }), fc.nat(), fc.boolean(), (bytes, s, eof) => {
+        const start = bytes.length === 0 ? 0 : s % bytes.length;
+        assert.equal(nextCut(bytes, start, bytes.length, p, eof), referenceCut(bytes, start, bytes.length, p, eof));
+      }),
+      { numRuns: 2000 },
+    );
   });
 });
 
@@ -187,18 +218,16 @@ async function roundTrip(open: () => Promise<{ backend: Backend; cleanup?: () =>
 describe('sealing on worker threads', () => {
   it('gives back exactly the blob the main thread would seal, for every size (small blobs live in a shared pool)', async () => {
     const keys = Keys.fromMaster(randomBytes(64));
-    const pool = new SealPool(keys);
-    try {
-      for (const n of [0, 1, 100, 3000, 4095, 4096, 5000, 300_000]) {
-        const data = randomBytes(n);
-        await pool.acquire();
-        const { id, sealed } = await pool.submit(data);
-        assert.equal(id, keys.id(data).toString('hex'));
-        assert.equal(sealed.length, sealBlob(keys, data).length, `size ${n}`);
-        assert.ok(openBlob(keys, sealed, 'blob').equals(data), `size ${n}`);
-      }
-    } finally {
-      await pool.close();
+    for (const n of [1, 100, 3000, 4095, 4096, 5000, 300_000, 9 * 2 ** 20 + 7]) {
+      const data = n % 2 === 0 ? Buffer.alloc(n, 'compressible ') : randomBytes(n);
+      const chunks = await chunksOf(data, keys);
+      assert.ok(Buffer.concat(chunks.map((c) => c.data as Buffer)).equals(data), `size ${n}`);
+      // Each blob opened (authenticated) in chunksOf; a blob carrying extra bytes would not.
+      for (const c of chunks) assert.equal(c.id, keys.id(c.data as Buffer).toString('hex'), `size ${n}`);
+      // Chunks the file's last version has are not sealed again.
+      const again = await chunksOf(data, keys, chunks.slice(0, 1).map((c) => c.id));
+      assert.equal(again[0]?.data, undefined);
+      assert.deepEqual(again.map((c) => c.id), chunks.map((c) => c.id));
     }
   });
 });
@@ -332,8 +361,17 @@ describe('repository', () => {
     const out = tempDir('phx-out-');
     await assert.rejects(restore(f.repo, state, out.path), (e) => code('PHX_CORRUPT')(e) && /fails authentication/.test((e as Error).message));
     const checked = await checkRepository(f.repo, { readData: true });
-    assert.ok(checked.errors.some((e) => /does not match its name/.test(e)), checked.errors.join('\n'));
     assert.ok(checked.errors.some((e) => /fails authentication/.test(e)), checked.errors.join('\n'));
+    // A byte flipped in the trailer (the pack's header): the pack no longer matches its name.
+    const trailerFlipped = Buffer.from(original);
+    trailerFlipped[trailerFlipped.length - 10] = (trailerFlipped[trailerFlipped.length - 10] as number) ^ 1;
+    writeFileSync(packPath, trailerFlipped);
+    const checked2 = await checkRepository(f.repo, { readData: true });
+    assert.ok(checked2.errors.some((e) => /does not match its name/.test(e)), checked2.errors.join('\n'));
+    // Bytes slipped in before the trailer: covered by no header entry.
+    writeFileSync(packPath, Buffer.concat([original.subarray(0, original.length - 4 - original.readUInt32LE(original.length - 4)), Buffer.from('x'), original.subarray(original.length - 4 - original.readUInt32LE(original.length - 4))]));
+    const checked3 = await checkRepository(f.repo, { readData: true });
+    assert.ok(checked3.errors.some((e) => /no header entry covers/.test(e)), checked3.errors.join('\n'));
     unlinkSync(packPath);
     await assert.rejects(restore(f.repo, state, join(out.path, '2')), (e) => code('PHX_CORRUPT')(e) && /pack is missing/.test((e as Error).message));
     writeFileSync(packPath, original);

@@ -77,7 +77,7 @@ async function backupLocked(
   const seen = new Set<RawPath>();
   // Files are read a few at a time so that disk and network overlap.
   const entries = [...scanned.tree.subtree('')].map((p) => [p, scanned.tree.get(p) as Entry] as const);
-  await mapLimited(entries, 4, async ([path, e]) => {
+  await mapLimited(entries, 32, async ([path, e]) => {
     // Gone: a deletion below if it was known. Unreadable: it keeps its last version.
     if ((await builder.add(path, toFsPath(root, path), e)) !== 'vanished') seen.add(path);
     progressFiles++;

@@ -1,6 +1,5 @@
 import type { Entry } from '../model/entry.js';
 import { isWithin, parentOf, type RawPath } from '../model/path.js';
-import { sealBlob } from '../repo/pack.js';
 import type { Commit, ChunkRef, CommitStats, FileRecord, JournalChange } from '../repo/format.js';
 import { ChunkWriter, type CommitInfo, type Repository } from '../repo/repository.js';
 import type { CachedFile, StateDb } from '../state/db.js';
@@ -76,7 +75,9 @@ export class CommitBuilder {
     let rec: FileRecord;
     let torn = false;
     if (e.kind === 'file') {
-      const read = await readFile(fsPath, e, this.#chunkRef, this.#bigChunkRef, this.pool, this.#writer, (n) => this.opts.onBytes?.(n));
+      const last = this.known.get(path)?.rec; // committed: its chunk refs are final
+      const previous = last?.type === 'file' ? last.chunks : [];
+      const read = await readFile(this.pool, fsPath, e, previous, this.#refFor, this.#writer, (n) => this.opts.onBytes?.(n));
       if (read.status === 'vanished') return 'vanished';
       if (read.status === 'error') {
         this.opts.onProblem?.(path, read.message);
@@ -251,24 +252,15 @@ export class CommitBuilder {
   }
 
   /** A chunk by id: known (its ref at once), or new (its ref once its pack is cut), uploaded once. */
-  readonly #refFor = (id: string, seal: () => Buffer): PendingChunk => {
-    const known = this.db.chunk(id);
-    if (known) return { id, ref: Promise.resolve(known) };
+  readonly #refFor = (id: string, sealed: Buffer): PendingChunk => {
     let p = this.#newChunks.get(id);
     if (p === undefined) {
-      p = this.#writer.addSealed(id, seal());
+      const known = this.db.chunk(id);
+      if (known) return { id, ref: Promise.resolve(known) };
+      p = this.#writer.addSealed(id, sealed);
       this.#newChunks.set(id, p);
     }
     return { id, ref: p };
-  };
-
-  /** Small chunks are hashed and sealed here; a round trip to a worker would cost more. */
-  readonly #chunkRef = (data: Buffer): PendingChunk => this.#refFor(this.repo.keys.id(data).toString('hex'), () => sealBlob(this.repo.keys, data));
-
-  /** Large chunks are hashed and sealed on worker threads (sealed even when known: the id comes with it). */
-  readonly #bigChunkRef = async (data: Buffer): Promise<PendingChunk> => {
-    const { id, sealed } = await this.pool.submit(data);
-    return this.#refFor(id, () => sealed);
   };
 }
 

@@ -2,60 +2,165 @@ import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import type { Keys } from '../repo/crypto.js';
 
+/** How many times a file that changes while read is read again before its last read is kept. */
+export const TORN_RETRIES = 3;
+
+/** Sealed bytes one worker may have sent that the main thread has not yet packed. */
+const CREDIT = 16 * 2 ** 20;
+
+/** Main → worker: back up the file at `path`; chunks whose id is in `known` are not sealed. */
+export interface FileJob {
+  job: number;
+  path: Uint8Array;
+  known: string[];
+}
+
+/** The file's metadata as it stood when the read ended. */
+export interface ReadStat {
+  mode: number;
+  uid: number;
+  gid: number;
+  mtimeNs: bigint;
+  ctimeNs: bigint;
+  ino: bigint;
+}
+
+export type JobEnd =
+  | { status: 'ok'; size: number; st: ReadStat; torn: boolean }
+  | { status: 'vanished' }
+  | { status: 'cancelled' }
+  | { status: 'error'; message: string };
+
 /**
- * Worker threads that turn chunks into (id, sealed blob) pairs. At most `inFlight` chunks
- * are queued at once, so memory stays bounded whatever the file sizes.
+ * Worker → main, in order per job: `chunk`s (with the sealed blob unless its id was in `known`),
+ * `restart` when the file changed while read (the chunks so far are not the file's), then `done`.
+ */
+export type FromWorker =
+  | { job: number; type: 'chunk'; id: string; bytes: number; sealed?: ArrayBuffer }
+  | { job: number; type: 'restart' }
+  | { job: number; type: 'done'; end: JobEnd };
+
+export interface ChunkOut {
+  id: string;
+  /** Plaintext length. */
+  bytes: number;
+  /** Undefined when the id was in `known`. */
+  sealed: Buffer | undefined;
+}
+
+export interface FileHandlers {
+  /** A chunk, in file order; the worker waits for room while the returned promise is pending. */
+  chunk(c: ChunkOut): Promise<void> | void;
+  /** The file changed while read: forget its chunks so far, it is read again. */
+  restart(): void;
+}
+
+interface Slot {
+  worker: Worker;
+  /** [0] credit in bytes, [1] a job to cancel (-1: none). */
+  ctl: Int32Array;
+  /** Bytes of the files queued on this worker, to send the next file to the least busy one. */
+  queued: number;
+}
+
+interface Job {
+  slot: Slot;
+  size: number;
+  handlers: FileHandlers;
+  resolve: (end: JobEnd) => void;
+  reject: (err: Error) => void;
+}
+
+/**
+ * Worker threads that read, chunk, hash and seal files (seal-worker.ts), so that every core
+ * works on file content while the main thread packs and uploads. Each worker has a byte credit:
+ * it waits (Atomics.wait) while the main thread holds more than CREDIT of its sealed blobs, so
+ * memory stays bounded whatever the file sizes and however slow the store.
  */
 export class SealPool {
-  readonly #workers: Worker[] = [];
-  readonly #jobs = new Map<number, { resolve: (r: { id: string; sealed: Buffer }) => void; reject: (e: Error) => void }>();
-  readonly #waiting: Array<() => void> = [];
-  readonly #inFlight: number;
+  readonly #slots: Slot[] = [];
+  readonly #jobs = new Map<number, Job>();
   #next = 0;
-  #active = 0;
 
   constructor(keys: Keys, threads = Math.max(1, Math.min(4, availableParallelism()))) {
     const master = keys.encKey && keys.macKey ? Buffer.concat([keys.encKey, keys.macKey]) : null;
     for (let i = 0; i < threads; i++) {
-      const w = new Worker(new URL('./seal-worker.js', import.meta.url), { workerData: { master } });
-      w.on('message', (m: { job: number; id: string; sealed: ArrayBuffer }) => {
-        const j = this.#jobs.get(m.job);
-        this.#jobs.delete(m.job);
-        this.#release();
-        j?.resolve({ id: m.id, sealed: Buffer.from(m.sealed) });
+      const control = new SharedArrayBuffer(8);
+      const ctl = new Int32Array(control);
+      ctl[0] = CREDIT;
+      ctl[1] = -1;
+      const worker = new Worker(new URL('./seal-worker.js', import.meta.url), { workerData: { master, control } });
+      const slot: Slot = { worker, ctl, queued: 0 };
+      worker.on('message', (m: FromWorker) => this.#onMessage(m));
+      worker.on('error', (err) => {
+        for (const [id, j] of this.#jobs) {
+          if (j.slot !== slot) continue;
+          this.#jobs.delete(id);
+          j.reject(err);
+        }
       });
-      w.on('error', (err) => {
-        for (const j of this.#jobs.values()) j.reject(err);
-        this.#jobs.clear();
-      });
-      this.#workers.push(w);
+      this.#slots.push(slot);
     }
-    this.#inFlight = threads * 3;
   }
 
-  /** Waits for room in the queue; call once before each `submit`. */
-  async acquire(): Promise<void> {
-    if (this.#active >= this.#inFlight) await new Promise<void>((r) => this.#waiting.push(r));
-    else this.#active++;
-  }
-
-  /** The id and sealed blob of `data` (copied; the caller may reuse its buffer). */
-  submit(data: Uint8Array): Promise<{ id: string; sealed: Buffer }> {
+  /**
+   * Backs up the file at `path` (about `size` bytes) on the least busy worker. Resolves when the
+   * worker is done with it, after every chunk was handed to `handlers`.
+   */
+  readFile(path: Uint8Array, size: number, known: readonly string[], handlers: FileHandlers): Promise<JobEnd> {
     const job = this.#next++;
-    const copy = new Uint8Array(data); // a buffer of its own, transferred to the worker
+    const slot = this.#slots.reduce((a, b) => (b.queued < a.queued ? b : a));
+    slot.queued += size;
     return new Promise((resolve, reject) => {
-      this.#jobs.set(job, { resolve, reject });
-      (this.#workers[job % this.#workers.length] as Worker).postMessage({ job, data: copy.buffer }, [copy.buffer]);
+      this.#jobs.set(job, { slot, size, handlers, resolve, reject });
+      const msg: FileJob = { job, path, known: [...known] };
+      slot.worker.postMessage(msg);
     });
   }
 
-  #release(): void {
-    const next = this.#waiting.shift();
-    if (next) next();
-    else this.#active--;
+  #onMessage(m: FromWorker): void {
+    const j = this.#jobs.get(m.job);
+    if (j === undefined) return;
+    if (m.type === 'chunk') {
+      const sealed = m.sealed === undefined ? undefined : Buffer.from(m.sealed);
+      const credit = (): void => {
+        if (sealed === undefined) return;
+        Atomics.add(j.slot.ctl, 0, sealed.length);
+        Atomics.notify(j.slot.ctl, 0);
+      };
+      let wait: Promise<void> | void;
+      try {
+        wait = j.handlers.chunk({ id: m.id, bytes: m.bytes, sealed });
+      } catch (err) {
+        this.#cancel(m.job, j);
+        credit();
+        j.reject(err as Error);
+        return;
+      }
+      if (wait === undefined) credit();
+      else
+        wait.then(credit, (err: unknown) => {
+          // The store failed: stop reading this file (the caller gets the error).
+          this.#cancel(m.job, j);
+          credit();
+          j.reject(err as Error);
+        });
+    } else if (m.type === 'restart') {
+      j.handlers.restart();
+    } else {
+      this.#jobs.delete(m.job);
+      j.slot.queued -= j.size;
+      if (j.slot.ctl[1] === m.job) Atomics.store(j.slot.ctl, 1, -1);
+      j.resolve(m.end);
+    }
+  }
+
+  #cancel(job: number, j: Job): void {
+    Atomics.store(j.slot.ctl, 1, job);
+    Atomics.notify(j.slot.ctl, 0);
   }
 
   async close(): Promise<void> {
-    await Promise.all(this.#workers.map((w) => w.terminate()));
+    await Promise.all(this.#slots.map((s) => s.worker.terminate()));
   }
 }

@@ -1,18 +1,118 @@
-// A worker thread that computes chunk ids and seals blobs, so that hashing, compression
-// and encryption run on every core. Messages: {job, data} in, {job, id, sealed} out.
+// A worker thread that backs up file content: it reads a file, cuts it into chunks (FastCDC),
+// computes each chunk's id and seals it (compress, encrypt), so that all per-byte work runs on
+// every core and the main thread only packs and uploads. The protocol is in seal-pool.ts.
+import { type BigIntStats, closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
+import { DEFAULT_CHUNKER, nextCut } from '../repo/chunker.js';
 import { Keys } from '../repo/crypto.js';
 import { sealBlob } from '../repo/pack.js';
+import { TORN_RETRIES, type FileJob, type FromWorker } from './seal-pool.js';
 
-const { master } = workerData as { master: Uint8Array | null };
+const { master, control } = workerData as { master: Uint8Array | null; control: SharedArrayBuffer };
 const keys = master === null ? Keys.none() : Keys.fromMaster(Buffer.from(master));
+/** [0]: bytes this worker may still send before the main thread has taken them; [1]: a job to cancel. */
+const ctl = new Int32Array(control);
 
-parentPort?.on('message', (msg: { job: number; data: ArrayBuffer }) => {
-  const data = Buffer.from(msg.data);
-  const id = keys.id(data).toString('hex');
-  const sealed = sealBlob(keys, data);
-  // A buffer of its own, exactly the blob: a small Buffer is a view into Node's shared 8 KiB
-  // pool (Buffer.from copies into the pool too), and its .buffer would carry the whole pool.
-  const own = new Uint8Array(sealed);
-  parentPort?.postMessage({ job: msg.job, id, sealed: own.buffer }, [own.buffer]);
-});
+/** Reads fill this much at most; two maximal chunks fit, so no byte is scanned for a cut twice. */
+const BUFFER = 2 * DEFAULT_CHUNKER.max;
+
+function post(m: FromWorker, transfer: ArrayBuffer[] = []): void {
+  parentPort?.postMessage(m, transfer);
+}
+
+class Cancelled extends Error {}
+
+/** Waits until the main thread has room for `n` more bytes; throws when the job was cancelled. */
+function takeCredit(job: number, n: number): void {
+  for (;;) {
+    if (Atomics.load(ctl, 1) === job) throw new Cancelled();
+    const have = Atomics.load(ctl, 0);
+    // Always let one chunk through (a chunk larger than the whole credit must not wait forever).
+    if (have > 0) break;
+    Atomics.wait(ctl, 0, have, 100); // wakes at least every 100 ms, so terminate() is heard
+  }
+  Atomics.sub(ctl, 0, n);
+}
+
+/** A buffer that can be transferred as it is (not a view into a shared pool or a larger block). */
+function transferable(b: Buffer): Uint8Array {
+  return b.byteOffset === 0 && b.byteLength === b.buffer.byteLength ? b : new Uint8Array(b);
+}
+
+function emit(job: number, chunk: Buffer, known: ReadonlySet<string>): void {
+  const id = keys.id(chunk).toString('hex');
+  if (known.has(id)) {
+    post({ job, type: 'chunk', id, bytes: chunk.length });
+    return;
+  }
+  const sealed = transferable(sealBlob(keys, chunk));
+  takeCredit(job, sealed.byteLength);
+  post({ job, type: 'chunk', id, bytes: chunk.length, sealed: sealed.buffer as ArrayBuffer }, [sealed.buffer as ArrayBuffer]);
+}
+
+/** The read buffer, reused for every file (chunks are sealed, that is copied, before the next read). */
+const buf = Buffer.allocUnsafe(BUFFER);
+
+/** Reads, chunks and seals the file once; the stat before and after, and the bytes read. */
+function readOnce(job: number, fd: number, known: ReadonlySet<string>): { st0: BigIntStats; st1: BigIntStats; total: number } {
+  const st0 = fstatSync(fd, { bigint: true });
+  let start = 0;
+  let end = 0;
+  let total = 0;
+  for (let eof = false; !eof; ) {
+    if (end === buf.length) {
+      // Full: keep the undecided tail (less than one maximal chunk) at the front.
+      buf.copy(buf, 0, start, end);
+      end -= start;
+      start = 0;
+    }
+    const n = readSync(fd, buf, end, buf.length - end, null);
+    end += n;
+    total += n;
+    eof = n === 0;
+    // Cut only with a maximal chunk in view (or at the end): a cut is never looked for twice.
+    while (end - start >= DEFAULT_CHUNKER.max || (eof && start < end)) {
+      const cut = nextCut(buf, start, end, DEFAULT_CHUNKER, eof);
+      emit(job, buf.subarray(start, start + cut), known);
+      start += cut;
+    }
+  }
+  return { st0, st1: fstatSync(fd, { bigint: true }), total };
+}
+
+function heldStill(a: BigIntStats, b: BigIntStats): boolean {
+  return a.size === b.size && a.mtimeNs === b.mtimeNs && a.ctimeNs === b.ctimeNs;
+}
+
+function readFileJob(m: FileJob): void {
+  const known = new Set(m.known);
+  for (let attempt = 1; ; attempt++) {
+    let fd: number;
+    try {
+      fd = openSync(Buffer.from(m.path), constants.O_RDONLY | constants.O_NOFOLLOW);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'ELOOP' || code === 'ENOTDIR') post({ job: m.job, type: 'done', end: { status: 'vanished' } });
+      else post({ job: m.job, type: 'done', end: { status: 'error', message: `cannot open: ${(err as Error).message}` } });
+      return;
+    }
+    try {
+      const { st0, st1, total } = readOnce(m.job, fd, known);
+      const stable = heldStill(st0, st1) && total === Number(st1.size);
+      if (stable || attempt >= TORN_RETRIES) {
+        const st = { mode: Number(st1.mode), uid: Number(st1.uid), gid: Number(st1.gid), mtimeNs: st1.mtimeNs, ctimeNs: st1.ctimeNs, ino: st1.ino };
+        post({ job: m.job, type: 'done', end: { status: 'ok', size: total, st, torn: !stable } });
+        return;
+      }
+      post({ job: m.job, type: 'restart' });
+    } catch (err) {
+      if (err instanceof Cancelled) post({ job: m.job, type: 'done', end: { status: 'cancelled' } });
+      else post({ job: m.job, type: 'done', end: { status: 'error', message: `cannot read: ${(err as Error).message}` } });
+      return;
+    } finally {
+      closeSync(fd);
+    }
+  }
+}
+
+parentPort?.on('message', (m: FileJob) => readFileJob(m));

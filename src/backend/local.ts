@@ -37,7 +37,8 @@ export class LocalBackend implements Backend {
       await fs.mkdir(dir, { recursive: true });
       const fh = await fs.open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
       try {
-        await fh.writeFile(data);
+        // One write call for the whole object where the kernel takes it (writeFile cuts 512 KiB pieces).
+        for (let done = 0; done < data.length; ) done += (await fh.write(data, done, data.length - done)).bytesWritten;
         await fh.sync();
       } finally {
         await fh.close();

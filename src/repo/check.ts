@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { isNotFound, listAll } from '../backend/backend.js';
 import { displayPath } from '../model/path.js';
 import { applyChange, encodeRecord, packKey, type TreeState } from './format.js';
-import { openBlob, type PackEntry } from './pack.js';
+import { openBlob, packId, type PackEntry } from './pack.js';
 import { checkContiguous, mapLimited, type Repository } from './repository.js';
 
 export interface CheckResult {
@@ -77,10 +77,20 @@ export async function checkRepository(repo: Repository, opts: { readData?: boole
   if (opts.readData) {
     for (const o of await listAll(repo.backend, 'data/')) {
       const pack = o.key.split('/').pop() as string;
+      const bytes = await repo.backend.get(o.key);
+      // Named by its trailer's hash (packs of builds before 2026-11-24: by all their bytes).
+      if (packId(bytes) !== pack && createHash('sha256').update(bytes).digest('hex') !== pack) {
+        errors.push(`pack ${o.key} does not match its name (modified or damaged)`);
+      }
       const h = await header(pack);
       if (h === null) continue;
-      const bytes = await repo.backend.get(o.key);
-      if (createHash('sha256').update(bytes).digest('hex') !== pack) errors.push(`pack ${o.key} does not match its name (modified or damaged)`);
+      // The blobs and the trailer tile the pack: no byte is outside something authenticated.
+      let end = 0;
+      for (const e of [...h.values()].sort((a, b) => a.offset - b.offset)) {
+        if (e.offset !== end) errors.push(`pack ${o.key} has bytes no header entry covers at offset ${end}`);
+        end = e.offset + e.length;
+      }
+      if (end + 4 + bytes.readUInt32LE(bytes.length - 4) !== bytes.length) errors.push(`pack ${o.key} has bytes no header entry covers at offset ${end}`);
       for (const e of h.values()) {
         try {
           const data = openBlob(repo.keys, bytes.subarray(e.offset, e.offset + e.length), `chunk ${e.id.slice(0, 16)}… in ${o.key}`);

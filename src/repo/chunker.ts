@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { native } from '../native.js';
 
 /**
  * FastCDC content-defined chunking (Xia et al., 2016) with normalized chunking: a gear
@@ -28,8 +29,18 @@ function spreadMask(bits: number): number {
   return m >>> 0;
 }
 
-/** Length of the next chunk of data[start, end); `eof` when no more data follows `end`. */
+/**
+ * Length of the next chunk of data[start, end), or -1 when more data is needed to decide;
+ * `eof` when no more data follows `end`. Runs in the native addon (native/cdc.cc), which
+ * cuts exactly where `referenceCut` does.
+ */
 export function nextCut(data: Uint8Array, start: number, end: number, p: ChunkerParams, eof: boolean): number {
+  const bits = Math.round(Math.log2(p.avg));
+  return native().gearCut(data, start, end, p.min, p.avg, p.max, spreadMask(bits + 2), spreadMask(bits - 2), eof, GEAR);
+}
+
+/** `nextCut` in TypeScript: the definition of the cut points (FORMAT.md), kept for tests. */
+export function referenceCut(data: Uint8Array, start: number, end: number, p: ChunkerParams, eof: boolean): number {
   const n = end - start;
   if (n <= p.min) return eof ? n : -1;
   const bits = Math.round(Math.log2(p.avg));
@@ -49,26 +60,4 @@ export function nextCut(data: Uint8Array, start: number, end: number, p: Chunker
   }
   if (limit === p.max || eof) return limit;
   return -1; // need more data to decide
-}
-
-/** Splits a stream of blocks into chunks; memory holds at most one block plus `max`. */
-export async function* chunkStream(blocks: AsyncIterable<Uint8Array>, p: ChunkerParams = DEFAULT_CHUNKER): AsyncGenerator<Buffer> {
-  let buf = Buffer.alloc(0);
-  for await (const block of blocks) {
-    buf = buf.length === 0 ? Buffer.from(block) : Buffer.concat([buf, block]);
-    let pos = 0;
-    for (;;) {
-      const cut = nextCut(buf, pos, buf.length, p, false);
-      if (cut < 0) break;
-      yield buf.subarray(pos, pos + cut);
-      pos += cut;
-    }
-    buf = buf.subarray(pos);
-  }
-  let pos = 0;
-  while (pos < buf.length) {
-    const cut = nextCut(buf, pos, buf.length, p, true);
-    yield buf.subarray(pos, pos + cut);
-    pos += cut;
-  }
 }

@@ -39,8 +39,13 @@ export class Keys {
 
   /** nonce (12) ‖ ciphertext ‖ tag (16); the plaintext itself when not encrypted. */
   seal(plain: Uint8Array): Buffer {
-    if (!this.encKey) return Buffer.from(plain);
-    return seal(this.encKey, plain);
+    return this.sealParts([plain]);
+  }
+
+  /** Seals the concatenation of `parts` without first copying them into one buffer. */
+  sealParts(parts: readonly Uint8Array[]): Buffer {
+    if (!this.encKey) return Buffer.concat(parts);
+    return seal(this.encKey, parts);
   }
 
   /** Opens a sealed body; `what` names it in the error when it fails authentication. */
@@ -50,11 +55,13 @@ export class Keys {
   }
 }
 
-export function seal(key: Buffer, plain: Uint8Array): Buffer {
+export function seal(key: Buffer, plain: Uint8Array | readonly Uint8Array[]): Buffer {
   const nonce = randomBytes(12);
   const c = createCipheriv('aes-256-gcm', key, nonce);
-  const body = Buffer.concat([nonce, c.update(plain), c.final(), c.getAuthTag()]);
-  return body;
+  const out: Buffer[] = [nonce];
+  for (const part of plain instanceof Uint8Array ? [plain] : plain) out.push(c.update(part));
+  out.push(c.final(), c.getAuthTag());
+  return Buffer.concat(out);
 }
 
 export function open(key: Buffer, sealed: Uint8Array, what: string): Buffer {

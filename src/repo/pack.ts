@@ -6,7 +6,7 @@ import { corrupt, type Keys } from './crypto.js';
  * Packs hold many chunks in one object: sealed blobs back to back, then the sealed header
  * (JSON: [[id, offset, length], …]), then the header's length as a 4-byte little-endian
  * integer. A blob is the sealed form of one flag byte (0 stored, 1 deflate-raw) and the data.
- * A pack's id is the SHA-256 of its bytes. Chunks are compressed when the entropy of their first
+ * A pack's id is the SHA-256 of its trailer (the sealed header and its length). Chunks are compressed when the entropy of their first
  * 8 KiB is below 7.2 bits a byte, and kept compressed only when that saves an eighth.
  */
 export const PACK_TARGET = 16 * 2 ** 20;
@@ -17,16 +17,18 @@ export interface PackEntry {
   length: number;
 }
 
+const STORED = Buffer.from([0]);
+const DEFLATED = Buffer.from([1]);
+
 export function sealBlob(keys: Keys, data: Uint8Array): Buffer {
-  let body: Buffer = Buffer.concat([Buffer.from([0]), data]);
   // Compress when a sample says it may pay: random or already-compressed data (entropy near
   // 8 bits a byte) is not tried at all, which spares a zlib stream per chunk.
   if (data.length >= 512 && sampleEntropy(data) < 7.2) {
     const z = deflateRawSync(data, { level: 1 });
     // Keep compression only when it saves at least an eighth.
-    if (z.length < data.length - (data.length >> 3)) body = Buffer.concat([Buffer.from([1]), z]);
+    if (z.length < data.length - (data.length >> 3)) return keys.sealParts([DEFLATED, z]);
   }
-  return keys.seal(body);
+  return keys.sealParts([STORED, data]);
 }
 
 /** Shannon entropy, in bits per byte, of the first 8 KiB. */
@@ -79,9 +81,20 @@ export class PackBuilder {
     const header = keys.seal(Buffer.from(JSON.stringify(this.entries.map((e) => [e.id, e.offset, e.length]))));
     const len = Buffer.alloc(4);
     len.writeUInt32LE(header.length);
-    const bytes = Buffer.concat([...this.#parts, header, len]);
-    return { id: createHash('sha256').update(bytes).digest('hex'), bytes };
+    // The id hashes the trailer only: the header lists every blob's id, offset and length, and
+    // every blob and the header are authenticated, so hashing all the bytes again added nothing
+    // but a second pass over the data.
+    const id = createHash('sha256').update(header).update(len).digest('hex');
+    return { id, bytes: Buffer.concat([...this.#parts, header, len]) };
   }
+}
+
+/** The pack's id as its name should be: SHA-256 of the trailer (`bytes` is the whole pack). */
+export function packId(bytes: Uint8Array): string {
+  if (bytes.length < 4) return '';
+  const len = Buffer.from(bytes.buffer, bytes.byteOffset + bytes.length - 4, 4).readUInt32LE(0);
+  if (len + 4 > bytes.length) return '';
+  return createHash('sha256').update(bytes.subarray(bytes.length - 4 - len)).digest('hex');
 }
 
 /** Parses a pack's header from its tail (the last 4 bytes and the header before them). */
