@@ -8,6 +8,7 @@ import { spawnSync } from 'node:child_process';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
+import Database from 'better-sqlite3';
 import fc from 'fast-check';
 import { backup } from '../src/archiver/backup.js';
 import { SealPool } from '../src/archiver/seal-pool.js';
@@ -314,8 +315,10 @@ describe('repository', () => {
   it('a second backup with no changes writes nothing; losing the local state re-uploads nothing', async () => {
     const f = await fixture();
     assert.equal(f.first.commit?.seq, 1);
-    const again = await backup(f.repo, f.db, f.src.path, 'src');
+    let bytesRead = 0;
+    const again = await backup(f.repo, f.db, f.src.path, 'src', { onProgress: (p) => (bytesRead = p.bytes) });
     assert.equal(again.commit, undefined);
+    assert.equal(bytesRead, 0, 'the cache vouches for every file: none is read');
     f.db.close();
     rmSync(f.state.path, { recursive: true, force: true });
     const fresh = new StateDb(join(f.state.path, 'db.sqlite'));
@@ -327,6 +330,26 @@ describe('repository', () => {
     assert.equal(changed.commit?.seq, 2);
     assert.ok(changed.stats.bytesUploaded < 10_000, `a copy of known content uploads nothing new (${changed.stats.bytesUploaded} bytes)`);
     fresh.close();
+    f.db.close = () => {};
+    f.done();
+  });
+
+  it('a state cache of an older build (no stamps) is rebuilt from the repository; its queue is kept', async () => {
+    const f = await fixture();
+    f.db.close();
+    const path = join(f.state.path, 'db.sqlite');
+    const old = new Database(path);
+    old.exec('DROP TABLE files; CREATE TABLE files (source TEXT NOT NULL, path BLOB NOT NULL, rec TEXT NOT NULL, ino TEXT NOT NULL, ctime TEXT NOT NULL, PRIMARY KEY (source, path));');
+    old.exec("INSERT INTO queue (id, source, op, path, from_path, time_ms, open) VALUES (7, 'src', 'path', x'61', NULL, 1, 0)");
+    old.pragma('user_version = 0');
+    old.close();
+    const db = new StateDb(path);
+    assert.equal(db.seq('src', f.repo.config.id), undefined, 'the old file cache is gone');
+    assert.deepEqual(db.queued('src').map((q) => q.id), [7]);
+    const again = await backup(f.repo, db, f.src.path, 'src');
+    assert.equal(again.commit, undefined, 'rebuilt: nothing changed');
+    assert.equal(db.files('src').size, 3);
+    db.close();
     f.db.close = () => {};
     f.done();
   });

@@ -5,7 +5,7 @@ import { Filter } from '../model/filter.js';
 import { isWithin, rawFromUtf8, toFsPath, type RawPath } from '../model/path.js';
 import type { CommitStats } from '../repo/format.js';
 import { CHECKPOINT_EVERY, mapLimited, type CommitInfo, type Repository } from '../repo/repository.js';
-import { scan } from '../scanner/scan.js';
+import { scan, type ScanResult } from '../scanner/scan.js';
 import type { StateDb } from '../state/db.js';
 import { CommitBuilder } from './commit.js';
 import { SealPool } from './seal-pool.js';
@@ -13,6 +13,8 @@ import { SealPool } from './seal-pool.js';
 export interface BackupOptions {
   exclude?: string[];
   oneFileSystem?: boolean;
+  /** A scan started earlier with `startScan` (it can run while the repository key is derived). */
+  scan?: Promise<ScanResult>;
   onProblem?: (path: RawPath, message: string) => void;
   onProgress?: (p: { files: number; bytes: number; total: number }) => void;
 }
@@ -51,18 +53,15 @@ async function backupLocked(
   opts: BackupOptions,
   pool: SealPool,
 ): Promise<BackupResult> {
+  const scanning = opts.scan ?? startScan(sourceDir, opts);
   const seq = (await syncCache(repo, db, source))?.seq ?? 0;
   const root = rawFromUtf8(sourceDir);
-  const top = await fs.lstat(sourceDir).catch(() => undefined);
-  if (!top?.isDirectory()) {
-    throw new PhoenixError('PHX_SOURCE_INVALID', `source ${sourceDir} is not a directory`, { hint: 'give the directory to back up' });
-  }
   let problems = 0;
   const problem = (path: RawPath, message: string): void => {
     problems++;
     opts.onProblem?.(path, message);
   };
-  const scanned = await scan(root, '', { filter: new Filter(opts) });
+  const scanned = await scanning;
   for (const p of scanned.problems) problem(p.path, `${p.code}: ${p.message}`);
   const known = db.files(source);
   let progressBytes = 0;
@@ -96,6 +95,15 @@ async function backupLocked(
     await repo.writeCheckpoint(source, done.commit.seq, new Map([...known].map(([p, f]) => [p, f.rec])));
   }
   return { commit: done?.info, stats: builder.stats, problems };
+}
+
+/** Scans `sourceDir` for a backup; rejects when it is not a directory. */
+export async function startScan(sourceDir: string, opts: Pick<BackupOptions, 'exclude' | 'oneFileSystem'> = {}): Promise<ScanResult> {
+  const top = await fs.lstat(sourceDir).catch(() => undefined);
+  if (!top?.isDirectory()) {
+    throw new PhoenixError('PHX_SOURCE_INVALID', `source ${sourceDir} is not a directory`, { hint: 'give the directory to back up' });
+  }
+  return scan(rawFromUtf8(sourceDir), '', { filter: new Filter(opts) });
 }
 
 /** One-shot backups write a checkpoint at the first commit and every CHECKPOINT_EVERY commits. */

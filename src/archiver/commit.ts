@@ -2,7 +2,7 @@ import type { Entry } from '../model/entry.js';
 import { isWithin, parentOf, type RawPath } from '../model/path.js';
 import type { Commit, ChunkRef, CommitStats, FileRecord, JournalChange } from '../repo/format.js';
 import { ChunkWriter, type CommitInfo, type Repository } from '../repo/repository.js';
-import type { CachedFile, StateDb } from '../state/db.js';
+import { entryStamp, stampOf, type CachedFile, type StateDb } from '../state/db.js';
 import { readFile, TORN_RETRIES, type PendingChunk } from './read.js';
 import type { SealPool } from './seal-pool.js';
 
@@ -266,11 +266,7 @@ export class CommitBuilder {
 
 /** The cache says this entry was committed as it stands now: nothing to read. */
 export function unchanged(c: CachedFile, e: Entry): boolean {
-  const r = c.rec;
-  return (
-    r.type === e.kind && c.ino === e.ino.toString() && c.ctimeNs === e.ctimeNs.toString() && r.mtimeNs === e.mtimeNs &&
-    (e.kind === 'dir' || r.size === e.size) && r.mode === e.mode && r.uid === e.uid && r.gid === e.gid && r.target === e.target
-  );
+  return c.ctimeNs !== '' && (c.stamp ?? stampOf(c)) === entryStamp(e);
 }
 
 function record(path: RawPath, e: Entry, chunks: ChunkRef[]): FileRecord {

@@ -82,9 +82,15 @@ export class SealPool {
   readonly #jobs = new Map<number, Job>();
   #next = 0;
 
-  constructor(keys: Keys, threads = Math.max(1, Math.min(4, availableParallelism()))) {
-    const master = keys.encKey && keys.macKey ? Buffer.concat([keys.encKey, keys.macKey]) : null;
-    for (let i = 0; i < threads; i++) {
+  constructor(
+    readonly keys: Keys,
+    readonly threads = Math.max(1, Math.min(4, availableParallelism())),
+  ) {}
+
+  /** Workers start at the first file, so a backup with nothing to read starts none. */
+  #start(): void {
+    const master = this.keys.encKey && this.keys.macKey ? Buffer.concat([this.keys.encKey, this.keys.macKey]) : null;
+    for (let i = 0; i < this.threads; i++) {
       const control = new SharedArrayBuffer(8);
       const ctl = new Int32Array(control);
       ctl[0] = CREDIT;
@@ -108,6 +114,7 @@ export class SealPool {
    * worker is done with it, after every chunk was handed to `handlers`.
    */
   readFile(path: Uint8Array, size: number, known: readonly string[], handlers: FileHandlers): Promise<JobEnd> {
+    if (this.#slots.length === 0) this.#start();
     const job = this.#next++;
     const slot = this.#slots.reduce((a, b) => (b.queued < a.queued ? b : a));
     slot.queued += size;

@@ -1,9 +1,7 @@
-import {
-  AbortMultipartUploadCommand, CompleteMultipartUploadCommand, CreateMultipartUploadCommand, DeleteObjectCommand,
-  GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client, UploadPartCommand,
-  type S3ClientConfig,
-} from '@aws-sdk/client-s3';
+import type { S3Client, S3ClientConfig } from '@aws-sdk/client-s3';
 import { BackendError, checkRange, exists, notFound, pastEnd, type Backend, type ByteRange, type ObjectInfo } from './backend.js';
+
+type Sdk = typeof import('@aws-sdk/client-s3');
 
 export interface S3Options {
   bucket: string;
@@ -30,7 +28,8 @@ export class S3Backend implements Backend {
   // If-None-Match: * is sent for create-only puts, but not every S3-compatible server honours
   // it, so Phoenix does not claim it (and does not rely on it for correctness).
   readonly capabilities = { createOnly: false };
-  readonly #client: S3Client;
+  readonly #config: S3ClientConfig;
+  #client: S3Client | undefined;
   readonly #bucket: string;
   readonly #prefix: string;
   readonly #threshold: number;
@@ -53,45 +52,52 @@ export class S3Backend implements Backend {
     };
     if (endpoint !== undefined) config.endpoint = endpoint;
     if (opts.credentials !== undefined) config.credentials = opts.credentials;
-    this.#client = new S3Client(config);
+    this.#config = config;
+  }
+
+  /** The SDK takes about 0.1 s to load: only a command that talks to S3 pays for it. */
+  async #sdk(): Promise<{ client: S3Client; sdk: Sdk }> {
+    const sdk = await import('@aws-sdk/client-s3');
+    this.#client ??= new sdk.S3Client(this.#config);
+    return { client: this.#client, sdk };
   }
 
   async put(key: string, data: Uint8Array, opts: { createOnly?: boolean } = {}): Promise<void> {
     const Key = this.#prefix + key;
     try {
+      const { client, sdk } = await this.#sdk();
       if (data.length <= this.#threshold) {
         const conditional = opts.createOnly === true && this.#conditionalPuts;
         try {
-          await this.#client.send(new PutObjectCommand({ Bucket: this.#bucket, Key, Body: data, ...(conditional ? { IfNoneMatch: '*' } : {}) }));
+          await client.send(new sdk.PutObjectCommand({ Bucket: this.#bucket, Key, Body: data, ...(conditional ? { IfNoneMatch: '*' } : {}) }));
         } catch (err) {
           // Some servers (OpenStack Swift's s3api) answer 501 to If-None-Match: put without it.
           if (!conditional || statusOf(err) !== 501) throw err;
           this.#conditionalPuts = false;
-          await this.#client.send(new PutObjectCommand({ Bucket: this.#bucket, Key, Body: data }));
+          await client.send(new sdk.PutObjectCommand({ Bucket: this.#bucket, Key, Body: data }));
         }
         return;
       }
-      await this.#multipart(Key, data);
+      await this.#multipart(client, sdk, Key, data);
     } catch (err) {
       if (statusOf(err) === 412) throw exists(this.location, key);
       throw this.#error(err, key, 'put');
     }
   }
 
-  async #multipart(Key: string, data: Uint8Array): Promise<void> {
-    const { UploadId } = await this.#client.send(new CreateMultipartUploadCommand({ Bucket: this.#bucket, Key }));
+  async #multipart(client: S3Client, sdk: Sdk, Key: string, data: Uint8Array): Promise<void> {
+    const { UploadId } = await client.send(new sdk.CreateMultipartUploadCommand({ Bucket: this.#bucket, Key }));
     try {
       const parts: Array<{ ETag: string | undefined; PartNumber: number }> = [];
       for (let off = 0, n = 1; off < data.length; off += this.#partSize, n++) {
         const Body = data.subarray(off, Math.min(data.length, off + this.#partSize));
-        const r = await this.#client.send(new UploadPartCommand({ Bucket: this.#bucket, Key, UploadId, PartNumber: n, Body }));
+        const r = await client.send(new sdk.UploadPartCommand({ Bucket: this.#bucket, Key, UploadId, PartNumber: n, Body }));
         parts.push({ ETag: r.ETag, PartNumber: n });
       }
-      await this.#client.send(
-        new CompleteMultipartUploadCommand({ Bucket: this.#bucket, Key, UploadId, MultipartUpload: { Parts: parts } }),
+      await client.send(new sdk.CompleteMultipartUploadCommand({ Bucket: this.#bucket, Key, UploadId, MultipartUpload: { Parts: parts } }),
       );
     } catch (err) {
-      await this.#client.send(new AbortMultipartUploadCommand({ Bucket: this.#bucket, Key, UploadId })).catch(() => {});
+      await client.send(new sdk.AbortMultipartUploadCommand({ Bucket: this.#bucket, Key, UploadId })).catch(() => {});
       throw err;
     }
   }
@@ -105,8 +111,8 @@ export class S3Backend implements Backend {
     }
     if (range !== undefined) checkRange(this.location, key, Number.MAX_SAFE_INTEGER, range);
     try {
-      const r = await this.#client.send(
-        new GetObjectCommand({
+      const { client, sdk } = await this.#sdk();
+      const r = await client.send(new sdk.GetObjectCommand({
           Bucket: this.#bucket,
           Key: this.#prefix + key,
           ...(range ? { Range: `bytes=${range.offset}-${range.offset + range.length - 1}` } : {}),
@@ -138,7 +144,8 @@ export class S3Backend implements Backend {
 
   async stat(key: string): Promise<ObjectInfo> {
     try {
-      const r = await this.#client.send(new HeadObjectCommand({ Bucket: this.#bucket, Key: this.#prefix + key }));
+      const { client, sdk } = await this.#sdk();
+      const r = await client.send(new sdk.HeadObjectCommand({ Bucket: this.#bucket, Key: this.#prefix + key }));
       return { key, size: r.ContentLength ?? 0 };
     } catch (err) {
       throw this.#error(err, key, 'stat');
@@ -150,8 +157,8 @@ export class S3Backend implements Backend {
     do {
       let r;
       try {
-        r = await this.#client.send(
-          new ListObjectsV2Command({ Bucket: this.#bucket, Prefix: this.#prefix + prefix, ContinuationToken }),
+        const { client, sdk } = await this.#sdk();
+        r = await client.send(new sdk.ListObjectsV2Command({ Bucket: this.#bucket, Prefix: this.#prefix + prefix, ContinuationToken }),
         );
       } catch (err) {
         throw this.#error(err, prefix, 'list');
@@ -165,14 +172,15 @@ export class S3Backend implements Backend {
 
   async delete(key: string): Promise<void> {
     try {
-      await this.#client.send(new DeleteObjectCommand({ Bucket: this.#bucket, Key: this.#prefix + key }));
+      const { client, sdk } = await this.#sdk();
+      await client.send(new sdk.DeleteObjectCommand({ Bucket: this.#bucket, Key: this.#prefix + key }));
     } catch (err) {
       if (statusOf(err) !== 404) throw this.#error(err, key, 'delete');
     }
   }
 
   async close(): Promise<void> {
-    this.#client.destroy();
+    this.#client?.destroy();
   }
 
   #error(err: unknown, key: string, op: string): BackendError {

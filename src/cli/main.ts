@@ -3,7 +3,6 @@ import { PhoenixError } from '../errors.js';
 import { eventsCommand } from './events.js';
 import { backupCommand, checkCommand, initCommand, logCommand, lsCommand, restoreCommand, versionsCommand } from './repo-commands.js';
 import { printError } from './output.js';
-import { statusCommand, watchCommand } from './watch.js';
 
 /** Exit codes: 0 success, 1 failure, 2 usage error. */
 export async function main(argv: string[]): Promise<number> {
@@ -37,7 +36,8 @@ export async function main(argv: string[]): Promise<number> {
     .option('--one-file-system', 'do not cross file system boundaries')
     .addOption(new Option('--log-level <LEVEL>', 'log level (default: $PHOENIX_LOG_LEVEL or info)').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']))
     .action((source: string | undefined, opts) => {
-      result = watchCommand(source, opts);
+      // The daemon's modules (pino, zod, yaml) load only for the commands that need them.
+      result = import('./watch.js').then((m) => m.watchCommand(source, opts));
     });
   program
     .command('status')
@@ -46,7 +46,7 @@ export async function main(argv: string[]): Promise<number> {
     .option('--config <FILE>', 'read the state directory from this configuration')
     .option('--json', 'print JSON')
     .action((opts) => {
-      result = statusCommand(opts);
+      result = import('./watch.js').then((m) => m.statusCommand(opts));
     });
 
   const repoCmd = (name: string, description: string): Command =>

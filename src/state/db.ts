@@ -1,6 +1,7 @@
 import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
+import type { Entry } from '../model/entry.js';
 import { rawFromBuffer, rawToBuffer, type RawPath } from '../model/path.js';
 import { decodeRecord, encodeRecord, type ChunkRef, type FileRecord } from '../repo/format.js';
 
@@ -8,7 +9,42 @@ import { decodeRecord, encodeRecord, type ChunkRef, type FileRecord } from '../r
 export interface CachedFile {
   rec: FileRecord;
   ino: string;
+  /** '' when the cache does not vouch for the content (rebuilt from the repository, or a torn read). */
   ctimeNs: string;
+  /** `stampOf(this)`, when it was stored with the row (so checking a file needs no record decoded). */
+  readonly stamp?: string;
+}
+
+/**
+ * What must be equal for a file to be skipped unread: type, mode, owner, mtime, size, inode,
+ * ctime and link target. The same string for a cached file and for a scanned entry.
+ */
+export function stampOf(c: CachedFile): string {
+  const r = c.rec;
+  return `${r.type}:${r.mode}:${r.uid}:${r.gid}:${r.mtimeNs}:${r.size}:${c.ino}:${c.ctimeNs}:${r.target ?? ''}`;
+}
+
+export function entryStamp(e: Entry): string {
+  return `${e.kind}:${e.mode}:${e.uid}:${e.gid}:${e.mtimeNs}:${e.kind === 'file' ? e.size : 0}:${e.ino}:${e.ctimeNs}:${e.target ?? ''}`;
+}
+
+/** A row of the cache: the record is decoded only when used (most of a scan only compares stamps). */
+class StoredFile implements CachedFile {
+  #raw: string;
+  #rec: FileRecord | undefined;
+
+  constructor(
+    raw: string,
+    readonly ino: string,
+    readonly ctimeNs: string,
+    readonly stamp: string,
+  ) {
+    this.#raw = raw;
+  }
+
+  get rec(): FileRecord {
+    return (this.#rec ??= decodeRecord(JSON.parse(this.#raw) as Record<string, unknown>));
+  }
 }
 
 /** One row of the durable queue: a path changed (dirty), a path removed (with what was below it), or a move. */
@@ -43,18 +79,21 @@ export class StateDb {
     this.#db = new Database(path);
     this.#db.pragma('journal_mode = WAL');
     this.#db.pragma('synchronous = NORMAL');
+    // Version 1 added files.stamp. Older file caches are dropped, and rebuilt from the repository.
+    if ((this.#db.pragma('user_version', { simple: true }) as number) < 1) this.#db.exec('DROP TABLE IF EXISTS files; DROP TABLE IF EXISTS meta;');
     this.#db.exec(`
       CREATE TABLE IF NOT EXISTS meta (source TEXT PRIMARY KEY, repo_id TEXT NOT NULL, seq INTEGER NOT NULL);
-      CREATE TABLE IF NOT EXISTS files (source TEXT NOT NULL, path BLOB NOT NULL, rec TEXT NOT NULL, ino TEXT NOT NULL, ctime TEXT NOT NULL, PRIMARY KEY (source, path));
+      CREATE TABLE IF NOT EXISTS files (source TEXT NOT NULL, path BLOB NOT NULL, rec TEXT NOT NULL, ino TEXT NOT NULL, ctime TEXT NOT NULL, stamp TEXT NOT NULL, PRIMARY KEY (source, path));
       CREATE TABLE IF NOT EXISTS chunks (id TEXT PRIMARY KEY, pack TEXT NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL);
       CREATE TABLE IF NOT EXISTS queue (id INTEGER PRIMARY KEY, source TEXT NOT NULL, op TEXT NOT NULL, path BLOB NOT NULL, from_path BLOB, time_ms INTEGER NOT NULL, open INTEGER NOT NULL);
     `);
+    this.#db.pragma('user_version = 1');
     this.#putQueue = this.#db.prepare('INSERT INTO queue (id, source, op, path, from_path, time_ms, open) VALUES (?, ?, ?, ?, ?, ?, ?)');
     this.#trimQueue = this.#db.prepare('DELETE FROM queue WHERE source = ? AND id <= ?');
     this.#lastQueued = (this.#db.prepare('SELECT max(id) AS id FROM queue').get() as { id: number | null }).id ?? 0;
     this.#getChunk = this.#db.prepare('SELECT pack, offset, length FROM chunks WHERE id = ?');
     this.#putChunk = this.#db.prepare('INSERT OR REPLACE INTO chunks (id, pack, offset, length) VALUES (?, ?, ?, ?)');
-    this.#putFile = this.#db.prepare('INSERT OR REPLACE INTO files (source, path, rec, ino, ctime) VALUES (?, ?, ?, ?, ?)');
+    this.#putFile = this.#db.prepare('INSERT OR REPLACE INTO files (source, path, rec, ino, ctime, stamp) VALUES (?, ?, ?, ?, ?, ?)');
     this.#delFile = this.#db.prepare('DELETE FROM files WHERE source = ? AND path = ?');
   }
 
@@ -66,8 +105,8 @@ export class StateDb {
 
   files(source: string): Map<RawPath, CachedFile> {
     const out = new Map<RawPath, CachedFile>();
-    const rows = this.#db.prepare('SELECT path, rec, ino, ctime FROM files WHERE source = ?').all(source) as Array<{ path: Buffer; rec: string; ino: string; ctime: string }>;
-    for (const r of rows) out.set(rawFromBuffer(r.path), { rec: decodeRecord(JSON.parse(r.rec) as Record<string, unknown>), ino: r.ino, ctimeNs: r.ctime });
+    const rows = this.#db.prepare('SELECT path, rec, ino, ctime, stamp FROM files WHERE source = ?').raw().all(source) as Array<[Buffer, string, string, string, string]>;
+    for (const [path, rec, ino, ctime, stamp] of rows) out.set(rawFromBuffer(path), new StoredFile(rec, ino, ctime, stamp));
     return out;
   }
 
@@ -111,7 +150,7 @@ export class StateDb {
   }
 
   #putFileRow(source: string, f: CachedFile): void {
-    this.#putFile.run(source, rawToBuffer(f.rec.path), JSON.stringify(encodeRecord(f.rec)), f.ino, f.ctimeNs);
+    this.#putFile.run(source, rawToBuffer(f.rec.path), JSON.stringify(encodeRecord(f.rec)), f.ino, f.ctimeNs, stampOf(f));
   }
 
   #setSeq(source: string, repoId: string, seq: number): void {
