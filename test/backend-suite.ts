@@ -56,6 +56,12 @@ export function backendConformance(name: string, open: () => Promise<SuiteTarget
       }
     });
 
+    test('a body in parts is stored back to back (empty parts, and more parts than one writev takes)', async (b) => {
+      const parts = [randomBytes(10), Buffer.alloc(0), randomBytes(70_000), ...Array.from({ length: 1500 }, (_, i) => randomBytes(1 + (i % 7)))];
+      await b.put('parts/obj', parts);
+      assert.ok((await b.get('parts/obj')).equals(Buffer.concat(parts)));
+    });
+
     test('ranged reads at the edges; a read past the end fails permanently', async (b) => {
       const data = randomBytes(1000);
       await b.put('range/obj', data);

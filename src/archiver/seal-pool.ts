@@ -61,6 +61,8 @@ interface Slot {
   ctl: Int32Array;
   /** Bytes of the files queued on this worker, to send the next file to the least busy one. */
   queued: number;
+  /** Jobs not yet posted: they go out together once the current turn of the event loop ends. */
+  outbox: FileJob[];
 }
 
 interface Job {
@@ -96,8 +98,10 @@ export class SealPool {
       ctl[0] = CREDIT;
       ctl[1] = -1;
       const worker = new Worker(new URL('./seal-worker.js', import.meta.url), { workerData: { master, control } });
-      const slot: Slot = { worker, ctl, queued: 0 };
-      worker.on('message', (m: FromWorker) => this.#onMessage(m));
+      const slot: Slot = { worker, ctl, queued: 0, outbox: [] };
+      worker.on('message', (batch: FromWorker[]) => {
+        for (const m of batch) this.#onMessage(m);
+      });
       worker.on('error', (err) => {
         for (const [id, j] of this.#jobs) {
           if (j.slot !== slot) continue;
@@ -120,9 +124,19 @@ export class SealPool {
     slot.queued += size;
     return new Promise((resolve, reject) => {
       this.#jobs.set(job, { slot, size, handlers, resolve, reject });
-      const msg: FileJob = { job, path, known: [...known] };
-      slot.worker.postMessage(msg);
+      slot.outbox.push({ job, path, known: [...known] });
+      if (!this.#flushing) {
+        this.#flushing = true;
+        queueMicrotask(() => this.#flush());
+      }
     });
+  }
+
+  #flushing = false;
+
+  #flush(): void {
+    this.#flushing = false;
+    for (const s of this.#slots) if (s.outbox.length > 0) s.worker.postMessage(s.outbox.splice(0));
   }
 
   #onMessage(m: FromWorker): void {

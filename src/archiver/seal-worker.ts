@@ -16,8 +16,26 @@ const ctl = new Int32Array(control);
 /** Reads fill this much at most; two maximal chunks fit, so no byte is scanned for a cut twice. */
 const BUFFER = 2 * DEFAULT_CHUNKER.max;
 
-function post(m: FromWorker, transfer: ArrayBuffer[] = []): void {
-  parentPort?.postMessage(m, transfer);
+// Messages to the main thread go out in batches: one postMessage per file (or per few MiB of
+// blobs) instead of one per chunk, which costs both threads less.
+const outbox: FromWorker[] = [];
+const transfers: ArrayBuffer[] = [];
+let outboxBytes = 0;
+const FLUSH_BYTES = 4 * 2 ** 20;
+
+function post(m: FromWorker, transfer?: ArrayBuffer): void {
+  outbox.push(m);
+  if (transfer !== undefined) {
+    transfers.push(transfer);
+    outboxBytes += transfer.byteLength;
+    if (outboxBytes >= FLUSH_BYTES) flush();
+  }
+}
+
+function flush(): void {
+  if (outbox.length === 0) return;
+  parentPort?.postMessage(outbox.splice(0), transfers.splice(0));
+  outboxBytes = 0;
 }
 
 class Cancelled extends Error {}
@@ -29,6 +47,7 @@ function takeCredit(job: number, n: number): void {
     const have = Atomics.load(ctl, 0);
     // Always let one chunk through (a chunk larger than the whole credit must not wait forever).
     if (have > 0) break;
+    flush(); // the main thread gives credit back only for blobs it has
     Atomics.wait(ctl, 0, have, 100); // wakes at least every 100 ms, so terminate() is heard
   }
   Atomics.sub(ctl, 0, n);
@@ -47,7 +66,7 @@ function emit(job: number, chunk: Buffer, known: ReadonlySet<string>): void {
   }
   const sealed = transferable(sealBlob(keys, chunk));
   takeCredit(job, sealed.byteLength);
-  post({ job, type: 'chunk', id, bytes: chunk.length, sealed: sealed.buffer as ArrayBuffer }, [sealed.buffer as ArrayBuffer]);
+  post({ job, type: 'chunk', id, bytes: chunk.length, sealed: sealed.buffer as ArrayBuffer }, sealed.buffer as ArrayBuffer);
 }
 
 /** The read buffer, reused for every file (chunks are sealed, that is copied, before the next read). */
@@ -115,4 +134,7 @@ function readFileJob(m: FileJob): void {
   }
 }
 
-parentPort?.on('message', (m: FileJob) => readFileJob(m));
+parentPort?.on('message', (jobs: FileJob[]) => {
+  for (const m of jobs) readFileJob(m);
+  flush();
+});

@@ -11,11 +11,11 @@ export interface Backend {
   readonly location: string;
   readonly capabilities: BackendCapabilities;
   /**
-   * Stores `data` under `key`, atomically: a reader sees the whole object or none. With
-   * `createOnly`, fails with `PHX_EXISTS` when the key exists — but only backends whose
-   * capabilities say `createOnly` guarantee that.
+   * Stores `data` (one buffer, or parts to be stored back to back) under `key`, atomically: a
+   * reader sees the whole object or none. With `createOnly`, fails with `PHX_EXISTS` when the
+   * key exists — but only backends whose capabilities say `createOnly` guarantee that.
    */
-  put(key: string, data: Uint8Array, opts?: { createOnly?: boolean }): Promise<void>;
+  put(key: string, data: Body, opts?: { createOnly?: boolean }): Promise<void>;
   /**
    * The whole object, or `length` bytes from `offset`. A missing key fails with
    * `PHX_NOT_FOUND`; a range past the end fails with a permanent error, never a short read.
@@ -28,6 +28,14 @@ export interface Backend {
   /** Removes `key`; removing a missing key succeeds. */
   delete(key: string): Promise<void>;
   close(): Promise<void>;
+}
+
+/** An object's bytes: one buffer, or parts (a pack's blobs need not be copied into one buffer first). */
+export type Body = Uint8Array | readonly Uint8Array[];
+
+/** The body as one buffer (a copy only when it is in parts). */
+export function bodyBytes(data: Body): Uint8Array {
+  return data instanceof Uint8Array ? data : Buffer.concat(data);
 }
 
 export interface BackendCapabilities {

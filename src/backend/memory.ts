@@ -1,4 +1,4 @@
-import { checkRange, exists, notFound, type Backend, type ByteRange, type ObjectInfo } from './backend.js';
+import { bodyBytes, checkRange, exists, notFound, type Backend, type Body, type ByteRange, type ObjectInfo } from './backend.js';
 
 /** Objects in a Map: for fast tests of everything above the storage. */
 export class MemoryBackend implements Backend {
@@ -6,9 +6,9 @@ export class MemoryBackend implements Backend {
   readonly capabilities = { createOnly: true };
   readonly #objects = new Map<string, Buffer>();
 
-  async put(key: string, data: Uint8Array, opts: { createOnly?: boolean } = {}): Promise<void> {
+  async put(key: string, data: Body, opts: { createOnly?: boolean } = {}): Promise<void> {
     if (opts.createOnly && this.#objects.has(key)) throw exists(this.location, key);
-    this.#objects.set(key, Buffer.from(data)); // a copy: callers may reuse their buffer
+    this.#objects.set(key, Buffer.from(bodyBytes(data))); // a copy: callers may reuse their buffers
   }
 
   async get(key: string, range?: ByteRange): Promise<Buffer> {

@@ -1,5 +1,5 @@
 import type { S3Client, S3ClientConfig } from '@aws-sdk/client-s3';
-import { BackendError, checkRange, exists, notFound, pastEnd, type Backend, type ByteRange, type ObjectInfo } from './backend.js';
+import { BackendError, bodyBytes, checkRange, exists, notFound, pastEnd, type Backend, type Body, type ByteRange, type ObjectInfo } from './backend.js';
 
 type Sdk = typeof import('@aws-sdk/client-s3');
 
@@ -62,8 +62,9 @@ export class S3Backend implements Backend {
     return { client: this.#client, sdk };
   }
 
-  async put(key: string, data: Uint8Array, opts: { createOnly?: boolean } = {}): Promise<void> {
+  async put(key: string, body: Body, opts: { createOnly?: boolean } = {}): Promise<void> {
     const Key = this.#prefix + key;
+    const data = bodyBytes(body);
     try {
       const { client, sdk } = await this.#sdk();
       if (data.length <= this.#threshold) {

@@ -1,4 +1,4 @@
-import { BackendError, isTransient, listAll, type Backend, type ByteRange, type ObjectInfo } from './backend.js';
+import { BackendError, isTransient, listAll, type Backend, type Body, type ByteRange, type ObjectInfo } from './backend.js';
 
 export type BackendOp = 'put' | 'get' | 'stat' | 'list' | 'delete';
 
@@ -18,7 +18,7 @@ abstract class Wrapper implements Backend {
   protected around<T>(_op: BackendOp, _key: string, fn: () => Promise<T>): Promise<T> {
     return fn();
   }
-  put(key: string, data: Uint8Array, opts?: { createOnly?: boolean }): Promise<void> {
+  put(key: string, data: Body, opts?: { createOnly?: boolean }): Promise<void> {
     return this.around('put', key, () => this.inner.put(key, data, opts));
   }
   get(key: string, range?: ByteRange): Promise<Buffer> {

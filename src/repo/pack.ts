@@ -77,7 +77,8 @@ export class PackBuilder {
     return e;
   }
 
-  finish(keys: Keys): { id: string; bytes: Buffer } {
+  /** The pack as parts (its blobs, then the trailer), to be stored back to back, and its id. */
+  finish(keys: Keys): { id: string; parts: Buffer[]; size: number } {
     const header = keys.seal(Buffer.from(JSON.stringify(this.entries.map((e) => [e.id, e.offset, e.length]))));
     const len = Buffer.alloc(4);
     len.writeUInt32LE(header.length);
@@ -85,7 +86,7 @@ export class PackBuilder {
     // every blob and the header are authenticated, so hashing all the bytes again added nothing
     // but a second pass over the data.
     const id = createHash('sha256').update(header).update(len).digest('hex');
-    return { id, bytes: Buffer.concat([...this.#parts, header, len]) };
+    return { id, parts: [...this.#parts, header, len], size: this.size + header.length + 4 };
   }
 }
 

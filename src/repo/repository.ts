@@ -309,15 +309,15 @@ export class ChunkWriter {
 
   #cut(): void {
     if (this.#pack.entries.length === 0) return;
-    const { id, bytes } = this.#pack.finish(this.repo.keys);
+    const { id, parts, size } = this.#pack.finish(this.repo.keys);
     for (const p of this.#pending) p.resolve(id);
     this.#pending = [];
     this.#pack = new PackBuilder();
     this.packs.push(id);
-    this.bytesUploaded += bytes.length;
+    this.bytesUploaded += size;
     // Content-addressed: if the object exists already (a retried put), it is the same bytes.
     this.#active++;
-    const up = this.repo.backend.put(packKey(id), bytes).then(
+    const up = this.repo.backend.put(packKey(id), parts).then(
       () => undefined,
       (err: unknown) => {
         this.#error ??= err;
