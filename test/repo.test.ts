@@ -403,6 +403,7 @@ describe('repository', () => {
     writeFileSync(commitPath, readFileSync(commitPath).subarray(0, 20));
     const [info] = await f.repo.commitList('src');
     await assert.rejects(f.repo.readCommit(info!), (e) => code('PHX_CORRUPT')(e) && (e as Error).message.includes(commits[0] as string));
+    await f.repo.writeCheckpoint('src', 1, state);
     const [cp] = (await listAll(f.backend, 'checkpoint/')).map((o) => o.key);
     writeFileSync(join(f.repoDir.path, cp as string), 'garbage');
     assert.ok((await checkRepository(f.repo)).errors.some((e) => e.includes(cp as string)));

@@ -106,9 +106,9 @@ export async function startScan(sourceDir: string, opts: Pick<BackupOptions, 'ex
   return scan(rawFromUtf8(sourceDir), '', { filter: new Filter(opts) });
 }
 
-/** One-shot backups write a checkpoint at the first commit and every CHECKPOINT_EVERY commits. */
+/** One-shot backups write a checkpoint every CHECKPOINT_EVERY commits (the first commit is a whole tree already). */
 function shouldCheckpoint(seq: number): boolean {
-  return seq === 1 || seq % CHECKPOINT_EVERY === 0;
+  return seq % CHECKPOINT_EVERY === 0;
 }
 
 /** Brings the cache of `source` in line with the repository; returns its latest commit. */

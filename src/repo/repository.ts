@@ -103,7 +103,8 @@ export class Repository {
   // ---- sealed JSON objects ---------------------------------------------------------------
 
   async #putJson(key: string, value: unknown, createOnly = false): Promise<number> {
-    const body = this.keys.seal(deflateRawSync(Buffer.from(JSON.stringify(value))));
+    // Level 1: as small as level 6 for these (hex ids and base64 paths), at half the time.
+    const body = this.keys.seal(deflateRawSync(Buffer.from(JSON.stringify(value)), { level: 1 }));
     await this.backend.put(key, body, { createOnly });
     return body.length;
   }
