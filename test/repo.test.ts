@@ -354,6 +354,21 @@ describe('repository', () => {
     f.done();
   });
 
+  it('restore reads nearby chunks in one request, and files that share chunks get them all', async () => {
+    const f = await fixture();
+    for (let i = 0; i < 300; i++) writeFileSync(join(f.src.path, `s${i}`), randomBytes(1000 + i));
+    for (let i = 0; i < 20; i++) writeFileSync(join(f.src.path, `same${i}`), 'the same bytes in twenty files');
+    await backup(f.repo, f.db, f.src.path, 'src');
+    const { state } = await f.repo.loadState('src');
+    const out = tempDir('phx-out-');
+    const r = await restore(f.repo, state, out.path);
+    assert.equal(r.files, 322);
+    assert.ok(r.reads <= 3, `${r.reads} reads for 300 small files and 3 MiB in one pack`);
+    assert.deepEqual(snapshot(out.path), snapshot(f.src.path));
+    out.cleanup();
+    f.done();
+  });
+
   it('compresses what compresses and stores random bytes as they are', async () => {
     const f = await fixture(); // 3 MiB of random bytes: stored, not bigger than needed
     assert.ok(f.first.stats.bytesUploaded < 3 * 2 ** 20 + 64 * 1024, `random: ${f.first.stats.bytesUploaded}`);

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import { corrupt, type Keys } from './crypto.js';
+import { packKey } from './format.js';
 
 /**
  * Packs hold many chunks in one object: sealed blobs back to back, then the sealed header
@@ -61,6 +62,18 @@ export function openBlob(keys: Keys, sealed: Uint8Array, what: string): Buffer {
     }
   }
   throw corrupt(what, `unknown blob flag ${String(flag)}`);
+}
+
+/** A chunk's blob opened and checked against its id: the bytes are the ones that were backed up. */
+export function openChunk(keys: Keys, id: string, sealed: Uint8Array, what: string): Buffer {
+  const data = openBlob(keys, sealed, what);
+  if (keys.id(data).toString('hex') !== id) throw corrupt(what, 'its content does not match its id');
+  return data;
+}
+
+/** How errors name a chunk. */
+export function chunkWhat(ref: { id: string; pack: string }): string {
+  return `chunk ${ref.id.slice(0, 16)}… in pack ${packKey(ref.pack)}`;
 }
 
 /** Collects blobs for one pack. */

@@ -9,7 +9,7 @@ import {
   applyChange, checkpointKey, commitKey, CONFIG_KEY, decodeCommit, decodeRecord, encodeCommit, encodeRecord, leaseKey,
   packKey, parseCommitKey, sourceDir, sourceFromDir, type ChunkRef, type Commit, type TreeState,
 } from './format.js';
-import { openBlob, PACK_TARGET, PackBuilder, parseHeader, sealBlob, type PackEntry } from './pack.js';
+import { chunkWhat, openChunk, PACK_TARGET, PackBuilder, parseHeader, sealBlob, type PackEntry } from './pack.js';
 
 /** The `config` object (JSON, not encrypted: it holds what is needed to open the rest). */
 export interface RepoConfig {
@@ -219,20 +219,24 @@ export class Repository {
     return parseHeader(this.keys, await this.backend.get(key, { offset: size - 4 - len, length: len }), `pack ${key}`);
   }
 
-  /** Reads one chunk and verifies it against its id. */
-  async readChunk(ref: ChunkRef): Promise<Buffer> {
-    const what = `chunk ${ref.id.slice(0, 16)}… in pack ${packKey(ref.pack)}`;
-    let sealed: Buffer;
+  /**
+   * Bytes [offset, offset + length) of a pack, for chunks (`what` names the first in errors): a
+   * missing or short pack is a corrupt repository.
+   */
+  async readPack(pack: string, offset: number, length: number, what: string): Promise<Buffer> {
     try {
-      sealed = await this.backend.get(packKey(ref.pack), { offset: ref.offset, length: ref.length });
+      return await this.backend.get(packKey(pack), { offset, length });
     } catch (err) {
       if (isNotFound(err)) throw corrupt(what, 'its pack is missing');
       if (err instanceof PhoenixError && err.code === 'PHX_BACKEND' && /past the end/.test(err.message)) throw corrupt(what, 'its pack is truncated');
       throw err;
     }
-    const data = openBlob(this.keys, sealed, what);
-    if (this.keys.id(data).toString('hex') !== ref.id) throw corrupt(what, 'its content does not match its id');
-    return data;
+  }
+
+  /** Reads one chunk and verifies it against its id. */
+  async readChunk(ref: ChunkRef): Promise<Buffer> {
+    const what = chunkWhat(ref);
+    return openChunk(this.keys, ref.id, await this.readPack(ref.pack, ref.offset, ref.length, what), what);
   }
 
   // ---- the writer's lease -----------------------------------------------------------------

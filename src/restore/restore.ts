@@ -1,8 +1,11 @@
-import { constants, promises as fs } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import { PhoenixError } from '../errors.js';
 import { displayPath, isWithin, rawFromUtf8, rawToBuffer, type RawPath } from '../model/path.js';
 import type { FileRecord, TreeState } from '../repo/format.js';
+import { chunkWhat } from '../repo/pack.js';
 import { mapLimited, type Repository } from '../repo/repository.js';
+import { ChunkFetcher } from './fetch.js';
+import { nsToSeconds, WritePool } from './write-pool.js';
 
 export interface RestoreOptions {
   /** Restore only these paths (and what is below them); everything when empty. */
@@ -17,6 +20,8 @@ export interface RestoreResult {
   symlinks: number;
   bytes: number;
   skipped: number;
+  /** Requests made to the repository for chunks (nearby chunks come in one). */
+  reads: number;
 }
 
 /**
@@ -41,7 +46,7 @@ export async function restore(repo: Repository, state: TreeState, target: string
   await fs.mkdir(target, { recursive: true });
   const root = rawFromUtf8(await fs.realpath(target));
   const abs = (p: RawPath): Buffer => rawToBuffer(`${root}/${p}`);
-  const result: RestoreResult = { files: 0, dirs: 0, symlinks: 0, bytes: 0, skipped: 0 };
+  const result: RestoreResult = { files: 0, dirs: 0, symlinks: 0, bytes: 0, skipped: 0, reads: 0 };
   const totalBytes = selected.reduce((n, r) => n + (r.type === 'file' ? r.size : 0), 0);
   const dirsMade = new Set<RawPath>(['']);
 
@@ -60,18 +65,9 @@ export async function restore(repo: Repository, state: TreeState, target: string
     for (let i = p.indexOf('/'); i >= 0; i = p.indexOf('/', i + 1)) await realDir(p.slice(0, i));
   };
 
-  const restoreOne = async (r: FileRecord): Promise<void> => {
+  const restoreOther = async (r: FileRecord): Promise<void> => {
     await ensureParents(r.path);
-    if (r.type === 'dir') {
-      await realDir(r.path, 0o700); // its own mode is set last, once its contents are written
-      result.dirs++;
-    } else if (r.type === 'file') {
-      await writeFile(repo, abs(r.path), r, (n) => {
-        result.bytes += n;
-        opts.onProgress?.({ files: result.files, bytes: result.bytes, totalBytes });
-      });
-      result.files++;
-    } else if (r.type === 'symlink') {
+    if (r.type === 'symlink') {
       await fs.rm(abs(r.path), { force: true });
       await fs.symlink(rawToBuffer(r.target ?? ''), abs(r.path));
       await fs.lutimes(abs(r.path), nsToSeconds(r.mtimeNs), nsToSeconds(r.mtimeNs)).catch(() => {});
@@ -81,9 +77,52 @@ export async function restore(repo: Repository, state: TreeState, target: string
       opts.onProblem?.(r.path, 'special files (fifos, sockets, devices) are recorded but not re-created');
     }
   };
-  // Directories first, in order; then files and links, a few at a time (reads overlap writes).
-  for (const r of selected) if (r.type === 'dir') await restoreOne(r);
-  await mapLimited(selected.filter((r) => r.type !== 'dir'), 4, restoreOne);
+
+  // Directories first, in order.
+  for (const r of selected) {
+    if (r.type !== 'dir') continue;
+    await ensureParents(r.path);
+    await realDir(r.path, 0o700); // its own mode is set last, once its contents are written
+    result.dirs++;
+  }
+  await mapLimited(selected.filter((r) => r.type !== 'dir' && r.type !== 'file'), 8, restoreOther);
+
+  // Files in the order of their first chunk in the repository, so that reads run through each
+  // pack once; chunks are opened, verified and written on worker threads.
+  const files = selected.filter((r) => r.type === 'file');
+  const firstChunk = (r: FileRecord): string => (r.chunks[0] ? `${r.chunks[0].pack}:${String(r.chunks[0].offset).padStart(16, '0')}` : '');
+  files.sort((a, b) => (firstChunk(a) < firstChunk(b) ? -1 : firstChunk(a) > firstChunk(b) ? 1 : 0));
+  const fetcher = new ChunkFetcher(repo, files.flatMap((r) => r.chunks));
+  const pool = new WritePool(repo.keys);
+  try {
+    await mapLimited(files.map((r, file) => [r, file] as const), 16, async ([r, file]) => {
+      await ensureParents(r.path);
+      const path = abs(r.path);
+      const last = { size: r.size, mode: r.mode, mtimeNs: r.mtimeNs.toString(), uid: r.uid, gid: r.gid, display: displayPath(r.path) };
+      // Blobs go out a few MiB at a time; the file's last message finishes it.
+      let blobs: Array<{ id: string; sealed: Uint8Array; what: string }> = [];
+      let pending = 0;
+      let first = true;
+      const send = async (final: boolean): Promise<void> => {
+        const n = await pool.write({ file, path, first, ...(final ? { last } : {}) }, blobs);
+        first = false;
+        blobs = [];
+        pending = 0;
+        result.bytes += n;
+        opts.onProgress?.({ files: result.files, bytes: result.bytes, totalBytes });
+      };
+      for (const ref of r.chunks) {
+        blobs.push({ id: ref.id, sealed: await fetcher.get(ref), what: chunkWhat(ref) });
+        pending += ref.length;
+        if (pending >= 4 * 2 ** 20) await send(false);
+      }
+      await send(true);
+      result.files++;
+    });
+  } finally {
+    result.reads = fetcher.requests;
+    await pool.close();
+  }
   // Directory metadata last, deepest first, so writing their contents does not change it.
   for (const r of [...selected].reverse()) {
     if (r.type !== 'dir') continue;
@@ -94,39 +133,9 @@ export async function restore(repo: Repository, state: TreeState, target: string
   return result;
 }
 
-async function writeFile(repo: Repository, path: Buffer, r: FileRecord, onBytes: (n: number) => void): Promise<void> {
-  // Unlink first so that a symlink or a hard link in the target is replaced, never written through.
-  await fs.rm(path, { force: true });
-  const fh = await fs.open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
-  try {
-    let written = 0;
-    for (const ref of r.chunks) {
-      const data = await repo.readChunk(ref);
-      await fh.write(data, 0, data.length, written);
-      written += data.length;
-      onBytes(data.length);
-    }
-    if (written !== r.size) throw new PhoenixError('PHX_CORRUPT', `${displayPath(r.path)}: its chunks hold ${written} bytes, the record says ${r.size}`);
-    await fh.chmod(r.mode & 0o7777);
-    await fh.utimes(nsToSeconds(r.mtimeNs), nsToSeconds(r.mtimeNs));
-  } finally {
-    await fh.close();
-  }
-  await chown(path, r);
-}
-
 async function chown(path: Buffer, r: FileRecord): Promise<void> {
   if (process.getuid?.() !== 0) return;
   await fs.lchown(path, r.uid, r.gid).catch(() => {});
-}
-
-/**
- * Seconds as a number, for utimes (Node takes no ns). A double near 1.8e9 s is off by up to
- * ~0.24 µs, and libuv truncates to ns: half a microsecond more makes the truncation land on
- * the recorded microsecond instead of just below it (which could be the millisecond before).
- */
-function nsToSeconds(ns: bigint): number {
-  return Number(ns / 1000n) / 1e6 + 5e-7;
 }
 
 /** A path from the repository must stay inside the target. */

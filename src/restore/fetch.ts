@@ -1,0 +1,107 @@
+import type { ChunkRef } from '../repo/format.js';
+import { chunkWhat } from '../repo/pack.js';
+import type { Repository } from '../repo/repository.js';
+
+/** Chunks closer than this in a pack are read in one request (the gap is read and dropped). */
+const GAP = 1024 * 1024;
+/** The most one request reads. */
+const WINDOW = 16 * 2 ** 20;
+/** Read but not yet used bytes kept at most; past it the oldest windows are dropped (and read again if needed). */
+const KEEP = 256 * 2 ** 20;
+
+interface Window {
+  pack: string;
+  start: number;
+  end: number;
+  data: Promise<Buffer>;
+  /** Uses still to come of the chunks inside. */
+  remaining: number;
+}
+
+/**
+ * Reads the sealed chunks of a restore with few requests. Every chunk the restore will need is
+ * known up front, so reading one chunk reads the needed chunks after it in the same pack too
+ * (one ranged get per run of nearby chunks, instead of one per chunk), and keeps them until
+ * they are used. Files taken in the order of their first chunk use the windows in turn.
+ */
+export class ChunkFetcher {
+  /** Per pack: the needed chunks, by offset. */
+  readonly #needed = new Map<string, ChunkRef[]>();
+  /** Uses still to come, per `pack:offset`. */
+  readonly #uses = new Map<string, number>();
+  readonly #windows: Window[] = [];
+  #kept = 0;
+  requests = 0;
+
+  constructor(
+    readonly repo: Repository,
+    refs: Iterable<ChunkRef>,
+  ) {
+    for (const r of refs) {
+      const k = `${r.pack}:${r.offset}`;
+      const n = this.#uses.get(k) ?? 0;
+      this.#uses.set(k, n + 1);
+      if (n === 0) {
+        let list = this.#needed.get(r.pack);
+        if (list === undefined) this.#needed.set(r.pack, (list = []));
+        list.push(r);
+      }
+    }
+    for (const list of this.#needed.values()) list.sort((a, b) => a.offset - b.offset);
+  }
+
+  /** The sealed blob of `ref` (a view into a shared buffer: copy it before keeping or transferring it). */
+  async get(ref: ChunkRef): Promise<Buffer> {
+    const end = ref.offset + ref.length;
+    let w = this.#windows.find((x) => x.pack === ref.pack && x.start <= ref.offset && end <= x.end);
+    if (w === undefined) w = this.#open(ref);
+    w.remaining--;
+    const k = `${ref.pack}:${ref.offset}`;
+    this.#uses.set(k, (this.#uses.get(k) ?? 1) - 1);
+    if (w.remaining <= 0) this.#drop(w);
+    const data = await w.data;
+    return data.subarray(ref.offset - w.start, end - w.start);
+  }
+
+  /** A window from `ref` over the needed chunks after it. */
+  #open(ref: ChunkRef): Window {
+    const list = this.#needed.get(ref.pack) ?? [ref];
+    let i = lowerBound(list, ref.offset);
+    const start = ref.offset;
+    let end = ref.offset + ref.length;
+    let remaining = Math.max(1, this.#uses.get(`${ref.pack}:${ref.offset}`) ?? 1);
+    for (i++; i < list.length; i++) {
+      const next = list[i] as ChunkRef;
+      if (next.offset < end) continue; // overlaps (a different id at the same place cannot happen; be safe)
+      if (next.offset - end > GAP || next.offset + next.length - start > WINDOW) break;
+      end = next.offset + next.length;
+      remaining += this.#uses.get(`${next.pack}:${next.offset}`) ?? 0;
+    }
+    this.requests++;
+    const data = this.repo.readPack(ref.pack, start, end - start, chunkWhat(ref));
+    data.catch(() => {}); // awaited by get(); a window dropped unread must not reject unhandled
+    const w: Window = { pack: ref.pack, start, end, data, remaining };
+    this.#windows.push(w);
+    this.#kept += end - start;
+    while (this.#kept > KEEP && this.#windows.length > 1) this.#drop(this.#windows[0] as Window);
+    return w;
+  }
+
+  #drop(w: Window): void {
+    const i = this.#windows.indexOf(w);
+    if (i < 0) return;
+    this.#windows.splice(i, 1);
+    this.#kept -= w.end - w.start;
+  }
+}
+
+function lowerBound(list: ChunkRef[], offset: number): number {
+  let lo = 0;
+  let hi = list.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if ((list[mid] as ChunkRef).offset < offset) lo = mid + 1;
+    else hi = mid;
+  }
+  return Math.min(lo, list.length - 1);
+}

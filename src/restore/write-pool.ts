@@ -1,0 +1,88 @@
+import { availableParallelism } from 'node:os';
+import { Worker } from 'node:worker_threads';
+import { PhoenixError, type ErrorCode } from '../errors.js';
+import type { Keys } from '../repo/crypto.js';
+
+/** Main → worker: the next blobs of one file, in order; `first` opens it, `last` finishes it. */
+export interface WriteJob {
+  job: number;
+  /** The restore's number for the file (its blobs all go to the same worker). */
+  file: number;
+  path: Uint8Array;
+  first: boolean;
+  blobs: Array<{ id: string; sealed: ArrayBuffer; what: string }>;
+  last?: { size: number; mode: number; mtimeNs: string; uid: number; gid: number; display: string };
+}
+
+export type WriteReply =
+  | { job: number; bytes: number }
+  | { job: number; error: { message: string; code: string | undefined; hint: string | undefined; phoenix: boolean } };
+
+/**
+ * Seconds as a number, for utimes (Node takes no ns). A double near 1.8e9 s is off by up to
+ * ~0.24 µs, and libuv truncates to ns: half a microsecond more makes the truncation land on
+ * the recorded microsecond instead of just below it (which could be the millisecond before).
+ */
+export function nsToSeconds(ns: bigint): number {
+  return Number(ns / 1000n) / 1e6 + 5e-7;
+}
+
+/**
+ * Worker threads that open, verify and write the chunks of restored files (write-worker.ts).
+ * Jobs posted in one turn of the event loop go out as one message per worker.
+ */
+export class WritePool {
+  readonly #workers: Worker[] = [];
+  readonly #outbox: WriteJob[][] = [];
+  readonly #jobs = new Map<number, { resolve: (bytes: number) => void; reject: (e: Error) => void }>();
+  #next = 0;
+  #flushing = false;
+
+  constructor(keys: Keys, threads = Math.max(1, Math.min(4, availableParallelism()))) {
+    const master = keys.encKey && keys.macKey ? Buffer.concat([keys.encKey, keys.macKey]) : null;
+    for (let i = 0; i < threads; i++) {
+      const w = new Worker(new URL('./write-worker.js', import.meta.url), { workerData: { master } });
+      w.on('message', (replies: WriteReply[]) => {
+        for (const r of replies) {
+          const j = this.#jobs.get(r.job);
+          this.#jobs.delete(r.job);
+          if (j === undefined) continue;
+          if ('bytes' in r) j.resolve(r.bytes);
+          else j.reject(r.error.phoenix ? new PhoenixError(r.error.code as ErrorCode, r.error.message, { hint: r.error.hint }) : Object.assign(new Error(r.error.message), { code: r.error.code }));
+        }
+      });
+      w.on('error', (err) => {
+        for (const j of this.#jobs.values()) j.reject(err);
+        this.#jobs.clear();
+      });
+      this.#workers.push(w);
+      this.#outbox.push([]);
+    }
+  }
+
+  /** Writes the blobs (copied: the caller's buffers stay its own); resolves to the bytes written. */
+  write(job: Omit<WriteJob, 'job' | 'blobs'>, blobs: Array<{ id: string; sealed: Uint8Array; what: string }>): Promise<number> {
+    const id = this.#next++;
+    const copies = blobs.map((b) => ({ id: b.id, what: b.what, sealed: new Uint8Array(b.sealed).buffer }));
+    return new Promise((resolve, reject) => {
+      this.#jobs.set(id, { resolve, reject });
+      (this.#outbox[job.file % this.#workers.length] as WriteJob[]).push({ ...job, job: id, blobs: copies });
+      if (!this.#flushing) {
+        this.#flushing = true;
+        queueMicrotask(() => this.#flush());
+      }
+    });
+  }
+
+  #flush(): void {
+    this.#flushing = false;
+    this.#workers.forEach((w, i) => {
+      const jobs = (this.#outbox[i] as WriteJob[]).splice(0);
+      if (jobs.length > 0) w.postMessage(jobs, jobs.flatMap((j) => j.blobs.map((b) => b.sealed)));
+    });
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.#workers.map((w) => w.terminate()));
+  }
+}
