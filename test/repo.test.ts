@@ -14,6 +14,7 @@ import { backup } from '../src/archiver/backup.js';
 import { SealPool } from '../src/archiver/seal-pool.js';
 import { listAll, type Backend } from '../src/backend/backend.js';
 import { LocalBackend } from '../src/backend/local.js';
+import { FaultyBackend } from '../src/backend/wrappers.js';
 import { MemoryBackend } from '../src/backend/memory.js';
 import { S3Backend } from '../src/backend/s3.js';
 import { PhoenixError } from '../src/errors.js';
@@ -447,7 +448,26 @@ describe('repository', () => {
     await (await repo.acquireLease('s')).release();
     // A lease left by a process of this host that has died is taken over at once.
     const dead = spawnSync(process.execPath, ['-e', '0']).pid as number;
-    await repo.backend.put('lease/cw', Buffer.from(JSON.stringify({ host: hostname(), pid: dead, token: 't', expiresMs: Date.now() + 60_000 })));
+    await repo.backend.put('leases/cw/t', Buffer.from(JSON.stringify({ host: hostname(), pid: dead, token: 't', acquiredMs: Date.now(), expiresMs: Date.now() + 60_000 })));
     await (await repo.acquireLease('s')).release();
+    assert.deepEqual(await listAll(repo.backend, 'leases/'), [], 'the dead lease was cleaned up, ours released');
+  });
+
+  it('one writer per source when several start at the same instant, on a store without conditional puts', async () => {
+    const backend = new FaultyBackend(new MemoryBackend()).add({ kind: 'delay', op: 'put', delayMs: 20 });
+    const repo = await init(backend);
+    const tries = await Promise.allSettled(Array.from({ length: 6 }, () => repo.acquireLease('s')));
+    const won = tries.flatMap((t) => (t.status === 'fulfilled' ? [t.value] : []));
+    assert.ok(won.length <= 1, `${won.length} writers hold the lease`);
+    for (const t of tries) if (t.status === 'rejected') assert.ok(code('PHX_LOCKED')(t.reason), String(t.reason));
+    const holder = won[0] ?? (await repo.acquireLease('s'));
+    // A rival that asks while the lease is held does not disturb the holder's renewal…
+    const other = { host: 'elsewhere', pid: 1, token: 'rival' };
+    await backend.put('leases/cw/rival', Buffer.from(JSON.stringify({ ...other, acquiredMs: Date.now(), expiresMs: Date.now() + 60_000 })));
+    await holder.renew();
+    // …but one that took over after the holder's lease ran out (it could not renew) stops it.
+    const later = Date.now() + 10 * 60_000;
+    await backend.put('leases/cw/rival', Buffer.from(JSON.stringify({ ...other, acquiredMs: later, expiresMs: later + 60_000 })));
+    await assert.rejects(holder.renew(), code('PHX_LOCKED'));
   });
 });

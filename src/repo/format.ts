@@ -57,7 +57,8 @@ const pad = (seq: number): string => String(seq).padStart(12, '0');
 /** The commit time is in the key, so a listing tells which commit was current at any instant. */
 export const commitKey = (source: string, seq: number, timeMs: number): string => `journal/${sourceDir(source)}/${pad(seq)}-${timeMs}`;
 export const checkpointKey = (source: string, seq: number): string => `checkpoint/${sourceDir(source)}/${pad(seq)}`;
-export const leaseKey = (source: string): string => `lease/${sourceDir(source)}`;
+/** Where the leases of `source` live: one object per writer that holds or asks for it. */
+export const leasePrefix = (source: string): string => `leases/${sourceDir(source)}/`;
 
 export function parseCommitKey(name: string): { seq: number; timeMs: number } | undefined {
   const m = /^(\d{12})-(\d+)$/.exec(name);

@@ -1,12 +1,13 @@
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
+import { setTimeout } from 'node:timers/promises';
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import { isNotFound, listAll, type Backend } from '../backend/backend.js';
 import { PhoenixError } from '../errors.js';
 import { DEFAULT_CHUNKER, type ChunkerParams } from './chunker.js';
 import { corrupt, deriveKey, Keys, newKdf, open, seal, type KdfParams } from './crypto.js';
 import {
-  applyChange, checkpointKey, commitKey, CONFIG_KEY, decodeCommit, decodeRecord, encodeCommit, encodeRecord, leaseKey,
+  applyChange, checkpointKey, commitKey, CONFIG_KEY, decodeCommit, decodeRecord, encodeCommit, encodeRecord, leasePrefix,
   packKey, parseCommitKey, sourceDir, sourceFromDir, type ChunkRef, type Commit, type TreeState,
 } from './format.js';
 import { chunkWhat, openChunk, PACK_TARGET, PackBuilder, parseHeader, sealBlob, type PackEntry } from './pack.js';
@@ -241,31 +242,49 @@ export class Repository {
 
   // ---- the writer's lease -----------------------------------------------------------------
 
-  /** Takes the lease of `source` for this process, or fails with PHX_LOCKED naming the holder. */
+  /**
+   * Takes the lease of `source` for this process, or fails with PHX_LOCKED naming the holder.
+   * Race-free without conditional writes: a writer first writes its own lease object, then
+   * lists the others; it holds the lease only if no other live one is there. Of two writers that
+   * start together, the one that lists last sees the other's object (both may see each other:
+   * then both step back and try again after a random pause).
+   */
   async acquireLease(source: string): Promise<Lease> {
-    const key = leaseKey(source);
-    const me = { host: hostname(), pid: process.pid, token: randomBytes(8).toString('hex') };
-    const current = await this.backend.get(key).then(
-      (b) => JSON.parse(b.toString()) as { host: string; pid: number; token: string; expiresMs: number },
-      (e: unknown) => (isNotFound(e) ? undefined : Promise.reject(e)),
-    );
-    // A lease of a process of this host that is gone (killed, crashed) is stale at once.
-    const stale = current !== undefined && current.host === me.host && !processAlive(current.pid);
-    if (current !== undefined && current.expiresMs > Date.now() && !stale) {
+    const prefix = leasePrefix(source);
+    const me = { host: hostname(), pid: process.pid, token: randomBytes(8).toString('hex'), acquiredMs: Date.now() };
+    const key = prefix + me.token;
+    let expiresMs = 0;
+    const write = (): Promise<void> => {
+      const next = Date.now() + LEASE_TTL_MS;
+      return this.backend.put(key, Buffer.from(JSON.stringify({ ...me, expiresMs: next }))).then(() => void (expiresMs = next));
+    };
+    for (let attempt = 1; ; attempt++) {
+      await write();
+      const { live, dead } = await this.#leases(prefix, me.token);
+      if (live.length === 0) {
+        for (const k of dead) await this.backend.delete(k).catch(() => {}); // leases of writers that are gone
+        break;
+      }
+      await this.backend.delete(key);
+      const holder = live[0] as LeaseRecord;
+      // Everyone who asked in the last few seconds may be racing us: step back and ask again.
+      if (attempt < 5 && live.every((l) => Date.now() - l.acquiredMs < 10_000)) {
+        await setTimeout(50 + Math.random() * 500);
+        continue;
+      }
       throw new PhoenixError(
         'PHX_LOCKED',
-        `source ${JSON.stringify(source)} is being written by process ${current.pid} on ${current.host} (lease until ${new Date(current.expiresMs).toISOString()})`,
+        `source ${JSON.stringify(source)} is being written by process ${holder.pid} on ${holder.host} (lease until ${new Date(holder.expiresMs).toISOString()})`,
         { hint: 'only one writer per source: stop the other one, or wait for its lease to expire if it died' },
       );
     }
-    const write = (): Promise<void> =>
-      this.backend.put(key, Buffer.from(JSON.stringify({ ...me, expiresMs: Date.now() + LEASE_TTL_MS })));
-    await write();
     return {
       renew: async () => {
-        // Another writer took over (our lease expired while we could not reach the store): stop.
-        const now = await this.backend.get(key).catch(() => undefined);
-        if (now !== undefined && (JSON.parse(now.toString()) as { token: string }).token !== me.token) {
+        // Our lease expired while we could not reach the store and another writer took over
+        // (it asked after our lease ran out: a writer that asked before saw ours and stepped
+        // back), or our object is gone (a writer that took over cleaned it up): stop.
+        const { live, mine } = await this.#leases(prefix, me.token);
+        if (!mine || live.some((l) => l.acquiredMs >= expiresMs)) {
           throw new PhoenixError('PHX_LOCKED', `the lease of source ${JSON.stringify(source)} was taken over by another writer`, {
             hint: 'only one writer per source: stop the other one',
           });
@@ -273,11 +292,39 @@ export class Repository {
         await write();
       },
       release: async () => {
-        const now = await this.backend.get(key).catch(() => undefined);
-        if (now !== undefined && (JSON.parse(now.toString()) as { token: string }).token === me.token) await this.backend.delete(key);
+        await this.backend.delete(key);
       },
     };
   }
+
+  /** The other writers' leases under `prefix`: live ones, and keys of dead ones (expired, or of a process of this host that is gone). */
+  async #leases(prefix: string, token: string): Promise<{ live: LeaseRecord[]; dead: string[]; mine: boolean }> {
+    const live: LeaseRecord[] = [];
+    const dead: string[] = [];
+    let mine = false;
+    for (const o of await listAll(this.backend, prefix)) {
+      if (o.key === prefix + token) {
+        mine = true;
+        continue;
+      }
+      const l = await this.backend.get(o.key).then(
+        (b) => JSON.parse(b.toString()) as LeaseRecord,
+        () => undefined, // gone meanwhile (released), or not JSON: not a live lease
+      );
+      const stale = l !== undefined && l.host === hostname() && !processAlive(l.pid);
+      if (l === undefined || l.expiresMs <= Date.now() || stale) dead.push(o.key);
+      else live.push(l);
+    }
+    return { live, dead, mine };
+  }
+}
+
+interface LeaseRecord {
+  host: string;
+  pid: number;
+  token: string;
+  acquiredMs: number;
+  expiresMs: number;
 }
 
 export interface Lease {
