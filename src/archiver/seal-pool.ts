@@ -83,6 +83,8 @@ export class SealPool {
   readonly #slots: Slot[] = [];
   readonly #jobs = new Map<number, Job>();
   #next = 0;
+  #dead: Error | undefined;
+  #closing = false;
 
   constructor(
     readonly keys: Keys,
@@ -102,12 +104,21 @@ export class SealPool {
       worker.on('message', (batch: FromWorker[]) => {
         for (const m of batch) this.#onMessage(m);
       });
-      worker.on('error', (err) => {
+      // A worker that dies (a bug: jobs catch their own errors) fails its jobs and gets no more.
+      const died = (err: Error): void => {
+        const i = this.#slots.indexOf(slot);
+        if (i < 0) return; // 'error' then 'exit'
+        this.#slots.splice(i, 1);
+        this.#dead ??= err;
         for (const [id, j] of this.#jobs) {
           if (j.slot !== slot) continue;
           this.#jobs.delete(id);
           j.reject(err);
         }
+      };
+      worker.on('error', died);
+      worker.on('exit', (code) => {
+        if (!this.#closing) died(new Error(`a seal worker exited (code ${code})`));
       });
       this.#slots.push(slot);
     }
@@ -118,7 +129,8 @@ export class SealPool {
    * worker is done with it, after every chunk was handed to `handlers`.
    */
   readFile(path: Uint8Array, size: number, known: readonly string[], handlers: FileHandlers): Promise<JobEnd> {
-    if (this.#slots.length === 0) this.#start();
+    if (this.#slots.length === 0 && this.#dead === undefined) this.#start();
+    if (this.#slots.length === 0) return Promise.reject(this.#dead as Error);
     const job = this.#next++;
     const slot = this.#slots.reduce((a, b) => (b.queued < a.queued ? b : a));
     slot.queued += size;
@@ -182,6 +194,7 @@ export class SealPool {
   }
 
   async close(): Promise<void> {
+    this.#closing = true;
     await Promise.all(this.#slots.map((s) => s.worker.terminate()));
   }
 }
