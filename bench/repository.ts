@@ -1,6 +1,6 @@
 /**
  * Repository benchmark: Phoenix beside restic (Debian package) and tar, in one run.
- *   npm run bench:repo          (BENCH_SCALE=0.1 for a quick run)
+ *   npm run bench:repo          (BENCH_SCALE=0.1 for a quick run; BENCH_ROUNDS=2 first backups each)
  * Tree: 20,000 files of 1–64 KiB, 20 of 5 MiB, 2 of 256 MiB (random bytes), scaled by BENCH_SCALE.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
@@ -62,32 +62,44 @@ const total = makeTree();
 execFileSync('sync');
 const results: { phoenix: Record<string, string>; restic: Record<string, string> } = { phoenix: {}, restic: {} };
 
-// Phoenix
+// First backups alternate (phoenix, restic, phoenix, restic) on fresh repositories: this
+// machine's page cache makes a write of 1.25 GiB cost very different CPU from one run to the
+// next, whichever tool makes it. The table shows the best of each; every run is printed.
+const rounds = Number(process.env.BENCH_ROUNDS ?? 2);
+const haveRestic = spawnSync('sh', ['-c', 'command -v restic']).status === 0;
+const phxEnv = { PHOENIX_PASSWORD: 'bench', PHOENIX_REPOSITORY: join(work, 'phx-repo'), XDG_STATE_HOME: join(work, 'phx-state') };
+const resticEnv = { RESTIC_PASSWORD: 'bench', RESTIC_REPOSITORY: join(work, 'restic-repo'), RESTIC_CACHE_DIR: join(work, 'restic-cache') };
+const firsts: { phoenix: number[]; restic: number[] } = { phoenix: [], restic: [] };
+for (let round = 0; round < rounds; round++) {
+  for (const d of ['phx-repo', 'phx-state', 'restic-repo', 'restic-cache']) rmSync(join(work, d), { recursive: true, force: true });
+  timed('node', [PHOENIX, 'init'], phxEnv);
+  firsts.phoenix.push(timed('node', [PHOENIX, 'backup', src, '--json'], phxEnv).s);
+  if (haveRestic) {
+    timed('restic', ['init'], resticEnv);
+    firsts.restic.push(timed('restic', ['backup', '--json', src], resticEnv).s);
+  }
+}
+const best = (xs: number[]): string => (xs.length > 0 ? Math.min(...xs).toFixed(2) : 'n/a');
+
+// Phoenix: the rest on the last round's repository.
 {
-  const env = { PHOENIX_PASSWORD: 'bench', PHOENIX_REPOSITORY: join(work, 'phx-repo'), XDG_STATE_HOME: join(work, 'phx-state') };
-  timed('node', [PHOENIX, 'init'], env);
-  const first = timed('node', [PHOENIX, 'backup', src, '--json'], env);
-  const none = timed('node', [PHOENIX, 'backup', src, '--json'], env);
+  const none = timed('node', [PHOENIX, 'backup', src, '--json'], phxEnv);
   flipOneByte();
-  const one = timed('node', [PHOENIX, 'backup', src, '--json'], env);
-  const restore = timed('node', [PHOENIX, 'restore', '--target', join(work, 'phx-out')], env);
+  const one = timed('node', [PHOENIX, 'backup', src, '--json'], phxEnv);
+  const restore = timed('node', [PHOENIX, 'restore', '--target', join(work, 'phx-out')], phxEnv);
   const up = (JSON.parse(one.out) as { bytesUploaded: number }).bytesUploaded;
-  results.phoenix = { first: first.s.toFixed(2), none: none.s.toFixed(2), oneByte: (up / 2 ** 20).toFixed(2), restore: restore.s.toFixed(2) };
+  results.phoenix = { first: best(firsts.phoenix), none: none.s.toFixed(2), oneByte: (up / 2 ** 20).toFixed(2), restore: restore.s.toFixed(2) };
   rmSync(join(work, 'phx-out'), { recursive: true, force: true });
 }
 
-// restic
-const haveRestic = spawnSync('sh', ['-c', 'command -v restic']).status === 0;
+// restic (the byte flipped above is already in its tree: flip another one for it)
 if (haveRestic) {
-  const env = { RESTIC_PASSWORD: 'bench', RESTIC_REPOSITORY: join(work, 'restic-repo'), RESTIC_CACHE_DIR: join(work, 'restic-cache') };
-  timed('restic', ['init'], env);
-  const first = timed('restic', ['backup', '--json', src], env);
-  const none = timed('restic', ['backup', '--json', src], env);
+  const none = timed('restic', ['backup', '--json', src], resticEnv);
   flipOneByte();
-  const one = timed('restic', ['backup', '--json', src], env);
-  const restore = timed('restic', ['restore', 'latest', '--target', join(work, 'restic-out')], env);
+  const one = timed('restic', ['backup', '--json', src], resticEnv);
+  const restore = timed('restic', ['restore', 'latest', '--target', join(work, 'restic-out')], resticEnv);
   const summary = one.out.trim().split('\n').map((l) => JSON.parse(l) as { message_type: string; data_added?: number }).find((m) => m.message_type === 'summary');
-  results.restic = { first: first.s.toFixed(2), none: none.s.toFixed(2), oneByte: ((summary?.data_added ?? NaN) / 2 ** 20).toFixed(2), restore: restore.s.toFixed(2) };
+  results.restic = { first: best(firsts.restic), none: none.s.toFixed(2), oneByte: ((summary?.data_added ?? NaN) / 2 ** 20).toFixed(2), restore: restore.s.toFixed(2) };
 } else {
   results.restic = { first: 'n/a', none: 'n/a', oneByte: 'n/a', restore: 'n/a' };
   console.log('restic not installed: apt-get install restic to compare');
@@ -96,7 +108,7 @@ const tar = timed('sh', ['-c', `tar cf - -C "$1" . | cat >/dev/null`, 'sh', src]
 
 const rows = [
   ['metric', 'phoenix', 'restic', 'ratio restic/phoenix', 'goal'],
-  ['first backup (s)', results.phoenix.first, results.restic.first, ratio('first'), '>= 1.5x'],
+  [`first backup, best of ${rounds} (s)`, results.phoenix.first, results.restic.first, ratio('first'), '>= 1.5x'],
   ['no-change backup (s)', results.phoenix.none, results.restic.none, ratio('none'), 'phoenix < 0.5 s'],
   ['one byte changed in a large file: uploaded (MiB)', results.phoenix.oneByte, results.restic.oneByte, '', 'phoenix < 2 MiB'],
   ['restore (s)', results.phoenix.restore, results.restic.restore, ratio('restore'), ''],
@@ -107,6 +119,7 @@ function ratio(k: string): string {
   const b = Number(results.restic[k]);
   return Number.isFinite(a) && Number.isFinite(b) ? `${(b / a).toFixed(2)}x` : '';
 }
+console.log(`first backups, in the order run: phoenix ${firsts.phoenix.map((x) => x.toFixed(2)).join(', ')} s; restic ${firsts.restic.map((x) => x.toFixed(2)).join(', ')} s`);
 console.log(`tree: ${(total / 2 ** 20).toFixed(0)} MiB in ${Math.round(20_000 * scale) + Math.round(20 * scale) + 2} files; tar cf - | cat: ${tar.s.toFixed(2)} s (${(total / 2 ** 20 / tar.s).toFixed(0)} MiB/s)`);
 const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => (r[c] ?? '').length)));
 for (const r of rows) console.log(r.map((cell, c) => (cell ?? '').padEnd(widths[c]!)).join('  '));

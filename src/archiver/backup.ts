@@ -6,8 +6,8 @@ import { isWithin, rawFromUtf8, toFsPath, type RawPath } from '../model/path.js'
 import type { CommitStats } from '../repo/format.js';
 import { CHECKPOINT_EVERY, mapLimited, type CommitInfo, type Repository } from '../repo/repository.js';
 import { scan, type ScanResult } from '../scanner/scan.js';
-import type { StateDb } from '../state/db.js';
-import { CommitBuilder } from './commit.js';
+import type { CachedFile, StateDb } from '../state/db.js';
+import { CommitBuilder, unchanged } from './commit.js';
 import { SealPool } from './seal-pool.js';
 
 export interface BackupOptions {
@@ -15,6 +15,8 @@ export interface BackupOptions {
   oneFileSystem?: boolean;
   /** A scan started earlier with `startScan` (it can run while the repository key is derived). */
   scan?: Promise<ScanResult>;
+  /** The cache of the source, read earlier (at `seq`); used when the cache is still at that seq. */
+  cache?: { seq: number | undefined; files: Map<RawPath, CachedFile> };
   onProblem?: (path: RawPath, message: string) => void;
   onProgress?: (p: { files: number; bytes: number; total: number }) => void;
 }
@@ -63,7 +65,7 @@ async function backupLocked(
   };
   const scanned = await scanning;
   for (const p of scanned.problems) problem(p.path, `${p.code}: ${p.message}`);
-  const known = db.files(source);
+  const known = opts.cache !== undefined && opts.cache.seq === db.seq(source, repo.config.id) ? opts.cache.files : db.files(source);
   let progressBytes = 0;
   let progressFiles = 0;
   const builder = new CommitBuilder(repo, db, pool, source, known, {
@@ -74,9 +76,16 @@ async function backupLocked(
     },
   });
   const seen = new Set<RawPath>();
-  // Files are read a few at a time so that disk and network overlap.
   const entries = [...scanned.tree.subtree('')].map((p) => [p, scanned.tree.get(p) as Entry] as const);
-  await mapLimited(entries, 32, async ([path, e]) => {
+  // What the cache vouches for is settled here, without a promise per entry.
+  const changed = entries.filter(([path, e]) => {
+    const c = known.get(path);
+    if (c === undefined || !unchanged(c, e)) return true;
+    seen.add(path);
+    return false;
+  });
+  // Files are read many at a time (on the seal workers) so that disk, CPU and network overlap.
+  await mapLimited(changed, 32, async ([path, e]) => {
     // Gone: a deletion below if it was known. Unreadable: it keeps its last version.
     if ((await builder.add(path, toFsPath(root, path), e)) !== 'vanished') seen.add(path);
     progressFiles++;

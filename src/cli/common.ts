@@ -5,7 +5,7 @@ import { createInterface } from 'node:readline';
 import { Writable } from 'node:stream';
 import { openBackend } from '../backend/open.js';
 import { PhoenixError } from '../errors.js';
-import { Repository } from '../repo/repository.js';
+import { Repository, type RepoConfig } from '../repo/repository.js';
 import { StateDb } from '../state/db.js';
 
 /** Options every repository command takes. */
@@ -52,8 +52,8 @@ async function prompt(question: string): Promise<string> {
   return answer;
 }
 
-export async function openRepo(flags: RepoFlags): Promise<Repository> {
-  return Repository.open(openBackend(repoUrl(flags)), () => password(flags));
+export async function openRepo(flags: RepoFlags, whileDeriving?: (config: RepoConfig) => void): Promise<Repository> {
+  return Repository.open(openBackend(repoUrl(flags)), () => password(flags), whileDeriving);
 }
 
 export function stateDir(flags: RepoFlags): string {
@@ -62,8 +62,9 @@ export function stateDir(flags: RepoFlags): string {
   return join(base, 'phoenix');
 }
 
-export function openState(flags: RepoFlags, repo: Repository): StateDb {
-  return new StateDb(join(stateDir(flags), `${repo.config.id}.sqlite`));
+export function openState(flags: RepoFlags, repo: Repository | RepoConfig): StateDb {
+  const id = 'config' in repo ? repo.config.id : repo.id;
+  return new StateDb(join(stateDir(flags), `${id}.sqlite`));
 }
 
 /** The source to read: --source, or the only one the repository holds. */

@@ -1,5 +1,5 @@
 import { resolve } from 'node:path';
-import { backup, startScan } from '../archiver/backup.js';
+import { backup, startScan, type BackupOptions } from '../archiver/backup.js';
 import { openBackend } from '../backend/open.js';
 import { PhoenixError } from '../errors.js';
 import { displayPath, isWithin, rawFromUtf8, rawToBuffer, utf8Of, type RawPath } from '../model/path.js';
@@ -7,6 +7,7 @@ import { checkRepository } from '../repo/check.js';
 import type { FileRecord } from '../repo/format.js';
 import { Repository, type CommitInfo } from '../repo/repository.js';
 import { restore } from '../restore/restore.js';
+import type { StateDb } from '../state/db.js';
 import { openRepo, openState, parseTime, password, pickSource, print, repoUrl, type RepoFlags } from './common.js';
 import { mib } from './format.js';
 
@@ -27,13 +28,26 @@ export async function backupCommand(source: string, flags: RepoFlags & { exclude
   // The scan runs while the password's key is derived (about 0.1 s of scrypt).
   const scan = startScan(dir, filter);
   scan.catch(() => {}); // awaited by backup(); an error then is reported there
-  const repo = await openRepo(flags);
-  const db = openState(flags, repo);
   const name = flags.source ?? dir;
+  // The cache is read while the key is derived, too.
+  let db: StateDb | undefined;
+  let cache: BackupOptions['cache'];
+  let repo: Repository;
+  try {
+    repo = await openRepo(flags, (config) => {
+      db = openState(flags, config);
+      cache = { seq: db.seq(name, config.id), files: db.files(name) };
+    });
+  } catch (err) {
+    db?.close();
+    throw err;
+  }
+  db ??= openState(flags, repo);
   try {
     const r = await backup(repo, db, dir, name, {
       ...filter,
       scan,
+      ...(cache ? { cache } : {}),
       onProblem: (p, m) => process.stderr.write(`phoenix: warning: ${displayPath(p)}: ${m}\n`),
     });
     const secs = (performance.now() - start) / 1000;

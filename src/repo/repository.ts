@@ -63,7 +63,11 @@ export class Repository {
   }
 
   /** Opens a repository; `password` is asked for only when the repository is encrypted. */
-  static async open(backend: Backend, password: () => Promise<string | undefined>): Promise<Repository> {
+  /**
+   * Opens the repository at `backend`. `whileDeriving` runs on this thread while the password's
+   * key is derived (about 0.1 s of scrypt on the thread pool): work that needs only the config.
+   */
+  static async open(backend: Backend, password: () => Promise<string | undefined>, whileDeriving?: (config: RepoConfig) => void): Promise<Repository> {
     let raw: Buffer;
     try {
       raw = await backend.get(CONFIG_KEY);
@@ -86,10 +90,20 @@ export class Repository {
         hint: 'upgrade Phoenix',
       });
     }
-    if (config.encryption === 'none') return new Repository(backend, config, Keys.none());
+    if (config.encryption === 'none') {
+      whileDeriving?.(config);
+      return new Repository(backend, config, Keys.none());
+    }
     const pw = await password();
     if (pw === undefined || pw === '') throw noPassword();
-    const key = await deriveKey(pw, config.kdf as KdfParams);
+    const deriving = deriveKey(pw, config.kdf as KdfParams);
+    try {
+      whileDeriving?.(config);
+    } catch (err) {
+      deriving.catch(() => {});
+      throw err;
+    }
+    const key = await deriving;
     let master: Buffer;
     try {
       master = open(key, Buffer.from(config.masterKey ?? '', 'base64'), 'config');
