@@ -4,6 +4,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Inotify", InitInotify(env));
   exports.Set("scanDir", Napi::Function::New(env, ScanDir, "scanDir"));
   exports.Set("gearCut", Napi::Function::New(env, GearCut, "gearCut"));
+  exports.Set("dropCache", Napi::Function::New(env, DropCache, "dropCache"));
   return exports;
 }
 

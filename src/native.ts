@@ -1,7 +1,7 @@
 import { createRequire } from 'node:module';
 import { PhoenixError } from './errors.js';
 
-/** The raw native binding (native/*.cc). Only src/watcher/inotify.ts, src/scanner/ and src/repo/chunker.ts use it. */
+/** The raw native binding (native/*.cc). Only src/watcher/inotify.ts, src/scanner/, src/repo/chunker.ts and src/backend/local.ts use it. */
 export interface NativeInotify {
   addWatch(path: Buffer, mask: number): number;
   rmWatch(wd: number): number;
@@ -18,6 +18,7 @@ export interface NativeBinding {
     data: Uint8Array, start: number, end: number, min: number, avg: number, max: number,
     maskS: number, maskL: number, eof: boolean, gear: Uint32Array,
   ): number;
+  dropCache(fd: number): number;
 }
 
 let binding: NativeBinding | undefined;

@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { constants, promises as fs } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { errnoCode } from '../errors.js';
+import { native } from '../native.js';
 import { BackendError, checkRange, exists, notFound, type Backend, type Body, type ByteRange, type ObjectInfo } from './backend.js';
 
 const TMP = '.tmp-';
@@ -12,6 +13,17 @@ const TMP = '.tmp-';
  * the directory, so a crash leaves the old object, the new one, or a stray `.tmp-` file —
  * never a torn object.
  */
+/** Objects from this size on are dropped from the page cache once durable, and reads this large once read (packs; not small metadata). */
+const DROP_CACHE_FROM = 1024 * 1024;
+
+function dropCache(fd: number): void {
+  try {
+    native().dropCache(fd);
+  } catch {
+    // no addon: the pages stay cached, which is only slower
+  }
+}
+
 export class LocalBackend implements Backend {
   readonly location: string;
   readonly capabilities = { createOnly: true };
@@ -39,6 +51,8 @@ export class LocalBackend implements Backend {
       try {
         await writeAll(fh, data instanceof Uint8Array ? [data] : data);
         await fh.sync();
+        // Durable now: its pages need not stay cached (see native/fadvise.cc).
+        if (!(data instanceof Uint8Array) || data.length >= DROP_CACHE_FROM) dropCache(fh.fd);
       } finally {
         await fh.close();
       }
@@ -79,6 +93,7 @@ export class LocalBackend implements Backend {
         if (bytesRead === 0) throw new BackendError('PHX_BACKEND', `${this.location}: ${key} shrank while being read`, { key, transient: true });
         done += bytesRead;
       }
+      if (length >= DROP_CACHE_FROM) dropCache(fh.fd); // read once (a restore, a check): no need to keep it
       return buf;
     } catch (err) {
       throw err instanceof BackendError ? err : this.#error(err, key, 'read');
