@@ -313,6 +313,13 @@ describe('repository', () => {
     };
   }
 
+  it('a source that is not a directory is a clear error', async () => {
+    const f = await fixture();
+    await assert.rejects(backup(f.repo, f.db, join(f.src.path, 'small'), 'other'), code('PHX_SOURCE_INVALID'));
+    await assert.rejects(backup(f.repo, f.db, join(f.src.path, 'nope'), 'other'), code('PHX_SOURCE_INVALID'));
+    f.done();
+  });
+
   it('a second backup with no changes writes nothing; losing the local state re-uploads nothing', async () => {
     const f = await fixture();
     assert.equal(f.first.commit?.seq, 1);

@@ -56,6 +56,7 @@ async function backupLocked(
   pool: SealPool,
 ): Promise<BackupResult> {
   const scanning = opts.scan ?? startScan(sourceDir, opts);
+  scanning.catch(() => {}); // awaited below, after the cache is synced: not an unhandled rejection meanwhile
   const seq = (await syncCache(repo, db, source))?.seq ?? 0;
   const root = rawFromUtf8(sourceDir);
   let problems = 0;
