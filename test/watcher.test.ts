@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { readFileSync, readdirSync, mkdirSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
+import { linkSync, readFileSync, readdirSync, mkdirSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { changeToJson } from '../src/cli/format.js';
@@ -109,6 +109,24 @@ describe('Watcher', () => {
     // With the limit restored, the next periodic scan places the missing watches.
     await t.waitFor(() => t.w.unwatched.size === 0);
     assert.equal(t.w.state, 'watching');
+    t.w.close();
+    dir.cleanup();
+  });
+
+  it('a hard-linked file written in a directory not watched yet: its other name is reported too', async () => {
+    const dir = tempDir();
+    const root = dir.path;
+    writeFileSync(join(root, 'F'), 'one');
+    linkSync(join(root, 'F'), join(root, 'L'));
+    const t = await watch(root);
+    // Faster than the watcher can add a watch on D: the write's own events are never seen, and
+    // the listing of D finds F; L, outside D, changed with it.
+    mkdirSync(join(root, 'D'));
+    renameSync(join(root, 'F'), join(root, 'D/F'));
+    writeFileSync(join(root, 'D/F'), 'two, and longer');
+    await t.waitFor((c) => c.type === 'modified' && c.path === 'L');
+    await t.sync();
+    assert.deepEqual(treeDiff(t.rebuilt(), realTree(root)), []);
     t.w.close();
     dir.cleanup();
   });

@@ -332,13 +332,16 @@ export class Watcher {
       beforeList: (rel) => this.#watch(rel),
     });
     for (const p of result.problems) this.#warn(p.code, `${displayPath(p.path)}: ${p.message}`);
+    const found: Entry[] = [];
     for (const p of result.tree.subtree(path)) {
       if (p === path) continue;
       const e = result.tree.get(p) as Entry;
       if (!this.#tree.has(p.slice(0, p.lastIndexOf('/')))) continue; // parent vanished meanwhile
       this.#tree.set(p, e);
       this.#emit({ type: 'created', path: p, kind: e.kind });
+      found.push(e);
     }
+    this.#linksOutside(path, found);
     this.#warnWatchLimit();
   }
 
@@ -378,13 +381,30 @@ export class Watcher {
   #otherLinks(path: RawPath, e: Entry): void {
     if (e.kind !== 'file' || e.nlink < 2) return;
     for (const [p, other] of this.#tree.entries()) {
-      if (p === path || other.ino !== e.ino || other.dev !== e.dev) continue;
-      const now = lstatEntry(toFsPath(this.root, p));
-      if (now === undefined || now.ino !== other.ino) continue; // its own events follow
-      if (other.mtimeNs === now.mtimeNs && other.ctimeNs === now.ctimeNs && other.size === now.size && other.mode === now.mode) continue;
-      this.#tree.set(p, now);
-      this.#emit({ type: 'modified', path: p, kind: 'file', closed: true });
+      if (p !== path && other.ino === e.ino && other.dev === e.dev) this.#linkChanged(p, other);
     }
+  }
+
+  /**
+   * Files found by listing `scope` (a directory that was not watched yet, or rescanned) may have
+   * been written before their events could be seen: their names outside the scope are checked.
+   */
+  #linksOutside(scope: RawPath, found: Iterable<Entry>): void {
+    const files = new Set<string>();
+    for (const e of found) if (e.kind === 'file' && e.nlink > 1) files.add(`${e.dev}:${e.ino}`);
+    if (files.size === 0) return;
+    for (const [p, other] of this.#tree.entries()) {
+      if (!isWithin(p, scope) && files.has(`${other.dev}:${other.ino}`)) this.#linkChanged(p, other);
+    }
+  }
+
+  /** Another name of a file that changed: reported when it differs from what the tree says. */
+  #linkChanged(p: RawPath, known: Entry): void {
+    const now = lstatEntry(toFsPath(this.root, p));
+    if (now === undefined || now.ino !== known.ino) return; // its own events follow
+    if (known.mtimeNs === now.mtimeNs && known.ctimeNs === now.ctimeNs && known.size === now.size && known.mode === now.mode) return;
+    this.#tree.set(p, now);
+    this.#emit({ type: 'modified', path: p, kind: 'file', closed: true });
   }
 
   #attributes(path: RawPath): Promise<void> | void {
@@ -528,6 +548,7 @@ export class Watcher {
       }
     }
     for (const c of changes) this.#emit(c);
+    if (scope !== '') this.#linksOutside(scope, changes.flatMap((c) => (c.type === 'removed' ? [] : [result.tree.get(c.path)].filter((e) => e !== undefined))));
     this.#warnWatchLimit();
   }
 
