@@ -338,7 +338,8 @@ export class SourceRunner {
         if (r === 'vanished' && removed.has(p)) builder.remove(p);
         this.#events.trace?.('add', { path: p, result: r, size: e.size, mtimeNs: String(e.mtimeNs) });
       };
-      await mapLimited([...paths].sort(compareRaw), 4, visit);
+      // Many at a time: files are read on the seal workers, a round trip each.
+      await mapLimited([...paths].sort(compareRaw), 32, visit);
       // Every committed entry's directory is committed too (moves and removals rely on it): a
       // directory still settling behind its children comes along now; one that is gone takes
       // the entries moved into it along.
