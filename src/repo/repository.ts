@@ -10,7 +10,7 @@ import {
   applyChange, checkpointKey, commitKey, CONFIG_KEY, decodeCommit, decodeRecord, encodeCommit, encodeRecord, leasePrefix,
   packKey, parseCommitKey, sourceDir, sourceFromDir, type ChunkRef, type Commit, type TreeState,
 } from './format.js';
-import { chunkWhat, openChunk, PACK_TARGET, PackBuilder, parseHeader, sealBlob, type PackEntry } from './pack.js';
+import { PACK_TARGET, PackBuilder, parseHeader, type PackEntry } from './pack.js';
 
 /** The `config` object (JSON, not encrypted: it holds what is needed to open the rest). */
 export interface RepoConfig {
@@ -248,12 +248,6 @@ export class Repository {
     }
   }
 
-  /** Reads one chunk and verifies it against its id. */
-  async readChunk(ref: ChunkRef): Promise<Buffer> {
-    const what = chunkWhat(ref);
-    return openChunk(this.keys, ref.id, await this.readPack(ref.pack, ref.offset, ref.length, what), what);
-  }
-
   // ---- the writer's lease -----------------------------------------------------------------
 
   /**
@@ -359,11 +353,6 @@ export class ChunkWriter {
   bytesUploaded = 0;
 
   constructor(readonly repo: Repository) {}
-
-  /** Adds a chunk (id already computed); resolves to its ref once its pack id is known. */
-  add(id: string, data: Uint8Array): Promise<ChunkRef> {
-    return this.addSealed(id, sealBlob(this.repo.keys, data));
-  }
 
   /** Adds a blob already sealed (by a worker thread). */
   addSealed(id: string, sealed: Buffer): Promise<ChunkRef> {
