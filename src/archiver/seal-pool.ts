@@ -8,10 +8,14 @@ export const TORN_RETRIES = 3;
 /** Sealed bytes one worker may have sent that the main thread has not yet packed. */
 const CREDIT = 16 * 2 ** 20;
 
-/** Main → worker: back up the file at `path`; chunks whose id is in `known` are not sealed. */
+/**
+ * Main → worker: back up the file at `path` (its bytes as a latin1 string: a small Buffer is a
+ * view into Node's 8 KiB pool, and cloning it would copy the whole pool); chunks whose id is
+ * in `known` are not sealed.
+ */
 export interface FileJob {
   job: number;
-  path: Uint8Array;
+  path: string;
   known: string[];
 }
 
@@ -136,7 +140,7 @@ export class SealPool {
     slot.queued += size;
     return new Promise((resolve, reject) => {
       this.#jobs.set(job, { slot, size, handlers, resolve, reject });
-      slot.outbox.push({ job, path, known: [...known] });
+      slot.outbox.push({ job, path: Buffer.from(path.buffer, path.byteOffset, path.byteLength).toString('latin1'), known: [...known] });
       if (!this.#flushing) {
         this.#flushing = true;
         queueMicrotask(() => this.#flush());

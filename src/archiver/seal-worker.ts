@@ -108,7 +108,7 @@ function readFileJob(m: FileJob): void {
   for (let attempt = 1; ; attempt++) {
     let fd: number;
     try {
-      fd = openSync(Buffer.from(m.path), constants.O_RDONLY | constants.O_NOFOLLOW);
+      fd = openSync(Buffer.from(m.path, 'latin1'), constants.O_RDONLY | constants.O_NOFOLLOW);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       if (code === 'ENOENT' || code === 'ELOOP' || code === 'ENOTDIR') post({ job: m.job, type: 'done', end: { status: 'vanished' } });

@@ -97,7 +97,7 @@ export async function restore(repo: Repository, state: TreeState, target: string
   try {
     await mapLimited(files.map((r, file) => [r, file] as const), 16, async ([r, file]) => {
       await ensureParents(r.path);
-      const path = abs(r.path);
+      const path = `${root}/${r.path}`; // raw (latin1) bytes, as the write workers take them
       const last = { size: r.size, mode: r.mode, mtimeNs: r.mtimeNs.toString(), uid: r.uid, gid: r.gid, display: displayPath(r.path) };
       // Blobs go out a few MiB at a time; the file's last message finishes it.
       let blobs: Array<{ id: string; sealed: Uint8Array; what: string }> = [];

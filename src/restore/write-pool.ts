@@ -8,7 +8,8 @@ export interface WriteJob {
   job: number;
   /** The restore's number for the file (its blobs all go to the same worker). */
   file: number;
-  path: Uint8Array;
+  /** The path's bytes as a latin1 string (cloning a small Buffer would copy Node's whole 8 KiB pool). */
+  path: string;
   first: boolean;
   blobs: Array<{ id: string; sealed: ArrayBuffer; what: string }>;
   last?: { size: number; mode: number; mtimeNs: string; uid: number; gid: number; display: string };

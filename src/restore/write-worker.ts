@@ -15,7 +15,7 @@ const asRoot = process.getuid?.() === 0;
 const open = new Map<number, { fd: number; written: number }>();
 
 function run(m: WriteJob): number {
-  const path = Buffer.from(m.path);
+  const path = Buffer.from(m.path, 'latin1');
   let f = open.get(m.file);
   if (m.first) {
     // Unlink first so that a symlink or a hard link in the target is replaced, never written through.
