@@ -373,6 +373,10 @@ describe('repository', () => {
     assert.equal(r.files, 322);
     assert.ok(r.reads <= 3, `${r.reads} reads for 300 small files and 3 MiB in one pack`);
     assert.deepEqual(snapshot(out.path), snapshot(f.src.path));
+    // Windows of a few chunks, and almost nothing kept: windows are dropped and read again.
+    const tight = await restore(f.repo, state, join(out.path, 'tight'), { fetch: { gap: 0, window: 8000, keep: 4000 } });
+    assert.ok(tight.reads > 30, `${tight.reads} reads with 8 KB windows`);
+    assert.deepEqual(snapshot(join(out.path, 'tight')), snapshot(f.src.path));
     out.cleanup();
     f.done();
   });

@@ -2,12 +2,16 @@ import type { ChunkRef } from '../repo/format.js';
 import { chunkWhat } from '../repo/pack.js';
 import type { Repository } from '../repo/repository.js';
 
-/** Chunks closer than this in a pack are read in one request (the gap is read and dropped). */
-const GAP = 1024 * 1024;
-/** The most one request reads. */
-const WINDOW = 16 * 2 ** 20;
-/** Read but not yet used bytes kept at most; past it the oldest windows are dropped (and read again if needed). */
-const KEEP = 256 * 2 ** 20;
+export interface FetchLimits {
+  /** Chunks closer than this in a pack are read in one request (the gap is read and dropped). */
+  gap: number;
+  /** The most one request reads. */
+  window: number;
+  /** Bytes read and kept at most; past it the oldest windows are dropped (and read again if needed). */
+  keep: number;
+}
+
+export const FETCH_LIMITS: FetchLimits = { gap: 1024 * 1024, window: 16 * 2 ** 20, keep: 256 * 2 ** 20 };
 
 interface Window {
   pack: string;
@@ -36,6 +40,7 @@ export class ChunkFetcher {
   constructor(
     readonly repo: Repository,
     refs: Iterable<ChunkRef>,
+    readonly limits: FetchLimits = FETCH_LIMITS,
   ) {
     for (const r of refs) {
       const k = `${r.pack}:${r.offset}`;
@@ -73,7 +78,7 @@ export class ChunkFetcher {
     for (i++; i < list.length; i++) {
       const next = list[i] as ChunkRef;
       if (next.offset < end) continue; // overlaps (a different id at the same place cannot happen; be safe)
-      if (next.offset - end > GAP || next.offset + next.length - start > WINDOW) break;
+      if (next.offset - end > this.limits.gap || next.offset + next.length - start > this.limits.window) break;
       end = next.offset + next.length;
       remaining += this.#uses.get(`${next.pack}:${next.offset}`) ?? 0;
     }
@@ -83,7 +88,7 @@ export class ChunkFetcher {
     const w: Window = { pack: ref.pack, start, end, data, remaining };
     this.#windows.push(w);
     this.#kept += end - start;
-    while (this.#kept > KEEP && this.#windows.length > 1) this.#drop(this.#windows[0] as Window);
+    while (this.#kept > this.limits.keep && this.#windows.length > 1) this.#drop(this.#windows[0] as Window);
     return w;
   }
 

@@ -4,7 +4,7 @@ import { displayPath, isWithin, rawFromUtf8, rawToBuffer, type RawPath } from '.
 import type { FileRecord, TreeState } from '../repo/format.js';
 import { chunkWhat } from '../repo/pack.js';
 import { mapLimited, type Repository } from '../repo/repository.js';
-import { ChunkFetcher } from './fetch.js';
+import { ChunkFetcher, type FetchLimits } from './fetch.js';
 import { nsToSeconds, WritePool } from './write-pool.js';
 
 export interface RestoreOptions {
@@ -12,6 +12,8 @@ export interface RestoreOptions {
   paths?: RawPath[];
   onProgress?: (p: { files: number; bytes: number; totalBytes: number }) => void;
   onProblem?: (path: RawPath, message: string) => void;
+  /** How chunks are read (tests make the windows tiny). */
+  fetch?: FetchLimits;
 }
 
 export interface RestoreResult {
@@ -92,7 +94,7 @@ export async function restore(repo: Repository, state: TreeState, target: string
   const files = selected.filter((r) => r.type === 'file');
   const firstChunk = (r: FileRecord): string => (r.chunks[0] ? `${r.chunks[0].pack}:${String(r.chunks[0].offset).padStart(16, '0')}` : '');
   files.sort((a, b) => (firstChunk(a) < firstChunk(b) ? -1 : firstChunk(a) > firstChunk(b) ? 1 : 0));
-  const fetcher = new ChunkFetcher(repo, files.flatMap((r) => r.chunks));
+  const fetcher = new ChunkFetcher(repo, files.flatMap((r) => r.chunks), opts.fetch);
   const pool = new WritePool(repo.keys);
   try {
     await mapLimited(files.map((r, file) => [r, file] as const), 16, async ([r, file]) => {
