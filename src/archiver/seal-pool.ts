@@ -97,7 +97,7 @@ export class SealPool {
 
   /** Workers start at the first file, so a backup with nothing to read starts none. */
   #start(): void {
-    const master = this.keys.encKey && this.keys.macKey ? Buffer.concat([this.keys.encKey, this.keys.macKey]) : null;
+    const master = this.keys.toShared();
     for (let i = 0; i < this.threads; i++) {
       const control = new SharedArrayBuffer(8);
       const ctl = new Int32Array(control);
@@ -132,7 +132,7 @@ export class SealPool {
    * Backs up the file at `path` (about `size` bytes) on the least busy worker. Resolves when the
    * worker is done with it, after every chunk was handed to `handlers`.
    */
-  readFile(path: Uint8Array, size: number, known: readonly string[], handlers: FileHandlers): Promise<JobEnd> {
+  readFile(path: Buffer, size: number, known: readonly string[], handlers: FileHandlers): Promise<JobEnd> {
     if (this.#slots.length === 0 && this.#dead === undefined) this.#start();
     if (this.#slots.length === 0) return Promise.reject(this.#dead as Error);
     const job = this.#next++;
@@ -140,7 +140,7 @@ export class SealPool {
     slot.queued += size;
     return new Promise((resolve, reject) => {
       this.#jobs.set(job, { slot, size, handlers, resolve, reject });
-      slot.outbox.push({ job, path: Buffer.from(path.buffer, path.byteOffset, path.byteLength).toString('latin1'), known: [...known] });
+      slot.outbox.push({ job, path: path.toString('latin1'), known: [...known] });
       if (!this.#flushing) {
         this.#flushing = true;
         queueMicrotask(() => this.#flush());

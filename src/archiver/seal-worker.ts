@@ -9,7 +9,7 @@ import { sealBlob } from '../repo/pack.js';
 import { TORN_RETRIES, type FileJob, type FromWorker } from './seal-pool.js';
 
 const { master, control } = workerData as { master: Uint8Array | null; control: SharedArrayBuffer };
-const keys = master === null ? Keys.none() : Keys.fromMaster(Buffer.from(master));
+const keys = Keys.fromShared(master);
 /** [0]: bytes this worker may still send before the main thread has taken them; [1]: a job to cancel. */
 const ctl = new Int32Array(control);
 

@@ -7,12 +7,6 @@ import { BackendError, checkRange, exists, notFound, type Backend, type Body, ty
 
 const TMP = '.tmp-';
 
-/**
- * Objects as files under a directory (an external disk, a NAS mount). A put writes a
- * temporary file, fsyncs it, renames (or links, for create-only) it into place and fsyncs
- * the directory, so a crash leaves the old object, the new one, or a stray `.tmp-` file —
- * never a torn object.
- */
 /** Objects from this size on are dropped from the page cache once durable, and reads this large once read (packs; not small metadata). */
 const DROP_CACHE_FROM = 1024 * 1024;
 
@@ -24,6 +18,12 @@ function dropCache(fd: number): void {
   }
 }
 
+/**
+ * Objects as files under a directory (an external disk, a NAS mount). A put writes a
+ * temporary file, fsyncs it, renames (or links, for create-only) it into place and fsyncs
+ * the directory, so a crash leaves the old object, the new one, or a stray `.tmp-` file —
+ * never a torn object.
+ */
 export class LocalBackend implements Backend {
   readonly location: string;
   readonly capabilities = { createOnly: true };

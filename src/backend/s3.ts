@@ -95,8 +95,7 @@ export class S3Backend implements Backend {
         const r = await client.send(new sdk.UploadPartCommand({ Bucket: this.#bucket, Key, UploadId, PartNumber: n, Body }));
         parts.push({ ETag: r.ETag, PartNumber: n });
       }
-      await client.send(new sdk.CompleteMultipartUploadCommand({ Bucket: this.#bucket, Key, UploadId, MultipartUpload: { Parts: parts } }),
-      );
+      await client.send(new sdk.CompleteMultipartUploadCommand({ Bucket: this.#bucket, Key, UploadId, MultipartUpload: { Parts: parts } }));
     } catch (err) {
       await client.send(new sdk.AbortMultipartUploadCommand({ Bucket: this.#bucket, Key, UploadId })).catch(() => {});
       throw err;
@@ -159,8 +158,7 @@ export class S3Backend implements Backend {
       let r;
       try {
         const { client, sdk } = await this.#sdk();
-        r = await client.send(new sdk.ListObjectsV2Command({ Bucket: this.#bucket, Prefix: this.#prefix + prefix, ContinuationToken }),
-        );
+        r = await client.send(new sdk.ListObjectsV2Command({ Bucket: this.#bucket, Prefix: this.#prefix + prefix, ContinuationToken }));
       } catch (err) {
         throw this.#error(err, prefix, 'list');
       }

@@ -62,9 +62,8 @@ export function stateDir(flags: RepoFlags): string {
   return join(base, 'phoenix');
 }
 
-export function openState(flags: RepoFlags, repo: Repository | RepoConfig): StateDb {
-  const id = 'config' in repo ? repo.config.id : repo.id;
-  return new StateDb(join(stateDir(flags), `${id}.sqlite`));
+export function openState(flags: RepoFlags, config: RepoConfig): StateDb {
+  return new StateDb(join(stateDir(flags), `${config.id}.sqlite`));
 }
 
 /** The source to read: --source, or the only one the repository holds. */

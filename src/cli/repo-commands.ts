@@ -42,7 +42,7 @@ export async function backupCommand(source: string, flags: RepoFlags & { exclude
     db?.close();
     throw err;
   }
-  db ??= openState(flags, repo);
+  db ??= openState(flags, repo.config);
   try {
     const r = await backup(repo, db, dir, name, {
       ...filter,

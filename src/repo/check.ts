@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { isNotFound, listAll } from '../backend/backend.js';
 import { displayPath } from '../model/path.js';
 import { applyChange, encodeRecord, packKey, type TreeState } from './format.js';
-import { openBlob, packId, type PackEntry } from './pack.js';
+import { chunkWhat, openChunk, packId, type PackEntry } from './pack.js';
 import { checkContiguous, mapLimited, type Repository } from './repository.js';
 
 export interface CheckResult {
@@ -93,8 +93,7 @@ export async function checkRepository(repo: Repository, opts: { readData?: boole
       if (end + 4 + bytes.readUInt32LE(bytes.length - 4) !== bytes.length) errors.push(`pack ${o.key} has bytes no header entry covers at offset ${end}`);
       for (const e of h.values()) {
         try {
-          const data = openBlob(repo.keys, bytes.subarray(e.offset, e.offset + e.length), `chunk ${e.id.slice(0, 16)}… in ${o.key}`);
-          if (repo.keys.id(data).toString('hex') !== e.id) errors.push(`chunk ${e.id.slice(0, 16)}… in ${o.key} does not match its id`);
+          openChunk(repo.keys, e.id, bytes.subarray(e.offset, e.offset + e.length), chunkWhat({ id: e.id, pack }));
           blobsRead++;
         } catch (err) {
           errors.push((err as Error).message);

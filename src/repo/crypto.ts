@@ -28,6 +28,15 @@ export class Keys {
     return new Keys(master.subarray(0, 32), master.subarray(32, 64));
   }
 
+  /** The keys as worker threads receive them (`fromShared` turns it back): the master key, or null. */
+  toShared(): Uint8Array | null {
+    return this.encKey && this.macKey ? Buffer.concat([this.encKey, this.macKey]) : null;
+  }
+
+  static fromShared(master: Uint8Array | null): Keys {
+    return master === null ? Keys.none() : Keys.fromMaster(Buffer.from(master));
+  }
+
   get encrypted(): boolean {
     return this.encKey !== undefined;
   }

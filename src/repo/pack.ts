@@ -96,15 +96,16 @@ export class PackBuilder {
     const header = keys.seal(Buffer.from(JSON.stringify(this.entries.map((e) => [e.id, e.offset, e.length]))));
     const len = Buffer.alloc(4);
     len.writeUInt32LE(header.length);
-    // The id hashes the trailer only: the header lists every blob's id, offset and length, and
-    // every blob and the header are authenticated, so hashing all the bytes again added nothing
-    // but a second pass over the data.
-    const id = createHash('sha256').update(header).update(len).digest('hex');
-    return { id, parts: [...this.#parts, header, len], size: this.size + header.length + 4 };
+    const trailer = Buffer.concat([header, len]);
+    return { id: packId(trailer), parts: [...this.#parts, trailer], size: this.size + trailer.length };
   }
 }
 
-/** The pack's id as its name should be: SHA-256 of the trailer (`bytes` is the whole pack). */
+/**
+ * A pack's id: SHA-256 of its trailer (`bytes` is the pack, or its trailer alone). The trailer
+ * only: the header lists every blob's id, offset and length, and every blob and the header are
+ * authenticated, so hashing all the bytes again added nothing but a second pass over the data.
+ */
 export function packId(bytes: Uint8Array): string {
   if (bytes.length < 4) return '';
   const len = Buffer.from(bytes.buffer, bytes.byteOffset + bytes.length - 4, 4).readUInt32LE(0);

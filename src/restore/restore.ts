@@ -91,9 +91,12 @@ export async function restore(repo: Repository, state: TreeState, target: string
 
   // Files in the order of their first chunk in the repository, so that reads run through each
   // pack once; chunks are opened, verified and written on worker threads.
-  const files = selected.filter((r) => r.type === 'file');
   const firstChunk = (r: FileRecord): string => (r.chunks[0] ? `${r.chunks[0].pack}:${String(r.chunks[0].offset).padStart(16, '0')}` : '');
-  files.sort((a, b) => (firstChunk(a) < firstChunk(b) ? -1 : firstChunk(a) > firstChunk(b) ? 1 : 0));
+  const files = selected
+    .filter((r) => r.type === 'file')
+    .map((r) => [firstChunk(r), r] as const)
+    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+    .map(([, r]) => r);
   const fetcher = new ChunkFetcher(repo, files.flatMap((r) => r.chunks), opts.fetch);
   const pool = new WritePool(repo.keys);
   try {

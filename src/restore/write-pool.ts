@@ -40,7 +40,7 @@ export class WritePool {
   #flushing = false;
 
   constructor(keys: Keys, threads = Math.max(1, Math.min(4, availableParallelism()))) {
-    const master = keys.encKey && keys.macKey ? Buffer.concat([keys.encKey, keys.macKey]) : null;
+    const master = keys.toShared();
     for (let i = 0; i < threads; i++) {
       const w = new Worker(new URL('./write-worker.js', import.meta.url), { workerData: { master } });
       w.on('message', (replies: WriteReply[]) => {

@@ -8,7 +8,7 @@ import { openChunk } from '../repo/pack.js';
 import { nsToSeconds, type WriteJob, type WriteReply } from './write-pool.js';
 
 const { master } = workerData as { master: Uint8Array | null };
-const keys = master === null ? Keys.none() : Keys.fromMaster(Buffer.from(master));
+const keys = Keys.fromShared(master);
 const asRoot = process.getuid?.() === 0;
 
 /** Files being written: their descriptor and the bytes written so far. */

@@ -379,10 +379,7 @@ export class Watcher {
    * only for files with several links).
    */
   #otherLinks(path: RawPath, e: Entry): void {
-    if (e.kind !== 'file' || e.nlink < 2) return;
-    for (const [p, other] of this.#tree.entries()) {
-      if (p !== path && other.ino === e.ino && other.dev === e.dev) this.#linkChanged(p, other);
-    }
+    this.#linksOutside(path, [e]);
   }
 
   /**
@@ -548,7 +545,7 @@ export class Watcher {
       }
     }
     for (const c of changes) this.#emit(c);
-    if (scope !== '') this.#linksOutside(scope, changes.flatMap((c) => (c.type === 'removed' ? [] : [result.tree.get(c.path)].filter((e) => e !== undefined))));
+    if (scope !== '') this.#linksOutside(scope, changes.flatMap((c) => result.tree.get(c.path) ?? []));
     this.#warnWatchLimit();
   }
 
