@@ -22,7 +22,8 @@ export type ErrorCode =
   | 'PHX_LOCKED' // another writer holds the source's lease
   | 'PHX_NOT_IN_REPO' // a path or source is not in the repository
   | 'PHX_CONFIG' // the configuration file is missing, unreadable or invalid
-  | 'PHX_NOT_RUNNING'; // phoenix status found no daemon
+  | 'PHX_NOT_RUNNING' // phoenix status found no daemon
+  | 'PHX_INTERNAL'; // an unexpected exception: a bug (the stack goes to the log, not to the user)
 
 export class PhoenixError extends Error {
   readonly code: ErrorCode;
@@ -41,4 +42,42 @@ export class PhoenixError extends Error {
 export function errnoCode(err: unknown): string | undefined {
   if (typeof err === 'object' && err !== null && 'code' in err && typeof err.code === 'string') return err.code;
   return undefined;
+}
+
+/** The message of anything thrown. */
+export function messageOf(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+const ERRNO_HINTS: Record<string, string> = {
+  EACCES: 'check the permissions of that path (or run as a user who may access it)',
+  EPERM: 'the operation is not permitted there: check the permissions and the file system',
+  ENOSPC: 'the disk is full: free some space and run it again',
+  EDQUOT: 'the disk quota is used up: free some space and run it again',
+  EROFS: 'that file system is mounted read-only',
+  ENOENT: 'check that the path exists',
+  ENOTDIR: 'a part of that path is a file, not a directory',
+  EISDIR: 'that path is a directory',
+  EMFILE: 'too many open files: raise the limit (ulimit -n)',
+};
+
+/** What a user can do about a system error (by its errno name), when Phoenix knows. */
+export function errnoHint(code: string): string | undefined {
+  return ERRNO_HINTS[code];
+}
+
+/**
+ * Any error as a PhoenixError: PhoenixErrors as they are, system errors (errno) as PHX_IO with
+ * a hint for their errno, anything else as PHX_INTERNAL (a bug: its stack stays in `cause`).
+ */
+export function asPhoenixError(err: unknown): PhoenixError {
+  if (err instanceof PhoenixError) return err;
+  const code = errnoCode(err);
+  if (code !== undefined && /^E[A-Z0-9]+$/.test(code)) {
+    return new PhoenixError('PHX_IO', messageOf(err), { hint: ERRNO_HINTS[code] ?? `the system said ${code}`, cause: err });
+  }
+  return new PhoenixError('PHX_INTERNAL', `internal error: ${messageOf(err)}`, {
+    hint: 'this is a bug in Phoenix: please report it with what you ran (PHOENIX_DEBUG=1 prints the stack trace)',
+    cause: err,
+  });
 }

@@ -44,12 +44,12 @@ async function instant(): Promise<string> {
 }
 
 describe('phoenix watch: configuration', () => {
-  it('names the key, the bad value and what is expected', () => {
+  it('names the key, the bad value and what is expected', async () => {
     const dir = tempDir('phx-config-');
     after(dir.cleanup);
     const file = join(dir.path, 'phoenix.yaml');
     writeFileSync(file, 'repository: /r\nsettle:\n  closed: soon\nsources:\n  - path: /x\n    exclude: "*.tmp"\n    colour: blue\n');
-    assert.throws(
+    await assert.rejects(
       () => loadWatchConfig(undefined, { config: file, exclude: [] }),
       (e: unknown) => {
         assert.ok(e instanceof PhoenixError && e.code === 'PHX_CONFIG');
@@ -60,17 +60,17 @@ describe('phoenix watch: configuration', () => {
       },
     );
     writeFileSync(file, 'sources: [ {path: ok}\n');
-    assert.throws(() => loadWatchConfig(undefined, { config: file, exclude: [] }), /not valid YAML at line 2/);
+    await assert.rejects(() => loadWatchConfig(undefined, { config: file, exclude: [] }), /not valid YAML at line 2/);
     writeFileSync(file, 'repository: ./repo\nsettle: {closed: 5ms, open: 2s}\nsources:\n  - path: ./docs\n    exclude: ["*.o"]\n');
-    const c = loadWatchConfig(undefined, { config: file, exclude: ['*.tmp'], repo: '/flag-wins' });
-    assert.equal(c.repository, '/flag-wins');
+    const c = await loadWatchConfig(undefined, { config: file, exclude: ['*.tmp'], repo: '/flag-wins' });
+    assert.equal(c.settings.repository, '/flag-wins');
     assert.deepEqual(c.settle, { closedMs: 5, openMs: 2000, maxDelayMs: 5000 });
     assert.deepEqual(c.sources, [{ name: join(dir.path, 'docs'), path: join(dir.path, 'docs'), exclude: ['*.o', '*.tmp'], oneFileSystem: false }]);
   });
 
-  it('the example configuration in contrib/ is valid', () => {
+  it('the example configuration in contrib/ is valid', async () => {
     const file = fileURLToPath(new URL('../../contrib/phoenix.yaml', import.meta.url));
-    const c = loadWatchConfig(undefined, { config: file, exclude: [] });
+    const c = await loadWatchConfig(undefined, { config: file, exclude: [] });
     assert.equal(c.sources.length, 2);
     assert.equal(c.sources[1]?.name, 'projects');
     assert.equal(c.reconcileMs, 3_600_000);

@@ -70,6 +70,7 @@ async function backupLocked(
   let progressBytes = 0;
   let progressFiles = 0;
   const builder = new CommitBuilder(repo, db, pool, source, known, {
+    root: sourceDir,
     onProblem: problem,
     onBytes: (n) => {
       progressBytes += n;
@@ -136,3 +137,37 @@ export async function syncCache(repo: Repository, db: StateDb, source: string): 
   return last;
 }
 
+
+export interface PlannedChange {
+  path: RawPath;
+  change: 'new' | 'changed' | 'removed';
+  kind: Entry['kind'];
+  /** Bytes that would be read (files). */
+  size: number;
+}
+
+/**
+ * `backup --dry-run`: what a backup would commit, from the scan and the cache (brought in line
+ * with the repository), without reading a file or writing to the repository.
+ */
+export async function planBackup(repo: Repository, db: StateDb, sourceDir: string, source: string, opts: BackupOptions = {}): Promise<{ changes: PlannedChange[]; problems: number }> {
+  const scanning = opts.scan ?? startScan(sourceDir, opts);
+  scanning.catch(() => {}); // awaited below
+  await syncCache(repo, db, source);
+  const scanned = await scanning;
+  for (const p of scanned.problems) opts.onProblem?.(p.path, `${p.code}: ${p.message}`);
+  const known = db.files(source);
+  const changes: PlannedChange[] = [];
+  for (const p of scanned.tree.subtree('')) {
+    const e = scanned.tree.get(p) as Entry;
+    const c = known.get(p);
+    if (c !== undefined && unchanged(c, e)) continue;
+    changes.push({ path: p, change: c === undefined ? 'new' : 'changed', kind: e.kind, size: e.kind === 'file' ? e.size : 0 });
+  }
+  const unlisted = scanned.problems.map((p) => p.path).filter((p) => scanned.tree.get(p)?.kind === 'dir' || p === '');
+  for (const [p, c] of known) {
+    if (scanned.tree.get(p) !== undefined || unlisted.some((u) => p !== u && isWithin(p, u))) continue;
+    changes.push({ path: p, change: 'removed', kind: c.rec.type, size: 0 });
+  }
+  return { changes, problems: scanned.problems.length };
+}

@@ -1,3 +1,4 @@
+import { hostname } from 'node:os';
 import type { Entry } from '../model/entry.js';
 import { isWithin, parentOf, type RawPath } from '../model/path.js';
 import type { Commit, ChunkRef, CommitStats, FileRecord, JournalChange } from '../repo/format.js';
@@ -11,6 +12,8 @@ export interface CommitBuilderOptions {
   onProblem?: (path: RawPath, message: string) => void;
   /** Bytes of file content read. */
   onBytes?: (n: number) => void;
+  /** The directory backed up, recorded in the commit with the host name (phoenix sources shows them). */
+  root?: string;
 }
 
 export type AddResult = 'unchanged' | 'added' | 'vanished' | 'error';
@@ -183,7 +186,8 @@ export class CommitBuilder {
     }
     this.stats.bytesUploaded = this.#writer.bytesUploaded;
     const changes: JournalChange[] = [...this.#structural, ...[...this.#puts.values()].map((r): JournalChange => ({ op: 'put', ...r }))];
-    const commit: Commit = { source: this.source, seq, timeMs: Date.now(), packs: this.#writer.packs, changes, stats: this.stats };
+    const commit: Commit = { source: this.source, seq, timeMs: Date.now(), packs: this.#writer.packs, changes, stats: this.stats, host: hostname() };
+    if (this.opts.root !== undefined) commit.root = this.opts.root;
     const info = await this.repo.writeCommit(commit);
     this.db.applyCommit(this.source, repoId, seq, puts, deleted, await Promise.all(this.#newChunks.values()), inTransaction);
     return { info, commit };

@@ -165,6 +165,13 @@ export class LocalBackend implements Backend {
         cause: err,
       });
     }
+    if (code === 'ENOTDIR') {
+      return new BackendError('PHX_BACKEND', `${this.location} is not a directory: a local repository is a directory (${op} ${key})`, {
+        key,
+        hint: 'give --repo a directory (a new one is created by phoenix init), not a file',
+        cause: err,
+      });
+    }
     // EIO, ETIMEDOUT, ESTALE (NFS) and the like may pass.
     const transient = code === 'EIO' || code === 'ETIMEDOUT' || code === 'ESTALE' || code === 'EAGAIN' || code === 'EBUSY';
     return new BackendError('PHX_BACKEND', `${this.location}: ${op} ${key} failed: ${(err as Error).message}`, { key, transient, cause: err });

@@ -64,3 +64,13 @@ function badUrl(url: string, why: string): PhoenixError {
     hint: 'examples: /mnt/backup/phoenix, s3://my-bucket/phoenix?endpoint=https://s3.example.com',
   });
 }
+
+/**
+ * A URL that is valid but probably not what was meant: `s3//bucket` (a missing colon) is the
+ * local directory ./s3/bucket. The warning to print, or undefined.
+ */
+export function urlWarning(url: string): string | undefined {
+  const m = /^([a-z][a-z0-9+.-]*)\/\/(.*)$/i.exec(url);
+  if (m === null) return undefined;
+  return `repository ${JSON.stringify(url)} is read as the local directory ${resolve(url)}; did you mean ${m[1]}://${m[2]}?`;
+}

@@ -1,4 +1,7 @@
 import type { S3Client, S3ClientConfig } from '@aws-sdk/client-s3';
+import { existsSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
 import { BackendError, bodyBytes, checkRange, exists, notFound, pastEnd, type Backend, type Body, type ByteRange, type ObjectInfo } from './backend.js';
 
 type Sdk = typeof import('@aws-sdk/client-s3');
@@ -52,11 +55,18 @@ export class S3Backend implements Backend {
     };
     if (endpoint !== undefined) config.endpoint = endpoint;
     if (opts.credentials !== undefined) config.credentials = opts.credentials;
+    // Off AWS there are no instance roles: with no credentials anywhere, say so at once instead
+    // of after the SDK's chain has timed out on the instance metadata service.
+    else if (endpoint !== undefined && !credentialsConfigured()) {
+      config.credentials = () => Promise.reject(noCredentials(this.location));
+    }
     this.#config = config;
   }
 
   /** The SDK takes about 0.1 s to load: only a command that talks to S3 pays for it. */
   async #sdk(): Promise<{ client: S3Client; sdk: Sdk }> {
+    // Phoenix says which Node versions it runs on; the SDK's own notice would print on every command.
+    process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
     const sdk = await import('@aws-sdk/client-s3');
     this.#client ??= new sdk.S3Client(this.#config);
     return { client: this.#client, sdk };
@@ -183,8 +193,10 @@ export class S3Backend implements Backend {
   }
 
   #error(err: unknown, key: string, op: string): BackendError {
+    if (err instanceof BackendError) return err;
     const status = statusOf(err);
     const name = (err as { name?: string }).name ?? '';
+    if (name === 'CredentialsProviderError') return noCredentials(this.location, err);
     if (status === 404 && name === 'NoSuchBucket') {
       return new BackendError('PHX_BACKEND', `${this.location}: bucket ${this.#bucket} does not exist`, {
         key,
@@ -205,6 +217,23 @@ export class S3Backend implements Backend {
     const what = status === undefined ? (err as Error).message : `HTTP ${status} ${name}`;
     return new BackendError('PHX_BACKEND', `${this.location}: ${op} ${key} failed: ${what}`, { key, transient, cause: err });
   }
+}
+
+/** Where the SDK's default chain finds credentials besides instance roles: variables or the shared files. */
+function credentialsConfigured(): boolean {
+  const env = process.env;
+  if (env.AWS_ACCESS_KEY_ID || env.AWS_PROFILE || env.AWS_WEB_IDENTITY_TOKEN_FILE || env.AWS_CONTAINER_CREDENTIALS_FULL_URI || env.AWS_CONTAINER_CREDENTIALS_RELATIVE_URI) {
+    return true;
+  }
+  const aws = join(homedir(), '.aws');
+  return existsSync(env.AWS_SHARED_CREDENTIALS_FILE ?? join(aws, 'credentials')) || existsSync(env.AWS_CONFIG_FILE ?? join(aws, 'config'));
+}
+
+function noCredentials(location: string, cause?: unknown): BackendError {
+  return new BackendError('PHX_BACKEND', `${location}: no S3 credentials were found`, {
+    hint: 'set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE with ~/.aws/credentials)',
+    cause,
+  });
 }
 
 function statusOf(err: unknown): number | undefined {

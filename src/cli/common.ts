@@ -1,45 +1,69 @@
 import { readFileSync } from 'node:fs';
-import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { Writable } from 'node:stream';
-import { openBackend } from '../backend/open.js';
-import { PhoenixError } from '../errors.js';
+import { openBackend, urlWarning, type OpenOptions } from '../backend/open.js';
+import { resolveSettings, type Settings, type SettingsFlags } from '../config/settings.js';
+import { errnoCode, PhoenixError } from '../errors.js';
 import { Repository, type RepoConfig } from '../repo/repository.js';
 import { StateDb } from '../state/db.js';
 
 /** Options every repository command takes. */
-export interface RepoFlags {
-  repo?: string;
-  passwordFile?: string;
+export interface RepoFlags extends SettingsFlags {
   source?: string;
   json?: boolean;
-  state?: string;
 }
 
-export function repoUrl(flags: RepoFlags): string {
-  const url = flags.repo ?? process.env.PHOENIX_REPOSITORY;
-  if (url === undefined || url === '') {
-    throw new PhoenixError('PHX_USAGE', 'no repository given', { hint: 'pass --repo URL or set PHOENIX_REPOSITORY' });
-  }
-  return url;
-}
-
-/** The password: PHOENIX_PASSWORD, then --password-file / PHOENIX_PASSWORD_FILE, then a prompt on a terminal. */
-export async function password(flags: RepoFlags, confirm = false): Promise<string | undefined> {
-  if (process.env.PHOENIX_PASSWORD !== undefined) return process.env.PHOENIX_PASSWORD;
-  const file = flags.passwordFile ?? process.env.PHOENIX_PASSWORD_FILE;
-  if (file !== undefined) {
-    try {
-      return readFileSync(file, 'utf8').replace(/\r?\n$/, '');
-    } catch (err) {
-      throw new PhoenixError('PHX_USAGE', `cannot read the password file ${file}: ${(err as Error).message}`, { hint: 'check the path given with --password-file or PHOENIX_PASSWORD_FILE' });
-    }
-  }
+/** The password: PHOENIX_PASSWORD, then the password file (flag, variable, config file), then a prompt on a terminal. */
+export async function password(settings: Pick<Settings, 'passwordFile'>): Promise<string | undefined> {
+  const given = givenPassword(settings);
+  if (given !== undefined) return given;
   if (!process.stdin.isTTY) return undefined;
-  const first = await prompt('repository password: ');
-  if (confirm && (await prompt('again: ')) !== first) throw new PhoenixError('PHX_USAGE', 'the passwords do not match');
-  return first;
+  return prompt('repository password: ');
+}
+
+function givenPassword(settings: Pick<Settings, 'passwordFile'>): string | undefined {
+  if (process.env.PHOENIX_PASSWORD !== undefined) return process.env.PHOENIX_PASSWORD;
+  const file = settings.passwordFile;
+  if (file === undefined) return undefined;
+  try {
+    return readFileSync(file, 'utf8').replace(/\r?\n$/, '');
+  } catch (err) {
+    throw new PhoenixError('PHX_USAGE', `cannot read the password file ${file}: ${errnoCode(err) ?? (err as Error).message}`, {
+      hint: 'check the path given with --password-file, PHOENIX_PASSWORD_FILE or password-file: in the configuration',
+    });
+  }
+}
+
+const SHORT_PASSWORD = 10;
+
+/**
+ * The password of a new repository: given, or asked for twice on a terminal (again after a
+ * mismatch). Undefined when there is neither (the caller decides: generate one, or refuse).
+ */
+export async function newPassword(settings: Pick<Settings, 'passwordFile'>): Promise<string | undefined> {
+  const given = givenPassword(settings);
+  if (given !== undefined) return given;
+  if (!process.stdin.isTTY) return undefined;
+  process.stderr.write('Choose the password of the new repository. Without it the backup cannot be read: keep it safe.\n');
+  for (let attempt = 1; ; attempt++) {
+    const first = await prompt('new repository password: ');
+    if (first === '') {
+      process.stderr.write('the password is empty; try again\n');
+    } else if ((await prompt('the same again: ')) === first) {
+      if (first.length < SHORT_PASSWORD) {
+        process.stderr.write(`phoenix: warning: the password has only ${first.length} characters: whoever gets a copy of the repository can try passwords offline; ${SHORT_PASSWORD} or more are better\n`);
+      }
+      process.stderr.write(
+        'The password is not stored anywhere. To run Phoenix unattended (a systemd service, cron), put it in a file\n' +
+          'only you can read (chmod 600) and set PHOENIX_PASSWORD_FILE or password-file: in the configuration.\n',
+      );
+      return first;
+    } else {
+      process.stderr.write('the passwords do not match; try again\n');
+    }
+    if (attempt === 3) throw new PhoenixError('PHX_USAGE', 'no password was chosen (three attempts)', { hint: 'run the command again' });
+  }
 }
 
 async function prompt(question: string): Promise<string> {
@@ -52,18 +76,42 @@ async function prompt(question: string): Promise<string> {
   return answer;
 }
 
-export async function openRepo(flags: RepoFlags, whileDeriving?: (config: RepoConfig) => void): Promise<Repository> {
-  return Repository.open(openBackend(repoUrl(flags)), () => password(flags), whileDeriving);
+/**
+ * Opens the repository the settings name. `pw`: a password already known (the one just chosen
+ * for a new repository), so nobody is asked twice.
+ */
+export async function openRepo(
+  settings: Settings,
+  opts: { whileDeriving?: (config: RepoConfig) => void; password?: string; backend?: OpenOptions } = {},
+): Promise<Repository> {
+  warnAboutUrl(settings.repository);
+  const backend = openBackend(settings.repository, opts.backend);
+  try {
+    return await Repository.open(backend, () => (opts.password !== undefined ? Promise.resolve(opts.password) : password(settings)), opts.whileDeriving);
+  } catch (err) {
+    await backend.close();
+    if (err instanceof PhoenixError && err.code === 'PHX_REPO_NOT_INITIALISED' && settings.repositoryIsDefault) {
+      throw new PhoenixError('PHX_REPO_NOT_INITIALISED', `no repository is configured, and there is none at the default location ${settings.repository}`, {
+        hint: 'phoenix watch DIR creates one there; or name yours with --repo URL, PHOENIX_REPOSITORY or repository: in ~/.config/phoenix/phoenix.yaml',
+      });
+    }
+    throw err;
+  }
 }
 
-export function stateDir(flags: RepoFlags): string {
-  if (flags.state !== undefined) return flags.state;
-  const base = process.env.XDG_STATE_HOME ?? join(homedir(), '.local', 'state');
-  return join(base, 'phoenix');
+export function warnAboutUrl(url: string): void {
+  const w = urlWarning(url);
+  if (w !== undefined) process.stderr.write(`phoenix: warning: ${w}\n`);
 }
 
-export function openState(flags: RepoFlags, config: RepoConfig): StateDb {
-  return new StateDb(join(stateDir(flags), `${config.id}.sqlite`));
+/** Resolves the settings and opens the repository they name. */
+export async function openFromFlags(flags: RepoFlags, opts?: Parameters<typeof openRepo>[1]): Promise<{ repo: Repository; settings: Settings }> {
+  const settings = await resolveSettings(flags);
+  return { repo: await openRepo(settings, opts), settings };
+}
+
+export function openState(settings: Settings, config: RepoConfig): StateDb {
+  return new StateDb(join(settings.stateDir, `${config.id}.sqlite`));
 }
 
 /** The source to read: --source, or the only one the repository holds. */
@@ -78,31 +126,27 @@ export async function pickSource(repo: Repository, flags: RepoFlags): Promise<st
     return flags.source;
   }
   if (sources.length === 1) return sources[0] as string;
-  if (sources.length === 0) throw new PhoenixError('PHX_NOT_IN_REPO', 'the repository holds no backup yet', { hint: 'run phoenix backup first' });
+  if (sources.length === 0) throw new PhoenixError('PHX_NOT_IN_REPO', 'the repository holds no backup yet', { hint: 'run phoenix backup DIR or phoenix watch DIR first' });
   throw new PhoenixError('PHX_USAGE', `the repository holds ${sources.length} sources; say which with --source`, {
-    hint: `its sources: ${sources.map((s) => JSON.stringify(s)).join(', ')}`,
+    hint: `its sources: ${sources.map((s) => JSON.stringify(s)).join(', ')} (phoenix sources lists them)`,
   });
 }
 
-/**
- * TIME as ISO 8601 (`2026-11-23T10:00:00.123Z`, a date, or a local time) or relative to now
- * (`90s`, `10m`, `2h`, `3d`, `1w` ago). Returns milliseconds since the epoch.
- */
-export function parseTime(s: string, now = Date.now()): number {
-  const rel = /^(\d+(?:\.\d+)?)\s*(s|m|h|d|w)$/.exec(s.trim());
-  if (rel) {
-    const unit = { s: 1e3, m: 6e4, h: 36e5, d: 864e5, w: 6048e5 }[rel[2] as 's' | 'm' | 'h' | 'd' | 'w'];
-    return now - Number(rel[1]) * unit;
-  }
-  const t = Date.parse(s);
-  if (Number.isNaN(t)) {
-    throw new PhoenixError('PHX_USAGE', `cannot read the time ${JSON.stringify(s)}`, {
-      hint: 'use ISO 8601 (2026-11-23T10:15:30.250Z, 2026-11-23) or a time ago (30s, 10m, 2h, 3d, 1w)',
-    });
-  }
-  return t;
-}
-
-export function print(flags: RepoFlags, json: unknown, text: string): void {
+export function print(flags: { json?: boolean }, json: unknown, text: string): void {
   process.stdout.write(flags.json ? `${JSON.stringify(json)}\n` : `${text}\n`);
 }
+
+/**
+ * A time for people: on a terminal the local time with its offset (`2026-11-23 11:15:30.250
+ * +01:00`), otherwise ISO 8601 in UTC like JSON, for scripts that read text.
+ */
+export function showTime(ms: number, tty = process.stdout.isTTY === true): string {
+  if (!tty) return new Date(ms).toISOString();
+  const d = new Date(ms);
+  const off = -d.getTimezoneOffset();
+  const p = (n: number, w = 2): string => String(Math.abs(n)).padStart(w, '0');
+  const zone = `${off >= 0 ? '+' : '-'}${p(Math.trunc(off / 60))}:${p(off % 60)}`;
+  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}.${p(d.getMilliseconds(), 3)} ${zone}`;
+}
+
+export const iso = (ms: number): string => new Date(ms).toISOString();

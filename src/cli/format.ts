@@ -1,23 +1,17 @@
 import type { Change } from '../model/change.js';
-import { displayPath, rawToBuffer, utf8Of, type RawPath } from '../model/path.js';
+import { displayPath, type RawPath } from '../model/path.js';
+import { jsonPath } from './output.js';
 
 /** The JSON line of one change: the contract of `phoenix events --json` (README). */
 export function changeToJson(c: Change): Record<string, unknown> {
   const event = c.type === 'rescan' ? (c.reason === 'overflow' ? 'overflow' : 'rescan') : c.type;
   const out: Record<string, unknown> = { event };
-  putPath(out, 'path', c.path);
+  Object.assign(out, jsonPath(c.path));
   out.kind = c.kind;
-  if (c.type === 'moved') putPath(out, 'from', c.from);
+  if (c.type === 'moved') Object.assign(out, jsonPath(c.from, 'from'));
   if (c.type === 'modified') out.closed = c.closed;
   if (c.type === 'rescan') out.reason = c.reason;
   return out;
-}
-
-/** `path` as UTF-8 ('.' for the root); when its bytes are not UTF-8 also `<key>Base64` with the exact bytes. */
-function putPath(out: Record<string, unknown>, key: string, p: RawPath): void {
-  const s = utf8Of(p);
-  out[key] = p === '' ? '.' : (s ?? displayPath(p));
-  if (s === undefined) out[`${key}Base64`] = rawToBuffer(p).toString('base64');
 }
 
 /** One line for people, like inotifywait: `created    file     dir/name`. */

@@ -1,43 +1,93 @@
+import { readFileSync } from 'node:fs';
 import { Command, CommanderError, Option } from 'commander';
-import { PhoenixError } from '../errors.js';
-import { eventsCommand } from './events.js';
-import { backupCommand, checkCommand, initCommand, logCommand, lsCommand, restoreCommand, versionsCommand } from './repo-commands.js';
-import { printError } from './output.js';
+import { asPhoenixError, errnoCode } from '../errors.js';
+import { OVERWRITE_MODES } from '../restore/plan.js';
+import { printError, type Verbosity } from './output.js';
+
+const ENVIRONMENT = `
+Environment:
+  PHOENIX_REPOSITORY      the repository (as --repo)
+  PHOENIX_PASSWORD_FILE   a file holding the password (as --password-file)
+  PHOENIX_PASSWORD        the password itself
+  PHOENIX_CONFIG          the configuration file (default: ~/.config/phoenix/phoenix.yaml, when it exists)
+  PHOENIX_LOG_LEVEL       phoenix watch's log level
+  PHOENIX_DEBUG=1         print the stack trace of an internal error
+  XDG_DATA_HOME, XDG_STATE_HOME, XDG_CONFIG_HOME   where the default repository, state and configuration live
+  AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE, AWS_REGION, AWS_ENDPOINT_URL_S3   for s3:// repositories
+
+With no repository named, every command uses the one phoenix watch creates:
+~/.local/share/phoenix/repository, with the password generated into ~/.config/phoenix/password.
+TIME is ISO 8601 (2026-11-23T10:15:30Z, 2026-11-23, "2026-11-23 10:15" local) or a time ago (30s, 10m, 2h, 3d, 1w).
+Exit codes: 0 success, 1 failure, 2 usage error.`;
+
+const EXAMPLES = `
+Examples:
+  phoenix watch ~/Documents                     back ~/Documents up continuously
+  phoenix status                                what the daemon is doing
+  phoenix log                                   the commits
+  phoenix ls --at 2h docs/                      the tree as it was two hours ago
+  phoenix versions notes/todo.txt               every version of a file, across renames
+  phoenix diff 1d now                           what changed since yesterday
+  phoenix restore --at 10m --target /tmp/r docs/
+  phoenix dump --at 1h notes/todo.txt > todo.txt`;
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
+}
 
 /** Exit codes: 0 success, 1 failure, 2 usage error. */
 export async function main(argv: string[]): Promise<number> {
+  // A closed stdout (`phoenix ls | head`) ends the command quietly, like other Unix tools.
+  process.stdout.on('error', (err) => {
+    if (errnoCode(err) === 'EPIPE') process.exit(0);
+  });
   let result: Promise<number> = Promise.resolve(0);
+  const run = (p: Promise<number | void>): void => {
+    result = p.then((code) => code ?? 0);
+  };
   const program = new Command('phoenix')
     .description('Real-time backup for Linux: every change, versioned, deduplicated and encrypted.')
+    .version(version(), '-V, --version', 'print the version')
+    .option('-v, --verbose', 'say more (repeat for even more)', (_v: string, n: number) => n + 1, 0)
+    .option('-q, --quiet', 'print only errors and warnings')
+    .addHelpText('after', `${EXAMPLES}\n${ENVIRONMENT}`)
+    .showHelpAfterError('(phoenix --help lists the commands; phoenix help COMMAND explains one)')
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+  const verbosity = (c: Command): Verbosity => {
+    const g = c.optsWithGlobals<{ verbose: number; quiet?: boolean }>();
+    return { verbosity: g.quiet ? 0 : 1 + g.verbose };
+  };
+
+  program.command('version').description('print the version').action(() => void process.stdout.write(`phoenix ${version()}\n`));
 
   program
     .command('events')
     .description('print the changes Phoenix sees under SOURCE as they happen (like inotifywait -m -r)')
     .argument('<SOURCE>', 'directory to watch')
     .option('--json', 'one JSON object per line')
-    .addOption(new Option('--exclude <PATTERN>', 'exclude paths matching PATTERN (.gitignore syntax; repeatable)').argParser(collect).default([]))
+    .addOption(excludeOption())
     .option('--one-file-system', 'do not cross file system boundaries')
-    .action((source: string, opts: { json?: boolean; exclude: string[]; oneFileSystem?: boolean }) => {
-      result = eventsCommand(source, opts);
+    .action(async (source: string, _o: unknown, c: Command) => {
+      const m = await import('./events.js');
+      run(m.eventsCommand(source, c.opts<{ json?: boolean; exclude: string[]; oneFileSystem?: boolean }>()));
     });
 
-  program
-    .command('watch')
+  settingsOptions(program.command('watch'))
     .description('back SOURCE up continuously: every change durable in the repository within a fraction of a second')
-    .argument('[SOURCE]', 'directory to watch (or the sources: of --config)')
-    .option('-r, --repo <URL>', 'repository: a directory, or s3://bucket/prefix (default: $PHOENIX_REPOSITORY, the config file, or ~/.local/share/phoenix/repository)')
-    .option('--config <FILE>', 'YAML configuration (README: Configuration); flags override it')
-    .option('--password-file <FILE>', 'read the password from FILE (default: $PHOENIX_PASSWORD_FILE; or $PHOENIX_PASSWORD)')
-    .option('--state <DIR>', 'local state directory (default: $XDG_STATE_HOME/phoenix)')
+    .argument('[SOURCE]', 'directory to watch (or the sources: of the configuration)')
     .option('--source <NAME>', "the source's name in the repository (default: its absolute path)")
-    .addOption(new Option('--exclude <PATTERN>', 'exclude paths matching PATTERN (.gitignore syntax; repeatable)').argParser(collect).default([]))
+    .addOption(excludeOption())
     .option('--one-file-system', 'do not cross file system boundaries')
-    .addOption(new Option('--log-level <LEVEL>', 'log level (default: $PHOENIX_LOG_LEVEL or info)').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']))
-    .action((source: string | undefined, opts) => {
+    .addOption(new Option('--log-level <LEVEL>', 'log level (default: $PHOENIX_LOG_LEVEL, log-level: in the configuration, or info; -v debug, -q warn)').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']))
+    .addHelpText('after', '\nExample:\n  phoenix watch ~/Documents --exclude "*.tmp"\n  phoenix watch --config ~/.config/phoenix/phoenix.yaml')
+    .action((source: string | undefined, _o: unknown, c: Command) => {
+      const o = c.opts<import('../daemon/config.js').WatchFlags>();
+      const v = verbosity(c).verbosity;
+      if (o.logLevel === undefined && v !== 1) o.logLevel = v === 0 ? 'warn' : v === 2 ? 'debug' : 'trace';
       // The daemon's modules (pino, zod, yaml) load only for the commands that need them.
-      result = import('./watch.js').then((m) => m.watchCommand(source, opts));
+      run(import('./watch.js').then((m) => m.watchCommand(source, o)));
     });
   program
     .command('status')
@@ -45,47 +95,82 @@ export async function main(argv: string[]): Promise<number> {
     .option('--state <DIR>', 'the state directory the daemon uses (default: $XDG_STATE_HOME/phoenix)')
     .option('--config <FILE>', 'read the state directory from this configuration')
     .option('--json', 'print JSON')
-    .action((opts) => {
-      result = import('./watch.js').then((m) => m.statusCommand(opts));
-    });
+    .action((_o: unknown, c: Command) => run(import('./watch.js').then((m) => m.statusCommand(c.opts()))));
 
   const repoCmd = (name: string, description: string): Command =>
-    program
-      .command(name)
+    settingsOptions(program.command(name))
       .description(description)
-      .option('-r, --repo <URL>', 'repository: a directory, or s3://bucket/prefix (default: $PHOENIX_REPOSITORY)')
-      .option('--password-file <FILE>', 'read the password from FILE (default: $PHOENIX_PASSWORD_FILE; or $PHOENIX_PASSWORD)')
       .option('--json', 'print JSON (one object per line)');
   const withSource = (c: Command): Command => c.option('--source <NAME>', 'which source of the repository (needed when it holds several)');
-  const run = (p: Promise<number | void>): void => {
-    result = p.then((code) => code ?? 0);
-  };
+  const atOption = (c: Command): Command => c.option('--at <TIME>', 'ISO 8601, or a time ago: 30s, 10m, 2h, 3d (default: the latest commit)');
+  const base64Option = (c: Command): Command => c.option('--path-base64 <B64>', "the path as base64 bytes (a name that is not UTF-8: --json's pathBase64)");
+  const repo = (): Promise<typeof import('./repo-commands.js')> => import('./repo-commands.js');
+  const browse = (): Promise<typeof import('./browse.js')> => import('./browse.js');
 
   repoCmd('init', 'create a new repository (encrypted unless --insecure-no-encryption)')
     .option('--insecure-no-encryption', 'store everything in the clear (no password)')
-    .action((opts) => run(initCommand(opts)));
+    .addHelpText('after', '\nExample:\n  phoenix init --repo /mnt/backup/phoenix\n  phoenix init --repo "s3://bucket/phoenix?endpoint=https://s3.example.com"')
+    .action((_o: unknown, c: Command) => run(repo().then((m) => m.initCommand(c.opts()))));
   withSource(repoCmd('backup', 'back SOURCE up now: upload what changed since the last commit, as one commit'))
     .argument('<SOURCE>', 'directory to back up')
-    .addOption(new Option('--exclude <PATTERN>', 'exclude paths matching PATTERN (.gitignore syntax; repeatable)').argParser(collect).default([]))
+    .addOption(excludeOption())
     .option('--one-file-system', 'do not cross file system boundaries')
-    .option('--state <DIR>', 'local state directory (default: $XDG_STATE_HOME/phoenix)')
-    .action((source: string, opts) => run(backupCommand(source, opts)));
-  withSource(repoCmd('log', 'list the commits of a source: seq, time, counts, bytes')).action((opts) => run(logCommand(opts)));
-  withSource(repoCmd('ls', 'list the tree of a source (below PATH) as it was at TIME'))
+    .option('-n, --dry-run', 'list what would be committed; read and write nothing')
+    .addHelpText('after', '\nExample:\n  phoenix backup ~/Documents --exclude "*.tmp"\n  phoenix backup --dry-run ~/Documents')
+    .action((source: string, _o: unknown, c: Command) => run(repo().then((m) => m.backupCommand(source, { ...c.opts<Omit<import('./repo-commands.js').BackupFlags, 'verbosity'>>(), ...verbosity(c) }))));
+  withSource(repoCmd('log', 'list the commits (of every source, or of --source): seq, time, counts, bytes')).action((_o: unknown, c: Command) =>
+    run(repo().then((m) => m.logCommand(c.opts()))),
+  );
+  repoCmd('sources', 'list the sources in the repository: name, path, host, last commit, size').action((_o: unknown, c: Command) =>
+    run(repo().then((m) => m.sourcesCommand(c.opts()))),
+  );
+  withSource(repoCmd('stats', 'sizes, file counts and deduplication, per source and for the repository')).action((_o: unknown, c: Command) =>
+    run(repo().then((m) => m.statsCommand(c.opts()))),
+  );
+  base64Option(atOption(withSource(repoCmd('ls', 'list the tree of a source (below PATH) as it was at TIME'))))
     .argument('[PATH]', 'only below this path')
-    .option('--at <TIME>', 'ISO 8601, or a time ago: 30s, 10m, 2h, 3d (default: the latest commit)')
-    .action((path: string | undefined, opts) => run(lsCommand(path, opts)));
-  withSource(repoCmd('versions', 'every version of PATH: time, size, deletions and moves'))
-    .argument('<PATH>', 'path inside the source')
-    .action((path: string, opts) => run(versionsCommand(path, opts)));
-  withSource(repoCmd('restore', 'restore a source (or PATHs of it) into DIR as it was at TIME'))
+    .addHelpText('after', '\nExample:\n  phoenix ls --at "2026-11-23 10:00" docs/')
+    .action((path: string | undefined, _o: unknown, c: Command) => run(browse().then((m) => m.lsCommand(path, c.opts()))));
+  base64Option(withSource(repoCmd('versions', 'every version of PATH, across renames: time, size, deletions and moves')))
+    .argument('[PATH]', 'path inside the source')
+    .action((path: string | undefined, _o: unknown, c: Command) => run(browse().then((m) => m.versionsCommand(path, c.opts()))));
+  withSource(repoCmd('find', 'where and when entries matching PATTERN existed (a glob: *.pdf matches names, docs/**/*.pdf paths)'))
+    .argument('<PATTERN>', 'glob')
+    .option('--from <TIME>', 'from this instant on (default: the first commit)')
+    .option('--to <TIME>', 'up to this instant (default: now)')
+    .addHelpText('after', '\nExample:\n  phoenix find "*.docx" --from 1w')
+    .action((pattern: string, _o: unknown, c: Command) => run(browse().then((m) => m.findCommand(pattern, c.opts()))));
+  base64Option(withSource(repoCmd('diff', 'what changed between two instants: added (+), removed (-), modified (M), moved (>)')))
+    .argument('<T1>', 'the earlier instant (TIME)')
+    .argument('<T2>', 'the later instant (TIME, or now)')
+    .argument('[PATH]', 'only below this path')
+    .addHelpText('after', '\nExample:\n  phoenix diff 2d 1d docs/')
+    .action((t1: string, t2: string, path: string | undefined, _o: unknown, c: Command) =>
+      run(browse().then((m) => m.diffCommand(t1, t2 === 'now' ? new Date().toISOString() : t2, path, c.opts()))),
+    );
+  withSource(atOption(repoCmd('restore', 'restore a source (or PATHs of it) into DIR as it was at TIME')))
     .argument('[PATH...]', 'only these paths')
     .requiredOption('--target <DIR>', 'where to write (created if missing)')
-    .option('--at <TIME>', 'ISO 8601, or a time ago: 30s, 10m, 2h, 3d (default: the latest commit)')
-    .action((paths: string[], opts) => run(restoreCommand(paths, opts)));
+    .addOption(new Option('--overwrite <MODE>', 'where the target already has something different: replace it always, if-changed, if-newer (the backup is newer), or never').choices(OVERWRITE_MODES))
+    .option('--delete', 'remove what the target has below the restored paths and the backup does not')
+    .option('-n, --dry-run', 'list what would be written, replaced, kept and deleted; change nothing')
+    .addOption(new Option('--include <PATTERN>', 'restore only entries matching PATTERN (.gitignore syntax; repeatable)').argParser(collect).default([]))
+    .addOption(new Option('--exclude <PATTERN>', 'do not restore entries matching PATTERN (repeatable)').argParser(collect).default([]))
+    .addOption(new Option('--path-base64 <B64>', 'a PATH as base64 bytes (repeatable)').argParser(collect).default([]))
+    .addHelpText(
+      'after',
+      '\nBy default a file that exists in the target with other content is kept, named, and the exit code is 1:\nnothing is replaced unless --overwrite says so.\n\nExample:\n  phoenix restore --at 1h --target ~/restored docs/\n  phoenix restore --target ~/Documents --overwrite if-newer --dry-run',
+    )
+    .action((paths: string[], _o: unknown, c: Command) =>
+      run(import('./restore-command.js').then((m) => m.restoreCommand(paths, { ...c.opts<Omit<import('./restore-command.js').RestoreFlags, 'verbosity'>>(), ...verbosity(c) }))),
+    );
+  base64Option(atOption(withSource(repoCmd('dump', 'write a file to stdout as it was at TIME; a directory as a tar stream'))))
+    .argument('[PATH]', 'a file or directory inside the source (default: all of it)')
+    .addHelpText('after', '\nExample:\n  phoenix dump --at 1h notes/todo.txt > todo.txt\n  phoenix dump docs | tar x -C /tmp/docs')
+    .action((path: string | undefined, _o: unknown, c: Command) => run(browse().then((m) => m.dumpCommand(path, c.opts()))));
   repoCmd('check', 'verify the repository: journals, checkpoints, every chunk reference; --read-data re-hashes every byte')
     .option('--read-data', 'also read every pack and verify every chunk')
-    .action((opts) => run(checkCommand(opts)));
+    .action((_o: unknown, c: Command) => run(repo().then((m) => m.checkCommand(c.opts()))));
 
   try {
     await program.parseAsync(argv);
@@ -95,14 +180,33 @@ export async function main(argv: string[]): Promise<number> {
       return err.exitCode === 0 || err.code === 'commander.helpDisplayed' || err.code === 'commander.version' ? 0 : 2;
     }
     printError(err);
-    return 1;
+    return exitCode(err);
   }
   try {
     return await result;
   } catch (err) {
     printError(err);
-    return err instanceof PhoenixError && (err.code === 'PHX_USAGE' || err.code === 'PHX_CONFIG') ? 2 : 1;
+    return exitCode(err);
   }
+}
+
+/** Usage errors (bad arguments, configuration or URL) exit 2; every other failure 1. */
+function exitCode(err: unknown): number {
+  const code = asPhoenixError(err).code;
+  return code === 'PHX_USAGE' || code === 'PHX_CONFIG' || code === 'PHX_BAD_URL' ? 2 : 1;
+}
+
+/** The options with which every command that opens the repository finds it (README: settings). */
+function settingsOptions(c: Command): Command {
+  return c
+    .option('-r, --repo <URL>', 'repository: a directory, or s3://bucket/prefix (default: $PHOENIX_REPOSITORY, repository: in the configuration, or ~/.local/share/phoenix/repository)')
+    .option('--password-file <FILE>', 'read the password from FILE (default: $PHOENIX_PASSWORD_FILE, password-file: in the configuration; or $PHOENIX_PASSWORD)')
+    .option('--config <FILE>', 'configuration file (default: $PHOENIX_CONFIG, or ~/.config/phoenix/phoenix.yaml when it exists)')
+    .option('--state <DIR>', 'local state directory (default: state: in the configuration, or $XDG_STATE_HOME/phoenix)');
+}
+
+function excludeOption(): Option {
+  return new Option('--exclude <PATTERN>', 'exclude paths matching PATTERN (.gitignore syntax; repeatable)').argParser(collect).default([]);
 }
 
 function collect(value: string, previous: string[]): string[] {

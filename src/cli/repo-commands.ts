@@ -1,27 +1,42 @@
 import { resolve } from 'node:path';
-import { backup, startScan, type BackupOptions } from '../archiver/backup.js';
+import { backup, planBackup, startScan, type BackupOptions } from '../archiver/backup.js';
+import { listAll } from '../backend/backend.js';
 import { openBackend } from '../backend/open.js';
+import { resolveSettings } from '../config/settings.js';
 import { PhoenixError } from '../errors.js';
-import { displayPath, isWithin, rawFromUtf8, rawToBuffer, utf8Of, type RawPath } from '../model/path.js';
+import { displayPath, type RawPath } from '../model/path.js';
 import { checkRepository } from '../repo/check.js';
-import type { FileRecord } from '../repo/format.js';
 import { Repository, type CommitInfo } from '../repo/repository.js';
-import { restore } from '../restore/restore.js';
 import type { StateDb } from '../state/db.js';
-import { openRepo, openState, parseTime, password, pickSource, print, repoUrl, type RepoFlags } from './common.js';
+import { iso, newPassword, warnAboutUrl, openFromFlags, openRepo, openState, pickSource, print, showTime, type RepoFlags } from './common.js';
+import { jsonPath, type Verbosity } from './output.js';
 import { mib } from './format.js';
 
-const iso = (ms: number): string => new Date(ms).toISOString();
-
 export async function initCommand(flags: RepoFlags & { insecureNoEncryption?: boolean }): Promise<void> {
-  const backend = openBackend(repoUrl(flags));
-  const pw = flags.insecureNoEncryption ? undefined : await password(flags, true);
-  const repo = await Repository.init(backend, { ...(pw !== undefined ? { password: pw } : {}), insecureNoEncryption: flags.insecureNoEncryption ?? false });
-  print(flags, { id: repo.config.id, location: backend.location, encryption: repo.config.encryption }, `created repository ${repo.config.id} at ${backend.location} (encryption: ${repo.config.encryption})`);
-  await backend.close();
+  const settings = await resolveSettings(flags);
+  warnAboutUrl(settings.repository);
+  const backend = openBackend(settings.repository);
+  try {
+    const pw = flags.insecureNoEncryption ? undefined : await newPassword(settings);
+    if (!flags.insecureNoEncryption && pw === undefined) {
+      throw new PhoenixError('PHX_NO_PASSWORD', 'a new repository needs a password, and none was given', {
+        hint: 'set PHOENIX_PASSWORD or PHOENIX_PASSWORD_FILE, or run on a terminal to choose one (or --insecure-no-encryption)',
+      });
+    }
+    const repo = await Repository.init(backend, { ...(pw !== undefined ? { password: pw } : {}), insecureNoEncryption: flags.insecureNoEncryption ?? false });
+    print(flags, { id: repo.config.id, location: backend.location, encryption: repo.config.encryption }, `created repository ${repo.config.id} at ${backend.location} (encryption: ${repo.config.encryption})`);
+  } finally {
+    await backend.close();
+  }
 }
 
-export async function backupCommand(source: string, flags: RepoFlags & { exclude: string[]; oneFileSystem?: boolean }): Promise<number> {
+export interface BackupFlags extends RepoFlags, Verbosity {
+  exclude: string[];
+  oneFileSystem?: boolean;
+  dryRun?: boolean;
+}
+
+export async function backupCommand(source: string, flags: BackupFlags): Promise<number> {
   const dir = resolve(source);
   const start = performance.now();
   const filter = { exclude: flags.exclude, oneFileSystem: flags.oneFileSystem ?? false };
@@ -29,168 +44,177 @@ export async function backupCommand(source: string, flags: RepoFlags & { exclude
   const scan = startScan(dir, filter);
   scan.catch(() => {}); // awaited by backup(); an error then is reported there
   const name = flags.source ?? dir;
+  const settings = await resolveSettings(flags);
   // The cache is read while the key is derived, too.
   let db: StateDb | undefined;
   let cache: BackupOptions['cache'];
   let repo: Repository;
   try {
-    repo = await openRepo(flags, (config) => {
-      db = openState(flags, config);
-      cache = { seq: db.seq(name, config.id), files: db.files(name) };
+    repo = await openRepo(settings, {
+      whileDeriving: (config) => {
+        db = openState(settings, config);
+        cache = { seq: db.seq(name, config.id), files: db.files(name) };
+      },
     });
   } catch (err) {
     db?.close();
     throw err;
   }
-  db ??= openState(flags, repo.config);
+  db ??= openState(settings, repo.config);
+  const onProblem = (p: RawPath, m: string): boolean => process.stderr.write(`phoenix: warning: ${displayPath(p)}: ${m}\n`);
   try {
-    const r = await backup(repo, db, dir, name, {
-      ...filter,
-      scan,
-      ...(cache ? { cache } : {}),
-      onProblem: (p, m) => process.stderr.write(`phoenix: warning: ${displayPath(p)}: ${m}\n`),
-    });
+    if (flags.dryRun) {
+      const plan = await planBackup(repo, db, dir, name, { ...filter, scan, onProblem });
+      for (const c of plan.changes) {
+        print(flags, { ...jsonPath(c.path), change: c.change, kind: c.kind, size: c.size }, `${c.change.padEnd(8)} ${c.kind.padEnd(7)} ${displayPath(c.path)}`);
+      }
+      const bytes = plan.changes.reduce((n, c) => n + c.size, 0);
+      if (!flags.json && flags.verbosity > 0) process.stderr.write(`dry run: ${plan.changes.length} entries would be committed, ${mib(bytes)} read (nothing was written)\n`);
+      return plan.problems > 0 ? 1 : 0;
+    }
+    const r = await backup(repo, db, dir, name, { ...filter, scan, ...(cache ? { cache } : {}), onProblem });
     const secs = (performance.now() - start) / 1000;
     const s = r.stats;
     const json = { source: name, seq: r.commit?.seq ?? null, time: r.commit ? iso(r.commit.timeMs) : null, ...s, problems: r.problems, seconds: secs };
     const text = r.commit
       ? `commit ${r.commit.seq} of ${JSON.stringify(name)}: ${s.files} files, ${s.dirs} dirs changed, ${s.deleted} deleted, ${mib(s.bytesUploaded)} uploaded in ${secs.toFixed(2)} s`
       : `no changes in ${JSON.stringify(name)} since the last commit (${secs.toFixed(2)} s)`;
-    print(flags, json, text);
+    if (flags.json || flags.verbosity > 0) print(flags, json, text);
+    if (r.problems > 0 && !flags.json) process.stderr.write(`phoenix: ${r.problems} entries could not be read (named above): they keep their last backed-up version\n`);
     return r.problems > 0 ? 1 : 0;
   } finally {
     db.close();
-    await repo.backend.close();
+    await repo.close();
   }
 }
 
+/** `phoenix log`: the commits of one source, or of every source when the repository holds several. */
 export async function logCommand(flags: RepoFlags): Promise<void> {
-  const repo = await openRepo(flags);
-  const source = await pickSource(repo, flags);
-  for (const info of await repo.commitList(source)) {
-    const c = await repo.readCommit(info);
-    const puts = c.changes.filter((x) => x.op === 'put').length;
-    const dels = c.changes.filter((x) => x.op === 'delete').length;
-    const moves = c.changes.filter((x) => x.op === 'move').length;
-    print(
-      flags,
-      { seq: c.seq, time: iso(c.timeMs), puts, deletes: dels, moves, packs: c.packs.length, bytesUploaded: c.stats.bytesUploaded, bytesTotal: c.stats.bytesTotal },
-      `${String(c.seq).padStart(6)}  ${iso(c.timeMs)}  ${puts} put, ${dels} deleted, ${moves} moved, ${mib(c.stats.bytesUploaded)} uploaded`,
-    );
-  }
-  await repo.backend.close();
-}
-
-/** The seq current at `atMs` (the last commit at or before it), or undefined when there was none yet. */
-function seqAt(commits: CommitInfo[], atMs: number | undefined): number | undefined {
-  if (atMs === undefined) return commits.at(-1)?.seq;
-  let seq: number | undefined;
-  for (const c of commits) if (c.timeMs <= atMs) seq = c.seq;
-  return seq;
-}
-
-async function stateAt(repo: Repository, source: string, at: string | undefined) {
-  const commits = await repo.commitList(source);
-  const atMs = at === undefined ? undefined : parseTime(at);
-  const seq = seqAt(commits, atMs);
-  if (seq === undefined) {
-    throw new PhoenixError('PHX_NOT_IN_REPO', `there is no commit of ${JSON.stringify(source)} at or before ${iso(atMs ?? 0)}`, {
-      hint: commits.length > 0 ? `the first is from ${iso((commits[0] as CommitInfo).timeMs)}` : 'back something up first',
-    });
-  }
-  return repo.loadState(source, seq);
-}
-
-function jsonPath(r: FileRecord): Record<string, unknown> {
-  const s = utf8Of(r.path);
-  const o: Record<string, unknown> = { path: s ?? displayPath(r.path) };
-  if (s === undefined) o.pathBase64 = rawToBuffer(r.path).toString('base64');
-  return o;
-}
-
-export async function lsCommand(path: string | undefined, flags: RepoFlags & { at?: string }): Promise<void> {
-  const repo = await openRepo(flags);
-  const source = await pickSource(repo, flags);
-  const { state, seq } = await stateAt(repo, source, flags.at);
-  const under = path === undefined ? '' : rawFromUtf8(path.replace(/^\/+|\/+$/g, ''));
-  const rows = [...state.values()].filter((r) => isWithin(r.path, under)).sort((a, b) => (a.path < b.path ? -1 : 1));
-  if (under !== '' && rows.length === 0) throw new PhoenixError('PHX_NOT_IN_REPO', `${path} is not in commit ${seq}`);
-  for (const r of rows) {
-    print(
-      flags,
-      { ...jsonPath(r), type: r.type, size: r.size, mode: r.mode, mtime: iso(Number(r.mtimeNs / 1_000_000n)), ...(r.target !== undefined ? { target: displayPath(r.target) } : {}) },
-      `${r.type.padEnd(7)} ${(r.mode & 0o7777).toString(8).padStart(4, '0')} ${String(r.size).padStart(12)} ${iso(Number(r.mtimeNs / 1_000_000n))}  ${displayPath(r.path)}${r.target !== undefined ? ` -> ${displayPath(r.target)}` : ''}`,
-    );
-  }
-  await repo.backend.close();
-}
-
-export async function versionsCommand(path: string, flags: RepoFlags): Promise<void> {
-  const repo = await openRepo(flags);
-  const source = await pickSource(repo, flags);
-  let p: RawPath = rawFromUtf8(path.replace(/^\/+|\/+$/g, ''));
-  // Walk the journal backwards would need the state; forwards, following moves, is simple.
-  const events: Array<Record<string, unknown>> = [];
-  for (const info of await repo.commitList(source)) {
-    const c = await repo.readCommit(info);
-    for (const ch of c.changes) {
-      if (ch.op === 'put' && ch.path === p) events.push({ seq: c.seq, time: iso(c.timeMs), event: 'version', size: ch.size, type: ch.type, mtime: iso(Number(ch.mtimeNs / 1_000_000n)) });
-      else if (ch.op === 'delete' && isWithin(p, ch.path)) events.push({ seq: c.seq, time: iso(c.timeMs), event: 'deleted' });
-      else if (ch.op === 'move' && isWithin(p, ch.from)) {
-        const to = ch.path + p.slice(ch.from.length);
-        events.push({ seq: c.seq, time: iso(c.timeMs), event: 'moved', to: displayPath(to) });
-        p = to;
+  const { repo } = await openFromFlags(flags);
+  try {
+    const all = await repo.sources();
+    const sources = flags.source !== undefined || all.length === 1 ? [await pickSource(repo, flags)] : all;
+    if (sources.length === 0) {
+      if (!flags.json) process.stderr.write('the repository is empty: no commit yet\n');
+      return;
+    }
+    for (const source of sources) {
+      for (const info of await repo.commitList(source)) {
+        const c = await repo.readCommit(info);
+        const count = (op: string): number => c.changes.filter((x) => x.op === op).length;
+        const [puts, deletes, moves] = [count('put'), count('delete'), count('move')];
+        print(
+          flags,
+          { source, seq: c.seq, time: iso(c.timeMs), puts, deletes, moves, packs: c.packs.length, bytesUploaded: c.stats.bytesUploaded, bytesTotal: c.stats.bytesTotal },
+          `${sources.length > 1 ? `${source}  ` : ''}${String(c.seq).padStart(6)}  ${showTime(c.timeMs)}  ${puts} put, ${deletes} deleted, ${moves} moved, ${mib(c.stats.bytesUploaded)} uploaded`,
+        );
       }
     }
+  } finally {
+    await repo.close();
   }
-  if (events.length === 0) throw new PhoenixError('PHX_NOT_IN_REPO', `${path} was never backed up in ${JSON.stringify(source)}`);
-  for (const e of events) {
-    const extra = e.event === 'version' ? `${String(e.size).padStart(12)} bytes  ${String(e.type)}` : e.event === 'moved' ? `moved to ${String(e.to)}` : 'deleted';
-    print(flags, e, `${String(e.seq).padStart(6)}  ${String(e.time)}  ${extra}`);
-  }
-  await repo.backend.close();
 }
 
-export async function restoreCommand(paths: string[], flags: RepoFlags & { target: string; at?: string }): Promise<number> {
-  const repo = await openRepo(flags);
-  const source = await pickSource(repo, flags);
-  const { state, seq } = await stateAt(repo, source, flags.at);
-  const tty = process.stderr.isTTY && !flags.json;
-  let lastDraw = 0;
-  let problems = 0;
-  const r = await restore(repo, state, flags.target, {
-    paths: paths.map((p) => rawFromUtf8(p.replace(/^\/+|\/+$/g, ''))),
-    onProgress: (p) => {
-      if (!tty || performance.now() - lastDraw < 100) return;
-      lastDraw = performance.now();
-      const pct = p.totalBytes > 0 ? Math.floor((100 * p.bytes) / p.totalBytes) : 100;
-      const bar = '#'.repeat(Math.floor(pct / 4)).padEnd(25, '.');
-      process.stderr.write(`\r[${bar}] ${pct}%  ${p.files} files  ${mib(p.bytes)} / ${mib(p.totalBytes)}`);
-    },
-    onProblem: (p, m) => {
-      problems++;
-      process.stderr.write(`phoenix: warning: ${displayPath(p)}: ${m}\n`);
-    },
-  });
-  if (tty) process.stderr.write('\n');
-  print(flags, { seq, ...r }, `restored commit ${seq} to ${flags.target}: ${r.files} files, ${r.dirs} dirs, ${r.symlinks} symlinks, ${mib(r.bytes)}`);
-  await repo.backend.close();
-  return problems > 0 ? 1 : 0;
+/** `phoenix sources`: what the repository holds, a line per source (restic's snapshots, grouped). */
+export async function sourcesCommand(flags: RepoFlags): Promise<void> {
+  const { repo } = await openFromFlags(flags);
+  try {
+    const names = await repo.sources();
+    if (names.length === 0 && !flags.json) process.stderr.write('the repository is empty: no source has been backed up yet\n');
+    for (const name of names) {
+      const infos = await repo.commitList(name);
+      const last = infos.at(-1) as CommitInfo;
+      const commit = await repo.readCommit(last);
+      const { state } = await repo.loadState(name, last.seq);
+      let files = 0;
+      let bytes = 0;
+      for (const r of state.values()) {
+        if (r.type !== 'file') continue;
+        files++;
+        bytes += r.size;
+      }
+      print(
+        flags,
+        { name, path: commit.root ?? null, host: commit.host ?? null, commits: infos.length, lastCommit: { seq: last.seq, time: iso(last.timeMs) }, entries: state.size, files, bytes },
+        `${name}\n  path ${commit.root ?? '(not recorded)'} on ${commit.host ?? '(host not recorded)'}; ${infos.length} commits, the last ${last.seq} at ${showTime(last.timeMs)}; ${files} files, ${mib(bytes)}`,
+      );
+    }
+  } finally {
+    await repo.close();
+  }
 }
+
+/** `phoenix stats`: sizes, counts and deduplication, per source and for the repository. */
+export async function statsCommand(flags: RepoFlags): Promise<void> {
+  const { repo } = await openFromFlags(flags);
+  try {
+    const names = flags.source !== undefined ? [await pickSource(repo, flags)] : await repo.sources();
+    const allChunks = new Map<string, number>();
+    let logical = 0;
+    for (const name of names) {
+      const { state, seq } = await repo.loadState(name);
+      const chunks = new Map<string, number>();
+      let files = 0;
+      let dirs = 0;
+      let bytes = 0;
+      for (const r of state.values()) {
+        if (r.type === 'dir') dirs++;
+        if (r.type !== 'file') continue;
+        files++;
+        bytes += r.size;
+        for (const c of r.chunks) chunks.set(c.id, c.length);
+      }
+      for (const [id, n] of chunks) allChunks.set(id, n);
+      logical += bytes;
+      const stored = sum(chunks.values());
+      const ratio = stored > 0 ? bytes / stored : 1;
+      print(
+        flags,
+        { source: name, seq, files, dirs, entries: state.size, bytes, chunks: chunks.size, chunkBytes: stored, dedupRatio: ratio },
+        `${name} (commit ${seq}): ${files} files, ${dirs} dirs, ${mib(bytes)}; ${chunks.size} distinct chunks, ${mib(stored)} stored: ${ratio.toFixed(2)}× (deduplication and compression)`,
+      );
+    }
+    const objects = async (prefix: string): Promise<{ count: number; bytes: number }> => {
+      const list = await listAll(repo.backend, prefix);
+      return { count: list.length, bytes: sum(list.map((o) => o.size)) };
+    };
+    const [packs, journal, checkpoints] = [await objects('data/'), await objects('journal/'), await objects('checkpoint/')];
+    const unique = sum(allChunks.values());
+    print(
+      flags,
+      { repository: repo.backend.location, sources: names.length, bytes: logical, chunkBytes: unique, dedupRatio: unique > 0 ? logical / unique : 1, packs, journal, checkpoints },
+      `repository ${repo.backend.location}: ${packs.count} packs, ${mib(packs.bytes)} (all versions); journal ${journal.count} objects, ${mib(journal.bytes)}; checkpoints ${checkpoints.count}, ${mib(checkpoints.bytes)}`,
+    );
+  } finally {
+    await repo.close();
+  }
+}
+
+const sum = (xs: Iterable<number>): number => {
+  let n = 0;
+  for (const x of xs) n += x;
+  return n;
+};
 
 /** `phoenix check`: the work is checkRepository's; this prints what it found. */
 export async function checkCommand(flags: RepoFlags & { readData?: boolean }): Promise<number> {
-  const repo = await openRepo(flags);
-  const { errors, packs, chunkRefs, blobsRead } = await checkRepository(repo, { readData: flags.readData ?? false });
-  for (const e of errors) process.stderr.write(`phoenix: error: ${e}\n`);
-  print(
-    flags,
-    { ok: errors.length === 0, errors, packs, chunkRefs, blobsRead },
-    errors.length === 0
-      ? `no errors: ${packs} packs, ${chunkRefs} chunk references${flags.readData ? `, ${blobsRead} blobs read and verified` : ''}`
-      : `${errors.length} errors found`,
-  );
-  await repo.backend.close();
-  return errors.length === 0 ? 0 : 1;
+  const { repo } = await openFromFlags(flags);
+  try {
+    const { errors, packs, chunkRefs, blobsRead, unreferenced } = await checkRepository(repo, { readData: flags.readData ?? false });
+    for (const e of errors) process.stderr.write(`phoenix: error: ${e}\n`);
+    const loose =
+      unreferenced.packs > 0
+        ? `; ${unreferenced.packs} packs (${mib(unreferenced.bytes)}) are named by no commit: left by an upload that was interrupted (or written by a backup running now). They are harmless; \`phoenix prune\` is to remove them (not built yet)`
+        : '';
+    print(
+      flags,
+      { ok: errors.length === 0, errors, packs, chunkRefs, blobsRead, unreferencedPacks: unreferenced.packs, unreferencedBytes: unreferenced.bytes },
+      errors.length === 0
+        ? `no errors: ${packs} packs, ${chunkRefs} chunk references${flags.readData ? `, ${blobsRead} blobs read and verified` : ''}${loose}`
+        : `${errors.length} errors found${loose}`,
+    );
+    return errors.length === 0 ? 0 : 1;
+  } finally {
+    await repo.close();
+  }
 }
-

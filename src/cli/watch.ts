@@ -4,19 +4,21 @@ import { dirname, join } from 'node:path';
 import { pino, type Logger } from 'pino';
 import pretty from 'pino-pretty';
 import { openBackend } from '../backend/open.js';
-import { defaultPasswordFile, defaultRepository, defaultStateDir, loadWatchConfig, type WatchFlags } from '../daemon/config.js';
+import { defaultPasswordFile, resolveSettings, type Settings } from '../config/settings.js';
+import { loadWatchConfig, type WatchFlags } from '../daemon/config.js';
 import { Daemon } from '../daemon/daemon.js';
 import { queryStatus, type Status } from '../daemon/status.js';
 import { PhoenixError } from '../errors.js';
 import { Repository } from '../repo/repository.js';
-import { password } from './common.js';
+import { newPassword, openRepo } from './common.js';
 import { mib } from './format.js';
 
 /** `phoenix watch`: runs until SIGTERM/SIGINT; exit 0 when everything seen was committed. */
 export async function watchCommand(source: string | undefined, flags: WatchFlags): Promise<number> {
-  const config = loadWatchConfig(source, flags);
+  const config = await loadWatchConfig(source, flags);
   const log = createLogger(config.logLevel);
-  const { repo, url } = await openOrCreate(config.repository, config.passwordFile, log);
+  const repo = await openOrCreate(config.settings, log);
+  const url = config.settings.repository;
   let daemon: Daemon;
   try {
     daemon = await Daemon.start(config, repo, url, log);
@@ -50,13 +52,18 @@ export async function watchCommand(source: string | undefined, flags: WatchFlags
     log.error({ timeoutMs: config.shutdownTimeoutMs }, 'stopped with changes still pending (they stay queued and are committed at the next start)');
     return 1;
   }
+  const skipped = daemon.skipped();
+  if (skipped.length > 0) {
+    log.warn({ paths: skipped.slice(0, 20).map((s) => s.path), count: skipped.length }, `stopped; ${skipped.length} entries could not be backed up (they keep their last backed-up version, if any): ${skipped.slice(0, 5).map((s) => `${s.path} (${s.message})`).join(', ')}${skipped.length > 5 ? ', …' : ''}`);
+    return 1;
+  }
   log.info('stopped; everything seen is in the repository');
   return 0;
 }
 
 /** `phoenix status`: asks the running daemon. */
 export async function statusCommand(flags: { state?: string; json?: boolean; config?: string }): Promise<number> {
-  const { stateDir } = loadStatusState(flags);
+  const { stateDir } = await resolveSettings(flags);
   let s: Status;
   try {
     s = await queryStatus(stateDir);
@@ -82,45 +89,33 @@ export async function statusCommand(flags: { state?: string; json?: boolean; con
   return 0;
 }
 
-function loadStatusState(flags: { state?: string; config?: string }): { stateDir: string } {
-  if (flags.state !== undefined) return { stateDir: flags.state };
-  if (flags.config === undefined) return { stateDir: defaultStateDir() };
-  return loadWatchConfig('/', { exclude: [], config: flags.config }); // the file may name the state directory
-}
-
 /**
  * The repository to write to. With none configured, a new user gets one in
  * $XDG_DATA_HOME/phoenix/repository, created on the first run; its password comes from the
- * usual places or, failing those, is generated into $XDG_CONFIG_HOME/phoenix/password.
+ * usual places, is chosen on a terminal, or, failing those, is generated into
+ * $XDG_CONFIG_HOME/phoenix/password.
  */
-async function openOrCreate(configured: string | undefined, passwordFile: string | undefined, log: Logger): Promise<{ repo: Repository; url: string }> {
-  let url = configured;
-  let pwFile = passwordFile;
-  if (url === undefined) {
-    url = defaultRepository();
-    const generated = defaultPasswordFile();
-    if (pwFile === undefined && process.env.PHOENIX_PASSWORD === undefined && existsSync(generated)) pwFile = generated;
-    if (!existsSync(join(url, 'config'))) {
-      let pw = await password(pwFile === undefined ? {} : { passwordFile: pwFile }, true);
-      if (pw === undefined) {
-        pw = randomBytes(24).toString('base64url');
-        mkdirSync(dirname(generated), { recursive: true, mode: 0o700 });
-        writeFileSync(generated, `${pw}\n`, { mode: 0o600, flag: 'wx' });
-        pwFile = generated;
-        log.warn({ passwordFile: generated }, 'generated a password for the new repository: keep a copy of this file somewhere else, without it the backup cannot be read');
-      }
-      await Repository.init(openBackend(url), { password: pw });
-      log.info({ repository: url }, 'created a repository (no --repo given)');
+async function openOrCreate(settings: Settings, log: Logger): Promise<Repository> {
+  let pw: string | undefined;
+  if (settings.repositoryIsDefault && !existsSync(join(settings.repository, 'config'))) {
+    pw = await newPassword(settings);
+    if (pw === undefined) {
+      const generated = defaultPasswordFile();
+      pw = randomBytes(24).toString('base64url');
+      mkdirSync(dirname(generated), { recursive: true, mode: 0o700 });
+      writeFileSync(generated, `${pw}\n`, { mode: 0o600, flag: 'wx' });
+      settings.passwordFile = generated;
+      log.warn({ passwordFile: generated }, 'generated a password for the new repository: keep a copy of this file somewhere else, without it the backup cannot be read');
     }
+    await Repository.init(openBackend(settings.repository), { password: pw });
+    log.info({ repository: settings.repository }, 'created a repository (no --repo given): every phoenix command finds it there');
   }
-  const flags = pwFile === undefined ? {} : { passwordFile: pwFile };
-  const repo = await Repository.open(openBackend(url, { retry: { attempts: 4, maxDelayMs: 5000 } }), () => password(flags));
-  return { repo, url };
+  return openRepo(settings, { backend: { retry: { attempts: 4, maxDelayMs: 5000 } }, ...(pw !== undefined ? { password: pw } : {}) });
 }
 
 /** JSON lines on stderr; readable lines when stderr is a terminal. */
 function createLogger(level: string): Logger {
-  if (process.stderr.isTTY) return pino({ level }, pretty({ destination: 2, sync: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname' }));
+  if (process.stderr.isTTY) return pino({ level }, pretty({ destination: 2, sync: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname', singleLine: true }));
   return pino({ level, base: { pid: process.pid } }, pino.destination({ dest: 2, sync: true }));
 }
 

@@ -3,10 +3,10 @@ import { CommitBuilder, unchanged } from '../archiver/commit.js';
 import { syncCache } from '../archiver/backup.js';
 import type { SealPool } from '../archiver/seal-pool.js';
 import { isTransient } from '../backend/backend.js';
-import { PhoenixError } from '../errors.js';
+import { messageOf, PhoenixError } from '../errors.js';
 import type { Change } from '../model/change.js';
 import { Filter } from '../model/filter.js';
-import { displayPath, parentOf, toFsPath, type RawPath } from '../model/path.js';
+import { displayPath, isWithin, parentOf, toFsPath, type RawPath } from '../model/path.js';
 import { mapLimited, type Lease, type Repository } from '../repo/repository.js';
 import { lstatEntry } from '../scanner/stat.js';
 import type { CachedFile, QueuedChange, StateDb } from '../state/db.js';
@@ -90,6 +90,12 @@ export class SourceRunner {
   #checkpoint = { seq: 0, timeMs: 0, writing: Promise.resolve() };
   lastCommit: { seq: number; timeMs: number } | undefined;
   overflows = 0;
+  /** Commits fail (the store is unreachable, the disk is full): since when, why, the next try. */
+  failing: { sinceMs: number; error: string; retryAtMs: number; attempts: number } | undefined;
+  /** Paths that could not be backed up, until a later commit has them. */
+  readonly #skipped = new Map<RawPath, string>();
+  /** The start-up backlog (what changed while Phoenix was not running), until it is committed. */
+  #backlog: { changes: number; startMs: number } | undefined;
 
   constructor(readonly config: SourceConfig, repo: Repository, db: StateDb, pool: SealPool, events: SourceEvents, opts: SourceOptions) {
     this.#repo = repo;
@@ -112,6 +118,11 @@ export class SourceRunner {
 
   get seq(): number {
     return this.#seq;
+  }
+
+  /** What could not be backed up (and no later commit has), with why. */
+  skipped(): Array<{ path: RawPath; message: string }> {
+    return [...this.#skipped].map(([path, message]) => ({ path, message }));
   }
 
   /**
@@ -167,6 +178,7 @@ export class SourceRunner {
       differ++;
     }
     this.#events.info('reconciled with the last commit', { entries: tree.size, changed: differ, seq: this.#seq });
+    if (this.pending.size > 0) this.#backlog = { changes: this.pending.size, startMs: now };
     if (this.#state === 'scanning') this.#state = 'watching';
     this.#schedule();
   }
@@ -280,11 +292,18 @@ export class SourceRunner {
     this.#flushQueue();
     const maxRow = this.#lastRow;
     const batch = this.pending.take(Date.now(), all, this.#opts.maxBatch);
+    const name = this.config.name;
+    // Rows up to maxRow leave the queue once committed; what is still pending gets a row again.
+    const trimQueue = (): void => {
+      this.#db.trimQueue(name, maxRow);
+      const keep = this.pending.requeue(maxRow, () => this.#db.nextQueueId());
+      this.#db.enqueue(keep.map((k) => ({ id: k.row, source: name, op: k.replaced ? 'removed' : 'path', path: k.path, timeMs: k.firstMs, open: k.open })));
+    };
     if (batch.moves.length === 0 && batch.paths.length === 0) {
       this.pending.done(true);
+      this.#db.atomically(trimQueue);
       return;
     }
-    const name = this.config.name;
     const root = this.#watcherRoot();
     try {
       if (this.#verify) {
@@ -301,7 +320,11 @@ export class SourceRunner {
         this.#verify = false;
       }
       const builder = new CommitBuilder(this.#repo, this.#db, this.#pool, name, this.#known, {
-        onProblem: (p, m) => this.#events.problem(displayPath(p), m),
+        root: this.config.path,
+        onProblem: (p, m) => {
+          this.#skipped.set(p, m);
+          this.#events.problem(displayPath(p), m);
+        },
         onBytes: (n) => this.#events.bytesRead(n),
       });
       this.#events.trace?.('take', { moves: batch.moves, paths: batch.paths });
@@ -353,16 +376,25 @@ export class SourceRunner {
         }
       }
       builder.sortPuts(compareRaw);
-      const done = await builder.commit(this.#seq + 1, () => {
-        this.#db.trimQueue(name, maxRow);
-        // What stays pending and was only in the rows just dropped gets a row again.
-        const keep = this.pending.requeue(maxRow, () => this.#db.nextQueueId());
-        this.#db.enqueue(keep.map((k) => ({ id: k.row, source: name, op: k.replaced ? 'removed' : 'path', path: k.path, timeMs: k.firstMs, open: k.open })));
-      });
+      const done = await builder.commit(this.#seq + 1, trimQueue);
       builder.applyTo(this.#known);
       this.pending.done(true);
       this.#backoffMs = 0;
       this.#retryAt = 0;
+      if (this.failing !== undefined) {
+        this.#events.info(`commits succeed again after ${((Date.now() - this.failing.sinceMs) / 1000).toFixed(1)} s of failures`, { attempts: this.failing.attempts });
+        this.failing = undefined;
+      }
+      if (done !== undefined && this.#skipped.size > 0) {
+        for (const ch of done.commit.changes) {
+          if (ch.op === 'put') this.#skipped.delete(ch.path);
+          else for (const p of this.#skipped.keys()) if (isWithin(p, ch.op === 'move' ? ch.from : ch.path)) this.#skipped.delete(p);
+        }
+      }
+      if (this.#backlog !== undefined && this.pending.size === 0) {
+        this.#events.info(`start-up backlog done: ${this.#backlog.changes} changes committed in ${((Date.now() - this.#backlog.startMs) / 1000).toFixed(1)} s`);
+        this.#backlog = undefined;
+      }
       if (done !== undefined) {
         this.#seq = done.commit.seq;
         this.lastCommit = { seq: done.commit.seq, timeMs: done.commit.timeMs };
@@ -387,7 +419,9 @@ export class SourceRunner {
       this.#backoffMs = Math.min(this.#opts.maxBackoffMs, Math.max(1000, this.#backoffMs * 2));
       this.#retryAt = Date.now() + this.#backoffMs;
       const transient = isTransient(err);
-      this.#events.problem(undefined, `commit failed${transient ? ' (the store is unreachable)' : ''}: ${(err as Error).message}; retrying in ${Math.round(this.#backoffMs / 1000)} s`);
+      const error = `${transient ? 'the store is unreachable: ' : ''}${messageOf(err)}`;
+      this.failing = { sinceMs: this.failing?.sinceMs ?? Date.now(), error, retryAtMs: this.#retryAt, attempts: (this.failing?.attempts ?? 0) + 1 };
+      this.#events.problem(undefined, `commit failed (${error}); retrying in ${Math.round(this.#backoffMs / 1000)} s`);
     }
   }
 

@@ -18,6 +18,8 @@ export interface Status {
   uploaded: { bytes: number; files: number; commits: number };
   /** Recent problems, newest last. */
   errors: Array<{ time: string; path: string | null; message: string }>;
+  /** Commits are failing (of any source): since when, why, and the next try; null when they succeed. */
+  failing: Failing | null;
   sources: Array<{
     name: string;
     path: string;
@@ -26,7 +28,15 @@ export interface Status {
     oldestPendingMs: number;
     lastCommit: { seq: number; time: string } | null;
     overflows: number;
+    failing: Failing | null;
   }>;
+}
+
+export interface Failing {
+  since: string;
+  error: string;
+  retryAt: string;
+  attempts: number;
 }
 
 export const socketPath = (stateDir: string): string => join(stateDir, 'phoenix.sock');

@@ -7,9 +7,12 @@ import { checkContiguous, mapLimited, type Repository } from './repository.js';
 
 export interface CheckResult {
   errors: string[];
+  /** Packs in the store (a listing). */
   packs: number;
   chunkRefs: number;
   blobsRead: number;
+  /** Packs no commit names (left by an upload that was interrupted, or by a backup running now), and their bytes. */
+  unreferenced: { packs: number; bytes: number };
 }
 
 /**
@@ -39,6 +42,7 @@ export async function checkRepository(repo: Repository, opts: { readData?: boole
   };
 
   let chunkRefs = 0;
+  const named = new Set<string>();
   for (const source of await repo.sources()) {
     try {
       const infos = await repo.commitList(source);
@@ -48,6 +52,7 @@ export async function checkRepository(repo: Repository, opts: { readData?: boole
         return undefined;
       };
       const commits = await mapLimited(infos, 8, (c) => repo.readCommit(c).catch(failed));
+      for (const c of commits) for (const p of c?.packs ?? []) named.add(p);
       const checkpoints = new Map<number, TreeState | undefined>();
       for (const seq of await repo.checkpointSeqs(source)) checkpoints.set(seq, await repo.readCheckpoint(source, seq).catch(failed));
       // The tree from the journal alone, as far as the journal is readable.
@@ -74,8 +79,15 @@ export async function checkRepository(repo: Repository, opts: { readData?: boole
   }
 
   let blobsRead = 0;
+  const listed = await listAll(repo.backend, 'data/');
+  const unreferenced = { packs: 0, bytes: 0 };
+  for (const o of listed) {
+    if (named.has(o.key.split('/').pop() as string)) continue;
+    unreferenced.packs++;
+    unreferenced.bytes += o.size;
+  }
   if (opts.readData) {
-    for (const o of await listAll(repo.backend, 'data/')) {
+    for (const o of listed) {
       const pack = o.key.split('/').pop() as string;
       const bytes = await repo.backend.get(o.key);
       // Named by its trailer's hash (packs of builds before 2026-11-24: by all their bytes).
@@ -101,7 +113,7 @@ export async function checkRepository(repo: Repository, opts: { readData?: boole
       }
     }
   }
-  return { errors, packs: headers.size, chunkRefs, blobsRead };
+  return { errors, packs: listed.length, chunkRefs, blobsRead, unreferenced };
 }
 
 function sameTree(a: TreeState, b: TreeState): boolean {

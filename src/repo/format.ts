@@ -45,6 +45,9 @@ export interface Commit {
   packs: string[];
   changes: JournalChange[];
   stats: CommitStats;
+  /** The host that wrote it and the directory it backed up (commits of builds before 2026-12 have neither). */
+  host?: string;
+  root?: string;
 }
 
 // ---- keys ----------------------------------------------------------------------------------
@@ -113,12 +116,15 @@ export function decodeChange(o: Json): JournalChange {
 }
 
 export function encodeCommit(c: Commit): Json {
-  return { v: 1, source: c.source, seq: c.seq, time: c.timeMs, packs: c.packs, stats: c.stats, changes: c.changes.map(encodeChange) };
+  const o: Json = { v: 1, source: c.source, seq: c.seq, time: c.timeMs, packs: c.packs, stats: c.stats, changes: c.changes.map(encodeChange) };
+  if (c.host !== undefined) o.host = c.host;
+  if (c.root !== undefined) o.root = c.root;
+  return o;
 }
 
 export function decodeCommit(o: Json): Commit {
   if (o.v !== 1) throw new Error(`unsupported commit version ${String(o.v)}`);
-  return {
+  const c: Commit = {
     source: String(o.source),
     seq: Number(o.seq),
     timeMs: Number(o.time),
@@ -126,6 +132,9 @@ export function decodeCommit(o: Json): Commit {
     stats: o.stats as CommitStats,
     changes: (o.changes as Json[]).map(decodeChange),
   };
+  if (typeof o.host === 'string') c.host = o.host;
+  if (typeof o.root === 'string') c.root = o.root;
+  return c;
 }
 
 // ---- applying changes to a tree state --------------------------------------------------------

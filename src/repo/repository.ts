@@ -115,6 +115,11 @@ export class Repository {
     return new Repository(backend, config, Keys.fromMaster(master));
   }
 
+  /** Closes the backend (its connections). */
+  async close(): Promise<void> {
+    await this.backend.close();
+  }
+
   // ---- sealed JSON objects ---------------------------------------------------------------
 
   async #putJson(key: string, value: unknown, createOnly = false): Promise<number> {

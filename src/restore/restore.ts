@@ -5,6 +5,7 @@ import type { FileRecord, TreeState } from '../repo/format.js';
 import { chunkWhat } from '../repo/pack.js';
 import { mapLimited, type Repository } from '../repo/repository.js';
 import { ChunkFetcher, type FetchLimits } from './fetch.js';
+import { planRestore, type Action, type Overwrite, type RestorePlan } from './plan.js';
 import { nsToSeconds, WritePool } from './write-pool.js';
 
 export interface RestoreOptions {
@@ -12,6 +13,14 @@ export interface RestoreOptions {
   paths?: RawPath[];
   onProgress?: (p: { files: number; bytes: number; totalBytes: number }) => void;
   onProblem?: (path: RawPath, message: string) => void;
+  /** Which entries to restore, below the paths (--include/--exclude); all when absent. */
+  wanted?: (p: RawPath, isDir: boolean) => boolean;
+  /** What to do where the target already has something else (default: never replace it). */
+  overwrite?: Overwrite;
+  /** Remove what the target has below the restored paths and the backup does not. */
+  delete?: boolean;
+  /** Plan only: nothing is written; the plan says what would be. */
+  dryRun?: boolean;
   /** How chunks are read (tests make the windows tiny). */
   fetch?: FetchLimits;
 }
@@ -24,6 +33,16 @@ export interface RestoreResult {
   skipped: number;
   /** Requests made to the repository for chunks (nearby chunks come in one). */
   reads: number;
+  /** Entries the target had already, with the same content (only their metadata was set). */
+  unchanged: number;
+  /** Entries the target had with other content, replaced (--overwrite). */
+  replaced: number;
+  /** Entries the target had with other content and still has, kept by the overwrite mode. */
+  kept: RawPath[];
+  /** Entries removed from the target (--delete). */
+  deleted: RawPath[];
+  /** What would be (or was) done, per entry. */
+  plan: RestorePlan;
 }
 
 /**
@@ -34,7 +53,8 @@ export interface RestoreResult {
  */
 export async function restore(repo: Repository, state: TreeState, target: string, opts: RestoreOptions = {}): Promise<RestoreResult> {
   const wanted = opts.paths ?? [];
-  const selected = [...state.values()].filter((r) => wanted.length === 0 || wanted.some((w) => isWithin(r.path, w)));
+  const include = opts.wanted ?? ((): boolean => true);
+  const selected = [...state.values()].filter((r) => (wanted.length === 0 || wanted.some((w) => isWithin(r.path, w))) && include(r.path, r.type === 'dir'));
   if (wanted.length > 0) {
     for (const w of wanted) {
       if (!selected.some((r) => isWithin(r.path, w))) {
@@ -44,13 +64,35 @@ export async function restore(repo: Repository, state: TreeState, target: string
   }
   for (const r of selected) checkPath(r.path);
   selected.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
-  // Parents of selected paths that are themselves not selected still have to exist.
-  await fs.mkdir(target, { recursive: true });
-  const root = rawFromUtf8(await fs.realpath(target));
+  const st = await fs.stat(target).catch(() => undefined);
+  if (st !== undefined && !st.isDirectory()) {
+    throw new PhoenixError('PHX_USAGE', `the target ${target} exists and is not a directory`, { hint: 'give --target a directory (it is created if missing)' });
+  }
+  if (!opts.dryRun) await fs.mkdir(target, { recursive: true });
+  const root = st === undefined && opts.dryRun ? rawFromUtf8(target) : rawFromUtf8(await fs.realpath(target));
+  const plan = await planRestore(root, selected, {
+    overwrite: opts.overwrite ?? 'never',
+    delete: opts.delete ?? false,
+    keys: repo.keys,
+    scopes: wanted.length > 0 ? wanted : [''],
+    wanted: include,
+  });
+  const actionOf = (p: RawPath): Action => plan.actions.get(p) ?? 'new';
+  const kept = selected.filter((r) => actionOf(r.path) === 'keep' && !selected.some((o) => o !== r && actionOf(o.path) === 'keep' && r.path.startsWith(`${o.path}/`))).map((r) => r.path);
+  const result: RestoreResult = {
+    files: 0, dirs: 0, symlinks: 0, bytes: 0, skipped: 0, reads: 0,
+    unchanged: 0, replaced: 0, kept, deleted: plan.deletes, plan,
+  };
+  for (const a of plan.actions.values()) {
+    if (a === 'same') result.unchanged++;
+    else if (a === 'replace') result.replaced++;
+  }
+  if (opts.dryRun) return result;
   const abs = (p: RawPath): Buffer => rawToBuffer(`${root}/${p}`);
-  const result: RestoreResult = { files: 0, dirs: 0, symlinks: 0, bytes: 0, skipped: 0, reads: 0 };
-  const totalBytes = selected.reduce((n, r) => n + (r.type === 'file' ? r.size : 0), 0);
+  const totalBytes = selected.reduce((n, r) => n + (r.type === 'file' && actionOf(r.path) !== 'keep' ? r.size : 0), 0);
   const dirsMade = new Set<RawPath>(['']);
+  // What the target has in place of an entry that is replaced goes first (a directory with all below).
+  for (const r of selected) if (actionOf(r.path) === 'replace') await fs.rm(abs(r.path), { recursive: true, force: true });
 
   /** Makes `p` a real directory (never a symlink to one), creating it when missing. */
   const realDir = async (p: RawPath, mode?: number): Promise<void> => {
@@ -80,20 +122,29 @@ export async function restore(repo: Repository, state: TreeState, target: string
     }
   };
 
+  const todo = selected.filter((r) => actionOf(r.path) !== 'keep');
   // Directories first, in order.
-  for (const r of selected) {
+  for (const r of todo) {
     if (r.type !== 'dir') continue;
     await ensureParents(r.path);
     await realDir(r.path, 0o700); // its own mode is set last, once its contents are written
     result.dirs++;
   }
-  await mapLimited(selected.filter((r) => r.type !== 'dir' && r.type !== 'file'), 8, restoreOther);
+  await mapLimited(todo.filter((r) => r.type !== 'dir' && r.type !== 'file'), 8, restoreOther);
 
   // Files in the order of their first chunk in the repository, so that reads run through each
   // pack once; chunks are opened, verified and written on worker threads.
   const firstChunk = (r: FileRecord): string => (r.chunks[0] ? `${r.chunks[0].pack}:${String(r.chunks[0].offset).padStart(16, '0')}` : '');
-  const files = selected
-    .filter((r) => r.type === 'file')
+  // A file with the same content gets its metadata only.
+  for (const r of todo) {
+    if (r.type !== 'file' || actionOf(r.path) !== 'same') continue;
+    await fs.chmod(abs(r.path), r.mode & 0o7777);
+    await fs.utimes(abs(r.path), nsToSeconds(r.mtimeNs), nsToSeconds(r.mtimeNs));
+    await chown(abs(r.path), r);
+    result.files++;
+  }
+  const files = todo
+    .filter((r) => r.type === 'file' && actionOf(r.path) !== 'same')
     .map((r) => [firstChunk(r), r] as const)
     .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
     .map(([, r]) => r);
@@ -128,8 +179,9 @@ export async function restore(repo: Repository, state: TreeState, target: string
     result.reads = fetcher.requests;
     await pool.close();
   }
+  for (const p of plan.deletes) await fs.rm(abs(p), { recursive: true, force: true });
   // Directory metadata last, deepest first, so writing their contents does not change it.
-  for (const r of [...selected].reverse()) {
+  for (const r of [...todo].reverse()) {
     if (r.type !== 'dir') continue;
     await fs.chmod(abs(r.path), r.mode & 0o7777);
     await fs.utimes(abs(r.path), nsToSeconds(r.mtimeNs), nsToSeconds(r.mtimeNs));

@@ -193,6 +193,11 @@ export class StateDb {
     });
   }
 
+  /** Runs `fn` in one transaction. */
+  atomically(fn: () => void): void {
+    this.#db.transaction(fn)();
+  }
+
   close(): void {
     this.#db.close();
   }

@@ -1,5 +1,5 @@
 import { readFileSync, realpathSync } from 'node:fs';
-import { PhoenixError } from '../errors.js';
+import { PhoenixError, errnoHint } from '../errors.js';
 import type { Change, RescanReason } from '../model/change.js';
 import type { Entry, Kind } from '../model/entry.js';
 import { Filter, type FilterOptions } from '../model/filter.js';
@@ -64,6 +64,8 @@ export class Watcher {
   readonly #wdToPath = new Map<number, RawPath>();
   readonly #pathToWd = new Map<RawPath, number>();
   readonly #unwatched = new Set<RawPath>();
+  /** A watch was refused because fs.inotify.max_user_watches was reached. */
+  #overLimit = false;
   #queue: Job[] = [];
   #head = 0;
   #running = false;
@@ -479,7 +481,8 @@ export class Watcher {
     }
     if (rc === 'ENOENT' || rc === 'ENOTDIR') return; // vanished or replaced: its parent's events say so
     this.#unwatched.add(rel);
-    if (rc !== 'ENOSPC') this.#warn(rc, `cannot watch ${displayPath(rel) || '.'}: ${rc}; it is rescanned periodically instead`);
+    if (rc === 'ENOSPC') this.#overLimit = true;
+    else this.#warn(rc, `cannot watch ${displayPath(rel) || '.'}: ${rc === 'EACCES' ? 'permission denied (EACCES)' : rc}; it is rescanned periodically instead`);
   }
 
   #forgetWatch(wd: number): void {
@@ -561,11 +564,12 @@ export class Watcher {
   }
 
   #warn(code: string, message: string): void {
-    this.#opts.onWarning?.(new PhoenixError('PHX_IO', message, { hint: code }));
+    this.#opts.onWarning?.(new PhoenixError('PHX_IO', message, { hint: errnoHint(code) ?? `the system said ${code}` }));
   }
 
   #warnWatchLimit(): void {
-    if (this.#unwatched.size === 0 || this.#limitWarned) return;
+    // Only a watch refused for the limit (ENOSPC) is about the limit: EACCES and others are said where they happen.
+    if (!this.#overLimit || this.#unwatched.size === 0 || this.#limitWarned) return;
     this.#limitWarned = true;
     const limit = readLimit('max_user_watches');
     let dirs = 1;
