@@ -237,9 +237,14 @@ describe('phoenix watch: end to end (real processes, real inotify)', () => {
       assert.ok(down.pending > 0, `changes wait while the store is down: ${JSON.stringify(down)}`);
       assert.ok(down.oldestPendingMs >= 1000, `the exposure grows: ${down.oldestPendingMs}`);
       assert.ok(down.errors.some((e) => /commit failed/.test(e.message)), JSON.stringify(down.errors));
+      // Status says that commits fail, since when and why (its state alone said "watching").
+      assert.ok(down.failing !== null && down.failing.attempts >= 1 && Date.parse(down.failing.since) > 0, JSON.stringify(down.failing));
+      assert.match(down.failing.error, /unreachable/);
       await server.resume();
       await w.run(100);
       await d.sync(s.src);
+      assert.equal((await d.status()).failing, null);
+      assert.match(d.stderr, /commits succeed again after/);
       const snap = snapshot(s.src, isExcluded);
       assert.equal(await d.stop(), 0, d.stderr.slice(-3000));
       assertRestores(url, s.src, s.restoreDir('latest'), snap);
@@ -280,6 +285,10 @@ describe('phoenix watch: end to end (real processes, real inotify)', () => {
     const ls = spawnSync(process.execPath, [PHOENIX, 'ls', '--repo', repo, '--password-file', pwFile, '--json'], { env, encoding: 'utf8' });
     assert.equal(ls.status, 0, ls.stderr);
     assert.deepEqual(ls.stdout.trim().split('\n').map((l) => (JSON.parse(l) as { path: string }).path), ['letter.txt']);
+    // Every command finds what watch created, with no --repo and no password given.
+    const log = spawnSync(process.execPath, [PHOENIX, 'log', '--json'], { env, encoding: 'utf8' });
+    assert.equal(log.status, 0, log.stderr);
+    assert.equal((JSON.parse(log.stdout.trim().split('\n')[0] ?? '{}') as { seq: number }).seq, 1);
     writeFileSync(join(src, 'letter.txt'), 'dear diary, again');
     await run(); // the second run finds the repository and its password by itself
   });

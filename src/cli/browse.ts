@@ -20,6 +20,9 @@ export interface PathFlags extends RepoFlags {
 
 const mtimeMs = (r: FileRecord): number => Number(r.mtimeNs / 1_000_000n);
 
+/** --at, read before the repository is opened (a usage error is said at once). */
+export const atOf = (flags: { at?: string | undefined }): number | undefined => (flags.at === undefined ? undefined : parseTime(flags.at));
+
 /** Opens the repository, picks the source and closes the repository after `fn`. */
 async function withSource<T>(flags: RepoFlags, fn: (repo: Repository, source: string) => Promise<T>): Promise<T> {
   const { repo } = await openFromFlags(flags);
@@ -31,8 +34,9 @@ async function withSource<T>(flags: RepoFlags, fn: (repo: Repository, source: st
 }
 
 export async function lsCommand(path: string | undefined, flags: PathFlags): Promise<void> {
+  const at = atOf(flags);
   await withSource(flags, async (repo, source) => {
-    const { state, seq } = await stateAt(repo, source, flags.at === undefined ? undefined : parseTime(flags.at));
+    const { state, seq } = await stateAt(repo, source, at);
     const under = sourcePath(path, flags.pathBase64);
     const rows = [...state.values()].filter((r) => isWithin(r.path, under)).sort((a, b) => (a.path < b.path ? -1 : 1));
     if (under !== '' && rows.length === 0) {
@@ -90,14 +94,12 @@ function shellWord(s: string): string {
  * slash matches names (`*.pdf`), one with a slash whole paths (`docs/**\/*.pdf`).
  */
 export async function findCommand(pattern: string, flags: RepoFlags & { from?: string; to?: string }): Promise<number> {
+  const range = { fromMs: flags.from === undefined ? undefined : parseTime(flags.from), toMs: flags.to === undefined ? undefined : parseTime(flags.to) };
   return withSource(flags, async (repo, source) => {
     const raw = sourcePath(pattern);
     const isMatch = picomatch(raw, { dot: true });
     const byName = !raw.includes('/');
-    const spans = await findNames(repo, source, (p) => isMatch(byName ? baseName(p) : p), {
-      fromMs: flags.from === undefined ? undefined : parseTime(flags.from),
-      toMs: flags.to === undefined ? undefined : parseTime(flags.to),
-    });
+    const spans = await findNames(repo, source, (p) => isMatch(byName ? baseName(p) : p), range);
     for (const s of spans) {
       const until = s.toMs === undefined ? 'still there' : `until ${showTime(s.toMs)}`;
       print(
@@ -113,10 +115,10 @@ export async function findCommand(pattern: string, flags: RepoFlags & { from?: s
 
 /** `phoenix diff T1 T2 [PATH]`: what changed between two instants. */
 export async function diffCommand(t1: string, t2: string, path: string | undefined, flags: PathFlags): Promise<void> {
+  const [a, b] = [parseTime(t1), parseTime(t2)];
+  if (a > b) throw new PhoenixError('PHX_USAGE', `${t1} is later than ${t2}`, { hint: 'give the earlier instant first' });
   await withSource(flags, async (repo, source) => {
     const commits = await repo.commitList(source);
-    const [a, b] = [parseTime(t1), parseTime(t2)];
-    if (a > b) throw new PhoenixError('PHX_USAGE', `${t1} is later than ${t2}`, { hint: 'give the earlier instant first' });
     const seq1 = seqAt(commits, a) ?? 0;
     const seq2 = seqAt(commits, b) ?? 0;
     const entries = seq1 === seq2 ? [] : await treeDiff(repo, source, seq1, seq2, sourcePath(path, flags.pathBase64));
@@ -135,8 +137,9 @@ export async function diffCommand(t1: string, t2: string, path: string | undefin
  * tar stream, names as their exact bytes.
  */
 export async function dumpCommand(path: string | undefined, flags: PathFlags): Promise<void> {
+  const at = atOf(flags);
   await withSource(flags, async (repo, source) => {
-    const { state, seq } = await stateAt(repo, source, flags.at === undefined ? undefined : parseTime(flags.at));
+    const { state, seq } = await stateAt(repo, source, at);
     const p = sourcePath(path, flags.pathBase64);
     const top = state.get(p);
     if (p !== '' && top === undefined) throw new PhoenixError('PHX_NOT_IN_REPO', `${displayPath(p)} is not in commit ${seq}`, { hint: 'phoenix ls lists what there is' });

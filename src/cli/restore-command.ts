@@ -4,8 +4,8 @@ import { displayPath, type RawPath } from '../model/path.js';
 import { stateAt } from '../repo/history.js';
 import type { Overwrite } from '../restore/plan.js';
 import { restore } from '../restore/restore.js';
-import { parseTime } from '../util/duration.js';
 import { sourcePath } from './args.js';
+import { atOf } from './browse.js';
 import { openFromFlags, pickSource, print, type RepoFlags } from './common.js';
 import { mib } from './format.js';
 import { jsonPath, type Verbosity } from './output.js';
@@ -22,10 +22,11 @@ export interface RestoreFlags extends RepoFlags, Verbosity {
 }
 
 export async function restoreCommand(paths: string[], flags: RestoreFlags): Promise<number> {
+  const at = atOf(flags);
   const { repo } = await openFromFlags(flags);
   try {
     const source = await pickSource(repo, flags);
-    const { state, seq } = await stateAt(repo, source, flags.at === undefined ? undefined : parseTime(flags.at));
+    const { state, seq } = await stateAt(repo, source, at);
     const selected = [...paths.map((p) => sourcePath(p)), ...flags.pathBase64.map((b) => sourcePath(undefined, b))];
     const wanted = selection(flags.include, flags.exclude);
     const tty = process.stderr.isTTY && !flags.json && flags.verbosity > 0 && !flags.dryRun;

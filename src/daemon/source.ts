@@ -296,7 +296,7 @@ export class SourceRunner {
     // Rows up to maxRow leave the queue once committed; what is still pending gets a row again.
     const trimQueue = (): void => {
       this.#db.trimQueue(name, maxRow);
-      const keep = this.pending.requeue(maxRow, () => this.#db.nextQueueId());
+      const keep = this.pending.requeue(maxRow, () => (this.#lastRow = this.#db.nextQueueId()));
       this.#db.enqueue(keep.map((k) => ({ id: k.row, source: name, op: k.replaced ? 'removed' : 'path', path: k.path, timeMs: k.firstMs, open: k.open })));
     };
     if (batch.moves.length === 0 && batch.paths.length === 0) {
