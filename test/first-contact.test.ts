@@ -6,7 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { after, describe, it } from 'node:test';
 import { queryStatus } from '../src/daemon/status.js';
-import { PHOENIX, tempDir } from './helpers.js';
+import { PHOENIX, readableAs, tempDir } from './helpers.js';
 import { DaemonProcess, PASSWORD } from './daemon-helpers.js';
 
 /** The checkout this test runs from. */
@@ -78,8 +78,7 @@ describe('first contact: README run command', () => {
     const built = statSync(addon).mtimeMs;
     const users: Array<number | undefined> = [undefined];
     if (process.getuid?.() === 0) {
-      const probe = spawnSync(process.execPath, ['-e', `require('fs').accessSync(${JSON.stringify(addon)}); require('fs').accessSync(${JSON.stringify(PHOENIX)})`], { uid: 65534, gid: 65534 });
-      if (probe.status === 0) users.push(65534);
+      if (readableAs(65534, addon, PHOENIX)) users.push(65534);
       else t.diagnostic('the checkout is not readable by uid 65534 (it lies below a private directory): the run command is tried as root only');
     }
     for (const uid of users) {
@@ -399,8 +398,7 @@ describe('first contact: honest reports', () => {
 
   it('an unreadable directory is reported as EACCES, not as the watch limit; unreadable files make the stop exit 1', async (t) => {
     if (process.getuid?.() !== 0) return t.skip('needs root, to run the daemon as another user');
-    const probe = spawnSync(process.execPath, ['-e', `require('fs').accessSync(${JSON.stringify(PHOENIX)})`], { uid: 65534, gid: 65534 });
-    if (probe.status !== 0) return t.skip('the checkout is not readable by uid 65534 (it lies below a private directory)');
+    if (!readableAs(65534, PHOENIX, addon)) return t.skip('the checkout is not readable by uid 65534 (it lies below a private directory)');
     const work = tempDir('phx-eacces-');
     after(work.cleanup);
     const src = join(work.path, 'src');

@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { lstatSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -184,4 +184,13 @@ export function snapshot(root: string, skip: (rel: string) => boolean = () => fa
   };
   walk(Buffer.from(root), '');
   return out;
+}
+
+/**
+ * True when user `uid` can read every one of `paths`: a clone below a private directory (mode
+ * 0700, as `mktemp -d` makes) cannot run its tests as another user, and such tests skip.
+ */
+export function readableAs(uid: number, ...paths: string[]): boolean {
+  const probe = spawnSync(process.execPath, ['-e', `for (const p of ${JSON.stringify(paths)}) require('fs').accessSync(p, require('fs').constants.R_OK)`], { uid, gid: uid });
+  return probe.status === 0;
 }
