@@ -428,3 +428,43 @@ describe('first contact: honest reports', () => {
     assert.match(stderr, /could not be backed up.*secret\.txt/);
   });
 });
+
+describe('first contact: the first password', () => {
+  const pty = (env: NodeJS.ProcessEnv, script: Array<[string, string]>, ...args: string[]) => {
+    const r = spawnSync('python3', [join(CHECKOUT, 'test', 'fixtures', 'terminal.py'), JSON.stringify(script), process.execPath, PHOENIX, ...args], { env, encoding: 'utf8', timeout: 120_000 });
+    assertNoStack(r.stdout);
+    return { status: r.status, out: r.stdout };
+  };
+
+  it('on a terminal: asked twice, again after a mismatch, a short one warned about, never asked a third time', (t) => {
+    if (spawnSync('python3', ['--version']).status !== 0) return t.skip('needs python3 for a pseudo-terminal');
+    const { home, env } = newUser();
+    const src = join(home, 'Documents');
+    mkdirSync(src);
+    writeFileSync(join(src, 'a'), 'a');
+    const r = pty(
+      env,
+      [
+        ['new repository password: ', 'x!y\r'],
+        ['the same again: ', 'x!z\r'],
+        ['do not match', ''],
+        ['new repository password: ', 'x!y\r'],
+        ['the same again: ', 'x!y\r'],
+        ['backed up \\d+ changes', '\x03'],
+      ],
+      'watch',
+      src,
+    );
+    assert.equal(r.status, 0, r.out);
+    assert.match(r.out, /only 3 characters/);
+    assert.match(r.out, /not stored anywhere[\s\S]*PHOENIX_PASSWORD_FILE/);
+    assert.equal(r.out.match(/new repository password: /g)?.length, 2, `asked twice, and once more after the mismatch, nothing else:\n${r.out}`);
+    assert.equal(r.out.match(/password: /g)?.length, 2, 'not asked a third time to open what was just created');
+    assert.doesNotMatch(r.out, /x!/, 'what is typed is not echoed');
+    assert.ok(!existsSync(join(home, '.config', 'phoenix', 'password')), 'a chosen password is not written anywhere');
+    // The next command asks once, on the terminal.
+    const log = pty(env, [['repository password: ', 'x!y\r']], 'log');
+    assert.equal(log.status, 0, log.out);
+    assert.match(log.out, /\s1\s+\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} [+-]\d\d:\d\d/, 'on a terminal, local time with its offset');
+  });
+});

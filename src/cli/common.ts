@@ -67,9 +67,10 @@ export async function newPassword(settings: Pick<Settings, 'passwordFile'>): Pro
 }
 
 async function prompt(question: string): Promise<string> {
-  process.stderr.write(question);
+  // The terminal is in raw mode (no echo) once the interface exists: only then ask.
   const muted = new Writable({ write: (_c, _e, cb) => cb() });
   const rl = createInterface({ input: process.stdin, output: muted, terminal: true });
+  process.stderr.write(question);
   const answer = await new Promise<string>((resolve) => rl.question('', resolve));
   rl.close();
   process.stderr.write('\n');
