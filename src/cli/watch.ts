@@ -82,6 +82,7 @@ export async function statusCommand(flags: { state?: string; json?: boolean; con
     `phoenix watch (pid ${s.pid}): ${s.state}; repository ${s.repository}`,
     `pending: ${s.pending} change(s)${s.pending > 0 ? `, oldest ${(s.oldestPendingMs / 1000).toFixed(1)} s` : ''}; last: ${last}`,
     `uploaded: ${s.uploaded.files} file(s), ${mib(s.uploaded.bytes)} in ${s.uploaded.commits} commit(s); watches ${s.watches.used} of ${s.watches.limit ?? '?'}; overflows ${s.overflows}`,
+    ...(s.failing ? [`COMMITS FAILING since ${s.failing.since} (${s.failing.attempts} attempts): ${s.failing.error}; next try ${s.failing.retryAt}`] : []),
     ...s.sources.map((src) => `  ${src.name}: ${src.state}, ${src.pending} pending${src.lastCommit ? `, commit ${src.lastCommit.seq}` : ''}`),
     ...s.errors.slice(-5).map((e) => `  error ${e.time}: ${e.path !== null ? `${e.path}: ` : ''}${e.message}`),
   ];
