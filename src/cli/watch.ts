@@ -16,7 +16,7 @@ import { mib } from './format.js';
 /** `phoenix watch`: runs until SIGTERM/SIGINT; exit 0 when everything seen was committed. */
 export async function watchCommand(source: string | undefined, flags: WatchFlags): Promise<number> {
   const config = await loadWatchConfig(source, flags);
-  const log = createLogger(config.logLevel);
+  const log = createLogger(config.settings.logLevel);
   const repo = await openOrCreate(config.settings, log);
   const url = config.settings.repository;
   let daemon: Daemon;

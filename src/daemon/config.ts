@@ -6,9 +6,8 @@ import type { SourceConfig } from './source.js';
 
 /** Everything `phoenix watch` runs with, after the file, the flags and the defaults. */
 export interface WatchConfig {
+  /** The repository, password, state directory and log level, as every command resolves them. */
   settings: Settings;
-  stateDir: string;
-  logLevel: string;
   settle: SettleTimes;
   reconcileMs: number;
   shutdownTimeoutMs: number;
@@ -53,8 +52,6 @@ export async function loadWatchConfig(sourceArg: string | undefined, flags: Watc
   }
   return {
     settings,
-    stateDir: settings.stateDir,
-    logLevel: settings.logLevel,
     settle: {
       closedMs: file?.settle.closed ?? DEFAULT_SETTLE.closedMs,
       openMs: file?.settle.open ?? DEFAULT_SETTLE.openMs,

@@ -41,7 +41,7 @@ export class Daemon {
     this.#repo = repo;
     this.#repoUrl = repoUrl;
     this.#log = log;
-    this.#db = new StateDb(join(config.stateDir, `${repo.config.id}.sqlite`));
+    this.#db = new StateDb(join(config.settings.stateDir, `${repo.config.id}.sqlite`));
     this.#pool = new SealPool(repo.keys);
     this.allFailed = new Promise((r) => (this.#resolveAllFailed = r));
   }
@@ -50,7 +50,7 @@ export class Daemon {
   static async start(config: WatchConfig, repo: Repository, repoUrl: string, log: Logger): Promise<Daemon> {
     const d = new Daemon(config, repo, repoUrl, log);
     try {
-      d.#server = await serveStatus(config.stateDir, () => d.status());
+      d.#server = await serveStatus(config.settings.stateDir, () => d.status());
       for (const sc of config.sources) {
         const runner = new SourceRunner(sc, repo, d.#db, d.#pool, d.#eventsFor(sc.name), {
           settle: config.settle,

@@ -35,9 +35,9 @@ export async function planRestore(
 ): Promise<RestorePlan> {
   const actions = new Map<RawPath, Action>();
   const abs = (p: RawPath): Buffer => rawToBuffer(`${root}/${p}`);
-  const blocked: RawPath[] = [];
+  const blocked = new Set<RawPath>();
   for (const r of selected) {
-    if (blocked.some((b) => r.path.startsWith(`${b}/`))) {
+    if (underAny(blocked, r.path)) {
       actions.set(r.path, 'keep');
       continue;
     }
@@ -49,7 +49,7 @@ export async function planRestore(
     else if (opts.overwrite === 'if-newer') action = r.mtimeNs > st.mtimeNs ? 'replace' : 'keep';
     else action = 'keep';
     // A directory's own metadata is not content: an existing directory is merged into.
-    if (action === 'keep' || (action === 'replace' && kindOf(st) === 'dir')) blocked.push(r.path);
+    if (action === 'keep' || (action === 'replace' && kindOf(st) === 'dir')) blocked.add(r.path);
     actions.set(r.path, action);
   }
   const deletes: RawPath[] = [];
@@ -73,6 +73,13 @@ export async function planRestore(
     }
   }
   return { actions, deletes };
+}
+
+/** True when a proper ancestor of `p` is in `dirs` (a walk up its parents, not a scan of the set). */
+export function underAny(dirs: ReadonlySet<RawPath>, p: RawPath): boolean {
+  if (dirs.size === 0) return false;
+  for (let i = p.lastIndexOf('/'); i > 0; i = p.lastIndexOf('/', i - 1)) if (dirs.has(p.slice(0, i))) return true;
+  return false;
 }
 
 function kindOf(st: BigIntStats | undefined): Kind | undefined {

@@ -5,7 +5,7 @@ import type { FileRecord, TreeState } from '../repo/format.js';
 import { chunkWhat } from '../repo/pack.js';
 import { mapLimited, type Repository } from '../repo/repository.js';
 import { ChunkFetcher, type FetchLimits } from './fetch.js';
-import { planRestore, type Action, type Overwrite, type RestorePlan } from './plan.js';
+import { planRestore, underAny, type Action, type Overwrite, type RestorePlan } from './plan.js';
 import { nsToSeconds, WritePool } from './write-pool.js';
 
 export interface RestoreOptions {
@@ -78,7 +78,9 @@ export async function restore(repo: Repository, state: TreeState, target: string
     wanted: include,
   });
   const actionOf = (p: RawPath): Action => plan.actions.get(p) ?? 'new';
-  const kept = selected.filter((r) => actionOf(r.path) === 'keep' && !selected.some((o) => o !== r && actionOf(o.path) === 'keep' && r.path.startsWith(`${o.path}/`))).map((r) => r.path);
+  // Kept entries, outermost only (what is below a kept directory is kept with it).
+  const keptSet = new Set(selected.filter((r) => actionOf(r.path) === 'keep').map((r) => r.path));
+  const kept = [...keptSet].filter((p) => !underAny(keptSet, p));
   const result: RestoreResult = {
     files: 0, dirs: 0, symlinks: 0, bytes: 0, skipped: 0, reads: 0,
     unchanged: 0, replaced: 0, kept, deleted: plan.deletes, plan,
