@@ -125,6 +125,20 @@ describe('first contact: settings', () => {
     assert.equal(sources[0]?.files, 1);
     assert.equal(sources[0]?.bytes, 1);
     assert.deepEqual((sources[0]?.lastCommit as { seq: number }).seq, 1);
+    // backup --dry-run lists what would be committed and writes nothing.
+    writeFileSync(join(src, 'a'), 'changed');
+    writeFileSync(join(src, 'b'), 'new');
+    const dry = cli(env, ['backup', '--dry-run', src, '--json']);
+    assert.equal(dry.status, 0, dry.stderr);
+    assert.deepEqual(dry.json().map((c) => [c.path, c.change]).sort(), [['a', 'changed'], ['b', 'new']]);
+    assert.equal(cli(env, ['log', '--json']).json().length, 1, 'a dry run commits nothing');
+    const [perSource, repoStats] = cli(env, ['stats', '--json']).json();
+    assert.equal(perSource?.files, 1);
+    assert.equal(perSource?.bytes, 1);
+    assert.equal((repoStats?.packs as { count: number }).count, 1);
+    assert.equal((repoStats?.journal as { count: number }).count, 1);
+    // -q: a backup says nothing when all is well.
+    assert.equal(cli(env, ['-q', 'backup', src]).stdout, '');
   });
 
   it('usage errors exit 2 with a code and a hint, and no command prints a stack trace', () => {

@@ -93,7 +93,7 @@ function shellWord(s: string): string {
  * `phoenix find PATTERN`: where and when entries matching a glob existed. A pattern without a
  * slash matches names (`*.pdf`), one with a slash whole paths (`docs/**\/*.pdf`).
  */
-export async function findCommand(pattern: string, flags: RepoFlags & { from?: string; to?: string }): Promise<number> {
+export async function findCommand(pattern: string, flags: RepoFlags & { from?: string; to?: string }): Promise<void> {
   const range = { fromMs: flags.from === undefined ? undefined : parseTime(flags.from), toMs: flags.to === undefined ? undefined : parseTime(flags.to) };
   return withSource(flags, async (repo, source) => {
     const raw = sourcePath(pattern);
@@ -108,8 +108,7 @@ export async function findCommand(pattern: string, flags: RepoFlags & { from?: s
         `${s.type.padEnd(7)} ${String(s.size).padStart(12)}  ${showTime(s.fromMs)} ${until}  ${displayPath(s.path)}`,
       );
     }
-    if (spans.length === 0 && !flags.json) process.stderr.write(`nothing matching ${pattern} was ever backed up in ${JSON.stringify(source)}\n`);
-    return spans.length > 0 ? 0 : 1;
+    if (spans.length === 0 && !flags.json) process.stderr.write(`nothing matching ${pattern} was backed up in ${JSON.stringify(source)} in that time\n`);
   });
 }
 
