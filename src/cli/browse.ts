@@ -10,7 +10,7 @@ import { ChunkFetcher } from '../restore/fetch.js';
 import { padding, TAR_END, tarHeader } from '../restore/tar.js';
 import { parseTime } from '../util/duration.js';
 import { sourcePath } from './args.js';
-import { iso, openFromFlags, pickSource, print, showTime, type RepoFlags } from './common.js';
+import { iso, withRepo, pickSource, print, showTime, type RepoFlags } from './common.js';
 import { jsonPath } from './output.js';
 
 export interface PathFlags extends RepoFlags {
@@ -24,13 +24,8 @@ const mtimeMs = (r: FileRecord): number => Number(r.mtimeNs / 1_000_000n);
 export const atOf = (flags: { at?: string | undefined }): number | undefined => (flags.at === undefined ? undefined : parseTime(flags.at));
 
 /** Opens the repository, picks the source and closes the repository after `fn`. */
-async function withSource<T>(flags: RepoFlags, fn: (repo: Repository, source: string) => Promise<T>): Promise<T> {
-  const { repo } = await openFromFlags(flags);
-  try {
-    return await fn(repo, await pickSource(repo, flags));
-  } finally {
-    await repo.close();
-  }
+function withSource<T>(flags: RepoFlags, fn: (repo: Repository, source: string) => Promise<T>): Promise<T> {
+  return withRepo(flags, async (repo) => fn(repo, await pickSource(repo, flags)));
 }
 
 export async function lsCommand(path: string | undefined, flags: PathFlags): Promise<void> {

@@ -105,10 +105,14 @@ export function warnAboutUrl(url: string): void {
   if (w !== undefined) process.stderr.write(`phoenix: warning: ${w}\n`);
 }
 
-/** Resolves the settings and opens the repository they name. */
-export async function openFromFlags(flags: RepoFlags, opts?: Parameters<typeof openRepo>[1]): Promise<{ repo: Repository; settings: Settings }> {
-  const settings = await resolveSettings(flags);
-  return { repo: await openRepo(settings, opts), settings };
+/** Resolves the settings, opens the repository they name, runs `fn` with it, and closes it. */
+export async function withRepo<T>(flags: RepoFlags, fn: (repo: Repository) => Promise<T>): Promise<T> {
+  const repo = await openRepo(await resolveSettings(flags));
+  try {
+    return await fn(repo);
+  } finally {
+    await repo.close();
+  }
 }
 
 export function openState(settings: Settings, config: RepoConfig): StateDb {

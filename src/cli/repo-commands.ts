@@ -8,7 +8,7 @@ import { displayPath, type RawPath } from '../model/path.js';
 import { checkRepository } from '../repo/check.js';
 import { Repository, type CommitInfo } from '../repo/repository.js';
 import type { StateDb } from '../state/db.js';
-import { iso, newPassword, warnAboutUrl, openFromFlags, openRepo, openState, pickSource, print, showTime, type RepoFlags } from './common.js';
+import { iso, newPassword, warnAboutUrl, withRepo, openRepo, openState, pickSource, print, showTime, type RepoFlags } from './common.js';
 import { jsonPath, type Verbosity } from './output.js';
 import { mib } from './format.js';
 
@@ -90,8 +90,7 @@ export async function backupCommand(source: string, flags: BackupFlags): Promise
 
 /** `phoenix log`: the commits of one source, or of every source when the repository holds several. */
 export async function logCommand(flags: RepoFlags): Promise<void> {
-  const { repo } = await openFromFlags(flags);
-  try {
+  return withRepo(flags, async (repo) => {
     const all = await repo.sources();
     const sources = flags.source !== undefined || all.length === 1 ? [await pickSource(repo, flags)] : all;
     if (sources.length === 0) {
@@ -110,15 +109,12 @@ export async function logCommand(flags: RepoFlags): Promise<void> {
         );
       }
     }
-  } finally {
-    await repo.close();
-  }
+  });
 }
 
 /** `phoenix sources`: what the repository holds, a line per source (restic's snapshots, grouped). */
 export async function sourcesCommand(flags: RepoFlags): Promise<void> {
-  const { repo } = await openFromFlags(flags);
-  try {
+  return withRepo(flags, async (repo) => {
     const names = await repo.sources();
     if (names.length === 0 && !flags.json) process.stderr.write('the repository is empty: no source has been backed up yet\n');
     for (const name of names) {
@@ -139,15 +135,12 @@ export async function sourcesCommand(flags: RepoFlags): Promise<void> {
         `${name}\n  path ${commit.root ?? '(not recorded)'} on ${commit.host ?? '(host not recorded)'}; ${infos.length} commits, the last ${last.seq} at ${showTime(last.timeMs)}; ${files} files, ${mib(bytes)}`,
       );
     }
-  } finally {
-    await repo.close();
-  }
+  });
 }
 
 /** `phoenix stats`: sizes, counts and deduplication, per source and for the repository. */
 export async function statsCommand(flags: RepoFlags): Promise<void> {
-  const { repo } = await openFromFlags(flags);
-  try {
+  return withRepo(flags, async (repo) => {
     const names = flags.source !== undefined ? [await pickSource(repo, flags)] : await repo.sources();
     const allChunks = new Map<string, number>();
     let logical = 0;
@@ -185,9 +178,7 @@ export async function statsCommand(flags: RepoFlags): Promise<void> {
       { repository: repo.backend.location, sources: names.length, bytes: logical, chunkBytes: unique, dedupRatio: unique > 0 ? logical / unique : 1, packs, journal, checkpoints },
       `repository ${repo.backend.location}: ${packs.count} packs, ${mib(packs.bytes)} (all versions); journal ${journal.count} objects, ${mib(journal.bytes)}; checkpoints ${checkpoints.count}, ${mib(checkpoints.bytes)}`,
     );
-  } finally {
-    await repo.close();
-  }
+  });
 }
 
 const sum = (xs: Iterable<number>): number => {
@@ -198,8 +189,7 @@ const sum = (xs: Iterable<number>): number => {
 
 /** `phoenix check`: the work is checkRepository's; this prints what it found. */
 export async function checkCommand(flags: RepoFlags & { readData?: boolean }): Promise<number> {
-  const { repo } = await openFromFlags(flags);
-  try {
+  return withRepo(flags, async (repo) => {
     const { errors, packs, chunkRefs, blobsRead, unreferenced } = await checkRepository(repo, { readData: flags.readData ?? false });
     for (const e of errors) process.stderr.write(`phoenix: error: ${e}\n`);
     const loose =
@@ -214,7 +204,5 @@ export async function checkCommand(flags: RepoFlags & { readData?: boolean }): P
         : `${errors.length} errors found${loose}`,
     );
     return errors.length === 0 ? 0 : 1;
-  } finally {
-    await repo.close();
-  }
+  });
 }

@@ -6,7 +6,7 @@ import type { Overwrite } from '../restore/plan.js';
 import { restore } from '../restore/restore.js';
 import { sourcePath } from './args.js';
 import { atOf } from './browse.js';
-import { openFromFlags, pickSource, print, type RepoFlags } from './common.js';
+import { withRepo, pickSource, print, type RepoFlags } from './common.js';
 import { mib } from './format.js';
 import { jsonPath, type Verbosity } from './output.js';
 
@@ -23,8 +23,7 @@ export interface RestoreFlags extends RepoFlags, Verbosity {
 
 export async function restoreCommand(paths: string[], flags: RestoreFlags): Promise<number> {
   const at = atOf(flags);
-  const { repo } = await openFromFlags(flags);
-  try {
+  return withRepo(flags, async (repo) => {
     const source = await pickSource(repo, flags);
     const { state, seq } = await stateAt(repo, source, at);
     const selected = [...paths.map((p) => sourcePath(p)), ...flags.pathBase64.map((b) => sourcePath(undefined, b))];
@@ -74,9 +73,7 @@ export async function restoreCommand(paths: string[], flags: RestoreFlags): Prom
       return 1;
     }
     return problems > 0 ? 1 : 0;
-  } finally {
-    await repo.close();
-  }
+  });
 }
 
 function printKeptHint(n: number): void {
