@@ -22,6 +22,7 @@ import { DEFAULT_CHUNKER, nextCut, referenceCut } from '../src/repo/chunker.js';
 import { checkRepository } from '../src/repo/check.js';
 import { Keys } from '../src/repo/crypto.js';
 import { openBlob } from '../src/repo/pack.js';
+import { recordsInOrder } from '../src/repo/format.js';
 import { Repository } from '../src/repo/repository.js';
 import { restore } from '../src/restore/restore.js';
 import { StateDb } from '../src/state/db.js';
@@ -430,7 +431,7 @@ describe('repository', () => {
     writeFileSync(commitPath, readFileSync(commitPath).subarray(0, 20));
     const [info] = await f.repo.commitList('src');
     await assert.rejects(f.repo.readCommit(info!), (e) => code('PHX_CORRUPT')(e) && (e as Error).message.includes(commits[0] as string));
-    await f.repo.writeCheckpoint('src', 1, state);
+    await f.repo.writeCheckpoint('src', 1, recordsInOrder(state));
     const [cp] = (await listAll(f.backend, 'checkpoint/')).map((o) => o.key);
     writeFileSync(join(f.repoDir.path, cp as string), 'garbage');
     assert.ok((await checkRepository(f.repo)).errors.some((e) => e.includes(cp as string)));

@@ -3,10 +3,11 @@ import { PhoenixError } from '../errors.js';
 import type { Entry } from '../model/entry.js';
 import { Filter } from '../model/filter.js';
 import { isWithin, rawFromUtf8, toFsPath, type RawPath } from '../model/path.js';
-import type { CommitStats } from '../repo/format.js';
-import { CHECKPOINT_EVERY, mapLimited, type CommitInfo, type Repository } from '../repo/repository.js';
+import type { CommitHead, CommitStats, FileRecord, JournalChange } from '../repo/format.js';
+import { checkContiguous, mapLimited, type CommitInfo, type Repository } from '../repo/repository.js';
 import { scan, type ScanResult } from '../scanner/scan.js';
 import type { CachedFile, StateDb } from '../state/db.js';
+import { CheckpointPolicy } from './checkpoints.js';
 import { CommitBuilder, unchanged } from './commit.js';
 import { SealPool } from './seal-pool.js';
 
@@ -99,11 +100,11 @@ async function backupLocked(
   const order = new Map(entries.map(([p], i) => [p, i]));
   builder.sortPuts((a, b) => (order.get(a) ?? 0) - (order.get(b) ?? 0));
   const done = await builder.commit(seq + 1);
-  if (done !== undefined && shouldCheckpoint(done.commit.seq)) {
+  if (done !== undefined && (await CheckpointPolicy.load(repo, source, await repo.commitList(source))).due()) {
     // The cache now holds exactly the tree after this commit: no need to read the journal back
     // (`phoenix check` compares every checkpoint with the journal).
-    builder.applyTo(known);
-    await repo.writeCheckpoint(source, done.commit.seq, new Map([...known].map(([p, f]) => [p, f.rec])));
+    const records = db.snapshot(source);
+    await repo.writeCheckpoint(source, done.commit.seq, records).finally(() => records.close());
   }
   return { commit: done?.info, stats: builder.stats, problems };
 }
@@ -117,26 +118,63 @@ export async function startScan(sourceDir: string, opts: Pick<BackupOptions, 'ex
   return scan(rawFromUtf8(sourceDir), '', { filter: new Filter(opts) });
 }
 
-/** One-shot backups write a checkpoint every CHECKPOINT_EVERY commits (the first commit is a whole tree already). */
-function shouldCheckpoint(seq: number): boolean {
-  return seq % CHECKPOINT_EVERY === 0;
-}
-
 /** Brings the cache of `source` in line with the repository; returns its latest commit. */
 export async function syncCache(repo: Repository, db: StateDb, source: string): Promise<CommitInfo | undefined> {
-  const last = (await repo.commitList(source)).at(-1);
+  const commits = await repo.commitList(source);
+  checkContiguous(source, commits);
+  const last = commits.at(-1);
   const latest = last?.seq ?? 0;
   if (db.seq(source, repo.config.id) === latest) return last;
-  // Rebuild: this source's tree, and the chunks of every source (for deduplication).
+  // Rebuild, streaming (bounded memory for a tree of any size): this source's tree, and the
+  // chunks of every source (for deduplication).
+  db.clearSource(source);
   for (const other of await repo.sources()) {
-    const { state } = await repo.loadState(other);
-    db.addChunks([...state.values()].flatMap((r) => r.chunks));
-    if (other === source) db.replaceSource(source, repo.config.id, latest, [...state.values()].map((rec) => ({ rec, ino: '', ctimeNs: '' })));
+    if (other === source) await loadInto(repo, db, source, commits, source);
+    else await loadInto(repo, db, other, await repo.commitList(other), '');
   }
-  if (latest === 0) db.replaceSource(source, repo.config.id, 0, []);
+  db.setSeq(source, repo.config.id, latest);
   return last;
 }
 
+/**
+ * Streams the tree of `source` (its newest checkpoint, then the commits after it) into the
+ * cache as rows of `into`, or only its chunks into the chunk index when `into` is ''.
+ */
+async function loadInto(repo: Repository, db: StateDb, source: string, commits: CommitInfo[], into: string): Promise<void> {
+  const BATCH = 4096;
+  const best = Math.max(0, ...(await repo.checkpointSeqs(source)).filter((n) => n <= (commits.at(-1)?.seq ?? 0)));
+  let records: FileRecord[] = [];
+  const put = (): void => {
+    if (into !== '') db.putRecords(into, records);
+    else db.addChunks(records.flatMap((r) => r.chunks));
+    records = [];
+  };
+  if (best > 0) {
+    for await (const r of repo.checkpointRecords(source, best)) if (records.push(r) >= BATCH) put();
+  }
+  put();
+  let changes: JournalChange[] = [];
+  const apply = (): void => {
+    if (into !== '') db.applyChanges(into, changes);
+    else db.addChunks(changes.flatMap((c) => (c.op === 'put' ? c.chunks : [])));
+    changes = [];
+  };
+  // Commit objects are fetched a few ahead; their changes are applied in order, a batch at a time.
+  const tail = commits.filter((c) => c.seq > best);
+  const fetch = (c: CommitInfo): Promise<CommitHead> => {
+    const p = repo.readCommitHead(c);
+    p.catch(() => {}); // awaited in its turn below
+    return p;
+  };
+  const heads = tail.slice(0, 8).map(fetch);
+  for (let i = 0; i < tail.length; i++) {
+    const head = await (heads[i] as Promise<CommitHead>);
+    const ahead = tail[i + 8];
+    if (ahead !== undefined) heads.push(fetch(ahead));
+    for await (const ch of repo.commitChanges(head)) if (changes.push(ch) >= BATCH) apply();
+  }
+  apply();
+}
 
 export interface PlannedChange {
   path: RawPath;

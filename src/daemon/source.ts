@@ -1,6 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CommitBuilder, unchanged } from '../archiver/commit.js';
 import { syncCache } from '../archiver/backup.js';
+import { CheckpointPolicy } from '../archiver/checkpoints.js';
 import type { SealPool } from '../archiver/seal-pool.js';
 import { isTransient } from '../backend/backend.js';
 import { messageOf, PhoenixError } from '../errors.js';
@@ -53,10 +54,6 @@ export type SourceState = 'starting' | 'scanning' | 'watching' | 'degraded' | 's
 const BUSY_PENDING = 100;
 const COMMIT_SPACING_MS = 100;
 
-/** A checkpoint is written after this many commits, but not more often than every CHECKPOINT_MIN_MS. */
-const CHECKPOINT_COMMITS = 16;
-const CHECKPOINT_MIN_MS = 60_000;
-const CHECKPOINT_MAX_COMMITS = 1000;
 
 /**
  * Keeps one source's journal up to date: every change its watcher reports goes to the durable
@@ -87,7 +84,8 @@ export class SourceRunner {
   #retryAt = 0;
   /** A commit failed: check the journal before the next one. */
   #verify = false;
-  #checkpoint = { seq: 0, timeMs: 0, writing: Promise.resolve() };
+  #checkpoints = new CheckpointPolicy();
+  #checkpointWriting = Promise.resolve();
   lastCommit: { seq: number; timeMs: number } | undefined;
   overflows = 0;
   /** Commits fail (the store is unreachable, the disk is full): since when, why, the next try. */
@@ -143,7 +141,7 @@ export class SourceRunner {
     this.#seq = last?.seq ?? 0;
     this.#known = this.#db.files(name);
     this.lastCommit = last && { seq: last.seq, timeMs: last.timeMs };
-    this.#checkpoint.seq = Math.max(0, ...(await this.#repo.checkpointSeqs(name)));
+    this.#checkpoints = await CheckpointPolicy.load(this.#repo, name, await this.#repo.commitList(name));
     // What the last run saw but did not commit. Its moves are not replayed: the reconcile below
     // compares the tree with the last commit and finds their effect (a removal and an addition,
     // no data uploaded), where a replayed move could name what is long gone.
@@ -201,7 +199,7 @@ export class SourceRunner {
       await this.#commit(true);
     }
     await this.#committing;
-    await this.#checkpoint.writing;
+    await this.#checkpointWriting;
     clearInterval(this.#renew);
     const clean = this.pending.size === 0;
     if (!failed) await this.#lease?.release().catch((err: unknown) => this.#events.warn(`cannot release the lease: ${(err as Error).message}`));
@@ -407,7 +405,8 @@ export class SourceRunner {
           changes: done.commit.changes.length,
           oldestMs: batch.oldestMs === undefined ? undefined : done.commit.timeMs - batch.oldestMs,
         });
-        this.#maybeCheckpoint();
+        this.#checkpoints.committed(done.info.seq, done.info.size ?? 0);
+        if (this.#checkpoints.due()) this.#checkpoint();
       }
     } catch (err) {
       this.pending.done(false);
@@ -439,18 +438,19 @@ export class SourceRunner {
     return this.#watcher.root;
   }
 
-  #maybeCheckpoint(): void {
-    const since = this.#seq - this.#checkpoint.seq;
-    const due = this.#checkpoint.seq === 0 || since >= CHECKPOINT_MAX_COMMITS || (since >= CHECKPOINT_COMMITS && Date.now() - this.#checkpoint.timeMs >= CHECKPOINT_MIN_MS);
-    if (!due) return;
+  /** Writes the checkpoint after the last commit, in the background: commits go on meanwhile. */
+  #checkpoint(): void {
     const seq = this.#seq;
-    const state = new Map([...this.#known].map(([p, f]) => [p, f.rec]));
-    this.#checkpoint.seq = seq;
-    this.#checkpoint.timeMs = Date.now();
-    // In the background: commits go on meanwhile. A checkpoint lost is only a slower restore.
-    this.#checkpoint.writing = this.#checkpoint.writing
-      .then(() => this.#repo.writeCheckpoint(this.config.name, seq, state))
-      .catch((err: unknown) => this.#events.warn(`cannot write checkpoint ${seq}: ${(err as Error).message}`));
+    // Taken now, so it is the tree after `seq` whatever is committed while it is written.
+    const records = this.#db.snapshot(this.config.name);
+    this.#checkpoints.writing(seq);
+    this.#checkpointWriting = this.#checkpointWriting
+      .then(() => this.#repo.writeCheckpoint(this.config.name, seq, records))
+      .then((w) => this.#checkpoints.sized(seq, w.bytes))
+      .catch((err: unknown) => {
+        records.close(); // ends the snapshot's read transaction
+        this.#events.warn(`cannot write checkpoint ${seq}: ${(err as Error).message}`); // only a slower restore
+      });
   }
 
   #fail(err: PhoenixError): void {

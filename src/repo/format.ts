@@ -7,6 +7,8 @@ export interface ChunkRef {
   pack: string;
   offset: number;
   length: number;
+  /** Plaintext bytes (records written since 2026-12 say it; it lets an append be verified without a read of the repository). */
+  size?: number;
 }
 
 /** One entry of a source's tree as stored: everything restore needs. */
@@ -77,7 +79,7 @@ const unb64 = (s: unknown): RawPath => rawFromBuffer(Buffer.from(String(s), 'bas
 export function encodeRecord(r: FileRecord): Json {
   const o: Json = { p: b64(r.path), t: r.type, m: r.mode, u: r.uid, g: r.gid, mt: r.mtimeNs.toString(), s: r.size };
   if (r.target !== undefined) o.l = b64(r.target);
-  if (r.chunks.length > 0) o.c = r.chunks.map((c) => [c.id, c.pack, c.offset, c.length]);
+  if (r.chunks.length > 0) o.c = r.chunks.map((c) => (c.size === undefined ? [c.id, c.pack, c.offset, c.length] : [c.id, c.pack, c.offset, c.length, c.size]));
   return o;
 }
 
@@ -90,12 +92,11 @@ export function decodeRecord(o: Json): FileRecord {
     gid: Number(o.g),
     mtimeNs: BigInt(String(o.mt)),
     size: Number(o.s),
-    chunks: ((o.c as unknown[][] | undefined) ?? []).map(([id, pack, offset, length]) => ({
-      id: String(id),
-      pack: String(pack),
-      offset: Number(offset),
-      length: Number(length),
-    })),
+    chunks: ((o.c as unknown[][] | undefined) ?? []).map(([id, pack, offset, length, size]) => {
+      const ref: ChunkRef = { id: String(id), pack: String(pack), offset: Number(offset), length: Number(length) };
+      if (size !== undefined) ref.size = Number(size);
+      return ref;
+    }),
   };
   if (o.l !== undefined) r.target = unb64(o.l);
   if (!['file', 'dir', 'symlink', 'other'].includes(r.type)) throw new Error(`bad entry type ${String(o.t)}`);
@@ -115,26 +116,49 @@ export function decodeChange(o: Json): JournalChange {
   throw new Error(`unknown journal op ${String(o.op)}`);
 }
 
-export function encodeCommit(c: Commit): Json {
-  const o: Json = { v: 1, source: c.source, seq: c.seq, time: c.timeMs, packs: c.packs, stats: c.stats, changes: c.changes.map(encodeChange) };
+/** A commit object without its changes: they are inline (small commits) or in parts (large ones). */
+export type CommitHead = Omit<Commit, 'changes'> & {
+  /** Parts holding the first changes, in order, with their stored sizes (format 2). */
+  parts: Array<[string, number]>;
+  /** Changes stored in the object itself, after those of the parts. */
+  inline: Json[];
+};
+
+export function encodeCommitHead(c: CommitHead): Json {
+  const o: Json = { v: 2, source: c.source, seq: c.seq, time: c.timeMs, packs: c.packs, stats: c.stats };
+  if (c.parts.length > 0) o.parts = c.parts;
+  o.changes = c.inline;
   if (c.host !== undefined) o.host = c.host;
   if (c.root !== undefined) o.root = c.root;
   return o;
 }
 
-export function decodeCommit(o: Json): Commit {
-  if (o.v !== 1) throw new Error(`unsupported commit version ${String(o.v)}`);
-  const c: Commit = {
+/** A commit object of format 1 (changes inline) or 2 (changes inline and in parts). */
+export function decodeCommitHead(o: Json): CommitHead {
+  if (o.v !== 1 && o.v !== 2) throw new Error(`unsupported commit version ${String(o.v)} (this Phoenix reads 1 and 2: upgrade it)`);
+  const c: CommitHead = {
     source: String(o.source),
     seq: Number(o.seq),
     timeMs: Number(o.time),
     packs: (o.packs as string[]).map(String),
     stats: o.stats as CommitStats,
-    changes: (o.changes as Json[]).map(decodeChange),
+    parts: decodeParts(o.parts),
+    inline: o.changes as Json[],
   };
+  if (!Array.isArray(c.inline)) throw new Error('its changes are not a list');
   if (typeof o.host === 'string') c.host = o.host;
   if (typeof o.root === 'string') c.root = o.root;
   return c;
+}
+
+/** A parts list `[[id, size], …]`. */
+export function decodeParts(v: unknown): Array<[string, number]> {
+  if (v === undefined) return [];
+  if (!Array.isArray(v)) throw new Error('its parts are not a list');
+  return v.map((p: unknown) => {
+    if (!Array.isArray(p) || typeof p[0] !== 'string' || !/^[0-9a-f]{64}$/.test(p[0])) throw new Error('a part id is malformed');
+    return [p[0], Number(p[1])];
+  });
 }
 
 // ---- applying changes to a tree state --------------------------------------------------------
@@ -170,4 +194,9 @@ export function applyChange(state: TreeState, c: JournalChange): void {
       state.set(np, { ...r, path: np });
     }
   }
+}
+
+/** The records of a tree in byte order of path (the order checkpoints store them in). */
+export function recordsInOrder(state: TreeState): FileRecord[] {
+  return [...state.values()].sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
 }

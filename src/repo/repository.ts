@@ -7,14 +7,17 @@ import { PhoenixError } from '../errors.js';
 import { DEFAULT_CHUNKER, type ChunkerParams } from './chunker.js';
 import { corrupt, deriveKey, Keys, newKdf, open, seal, type KdfParams } from './crypto.js';
 import {
-  applyChange, checkpointKey, commitKey, CONFIG_KEY, decodeCommit, decodeRecord, encodeCommit, encodeRecord, leasePrefix,
-  packKey, parseCommitKey, sourceDir, sourceFromDir, type ChunkRef, type Commit, type TreeState,
+  applyChange, checkpointKey, commitKey, CONFIG_KEY, decodeChange, decodeCommitHead, decodeParts, decodeRecord, encodeChange,
+  encodeCommitHead, encodeRecord, leasePrefix, packKey, parseCommitKey, sourceDir, sourceFromDir, type ChunkRef, type Commit,
+  type CommitHead, type FileRecord, type JournalChange, type TreeState,
 } from './format.js';
+import { PartWriter, readParts } from './meta.js';
 import { PACK_TARGET, PackBuilder, parseHeader, type PackEntry } from './pack.js';
 
 /** The `config` object (JSON, not encrypted: it holds what is needed to open the rest). */
 export interface RepoConfig {
-  phoenix: 1;
+  /** 2: may hold format-2 commits and checkpoints (metadata in parts); 1: written by builds before 2026-12. */
+  phoenix: 1 | 2;
   id: string;
   chunker: ChunkerParams;
   encryption: 'aes-256-gcm' | 'none';
@@ -28,10 +31,18 @@ export interface CommitInfo {
   key: string;
   seq: number;
   timeMs: number;
+  /** The commit object's stored size, from the listing (a large commit's parts come on top). */
+  size?: number;
 }
 
-/** How often a checkpoint (the full state) is written: every this many commits. */
-export const CHECKPOINT_EVERY = 16;
+/** Encoded changes up to this many bytes stay in the commit object itself; a larger commit puts them in parts. */
+export const INLINE_BYTES = 256 * 1024;
+
+/** A record as the cache stores it: its path, and its JSON (encodeRecord's) as text. */
+export interface EncodedRecord {
+  path: string;
+  json: string;
+}
 export const LEASE_TTL_MS = 5 * 60_000;
 
 export class Repository {
@@ -48,7 +59,7 @@ export class Repository {
         hint: 'use it as it is, or choose another location for a new one',
       });
     }
-    const config: RepoConfig = { phoenix: 1, id: randomBytes(16).toString('hex'), chunker: DEFAULT_CHUNKER, encryption: 'none' };
+    const config: RepoConfig = { phoenix: 2, id: randomBytes(16).toString('hex'), chunker: DEFAULT_CHUNKER, encryption: 'none' };
     let keys = Keys.none();
     if (!opts.insecureNoEncryption) {
       if (opts.password === undefined || opts.password === '') throw noPassword();
@@ -85,8 +96,8 @@ export class Repository {
     } catch {
       throw corrupt(`${backend.location}/config`, 'it is not JSON');
     }
-    if (config.phoenix !== 1) {
-      throw new PhoenixError('PHX_CORRUPT', `${backend.location}/config has format version ${String(config.phoenix)}, this Phoenix reads version 1`, {
+    if (config.phoenix !== 1 && config.phoenix !== 2) {
+      throw new PhoenixError('PHX_CORRUPT', `${backend.location}/config has format version ${String(config.phoenix)}, this Phoenix reads versions 1 and 2`, {
         hint: 'upgrade Phoenix',
       });
     }
@@ -153,16 +164,26 @@ export class Repository {
     const out: CommitInfo[] = [];
     for (const o of await listAll(this.backend, prefix)) {
       const parsed = parseCommitKey(o.key.slice(prefix.length));
-      if (parsed) out.push({ key: o.key, ...parsed });
+      if (parsed) out.push({ key: o.key, ...parsed, size: o.size });
     }
     out.sort((a, b) => a.seq - b.seq);
     return out;
   }
 
+  /** A commit object with its changes. */
   async readCommit(info: CommitInfo): Promise<Commit> {
+    const head = await this.readCommitHead(info);
+    const changes: JournalChange[] = [];
+    for await (const ch of this.commitChanges(head)) changes.push(ch);
+    const { parts: _parts, inline: _inline, ...rest } = head;
+    return { ...rest, changes };
+  }
+
+  /** A commit object without decoding its changes (they may be in parts): small whatever the commit's size. */
+  async readCommitHead(info: CommitInfo): Promise<CommitHead> {
     const obj = await this.#getJson(info.key);
     try {
-      const c = decodeCommit(obj);
+      const c = decodeCommitHead(obj);
       if (c.seq !== info.seq) throw new Error(`seq ${c.seq} in an object named ${info.seq}`);
       return c;
     } catch (err) {
@@ -171,19 +192,138 @@ export class Repository {
     }
   }
 
+  /** The changes of a commit, in order, one part in memory at a time. */
+  async *commitChanges(head: CommitHead): AsyncGenerator<JournalChange> {
+    const what = `commit ${commitKey(head.source, head.seq, head.timeMs)}`;
+    const decode = (o: Record<string, unknown>): JournalChange => {
+      try {
+        return decodeChange(o);
+      } catch (err) {
+        throw corrupt(what, (err as Error).message);
+      }
+    };
+    for await (const o of readParts(this.backend, this.keys, head.parts.map(([id]) => id))) yield decode(o);
+    for (const o of head.inline) yield decode(o);
+  }
+
   /**
    * Writes a commit. Call it only once every pack it names is durable: the commit object is
    * the commit point. Create-only, so two writers cannot both take one seq where the store
-   * enforces it; the lease keeps them apart everywhere else.
+   * enforces it; the lease keeps them apart everywhere else. Changes beyond INLINE_BYTES go to
+   * parts first (written before the commit object), so a commit of any size is written in
+   * bounded memory; `changes` may be a generator. `size`: the bytes stored, parts included.
    */
-  async writeCommit(c: Commit): Promise<CommitInfo> {
+  async writeCommit(c: Omit<Commit, 'changes'> & { changes: Iterable<JournalChange> }): Promise<CommitInfo & { size: number }> {
+    await this.#upgradeConfig();
     const key = commitKey(c.source, c.seq, c.timeMs);
-    await this.#putJson(key, encodeCommit(c), true);
-    return { key, seq: c.seq, timeMs: c.timeMs };
+    let inline: string[] = [];
+    let inlineBytes = 0;
+    let parts: PartWriter | undefined;
+    for (const ch of c.changes) {
+      const line = JSON.stringify(encodeChange(ch));
+      if (parts !== undefined) {
+        await parts.add(line);
+        continue;
+      }
+      inline.push(line);
+      inlineBytes += line.length;
+      if (inlineBytes > INLINE_BYTES) {
+        parts = new PartWriter(this.backend, this.keys);
+        for (const x of inline) await parts.add(x);
+        inline = [];
+      }
+    }
+    const { changes: _changes, ...rest } = c;
+    const head: CommitHead = { ...rest, parts: parts === undefined ? [] : await parts.finish(), inline: inline.map((l) => JSON.parse(l) as Record<string, unknown>) };
+    const bytes = await this.#putJson(key, encodeCommitHead(head), true);
+    return { key, seq: c.seq, timeMs: c.timeMs, size: bytes + (parts?.bytes ?? 0) };
   }
 
-  async writeCheckpoint(source: string, seq: number, state: TreeState): Promise<void> {
-    await this.#putJson(checkpointKey(source, seq), { v: 1, source, seq, entries: [...state.values()].map(encodeRecord) });
+  /** A repository of format 1 gets format 2 before its first format-2 object, so that older builds refuse it clearly. */
+  async #upgradeConfig(): Promise<void> {
+    if (this.config.phoenix === 2) return;
+    await this.backend.put(CONFIG_KEY, Buffer.from(`${JSON.stringify({ ...this.config, phoenix: 2 }, null, 2)}\n`));
+    this.config.phoenix = 2;
+  }
+
+  /**
+   * Writes the checkpoint of `source` after commit `seq`: every record of the tree, in byte
+   * order of path, into parts (those equal to a part of an earlier checkpoint are not uploaded
+   * again), then the checkpoint object naming them. `records` may be a stream: memory stays
+   * bounded whatever the tree's size. Records may come encoded already (the cache stores them so).
+   */
+  async writeCheckpoint(
+    source: string,
+    seq: number,
+    records: Iterable<FileRecord | EncodedRecord> | AsyncIterable<FileRecord | EncodedRecord>,
+  ): Promise<{ bytes: number; uploaded: number; entries: number }> {
+    await this.#upgradeConfig();
+    await this.#seedParts(source, seq);
+    const parts = new PartWriter(this.backend, this.keys, this.#parts);
+    let entries = 0;
+    let last: string | undefined;
+    for await (const r of records) {
+      const path = r.path;
+      if (last !== undefined && !(last < path)) throw new PhoenixError('PHX_INTERNAL', `internal: checkpoint records out of order at entry ${entries}`);
+      last = path;
+      await parts.add('json' in r ? r.json : JSON.stringify(encodeRecord(r)), path);
+      entries++;
+    }
+    const list = await parts.finish();
+    const bytes = await this.#putJson(checkpointKey(source, seq), { v: 2, source, seq, entries, parts: list });
+    return { bytes: bytes + parts.bytes, uploaded: bytes + parts.uploaded, entries };
+  }
+
+  /** Parts known to exist, with their sizes: those this process wrote or saw in a checkpoint. */
+  readonly #parts = new Map<string, number>();
+  readonly #seeded = new Set<string>();
+
+  /** Learns the parts of the newest checkpoint of `source` before `seq` (once): a new checkpoint reuses what did not change. */
+  async #seedParts(source: string, seq: number): Promise<void> {
+    if (this.#seeded.has(source)) return;
+    this.#seeded.add(source);
+    const before = (await this.checkpointSeqs(source)).filter((n) => n < seq);
+    if (before.length === 0) return;
+    const head = await this.#checkpointHead(source, Math.max(...before)).catch(() => undefined);
+    for (const [id, size] of head?.parts ?? []) this.#parts.set(id, size);
+  }
+
+  /** Bytes a reader fetches for the checkpoint of `source` at `seq`: its object and its parts. */
+  async checkpointBytes(source: string, seq: number): Promise<number> {
+    const head = await this.#checkpointHead(source, seq);
+    const { size } = await this.backend.stat(checkpointKey(source, seq));
+    return size + head.parts.reduce((n, [, b]) => n + b, 0);
+  }
+
+  async #checkpointHead(source: string, seq: number): Promise<{ key: string; parts: Array<[string, number]>; inline: unknown[] }> {
+    const key = checkpointKey(source, seq);
+    const obj = await this.#getJson(key);
+    try {
+      if (obj.seq !== seq) throw new Error(`seq ${String(obj.seq)} in an object named ${seq}`);
+      if (obj.v === 1) {
+        if (!Array.isArray(obj.entries)) throw new Error('its entries are not a list');
+        return { key, parts: [], inline: obj.entries };
+      }
+      if (obj.v !== 2) throw new Error(`unsupported checkpoint version ${String(obj.v)} (this Phoenix reads 1 and 2: upgrade it)`);
+      return { key, parts: decodeParts(obj.parts), inline: [] };
+    } catch (err) {
+      throw corrupt(`checkpoint ${key}`, (err as Error).message);
+    }
+  }
+
+  /** The records of a checkpoint, in order, one part in memory at a time. */
+  async *checkpointRecords(source: string, seq: number): AsyncGenerator<FileRecord> {
+    const head = await this.#checkpointHead(source, seq);
+    for (const [id, size] of head.parts) this.#parts.set(id, size);
+    const decode = (o: Record<string, unknown>): FileRecord => {
+      try {
+        return decodeRecord(o);
+      } catch (err) {
+        throw corrupt(`checkpoint ${head.key}`, (err as Error).message);
+      }
+    };
+    for (const o of head.inline) yield decode(o as Record<string, unknown>);
+    for await (const o of readParts(this.backend, this.keys, head.parts.map(([id]) => id))) yield decode(o);
   }
 
   /**
@@ -209,18 +349,10 @@ export class Repository {
     return (await listAll(this.backend, prefix)).map((o) => Number(o.key.slice(prefix.length))).filter((n) => n > 0);
   }
 
+  /** A checkpoint as a map (its whole tree in memory: for browsing and restore). */
   async readCheckpoint(source: string, seq: number): Promise<TreeState> {
-    const key = checkpointKey(source, seq);
-    const obj = await this.#getJson(key);
     const state: TreeState = new Map();
-    try {
-      for (const e of obj.entries as Array<Record<string, unknown>>) {
-        const r = decodeRecord(e);
-        state.set(r.path, r);
-      }
-    } catch (err) {
-      throw corrupt(`checkpoint ${key}`, (err as Error).message);
-    }
+    for await (const r of this.checkpointRecords(source, seq)) state.set(r.path, r);
     return state;
   }
 

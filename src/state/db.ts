@@ -3,7 +3,8 @@ import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { Entry } from '../model/entry.js';
 import { rawFromBuffer, rawToBuffer, type RawPath } from '../model/path.js';
-import { decodeRecord, encodeRecord, type ChunkRef, type FileRecord } from '../repo/format.js';
+import { decodeRecord, encodeRecord, type ChunkRef, type FileRecord, type JournalChange } from '../repo/format.js';
+import type { EncodedRecord } from '../repo/repository.js';
 
 /** What the local cache knows of one path: the stored record, plus inode and ctime to skip unchanged files. */
 export interface CachedFile {
@@ -47,6 +48,11 @@ class StoredFile implements CachedFile {
   }
 }
 
+/** Records as of one instant, read lazily; `close()` when not read to the end. */
+export interface Snapshot extends Iterable<EncodedRecord> {
+  close(): void;
+}
+
 /** One row of the durable queue: a path changed (dirty), a path removed (with what was below it), or a move. */
 export interface QueuedChange {
   id: number;
@@ -70,13 +76,25 @@ export class StateDb {
   readonly #putChunk: Database.Statement;
   readonly #putFile: Database.Statement;
   readonly #delFile: Database.Statement;
+  readonly #path: string;
   readonly #putQueue: Database.Statement;
   readonly #trimQueue: Database.Statement;
   #lastQueued: number;
 
   constructor(path: string) {
     mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+    this.#path = path;
     this.#db = new Database(path);
+    // A record's JSON with its path ("p", always the first field) set to `path`: moves rewrite rows in SQL.
+    this.#db.function('phx_repath', { deterministic: true }, (rec: unknown, p: unknown) => {
+      const o = JSON.parse(String(rec)) as Record<string, unknown>;
+      o.p = Buffer.from(p as Uint8Array).toString('base64');
+      return JSON.stringify(o);
+    });
+    // `prefix` followed by `path` without its first `skip` bytes (SQL's string functions are not for arbitrary bytes).
+    this.#db.function('phx_rebase', { deterministic: true }, (prefix: unknown, path: unknown, skip: unknown) =>
+      Buffer.concat([prefix as Uint8Array, (path as Buffer).subarray(Number(skip))]),
+    );
     this.#db.pragma('journal_mode = WAL');
     this.#db.pragma('synchronous = NORMAL');
     // Version 1 added files.stamp. Older file caches are dropped, and rebuilt from the repository.
@@ -147,6 +165,98 @@ export class StateDb {
     this.#db.transaction(() => {
       for (const c of chunks) this.#putChunk.run(c.id, c.pack, c.offset, c.length);
     })();
+  }
+
+  /**
+   * The records of `source` in byte order of path, as the cache holds them now: a snapshot (a
+   * read transaction on a second connection) that later commits do not change, read lazily so
+   * that a checkpoint of any size is written in bounded memory. Consume it to the end (or call
+   * `return()`), which ends the read transaction.
+   */
+  snapshot(source: string): Snapshot {
+    // A connection of its own: snapshots may overlap (a checkpoint still uploading when the next is taken).
+    const reader = new Database(this.#path, { readonly: true, fileMustExist: true });
+    reader.prepare('BEGIN').run();
+    reader.prepare('SELECT 1 FROM meta LIMIT 1').get(); // the snapshot starts with the first read
+    const rows = reader.prepare('SELECT path, rec FROM files WHERE source = ? ORDER BY path').raw().iterate(source) as IterableIterator<[Buffer, string]>;
+    let open = true;
+    const close = (): void => {
+      if (!open) return;
+      open = false;
+      rows.return?.();
+      reader.close();
+    };
+    return {
+      close,
+      *[Symbol.iterator]() {
+        try {
+          for (const [path, json] of rows) yield { path: rawFromBuffer(path), json };
+        } finally {
+          close();
+        }
+      },
+    };
+  }
+
+  /** Forgets what the cache knows of `source` (a rebuild follows; until it ends the cache is out of sync). */
+  clearSource(source: string): void {
+    this.#db.transaction(() => {
+      this.#db.prepare('DELETE FROM meta WHERE source = ?').run(source);
+      this.#db.prepare('DELETE FROM files WHERE source = ?').run(source);
+    })();
+  }
+
+  /**
+   * Applies journal changes to the rows of `source` as docs/FORMAT.md defines them, in SQL: a
+   * directory's removal or move is a range of rows, never a walk in memory. Rows put here are
+   * not vouched for (no inode or ctime): the next look at such a file reads it.
+   */
+  applyChanges(source: string, changes: Iterable<JournalChange>): void {
+    const db = this.#db;
+    const under = 'path > ? AND path < ?'; // `dir/` < p < `dir0`: everything under dir
+    const below = `source = ? AND ${under}`;
+    const range = (p: RawPath): [Buffer, Buffer] => [rawToBuffer(`${p}/`), rawToBuffer(`${p}0`)];
+    const dropBelow = db.prepare(`DELETE FROM files WHERE ${below}`);
+    const isDir = db.prepare("SELECT 1 FROM files WHERE source = ? AND path = ? AND rec LIKE '%\"t\":\"dir\"%'");
+    // A moved subtree passes through paths that start with '/', which no relative path does.
+    const toTemp = db.prepare(`UPDATE files SET path = phx_rebase(X'2F', path, ?) WHERE source = ? AND (path = ? OR (${under}))`);
+    const fromTemp = db.prepare("UPDATE files SET path = phx_rebase(?, path, 1) WHERE source = ? AND path >= X'2F' AND path < X'30'");
+    const repath = db.prepare(`UPDATE files SET rec = phx_repath(rec, path) WHERE source = ? AND (path = ? OR (${under}))`);
+    db.transaction(() => {
+      for (const c of changes) {
+        if (c.op === 'put') {
+          const { op: _op, ...rec } = c;
+          if (rec.type !== 'dir' && isDir.get(source, rawToBuffer(c.path)) !== undefined) dropBelow.run(source, ...range(c.path));
+          this.#putFileRow(source, { rec, ino: '', ctimeNs: '' });
+          for (const ch of rec.chunks) this.#putChunk.run(ch.id, ch.pack, ch.offset, ch.length);
+        } else if (c.op === 'delete') {
+          this.#delFile.run(source, rawToBuffer(c.path));
+          dropBelow.run(source, ...range(c.path));
+        } else if (c.from !== c.path) {
+          // Through the temporary prefix, so that the target may hold the source (a/b onto a).
+          toTemp.run(rawToBuffer(c.from).length, source, rawToBuffer(c.from), ...range(c.from));
+          this.#delFile.run(source, rawToBuffer(c.path));
+          dropBelow.run(source, ...range(c.path));
+          fromTemp.run(rawToBuffer(c.path), source);
+          repath.run(source, rawToBuffer(c.path), ...range(c.path));
+        }
+      }
+    })();
+  }
+
+  /** Adds records as they are in the repository (a checkpoint being read into the cache). */
+  putRecords(source: string, records: Iterable<FileRecord>): void {
+    this.#db.transaction(() => {
+      for (const rec of records) {
+        this.#putFileRow(source, { rec, ino: '', ctimeNs: '' });
+        for (const ch of rec.chunks) this.#putChunk.run(ch.id, ch.pack, ch.offset, ch.length);
+      }
+    })();
+  }
+
+  /** Marks the cache of `source` as holding commit `seq` of repository `repoId`. */
+  setSeq(source: string, repoId: string, seq: number): void {
+    this.#setSeq(source, repoId, seq);
   }
 
   #putFileRow(source: string, f: CachedFile): void {
