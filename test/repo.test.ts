@@ -41,7 +41,7 @@ async function chunksOf(data: Buffer, keys = Keys.none(), known: string[] = []):
   try {
     writeFileSync(join(dir.path, 'f'), data);
     const out: Array<{ id: string; data: Buffer | undefined }> = [];
-    const end = await pool.readFile(Buffer.from(join(dir.path, 'f')), data.length, known, {
+    const end = await pool.readFile(Buffer.from(join(dir.path, 'f')), data.length, known.map((id) => ({ id })), {
       chunk: (c) => {
         const opened = c.sealed && openBlob(keys, c.sealed, 'blob');
         assert.equal(opened?.length ?? c.bytes, c.bytes);

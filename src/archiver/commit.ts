@@ -35,7 +35,7 @@ export class CommitBuilder {
   readonly #structural: JournalChange[] = [];
   /** Puts by path: a later removal or move of the same path in this commit takes them along. */
   readonly #puts = new Map<RawPath, FileRecord>();
-  readonly #unresolved: Array<{ rec: FileRecord; refs: Array<Promise<ChunkRef>> }> = [];
+  readonly #unresolved: Array<{ rec: FileRecord; chunks: PendingChunk[] }> = [];
   readonly #newChunks = new Map<string, Promise<ChunkRef>>();
   readonly #writer: ChunkWriter;
 
@@ -90,8 +90,8 @@ export class CommitBuilder {
       if (torn) this.opts.onProblem?.(path, `kept changing while read ${TORN_RETRIES} times; backed up as last read, and read again at its next change`);
       entry = read.entry;
       // Ids now (to compare with the last version); packs and offsets once the packs are cut.
-      rec = record(path, entry, read.chunks.map((c) => ({ id: c.id, pack: '', offset: 0, length: 0 })));
-      this.#unresolved.push({ rec, refs: read.chunks.map((c) => c.ref) });
+      rec = record(path, entry, read.chunks.map((c) => ({ id: c.id, pack: '', offset: 0, length: 0, size: c.size })));
+      this.#unresolved.push({ rec, chunks: read.chunks });
     } else {
       rec = record(path, e, []);
     }
@@ -172,7 +172,10 @@ export class CommitBuilder {
    */
   async commit(seq: number, inTransaction?: () => void): Promise<{ info: CommitInfo; commit: Commit } | undefined> {
     await this.#writer.flush();
-    for (const u of this.#unresolved) u.rec.chunks = await Promise.all(u.refs);
+    for (const u of this.#unresolved) {
+      const refs = await Promise.all(u.chunks.map((c) => c.ref));
+      u.rec.chunks = refs.map((r, i) => ({ id: r.id, pack: r.pack, offset: r.offset, length: r.length, size: (u.chunks[i] as PendingChunk).size }));
+    }
     const puts: CachedFile[] = [];
     const deleted: RawPath[] = [];
     for (const [p, c] of this.#overlay) {
@@ -256,15 +259,15 @@ export class CommitBuilder {
   }
 
   /** A chunk by id: known (its ref at once), or new (its ref once its pack is cut), uploaded once. */
-  readonly #refFor = (id: string, sealed: Buffer): PendingChunk => {
+  readonly #refFor = (id: string, sealed: Buffer): Promise<ChunkRef> => {
     let p = this.#newChunks.get(id);
     if (p === undefined) {
       const known = this.db.chunk(id);
-      if (known) return { id, ref: Promise.resolve(known) };
+      if (known) return Promise.resolve(known);
       p = this.#writer.addSealed(id, sealed);
       this.#newChunks.set(id, p);
     }
-    return { id, ref: p };
+    return p;
   };
 }
 

@@ -7,6 +7,8 @@ export { TORN_RETRIES } from './seal-pool.js';
 
 export interface PendingChunk {
   id: string;
+  /** Plaintext bytes. */
+  size: number;
   ref: Promise<ChunkRef>;
 }
 
@@ -27,22 +29,22 @@ export async function readFile(
   path: Buffer,
   scanned: Entry,
   previous: readonly ChunkRef[],
-  refFor: (id: string, sealed: Buffer) => PendingChunk,
+  refFor: (id: string, sealed: Buffer) => Promise<ChunkRef>,
   writer: ChunkWriter,
   onBytes: (n: number) => void,
 ): Promise<ReadResult> {
   const prev = new Map(previous.map((c) => [c.id, c]));
   let chunks: PendingChunk[] = [];
-  const end = await pool.readFile(path, scanned.size, [...prev.keys()], {
+  const end = await pool.readFile(path, scanned.size, previous, {
     chunk: (c: ChunkOut) => {
       onBytes(c.bytes);
       const known = prev.get(c.id);
       if (c.sealed === undefined) {
         if (known === undefined) throw new Error(`seal worker skipped chunk ${c.id}, which the file's last version does not have`);
-        chunks.push({ id: c.id, ref: Promise.resolve(known) });
+        chunks.push({ id: c.id, size: c.bytes, ref: Promise.resolve(known) });
         return;
       }
-      chunks.push(refFor(c.id, c.sealed));
+      chunks.push({ id: c.id, size: c.bytes, ref: refFor(c.id, c.sealed) });
       return writer.backpressure();
     },
     restart: () => {

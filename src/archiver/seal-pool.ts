@@ -10,13 +10,14 @@ const CREDIT = 16 * 2 ** 20;
 
 /**
  * Main → worker: back up the file at `path` (its bytes as a latin1 string: a small Buffer is a
- * view into Node's 8 KiB pool, and cloning it would copy the whole pool); chunks whose id is
- * in `known` are not sealed.
+ * view into Node's 8 KiB pool, and cloning it would copy the whole pool). `prev`: the chunks of
+ * its last version (id, plaintext size or 0 when the record does not say): they are not sealed
+ * again, and an append keeps them (src/archiver/append.ts).
  */
 export interface FileJob {
   job: number;
   path: string;
-  known: string[];
+  prev: Array<[string, number]>;
 }
 
 /** The file's metadata as it stood when the read ended. */
@@ -36,7 +37,7 @@ export type JobEnd =
   | { status: 'error'; message: string };
 
 /**
- * Worker → main, in order per job: `chunk`s (with the sealed blob unless its id was in `known`),
+ * Worker → main, in order per job: `chunk`s (with the sealed blob unless its id is one of `prev`),
  * `restart` when the file changed while read (the chunks so far are not the file's), then `done`.
  */
 export type FromWorker =
@@ -48,7 +49,7 @@ export interface ChunkOut {
   id: string;
   /** Plaintext length. */
   bytes: number;
-  /** Undefined when the id was in `known`. */
+  /** Undefined when the id is one of the last version's. */
   sealed: Buffer | undefined;
 }
 
@@ -132,7 +133,7 @@ export class SealPool {
    * Backs up the file at `path` (about `size` bytes) on the least busy worker. Resolves when the
    * worker is done with it, after every chunk was handed to `handlers`.
    */
-  readFile(path: Buffer, size: number, known: readonly string[], handlers: FileHandlers): Promise<JobEnd> {
+  readFile(path: Buffer, size: number, prev: ReadonlyArray<{ id: string; size?: number }>, handlers: FileHandlers): Promise<JobEnd> {
     if (this.#slots.length === 0 && this.#dead === undefined) this.#start();
     if (this.#slots.length === 0) return Promise.reject(this.#dead as Error);
     const job = this.#next++;
@@ -140,7 +141,7 @@ export class SealPool {
     slot.queued += size;
     return new Promise((resolve, reject) => {
       this.#jobs.set(job, { slot, size, handlers, resolve, reject });
-      slot.outbox.push({ job, path: path.toString('latin1'), known: [...known] });
+      slot.outbox.push({ job, path: path.toString('latin1'), prev: prev.map((c) => [c.id, c.size ?? 0]) });
       if (!this.#flushing) {
         this.#flushing = true;
         queueMicrotask(() => this.#flush());

@@ -4,6 +4,7 @@
 import { type BigIntStats, closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
 import { DEFAULT_CHUNKER, nextCut } from '../repo/chunker.js';
+import { chunksToKeep } from './append.js';
 import { Keys } from '../repo/crypto.js';
 import { sealBlob } from '../repo/pack.js';
 import { TORN_RETRIES, type FileJob, type FromWorker } from './seal-pool.js';
@@ -72,12 +73,36 @@ function emit(job: number, chunk: Buffer, known: ReadonlySet<string>): void {
 /** The read buffer, reused for every file (chunks are sealed, that is copied, before the next read). */
 const buf = Buffer.allocUnsafe(BUFFER);
 
-/** Reads, chunks and seals the file once; the stat before and after, and the bytes read. */
-function readOnce(job: number, fd: number, known: ReadonlySet<string>): { st0: BigIntStats; st1: BigIntStats; total: number } {
+/** Reads up to `n` bytes at `pos` into the front of `buf`; fewer only at the end of the file. */
+function readAt(fd: number, n: number, pos: number): number {
+  let got = 0;
+  while (got < n) {
+    const r = readSync(fd, buf, got, n - got, pos + got);
+    if (r === 0) break;
+    got += r;
+  }
+  return got;
+}
+
+/**
+ * Reads, chunks and seals the file once; the stat before and after, and the bytes read. The
+ * first chunks of the last version that `chunksToKeep` names are kept if their bytes still have
+ * their ids (each is read and hashed: an append is verified, never assumed); the rest is cut
+ * with FastCDC from the end of the last one kept.
+ */
+function readOnce(job: number, fd: number, prev: ReadonlyArray<[string, number]>, known: ReadonlySet<string>): { st0: BigIntStats; st1: BigIntStats; total: number } {
   const st0 = fstatSync(fd, { bigint: true });
+  const keep = chunksToKeep(prev.map(([, n]) => (n > 0 ? n : undefined)), Number(st0.size), DEFAULT_CHUNKER);
+  let pos = 0;
+  for (let i = 0; i < keep; i++) {
+    const [id, n] = prev[i] as [string, number];
+    if (readAt(fd, n, pos) < n || keys.id(buf.subarray(0, n)).toString('hex') !== id) break;
+    post({ job, type: 'chunk', id, bytes: n });
+    pos += n;
+  }
   let start = 0;
   let end = 0;
-  let total = 0;
+  let total = pos;
   for (let eof = false; !eof; ) {
     if (end === buf.length) {
       // Full: keep the undecided tail (less than one maximal chunk) at the front.
@@ -85,7 +110,7 @@ function readOnce(job: number, fd: number, known: ReadonlySet<string>): { st0: B
       end -= start;
       start = 0;
     }
-    const n = readSync(fd, buf, end, buf.length - end, null);
+    const n = readSync(fd, buf, end, buf.length - end, total);
     end += n;
     total += n;
     eof = n === 0;
@@ -104,7 +129,7 @@ function heldStill(a: BigIntStats, b: BigIntStats): boolean {
 }
 
 function readFileJob(m: FileJob): void {
-  const known = new Set(m.known);
+  const known = new Set(m.prev.map(([id]) => id));
   for (let attempt = 1; ; attempt++) {
     let fd: number;
     try {
@@ -116,7 +141,7 @@ function readFileJob(m: FileJob): void {
       return;
     }
     try {
-      const { st0, st1, total } = readOnce(m.job, fd, known);
+      const { st0, st1, total } = readOnce(m.job, fd, m.prev, known);
       const stable = heldStill(st0, st1) && total === Number(st1.size);
       if (stable || attempt >= TORN_RETRIES) {
         const st = { mode: Number(st1.mode), uid: Number(st1.uid), gid: Number(st1.gid), mtimeNs: st1.mtimeNs, ctimeNs: st1.ctimeNs, ino: st1.ino };
