@@ -360,7 +360,7 @@ export class Watcher {
     const e = lstatEntry(toFsPath(this.root, path));
     if (e === undefined) {
       this.#otherLinks(path, old); // written through this name, gone by now: its other names changed
-      return markStale(old); // deleted (IN_DELETE follows) or a parent moved on
+      return this.#markStale(path, old); // deleted (IN_DELETE follows) or a parent moved on
     }
     this.#tree.set(path, e);
     this.#emit({ type: 'modified', path, kind: e.kind, closed });
@@ -372,7 +372,10 @@ export class Watcher {
    * a directory watch), which #otherLinks relies on if a name is gone before its event is read.
    */
   #linkCount(e: Entry): void {
-    for (const [, other] of this.#tree.entries()) if (other.ino === e.ino && other.dev === e.dev) other.nlink = e.nlink;
+    for (const p of [...this.#tree.linked()]) {
+      const other = this.#tree.get(p) as Entry;
+      if (other.ino === e.ino && other.dev === e.dev && other.nlink !== e.nlink) this.#tree.set(p, { ...other, nlink: e.nlink });
+    }
   }
 
   /**
@@ -392,7 +395,8 @@ export class Watcher {
     const files = new Set<string>();
     for (const e of found) if (e.kind === 'file' && e.nlink > 1) files.add(`${e.dev}:${e.ino}`);
     if (files.size === 0) return;
-    for (const [p, other] of this.#tree.entries()) {
+    for (const p of [...this.#tree.linked()]) {
+      const other = this.#tree.get(p) as Entry;
       if (!isWithin(p, scope) && files.has(`${other.dev}:${other.ino}`)) this.#linkChanged(p, other);
     }
   }
@@ -412,7 +416,7 @@ export class Watcher {
     const e = lstatEntry(toFsPath(this.root, path));
     if (e === undefined) {
       this.#otherLinks(path, old);
-      return markStale(old);
+      return this.#markStale(path, old);
     }
     if (e.kind !== old.kind) return this.#appeared(path, e.kind === 'dir');
     this.#tree.set(path, e);
@@ -507,6 +511,15 @@ export class Watcher {
     }
   }
 
+  /**
+   * A change was seen but its path could not be read any more (a parent directory moved on
+   * before the event was handled): make sure the next reconcile of wherever it now lives
+   * reports it as modified, instead of trusting stat fields that may not have moved.
+   */
+  #markStale(path: RawPath, e: Entry): void {
+    this.#tree.set(path, { ...e, mtimeNs: -1n, ctimeNs: -1n });
+  }
+
   #crossesDevice(e: Entry): boolean {
     return this.#filter.oneFileSystem && e.dev !== this.#rootDev;
   }
@@ -572,8 +585,7 @@ export class Watcher {
     if (!this.#overLimit || this.#unwatched.size === 0 || this.#limitWarned) return;
     this.#limitWarned = true;
     const limit = readLimit('max_user_watches');
-    let dirs = 1;
-    for (const [, e] of this.#tree.entries()) if (e.kind === 'dir') dirs++;
+    const dirs = 1 + this.#tree.dirCount;
     const suggested = Math.max(524288, 2 ** Math.ceil(Math.log2(dirs * 2)));
     this.#opts.onWarning?.(
       new PhoenixError(
@@ -603,16 +615,6 @@ export class Watcher {
     this.close();
     this.#opts.onFatal?.(err);
   }
-}
-
-/**
- * A change was seen but its path could not be read any more (a parent directory moved on
- * before the event was handled): make sure the next reconcile of wherever it now lives
- * reports it as modified, instead of trusting stat fields that may not have moved.
- */
-function markStale(e: Entry): void {
-  e.mtimeNs = -1n;
-  e.ctimeNs = -1n;
 }
 
 /** Reads /proc/sys/fs/inotify/NAME, or undefined. */
