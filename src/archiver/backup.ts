@@ -6,9 +6,9 @@ import { isWithin, rawFromUtf8, toFsPath, type RawPath } from '../model/path.js'
 import type { CommitHead, CommitStats, FileRecord, JournalChange } from '../repo/format.js';
 import { checkContiguous, mapLimited, type CommitInfo, type Repository } from '../repo/repository.js';
 import { scan, type ScanResult } from '../scanner/scan.js';
-import type { CachedFile, StateDb } from '../state/db.js';
+import { entryStamp, type StateDb } from '../state/db.js';
 import { CheckpointPolicy } from './checkpoints.js';
-import { CommitBuilder, unchanged } from './commit.js';
+import { CommitBuilder } from './commit.js';
 import { SealPool } from './seal-pool.js';
 
 export interface BackupOptions {
@@ -16,8 +16,6 @@ export interface BackupOptions {
   oneFileSystem?: boolean;
   /** A scan started earlier with `startScan` (it can run while the repository key is derived). */
   scan?: Promise<ScanResult>;
-  /** The cache of the source, read earlier (at `seq`); used when the cache is still at that seq. */
-  cache?: { seq: number | undefined; files: Map<RawPath, CachedFile> };
   onProblem?: (path: RawPath, message: string) => void;
   onProgress?: (p: { files: number; bytes: number; total: number }) => void;
 }
@@ -58,7 +56,7 @@ async function backupLocked(
 ): Promise<BackupResult> {
   const scanning = opts.scan ?? startScan(sourceDir, opts);
   scanning.catch(() => {}); // awaited below, after the cache is synced: not an unhandled rejection meanwhile
-  const seq = (await syncCache(repo, db, source))?.seq ?? 0;
+  const synced = (await syncCache(repo, db, source))?.seq ?? 0;
   const root = rawFromUtf8(sourceDir);
   let problems = 0;
   const problem = (path: RawPath, message: string): void => {
@@ -67,46 +65,76 @@ async function backupLocked(
   };
   const scanned = await scanning;
   for (const p of scanned.problems) problem(p.path, `${p.code}: ${p.message}`);
-  const known = opts.cache !== undefined && opts.cache.seq === db.seq(source, repo.config.id) ? opts.cache.files : db.files(source);
+  const known = db.known(source);
+  const stats: CommitStats = { files: 0, dirs: 0, deleted: 0, bytesUploaded: 0, bytesTotal: 0 };
   let progressBytes = 0;
   let progressFiles = 0;
-  const builder = new CommitBuilder(repo, db, pool, source, known, {
-    root: sourceDir,
-    onProblem: problem,
-    onBytes: (n) => {
-      progressBytes += n;
-      opts.onProgress?.({ files: progressFiles, bytes: progressBytes, total: 0 });
-    },
-  });
-  const seen = new Set<RawPath>();
-  const entries = [...scanned.tree.subtree('')].map((p) => [p, scanned.tree.get(p) as Entry] as const);
-  // What the cache vouches for is settled here, without a promise per entry.
-  const changed = entries.filter(([path, e]) => {
-    const c = known.get(path);
-    if (c === undefined || !unchanged(c, e)) return true;
-    seen.add(path);
-    return false;
-  });
+  const newBuilder = (): CommitBuilder =>
+    new CommitBuilder(repo, db, pool, source, known, {
+      root: sourceDir,
+      onProblem: problem,
+      onBytes: (n) => {
+        progressBytes += n;
+        opts.onProgress?.({ files: progressFiles, bytes: progressBytes, total: 0 });
+      },
+    });
+  let builder = newBuilder();
+  let seq = synced;
+  let last: CommitInfo | undefined;
+  // A large backup is made of several commits of at most COMMIT_ENTRIES entries each, so that
+  // memory stays bounded; they are cut in scan order (parents first), so every commit's entries
+  // have their directories committed by it or before it. Puts within a commit in byte order.
+  const commit = async (): Promise<void> => {
+    builder.sortPuts(compareRaw);
+    const done = await builder.commit(seq + 1);
+    for (const k of Object.keys(stats) as Array<keyof CommitStats>) stats[k] += builder.stats[k];
+    if (done !== undefined) {
+      seq = done.commit.seq;
+      last = done.info;
+    }
+    builder = newBuilder();
+  };
+  const vanished: RawPath[] = [];
+  let window: Array<[RawPath, Entry]> = [];
   // Files are read many at a time (on the seal workers) so that disk, CPU and network overlap.
-  await mapLimited(changed, 32, async ([path, e]) => {
-    // Gone: a deletion below if it was known. Unreadable: it keeps its last version.
-    if ((await builder.add(path, toFsPath(root, path), e)) !== 'vanished') seen.add(path);
-    progressFiles++;
-  });
+  const readWindow = async (): Promise<void> => {
+    await mapLimited(window, 32, async ([path, e]) => {
+      // Gone: a deletion below if it was known. Unreadable: it keeps its last version.
+      if ((await builder.add(path, toFsPath(root, path), e)) === 'vanished') vanished.push(path);
+      progressFiles++;
+    });
+    window = [];
+    if (builder.size >= COMMIT_ENTRIES) await commit();
+  };
+  for (const path of scanned.tree.walk('')) {
+    const e = scanned.tree.get(path) as Entry;
+    // What the cache vouches for is settled here, without a read and without a promise.
+    if (known.stamp(path) === entryStamp(e)) continue;
+    if (window.push([path, e]) >= WINDOW) await readWindow();
+  }
+  await readWindow();
   // Below a directory that could not be listed nothing is known: keep what the last commit had.
   const unlisted = scanned.problems.map((p) => p.path).filter((p) => scanned.tree.get(p)?.kind === 'dir' || p === '');
-  builder.removeMany([...known.keys()].filter((p) => !seen.has(p) && !unlisted.some((u) => p !== u && isWithin(p, u))));
-  // Puts in scan order (parents first).
-  const order = new Map(entries.map(([p], i) => [p, i]));
-  builder.sortPuts((a, b) => (order.get(a) ?? 0) - (order.get(b) ?? 0));
-  const done = await builder.commit(seq + 1);
-  if (done !== undefined && (await CheckpointPolicy.load(repo, source, await repo.commitList(source))).due()) {
+  const gone = new Set(vanished);
+  for (const p of known.paths()) if (!scanned.tree.has(p) && !unlisted.some((u) => p !== u && isWithin(p, u))) gone.add(p);
+  builder.removeMany([...gone].filter((p) => known.get(p) !== undefined || builder.get(p) !== undefined));
+  await commit();
+  if (last !== undefined && (await CheckpointPolicy.load(repo, source, await repo.commitList(source))).due()) {
     // The cache now holds exactly the tree after this commit: no need to read the journal back
     // (`phoenix check` compares every checkpoint with the journal).
     const records = db.snapshot(source);
-    await repo.writeCheckpoint(source, done.commit.seq, records).finally(() => records.close());
+    await repo.writeCheckpoint(source, seq, records).finally(() => records.close());
   }
-  return { commit: done?.info, stats: builder.stats, problems };
+  return { commit: last, stats, problems };
+}
+
+/** Entries a one-shot backup puts in one commit at most, and files it reads at a time. */
+const COMMIT_ENTRIES = 20_000;
+const WINDOW = 1024;
+
+/** Byte order of raw paths: parents before their children. */
+export function compareRaw(a: RawPath, b: RawPath): number {
+  return a < b ? -1 : a > b ? 1 : 0;
 }
 
 /** Scans `sourceDir` for a backup; rejects when it is not a directory. */
@@ -194,18 +222,18 @@ export async function planBackup(repo: Repository, db: StateDb, sourceDir: strin
   await syncCache(repo, db, source);
   const scanned = await scanning;
   for (const p of scanned.problems) opts.onProblem?.(p.path, `${p.code}: ${p.message}`);
-  const known = db.files(source);
+  const known = db.known(source);
   const changes: PlannedChange[] = [];
-  for (const p of scanned.tree.subtree('')) {
+  for (const p of scanned.tree.walk('')) {
     const e = scanned.tree.get(p) as Entry;
-    const c = known.get(p);
-    if (c !== undefined && unchanged(c, e)) continue;
-    changes.push({ path: p, change: c === undefined ? 'new' : 'changed', kind: e.kind, size: e.kind === 'file' ? e.size : 0 });
+    const stamp = known.stamp(p);
+    if (stamp === entryStamp(e)) continue;
+    changes.push({ path: p, change: stamp === undefined && known.get(p) === undefined ? 'new' : 'changed', kind: e.kind, size: e.kind === 'file' ? e.size : 0 });
   }
   const unlisted = scanned.problems.map((p) => p.path).filter((p) => scanned.tree.get(p)?.kind === 'dir' || p === '');
-  for (const [p, c] of known) {
-    if (scanned.tree.get(p) !== undefined || unlisted.some((u) => p !== u && isWithin(p, u))) continue;
-    changes.push({ path: p, change: 'removed', kind: c.rec.type, size: 0 });
+  for (const p of known.paths()) {
+    if (scanned.tree.has(p) || unlisted.some((u) => p !== u && isWithin(p, u))) continue;
+    changes.push({ path: p, change: 'removed', kind: known.get(p)?.rec.type ?? 'file', size: 0 });
   }
   return { changes, problems: scanned.problems.length };
 }

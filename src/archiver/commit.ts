@@ -3,7 +3,7 @@ import type { Entry } from '../model/entry.js';
 import { isWithin, parentOf, type RawPath } from '../model/path.js';
 import type { Commit, ChunkRef, CommitStats, FileRecord, JournalChange } from '../repo/format.js';
 import { ChunkWriter, type CommitInfo, type Repository } from '../repo/repository.js';
-import { entryStamp, stampOf, type CachedFile, type StateDb } from '../state/db.js';
+import { entryStamp, stampOf, type CachedFile, type KnownFiles, type StateDb } from '../state/db.js';
 import { readFile, TORN_RETRIES, type PendingChunk } from './read.js';
 import type { SealPool } from './seal-pool.js';
 
@@ -20,10 +20,9 @@ export type AddResult = 'unchanged' | 'added' | 'vanished' | 'error';
 
 /**
  * Builds one commit of one source on top of what the cache knows (`known`, the tree as of the
- * last commit): entries added (files read, chunked, deduplicated, sealed and packed), removed
- * and moved. `commit()` makes it durable — packs, then the commit object, then the cache — and
- * `applyTo()` brings the caller's `known` up to date. Until then `known` is left alone, so a
- * commit that fails can simply be built again.
+ * last commit, in SQLite): entries added (files read, chunked, deduplicated, sealed and packed),
+ * removed and moved. `commit()` makes it durable — packs, then the commit object, then the
+ * cache. Until then the cache is left alone, so a commit that fails can simply be built again.
  *
  * Moves and removals must come before the adds of the same commit (journal order: moves and
  * deletes as called, then puts).
@@ -44,7 +43,7 @@ export class CommitBuilder {
     readonly db: StateDb,
     readonly pool: SealPool,
     readonly source: string,
-    readonly known: ReadonlyMap<RawPath, CachedFile>,
+    readonly known: KnownFiles,
     readonly opts: CommitBuilderOptions = {},
   ) {
     this.#writer = new ChunkWriter(repo);
@@ -211,14 +210,6 @@ export class CommitBuilder {
     return [...out];
   }
 
-  /** Applies this (committed) builder's changes to `known`. */
-  applyTo(known: Map<RawPath, CachedFile>): void {
-    for (const [p, c] of this.#overlay) {
-      if (c === null) known.delete(p);
-      else known.set(p, c);
-    }
-  }
-
   /** Orders the puts (the journal lists them in this order). */
   sortPuts(compare: (a: RawPath, b: RawPath) => number): void {
     const sorted = [...this.#puts.values()].sort((a, b) => compare(a.path, b.path));
@@ -249,11 +240,11 @@ export class CommitBuilder {
     return [path, ...this.#below(path)];
   }
 
-  /** Every path below `path` (not itself) as of this commit: a walk of the whole cache. */
+  /** Every path below `path` (not itself) as of this commit: a range of the cache, and this commit's own. */
   #below(path: RawPath): RawPath[] {
     const out = new Set<RawPath>();
     const under = (k: RawPath): boolean => k !== path && isWithin(k, path);
-    for (const k of this.known.keys()) if (under(k) && this.#overlay.get(k) !== null) out.add(k);
+    for (const k of this.known.below(path)) if (this.#overlay.get(k) !== null) out.add(k);
     for (const [k, c] of this.#overlay) if (c !== null && under(k)) out.add(k);
     return [...out];
   }

@@ -1,5 +1,5 @@
 import { resolve } from 'node:path';
-import { backup, planBackup, startScan, type BackupOptions } from '../archiver/backup.js';
+import { backup, planBackup, startScan } from '../archiver/backup.js';
 import { listAll } from '../backend/backend.js';
 import { openBackend } from '../backend/open.js';
 import { resolveSettings } from '../config/settings.js';
@@ -45,15 +45,13 @@ export async function backupCommand(source: string, flags: BackupFlags): Promise
   scan.catch(() => {}); // awaited by backup(); an error then is reported there
   const name = flags.source ?? dir;
   const settings = await resolveSettings(flags);
-  // The cache is read while the key is derived, too.
+  // The cache is opened while the key is derived, too.
   let db: StateDb | undefined;
-  let cache: BackupOptions['cache'];
   let repo: Repository;
   try {
     repo = await openRepo(settings, {
       whileDeriving: (config) => {
         db = openState(settings, config);
-        cache = { seq: db.seq(name, config.id), files: db.files(name) };
       },
     });
   } catch (err) {
@@ -72,7 +70,7 @@ export async function backupCommand(source: string, flags: BackupFlags): Promise
       if (!flags.json && flags.verbosity > 0) process.stderr.write(`dry run: ${plan.changes.length} entries would be committed, ${mib(bytes)} read (nothing was written)\n`);
       return plan.problems > 0 ? 1 : 0;
     }
-    const r = await backup(repo, db, dir, name, { ...filter, scan, ...(cache ? { cache } : {}), onProblem });
+    const r = await backup(repo, db, dir, name, { ...filter, scan, onProblem });
     const secs = (performance.now() - start) / 1000;
     const s = r.stats;
     const json = { source: name, seq: r.commit?.seq ?? null, time: r.commit ? iso(r.commit.timeMs) : null, ...s, problems: r.problems, seconds: secs };

@@ -1,5 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import { CommitBuilder, unchanged } from '../archiver/commit.js';
+import { CommitBuilder } from '../archiver/commit.js';
 import { syncCache } from '../archiver/backup.js';
 import { CheckpointPolicy } from '../archiver/checkpoints.js';
 import type { SealPool } from '../archiver/seal-pool.js';
@@ -10,7 +10,8 @@ import { Filter } from '../model/filter.js';
 import { displayPath, isWithin, parentOf, toFsPath, type RawPath } from '../model/path.js';
 import { mapLimited, type Lease, type Repository } from '../repo/repository.js';
 import { lstatEntry } from '../scanner/stat.js';
-import type { CachedFile, QueuedChange, StateDb } from '../state/db.js';
+import { entryStamp, type KnownFiles, type QueuedChange, type StateDb } from '../state/db.js';
+import type { Entry } from '../model/entry.js';
 import { Watcher } from '../watcher/watcher.js';
 import { PendingChanges, type SettleTimes } from './pending.js';
 
@@ -71,7 +72,7 @@ export class SourceRunner {
   #watcher: Watcher | undefined;
   #lease: Lease | undefined;
   #renew: NodeJS.Timeout | undefined;
-  #known = new Map<RawPath, CachedFile>();
+  #known: KnownFiles;
   #seq = 0;
   #state: SourceState = 'starting';
   #timer: NodeJS.Timeout | undefined;
@@ -103,6 +104,7 @@ export class SourceRunner {
     this.#opts = { maxBatch: 5000, maxBackoffMs: 60_000, ...opts };
     this.#filter = new Filter(config);
     this.pending = new PendingChanges(opts.settle);
+    this.#known = db.known(config.name);
   }
 
   get state(): SourceState {
@@ -139,7 +141,6 @@ export class SourceRunner {
     }, 60_000).unref();
     const last = await syncCache(this.#repo, this.#db, name);
     this.#seq = last?.seq ?? 0;
-    this.#known = this.#db.files(name);
     this.lastCommit = last && { seq: last.seq, timeMs: last.timeMs };
     this.#checkpoints = await CheckpointPolicy.load(this.#repo, name, await this.#repo.commitList(name));
     // What the last run saw but did not commit. Its moves are not replayed: the reconcile below
@@ -160,18 +161,17 @@ export class SourceRunner {
       onFatal: (err) => this.#fail(err),
     });
     await this.#watcher.start();
-    // The reconcile: the tree as it is now against the last commit.
+    // The reconcile: the tree as it is now against the last commit (in the cache, path by path).
     const now = Date.now();
     const tree = this.#watcher.tree;
     let differ = 0;
-    for (const p of tree.subtree('')) {
-      const before = this.#known.get(p);
-      if (before !== undefined && unchanged(before, tree.get(p)!)) continue;
+    for (const p of tree.walk('')) {
+      if (this.#known.stamp(p) === entryStamp(tree.get(p) as Entry)) continue;
       this.#record({ type: 'created', path: p, kind: 'file' }, now);
       differ++;
     }
-    for (const p of this.#known.keys()) {
-      if (tree.get(p) !== undefined) continue;
+    for (const p of this.#known.paths()) {
+      if (tree.has(p)) continue;
       this.#record({ type: 'removed', path: p, kind: 'file' }, now);
       differ++;
     }
@@ -312,7 +312,6 @@ export class SourceRunner {
         if ((last?.seq ?? 0) !== this.#seq) {
           this.#events.warn('the journal has a commit this daemon did not see complete: reloaded the cache', { seq: this.#seq, latest: last?.seq });
           this.#seq = last?.seq ?? 0;
-          this.#known = this.#db.files(name);
           this.lastCommit = last && { seq: last.seq, timeMs: last.timeMs };
         }
         this.#verify = false;
@@ -375,7 +374,6 @@ export class SourceRunner {
       }
       builder.sortPuts(compareRaw);
       const done = await builder.commit(this.#seq + 1, trimQueue);
-      builder.applyTo(this.#known);
       this.pending.done(true);
       this.#backoffMs = 0;
       this.#retryAt = 0;

@@ -48,6 +48,17 @@ class StoredFile implements CachedFile {
   }
 }
 
+/** What the cache knows of one source's committed tree (StateDb.known). */
+export interface KnownFiles {
+  get(path: RawPath): CachedFile | undefined;
+  /** The stamp (stampOf) of `path` when the cache vouches for its content, else undefined. */
+  stamp(path: RawPath): string | undefined;
+  /** Every path strictly below `dir`. */
+  below(dir: RawPath): RawPath[];
+  /** Every path, lazily; close() it when not read to the end. */
+  paths(): Iterable<RawPath> & { close(): void };
+}
+
 /** Records as of one instant, read lazily; `close()` when not read to the end. */
 export interface Snapshot extends Iterable<EncodedRecord> {
   close(): void;
@@ -191,6 +202,52 @@ export class StateDb {
       *[Symbol.iterator]() {
         try {
           for (const [path, json] of rows) yield { path: rawFromBuffer(path), json };
+        } finally {
+          close();
+        }
+      },
+    };
+  }
+
+  /**
+   * What the cache knows of `source`, read from SQLite path by path as it is asked for: the
+   * committed tree is never held in memory (a commit's own changes are, until it is durable).
+   */
+  known(source: string): KnownFiles {
+    const one = this.#db.prepare('SELECT rec, ino, ctime, stamp FROM files WHERE source = ? AND path = ?').raw();
+    const stamp = this.#db.prepare('SELECT stamp, ctime FROM files WHERE source = ? AND path = ?').raw();
+    const below = this.#db.prepare('SELECT path FROM files WHERE source = ? AND path > ? AND path < ?').pluck();
+    const all = this.#db.prepare('SELECT path FROM files WHERE source = ?').pluck();
+    return {
+      get: (path) => {
+        const r = one.get(source, rawToBuffer(path)) as [string, string, string, string] | undefined;
+        return r === undefined ? undefined : new StoredFile(r[0], r[1], r[2], r[3]);
+      },
+      stamp: (path) => {
+        const r = stamp.get(source, rawToBuffer(path)) as [string, string] | undefined;
+        return r === undefined || r[1] === '' ? undefined : r[0];
+      },
+      below: (dir) => ((dir === '' ? all.all(source) : below.all(source, rawToBuffer(`${dir}/`), rawToBuffer(`${dir}0`))) as Buffer[]).map(rawFromBuffer),
+      paths: () => this.#paths(source),
+    };
+  }
+
+  /** Every path of `source`, lazily, from a snapshot (a connection of its own). */
+  #paths(source: string): Iterable<RawPath> & { close(): void } {
+    const reader = new Database(this.#path, { readonly: true, fileMustExist: true });
+    const rows = reader.prepare('SELECT path FROM files WHERE source = ?').pluck().iterate(source) as IterableIterator<Buffer>;
+    let open = true;
+    const close = (): void => {
+      if (!open) return;
+      open = false;
+      rows.return?.();
+      reader.close();
+    };
+    return {
+      close,
+      *[Symbol.iterator]() {
+        try {
+          for (const p of rows) yield rawFromBuffer(p);
         } finally {
           close();
         }
