@@ -13,6 +13,7 @@ export type ErrorCode =
   | 'PHX_NOT_FOUND' // a backend object does not exist
   | 'PHX_EXISTS' // a create-only put found the object already there
   | 'PHX_BACKEND' // the storage failed (see BackendError.transient)
+  | 'PHX_PAST_END' // a ranged read reaches past the end of the object (a truncated object)
   | 'PHX_BAD_URL' // a repository URL Phoenix cannot use
   | 'PHX_REPO_NOT_INITIALISED' // no config object at the repository URL
   | 'PHX_REPO_EXISTS' // init on a repository that already has a config

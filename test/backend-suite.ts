@@ -70,7 +70,7 @@ export function backendConformance(name: string, open: () => Promise<SuiteTarget
         assert.ok((await b.get('range/obj', { offset, length })).equals(data.subarray(offset, offset + length)), `${offset}+${length}`);
       }
       for (const [offset, length] of [[999, 2], [1000, 1], [5000, 10], [0, 1001]] as Array<[number, number]>) {
-        await assert.rejects(b.get('range/obj', { offset, length }), (e) => code(e) === 'PHX_BACKEND' && !isTransient(e), `${offset}+${length}`);
+        await assert.rejects(b.get('range/obj', { offset, length }), (e) => code(e) === 'PHX_PAST_END' && !isTransient(e), `${offset}+${length}`);
       }
     });
 

@@ -32,6 +32,7 @@ export function chunksToKeep(prev: ReadonlyArray<number | undefined>, fileSize: 
     while (keep < sizes.length && end + (sizes[keep] as number) <= fileSize) end += sizes[keep++] as number;
     return keep;
   }
+  if (fileSize === oldSize) return sizes.length; // the same size: every chunk is checked, none is cut again
   // The trailing pieces, and the new bytes as one more.
   let first = sizes.length;
   while (first > 0 && (sizes[first - 1] as number) < p.min) first--;

@@ -18,7 +18,7 @@ export interface Backend {
   put(key: string, data: Body, opts?: { createOnly?: boolean }): Promise<void>;
   /**
    * The whole object, or `length` bytes from `offset`. A missing key fails with
-   * `PHX_NOT_FOUND`; a range past the end fails with a permanent error, never a short read.
+   * `PHX_NOT_FOUND`; a range past the end fails with `PHX_PAST_END`, never a short read.
    */
   get(key: string, range?: ByteRange): Promise<Buffer>;
   /** The object's size; `PHX_NOT_FOUND` when missing. */
@@ -59,7 +59,7 @@ export class BackendError extends PhoenixError {
   readonly key: string | undefined;
 
   constructor(
-    code: 'PHX_NOT_FOUND' | 'PHX_EXISTS' | 'PHX_BACKEND',
+    code: 'PHX_NOT_FOUND' | 'PHX_EXISTS' | 'PHX_BACKEND' | 'PHX_PAST_END',
     message: string,
     opts: { transient?: boolean; key?: string; hint?: string; cause?: unknown } = {},
   ) {
@@ -78,7 +78,7 @@ export const exists = (location: string, key: string): BackendError =>
 
 export const pastEnd = (location: string, key: string, range: ByteRange, size: number): BackendError =>
   new BackendError(
-    'PHX_BACKEND',
+    'PHX_PAST_END',
     `${location}: read of ${range.length} bytes at ${range.offset} is past the end of ${key} (${size} bytes)`,
     { key },
   );

@@ -380,7 +380,7 @@ export class Repository {
       return await this.backend.get(packKey(pack), { offset, length });
     } catch (err) {
       if (isNotFound(err)) throw corrupt(what, 'its pack is missing');
-      if (err instanceof PhoenixError && err.code === 'PHX_BACKEND' && /past the end/.test(err.message)) throw corrupt(what, 'its pack is truncated');
+      if (err instanceof PhoenixError && err.code === 'PHX_PAST_END') throw corrupt(what, 'its pack is truncated');
       throw err;
     }
   }

@@ -139,13 +139,26 @@ export class Watcher {
     const every = (ms: number | undefined, fn: () => void): void => {
       if (ms !== undefined && ms > 0) this.#timers.push(setInterval(fn, ms).unref());
     };
-    every(this.#opts.unwatchedScanMs ?? 30_000, () => {
-      for (const dir of this.#unwatched) this.#push({ rescan: dir, reason: 'unwatched' });
-    });
+    this.#armUnwatched();
     every(this.#opts.periodicScanMs, () => this.#push({ rescan: '', reason: 'periodic' }));
     // Events that arrived during the scan are handled after the caller has seen start() resolve.
     setImmediate(() => void this.#run());
   }
+
+  /**
+   * Rescans the directories that have no watch every unwatchedScanMs, while there are any: an
+   * idle watcher with every directory watched sets no timer at all (a laptop can sleep).
+   */
+  #armUnwatched(): void {
+    if (this.#unwatchedTimer !== undefined || this.#unwatched.size === 0 || this.#state === 'closed' || this.#state === 'failed') return;
+    this.#unwatchedTimer = setTimeout(() => {
+      this.#unwatchedTimer = undefined;
+      for (const dir of this.#unwatched) this.#push({ rescan: dir, reason: 'unwatched' });
+      this.#armUnwatched();
+    }, this.#opts.unwatchedScanMs ?? 30_000).unref();
+  }
+
+  #unwatchedTimer: NodeJS.Timeout | undefined;
 
   /** Asks for a reconcile scan of `scope` (relative raw path), in order with events. */
   rescan(scope: RawPath = '', reason: RescanReason = 'periodic'): void {
@@ -177,6 +190,7 @@ export class Watcher {
     if (this.#state !== 'failed') this.#state = 'closed';
     for (const t of this.#timers) clearInterval(t);
     clearTimeout(this.#moveTimer);
+    clearTimeout(this.#unwatchedTimer);
     this.#inotify?.close();
     this.#inotify = undefined;
     this.#queue = [];
@@ -485,6 +499,7 @@ export class Watcher {
     }
     if (rc === 'ENOENT' || rc === 'ENOTDIR') return; // vanished or replaced: its parent's events say so
     this.#unwatched.add(rel);
+    if (this.#state !== 'starting') this.#armUnwatched();
     if (rc === 'ENOSPC') this.#overLimit = true;
     else this.#warn(rc, `cannot watch ${displayPath(rel) || '.'}: ${rc === 'EACCES' ? 'permission denied (EACCES)' : rc}; it is rescanned periodically instead`);
   }
