@@ -119,7 +119,7 @@ async function backupLocked(
   for (const p of known.paths()) if (!scanned.tree.has(p) && !unlisted.some((u) => p !== u && isWithin(p, u))) gone.add(p);
   builder.removeMany([...gone].filter((p) => known.get(p) !== undefined || builder.get(p) !== undefined));
   await commit();
-  if (last !== undefined && (await CheckpointPolicy.load(repo, source, await repo.commitList(source))).due()) {
+  if (last !== undefined && (await CheckpointPolicy.load(repo, source, await repo.commitList(source), db.count(source))).due()) {
     // The cache now holds exactly the tree after this commit: no need to read the journal back
     // (`phoenix check` compares every checkpoint with the journal).
     const records = db.snapshot(source);

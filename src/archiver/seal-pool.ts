@@ -68,7 +68,12 @@ interface Slot {
   queued: number;
   /** Jobs not yet posted: they go out together once the current turn of the event loop ends. */
   outbox: FileJob[];
+  /** Stopped for being idle: its exit is not a failure. */
+  retired: boolean;
 }
+
+/** Workers idle this long are stopped (they start again at the next file): an idle daemon holds no threads. */
+const IDLE_MS = 30_000;
 
 interface Job {
   slot: Slot;
@@ -105,7 +110,7 @@ export class SealPool {
       ctl[0] = CREDIT;
       ctl[1] = -1;
       const worker = new Worker(new URL('./seal-worker.js', import.meta.url), { workerData: { master, control } });
-      const slot: Slot = { worker, ctl, queued: 0, outbox: [] };
+      const slot: Slot = { worker, ctl, queued: 0, outbox: [], retired: false };
       worker.on('message', (batch: FromWorker[]) => {
         for (const m of batch) this.#onMessage(m);
       });
@@ -121,9 +126,11 @@ export class SealPool {
           j.reject(err);
         }
       };
-      worker.on('error', died);
+      worker.on('error', (err) => {
+        if (!slot.retired) died(err);
+      });
       worker.on('exit', (code) => {
-        if (!this.#closing) died(new Error(`a seal worker exited (code ${code})`));
+        if (!this.#closing && !slot.retired) died(new Error(`a seal worker exited (code ${code})`));
       });
       this.#slots.push(slot);
     }
@@ -134,6 +141,8 @@ export class SealPool {
    * worker is done with it, after every chunk was handed to `handlers`.
    */
   readFile(path: Buffer, size: number, prev: ReadonlyArray<{ id: string; size?: number }>, handlers: FileHandlers): Promise<JobEnd> {
+    clearTimeout(this.#idle);
+    this.#idle = undefined;
     if (this.#slots.length === 0 && this.#dead === undefined) this.#start();
     if (this.#slots.length === 0) return Promise.reject(this.#dead as Error);
     const job = this.#next++;
@@ -187,6 +196,7 @@ export class SealPool {
       j.handlers.restart();
     } else {
       this.#jobs.delete(m.job);
+      if (this.#jobs.size === 0 && !this.#closing) this.#idle ??= setTimeout(() => this.#retire(), IDLE_MS).unref();
       j.slot.queued -= j.size;
       if (j.slot.ctl[1] === m.job) Atomics.store(j.slot.ctl, 1, -1);
       j.resolve(m.end);
@@ -198,7 +208,20 @@ export class SealPool {
     Atomics.notify(j.slot.ctl, 0);
   }
 
+  #idle: NodeJS.Timeout | undefined;
+
+  /** Stops the workers while nothing is asked of them. */
+  #retire(): void {
+    this.#idle = undefined;
+    if (this.#jobs.size > 0) return;
+    for (const s of this.#slots.splice(0)) {
+      s.retired = true;
+      void s.worker.terminate();
+    }
+  }
+
   async close(): Promise<void> {
+    clearTimeout(this.#idle);
     this.#closing = true;
     await Promise.all(this.#slots.map((s) => s.worker.terminate()));
   }

@@ -87,6 +87,8 @@ export class SourceRunner {
   #verify = false;
   #checkpoints = new CheckpointPolicy();
   #checkpointWriting = Promise.resolve();
+  /** About how many entries the tree has (counted exactly when a checkpoint may be due). */
+  #entries = 0;
   lastCommit: { seq: number; timeMs: number } | undefined;
   overflows = 0;
   /** Commits fail (the store is unreachable, the disk is full): since when, why, the next try. */
@@ -142,7 +144,8 @@ export class SourceRunner {
     const last = await syncCache(this.#repo, this.#db, name);
     this.#seq = last?.seq ?? 0;
     this.lastCommit = last && { seq: last.seq, timeMs: last.timeMs };
-    this.#checkpoints = await CheckpointPolicy.load(this.#repo, name, await this.#repo.commitList(name));
+    this.#checkpoints = await CheckpointPolicy.load(this.#repo, name, await this.#repo.commitList(name), this.#db.count(name));
+    this.#entries = this.#db.count(name);
     // What the last run saw but did not commit. Its moves are not replayed: the reconcile below
     // compares the tree with the last commit and finds their effect (a removal and an addition,
     // no data uploaded), where a replayed move could name what is long gone.
@@ -403,8 +406,14 @@ export class SourceRunner {
           changes: done.commit.changes.length,
           oldestMs: batch.oldestMs === undefined ? undefined : done.commit.timeMs - batch.oldestMs,
         });
-        this.#checkpoints.committed(done.info.seq, done.info.size ?? 0);
-        if (this.#checkpoints.due()) this.#checkpoint();
+        // The tree's size, roughly (a modified file counts as new), and exactly when it matters.
+        this.#entries += done.commit.stats.files + done.commit.stats.dirs - done.commit.stats.deleted;
+        this.#checkpoints.committed(done.info.size ?? 0, this.#entries);
+        if (this.#checkpoints.due()) {
+          this.#entries = this.#db.count(name);
+          this.#checkpoints.resized(this.#entries);
+          if (this.#checkpoints.due()) this.#checkpoint();
+        }
       }
     } catch (err) {
       this.pending.done(false);
@@ -444,7 +453,7 @@ export class SourceRunner {
     this.#checkpoints.writing(seq);
     this.#checkpointWriting = this.#checkpointWriting
       .then(() => this.#repo.writeCheckpoint(this.config.name, seq, records))
-      .then((w) => this.#checkpoints.sized(seq, w.bytes))
+      .then((w) => this.#checkpoints.sized(seq, w.bytes, w.entries))
       .catch((err: unknown) => {
         records.close(); // ends the snapshot's read transaction
         this.#events.warn(`cannot write checkpoint ${seq}: ${(err as Error).message}`); // only a slower restore

@@ -288,24 +288,24 @@ export class Repository {
     for (const [id, size] of head?.parts ?? []) this.#parts.set(id, size);
   }
 
-  /** Bytes a reader fetches for the checkpoint of `source` at `seq`: its object and its parts. */
-  async checkpointBytes(source: string, seq: number): Promise<number> {
+  /** The checkpoint of `source` at `seq`: its records, and the bytes a reader fetches for it (its object and its parts). */
+  async checkpointInfo(source: string, seq: number): Promise<{ entries: number; bytes: number }> {
     const head = await this.#checkpointHead(source, seq);
     const { size } = await this.backend.stat(checkpointKey(source, seq));
-    return size + head.parts.reduce((n, [, b]) => n + b, 0);
+    return { entries: head.entries, bytes: size + head.parts.reduce((n, [, b]) => n + b, 0) };
   }
 
-  async #checkpointHead(source: string, seq: number): Promise<{ key: string; parts: Array<[string, number]>; inline: unknown[] }> {
+  async #checkpointHead(source: string, seq: number): Promise<{ key: string; parts: Array<[string, number]>; inline: unknown[]; entries: number }> {
     const key = checkpointKey(source, seq);
     const obj = await this.#getJson(key);
     try {
       if (obj.seq !== seq) throw new Error(`seq ${String(obj.seq)} in an object named ${seq}`);
       if (obj.v === 1) {
         if (!Array.isArray(obj.entries)) throw new Error('its entries are not a list');
-        return { key, parts: [], inline: obj.entries };
+        return { key, parts: [], inline: obj.entries, entries: obj.entries.length };
       }
       if (obj.v !== 2) throw new Error(`unsupported checkpoint version ${String(obj.v)} (this Phoenix reads 1 and 2: upgrade it)`);
-      return { key, parts: decodeParts(obj.parts), inline: [] };
+      return { key, parts: decodeParts(obj.parts), inline: [], entries: Number(obj.entries) };
     } catch (err) {
       throw corrupt(`checkpoint ${key}`, (err as Error).message);
     }

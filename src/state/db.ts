@@ -255,6 +255,11 @@ export class StateDb {
     };
   }
 
+  /** How many entries the cache holds for `source`. */
+  count(source: string): number {
+    return (this.#db.prepare('SELECT count(*) FROM files WHERE source = ?').pluck().get(source) as number) ?? 0;
+  }
+
   /** Forgets what the cache knows of `source` (a rebuild follows; until it ends the cache is out of sync). */
   clearSource(source: string): void {
     this.#db.transaction(() => {
