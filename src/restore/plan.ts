@@ -1,7 +1,7 @@
 import { promises as fs, type BigIntStats } from 'node:fs';
 import type { Kind } from '../model/entry.js';
 import { kindOfMode } from '../model/entry.js';
-import { joinRaw, rawFromBuffer, rawToBuffer, type RawPath } from '../model/path.js';
+import { joinRaw, parentOf, rawFromBuffer, rawToBuffer, type RawPath } from '../model/path.js';
 import { DEFAULT_CHUNKER, nextCut } from '../repo/chunker.js';
 import type { Keys } from '../repo/crypto.js';
 import type { FileRecord } from '../repo/format.js';
@@ -31,17 +31,33 @@ export interface RestorePlan {
 export async function planRestore(
   root: RawPath,
   selected: readonly FileRecord[],
-  opts: { overwrite: Overwrite; delete: boolean; keys: Keys; scopes: readonly RawPath[]; wanted: (p: RawPath, isDir: boolean) => boolean },
+  opts: {
+    overwrite: Overwrite;
+    delete: boolean;
+    keys: Keys;
+    scopes: readonly RawPath[];
+    wanted: (p: RawPath, isDir: boolean) => boolean;
+    /** The target did not exist before this restore: everything is new, nothing is looked at. */
+    fresh?: boolean;
+  },
 ): Promise<RestorePlan> {
   const actions = new Map<RawPath, Action>();
   const abs = (p: RawPath): Buffer => rawToBuffer(`${root}/${p}`);
   const blocked = new Set<RawPath>();
+  /** Directories the target does not have: nothing below them needs a look. */
+  const absent = new Set<RawPath>();
   for (const r of selected) {
+    if (opts.fresh || absent.has(parentOf(r.path))) {
+      actions.set(r.path, 'new');
+      if (r.type === 'dir') absent.add(r.path);
+      continue;
+    }
     if (underAny(blocked, r.path)) {
       actions.set(r.path, 'keep');
       continue;
     }
     const st = await fs.lstat(abs(r.path), { bigint: true }).catch(() => undefined);
+    if (st === undefined && r.type === 'dir') absent.add(r.path);
     let action: Action;
     if (st === undefined) action = 'new';
     else if (await same(abs(r.path), st, r, opts.keys)) action = 'same';

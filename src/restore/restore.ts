@@ -76,6 +76,7 @@ export async function restore(repo: Repository, state: TreeState, target: string
     keys: repo.keys,
     scopes: wanted.length > 0 ? wanted : [''],
     wanted: include,
+    fresh: st === undefined,
   });
   const actionOf = (p: RawPath): Action => plan.actions.get(p) ?? 'new';
   // Kept entries, outermost only (what is below a kept directory is kept with it).
@@ -153,7 +154,8 @@ export async function restore(repo: Repository, state: TreeState, target: string
   const fetcher = new ChunkFetcher(repo, files.flatMap((r) => r.chunks), opts.fetch);
   const pool = new WritePool(repo.keys);
   try {
-    await mapLimited(files.map((r, file) => [r, file] as const), 16, async ([r, file]) => {
+    // Many files at a time: small ones are mostly system calls on the workers, a message each way.
+    await mapLimited(files.map((r, file) => [r, file] as const), 64, async ([r, file]) => {
       await ensureParents(r.path);
       const path = `${root}/${r.path}`; // raw (latin1) bytes, as the write workers take them
       const last = { size: r.size, mode: r.mode, mtimeNs: r.mtimeNs.toString(), uid: r.uid, gid: r.gid, display: displayPath(r.path) };

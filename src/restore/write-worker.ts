@@ -18,9 +18,18 @@ function run(m: WriteJob): number {
   const path = Buffer.from(m.path, 'latin1');
   let f = open.get(m.file);
   if (m.first) {
-    // Unlink first so that a symlink or a hard link in the target is replaced, never written through.
-    rmSync(path, { force: true });
-    f = { fd: openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600), written: 0 };
+    // Created, never opened as it is: a symlink or a hard link in the target is replaced (unlinked
+    // first), never written through.
+    const create = (): number => openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+    let fd: number;
+    try {
+      fd = create();
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      rmSync(path, { force: true });
+      fd = create();
+    }
+    f = { fd, written: 0 };
     open.set(m.file, f);
   }
   if (f === undefined) throw new Error(`internal: file ${m.file} written before it was opened`);
