@@ -6,6 +6,9 @@ import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { chunksToKeep } from '../src/archiver/append.js';
 import { backup } from '../src/archiver/backup.js';
+import { CommitBuilder } from '../src/archiver/commit.js';
+import { SealPool } from '../src/archiver/seal-pool.js';
+import { lstatEntry } from '../src/scanner/stat.js';
 import { MemoryBackend } from '../src/backend/memory.js';
 import { DEFAULT_CHUNKER } from '../src/repo/chunker.js';
 import { Repository } from '../src/repo/repository.js';
@@ -119,6 +122,50 @@ describe('appends', () => {
         assert.equal(hash(readFileSync(join(dir, 'app.log'))), h, `commit ${seq}`);
       }
     } finally {
+      db.close();
+      src.cleanup();
+      state.cleanup();
+      out.cleanup();
+    }
+  });
+
+  it('a large file rewritten in place again and again is cut finely: a 4 KiB write then costs a small chunk, and every version restores', async () => {
+    const src = tempDir('phx-hot-');
+    const state = tempDir('phx-hot-state-');
+    const out = tempDir('phx-hot-out-');
+    const repo = await Repository.init(new MemoryBackend(), { insecureNoEncryption: true });
+    const db = new StateDb(join(state.path, 'db.sqlite'));
+    const pool = new SealPool(repo.keys);
+    try {
+      const file = join(src.path, 'disk.img');
+      writeFileSync(file, randomBytes(24 * 2 ** 20));
+      const inPlace = new Map<string, number>();
+      const versions = new Map<number, string>();
+      const uploaded: number[] = [];
+      for (let seq = 1; seq <= 8; seq++) {
+        if (seq > 1) {
+          const fd = openSync(file, 'r+');
+          writeSync(fd, randomBytes(4096), 0, 4096, 12 * 2 ** 20 + seq * 40_000);
+          closeSync(fd);
+        }
+        const builder = new CommitBuilder(repo, db, pool, 'hot', db.known('hot'), { inPlace });
+        assert.equal(await builder.add('disk.img', Buffer.from(file), lstatEntry(Buffer.from(file))!), 'added');
+        const done = await builder.commit(seq);
+        uploaded.push(done!.commit.stats.bytesUploaded);
+        versions.set(seq, hash(readFileSync(file)));
+      }
+      // Commits 2 and 3 see rewrites in place; the third rewrite (commit 4) switches to fine chunks.
+      process.stdout.write(`uploaded per commit: ${uploaded.join(", ")}\n`);
+      const last = (await repo.loadState('hot')).state.get('disk.img')!;
+      assert.equal(last.fine, true);
+      for (const [i, n] of uploaded.entries()) if (i >= 4) assert.ok(n <= 256 * 1024, `commit ${i + 1} uploaded ${n} bytes for a 4 KiB write`);
+      for (const [seq, h] of versions) {
+        const dir = join(out.path, String(seq));
+        await restore(repo, (await repo.loadState('hot', seq)).state, dir);
+        assert.equal(hash(readFileSync(join(dir, 'disk.img'))), h, `commit ${seq}`);
+      }
+    } finally {
+      await pool.close();
       db.close();
       src.cleanup();
       state.cleanup();

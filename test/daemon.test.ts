@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { appendFileSync, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, describe, it } from 'node:test';
@@ -9,7 +9,9 @@ import { loadWatchConfig } from '../src/daemon/config.js';
 import { PendingChanges } from '../src/daemon/pending.js';
 import { queryStatus } from '../src/daemon/status.js';
 import { PhoenixError } from '../src/errors.js';
-import { DaemonProcess, isExcluded, phoenix, snapshot, Workload, WORKLOAD_EXCLUDES } from './daemon-helpers.js';
+import { openBackend } from '../src/backend/open.js';
+import { Repository } from '../src/repo/repository.js';
+import { DaemonProcess, isExcluded, PASSWORD, phoenix, snapshot, Workload, WORKLOAD_EXCLUDES } from './daemon-helpers.js';
 import { PHOENIX, tempDir, treeDiff } from './helpers.js';
 import { startS3rver } from './servers.js';
 
@@ -211,6 +213,49 @@ describe('phoenix watch: end to end (real processes, real inotify)', () => {
         writeFileSync(join(s.work.path, 'daemon.log'), [...logs, d.stderr].join('\n----- restart -----\n'));
         writeFileSync(join(s.work.path, 'workload.log'), w.journal.join('\n'));
       }
+    }
+  });
+
+  it('a growing log through kill -9 (mid-merge of its pieces) and a deleted state directory: every line is restored, its pieces stay few', async () => {
+    const s = setup();
+    after(s.work.cleanup);
+    const log = join(s.src, 'app.log');
+    writeFileSync(log, Buffer.alloc(700_000, 'old line\n'));
+    let d = new DaemonProcess({ src: s.src, repo: s.repo, state: s.state });
+    let n = 0;
+    const append = async (count: number): Promise<void> => {
+      for (let i = 0; i < count; i++) {
+        appendFileSync(log, `line ${n++} ${'x'.repeat(n % 200)}\n`);
+        await sleep(3);
+      }
+    };
+    try {
+      await d.ready();
+      for (let round = 0; round < 3; round++) {
+        const work = append(120);
+        await sleep(80 + round * 90);
+        await d.kill9(); // somewhere in the appends: mid-read, mid-merge, mid-commit, idle
+        await work;
+        await append(20); // while it is down
+        // The second time the local state is gone too: the cache is rebuilt from the repository.
+        if (round === 1) rmSync(s.state, { recursive: true, force: true });
+        d = new DaemonProcess({ src: s.src, repo: s.repo, state: s.state });
+        await d.ready();
+      }
+      await append(60);
+      await d.sync(s.src);
+      const snap = snapshot(s.src);
+      assert.equal(await d.stop(), 0, d.stderr.slice(-3000));
+      assertRestores(s.repo, s.src, s.restoreDir('latest'), snap);
+      const check = phoenix({}, 'check', '--repo', s.repo, '--read-data');
+      assert.equal(check.status, 0, check.stdout + check.stderr);
+      // 480 appends, yet the file is a few chunks: the pieces were merged as they came.
+      const repo = await Repository.open(openBackend(s.repo), async () => PASSWORD);
+      const chunks = (await repo.loadState(s.src)).state.get('app.log')?.chunks.length ?? 0;
+      await repo.close();
+      assert.ok(chunks > 0 && chunks <= 3 + 24, `app.log is ${chunks} chunks`);
+    } finally {
+      d.child.kill('SIGKILL');
     }
   });
 

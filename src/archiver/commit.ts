@@ -14,9 +14,20 @@ export interface CommitBuilderOptions {
   onBytes?: (n: number) => void;
   /** The directory backed up, recorded in the commit with the host name (phoenix sources shows them). */
   root?: string;
+  /**
+   * How often each path was seen rewritten in place (bytes before its end changed), kept by the
+   * caller across commits: a large file rewritten in place twice is cut finely from then on.
+   */
+  inPlace?: Map<RawPath, number>;
 }
 
+/** In-place rewrites seen before a large file is cut finely. */
+const HOT_AFTER = 2;
+
 export type AddResult = 'unchanged' | 'added' | 'vanished' | 'error';
+
+/** The largest file backed up: about two million chunk refs, whose record must fit in one JSON string. */
+export const MAX_FILE_BYTES = 2 * 2 ** 40;
 
 /**
  * Builds one commit of one source on top of what the cache knows (`known`, the tree as of the
@@ -76,10 +87,16 @@ export class CommitBuilder {
     let entry = e;
     let rec: FileRecord;
     let torn = false;
+    if (e.kind === 'file' && e.size > MAX_FILE_BYTES) {
+      // Its record (a chunk ref per MiB) would not fit in one JSON line: said before any read.
+      this.opts.onProblem?.(path, `is ${(e.size / 2 ** 40).toFixed(1)} TiB; Phoenix backs up files of up to 2 TiB (README, Limits); it keeps its last version, if any`);
+      return 'error';
+    }
     if (e.kind === 'file') {
       const last = this.known.get(path)?.rec; // committed: its chunk refs are final
       const previous = last?.type === 'file' ? last.chunks : [];
-      const read = await readFile(this.pool, fsPath, e, previous, this.#refFor, this.#writer, (n) => this.opts.onBytes?.(n));
+      const how = { fine: last?.fine === true, hot: (this.opts.inPlace?.get(path) ?? 0) >= HOT_AFTER };
+      const read = await readFile(this.pool, fsPath, e, previous, this.#refFor, this.#writer, (n) => this.opts.onBytes?.(n), how);
       if (read.status === 'vanished') return 'vanished';
       if (read.status === 'error') {
         this.opts.onProblem?.(path, read.message);
@@ -90,6 +107,12 @@ export class CommitBuilder {
       entry = read.entry;
       // Ids now (to compare with the last version); packs and offsets once the packs are cut.
       rec = record(path, entry, read.chunks.map((c) => ({ id: c.id, pack: '', offset: 0, length: 0, size: c.size })));
+      if (read.fine) rec.fine = true;
+      const seen = this.opts.inPlace;
+      if (seen !== undefined && read.inPlace && !read.fine) {
+        if (seen.size >= 4096 && !seen.has(path)) seen.delete(seen.keys().next().value as RawPath); // bounded: the oldest goes
+        seen.set(path, (seen.get(path) ?? 0) + 1);
+      }
       this.#unresolved.push({ rec, chunks: read.chunks });
     } else {
       rec = record(path, e, []);

@@ -13,7 +13,7 @@ export interface PendingChunk {
 }
 
 export type ReadResult =
-  | { status: 'ok'; entry: Entry; chunks: PendingChunk[]; torn: boolean }
+  | { status: 'ok'; entry: Entry; chunks: PendingChunk[]; torn: boolean; fine: boolean; inPlace: boolean }
   | { status: 'vanished' }
   | { status: 'error'; message: string };
 
@@ -32,6 +32,7 @@ export async function readFile(
   refFor: (id: string, sealed: Buffer) => Promise<ChunkRef>,
   writer: ChunkWriter,
   onBytes: (n: number) => void,
+  how: { fine: boolean; hot: boolean } = { fine: false, hot: false },
 ): Promise<ReadResult> {
   const prev = new Map(previous.map((c) => [c.id, c]));
   let chunks: PendingChunk[] = [];
@@ -50,11 +51,11 @@ export async function readFile(
     restart: () => {
       chunks = [];
     },
-  });
+  }, how);
   switch (end.status) {
     case 'ok':
       // The size is what was read: a torn read may have stopped short of the file's end.
-      return { status: 'ok', entry: { ...scanned, size: end.size, ...end.st }, chunks, torn: end.torn };
+      return { status: 'ok', entry: { ...scanned, size: end.size, ...end.st }, chunks, torn: end.torn, fine: end.fine, inPlace: end.inPlace };
     case 'vanished':
     case 'error':
       return end;

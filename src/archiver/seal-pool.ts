@@ -18,6 +18,9 @@ export interface FileJob {
   job: number;
   path: string;
   prev: Array<[string, number]>;
+  /** The last version was cut with FINE_CHUNKER; `hot`: it was rewritten in place before (switch to it). */
+  fine: boolean;
+  hot: boolean;
 }
 
 /** The file's metadata as it stood when the read ended. */
@@ -31,7 +34,8 @@ export interface ReadStat {
 }
 
 export type JobEnd =
-  | { status: 'ok'; size: number; st: ReadStat; torn: boolean }
+  /** `fine`: cut with FINE_CHUNKER (from some chunk on); `inPlace`: bytes before its last chunk changed. */
+  | { status: 'ok'; size: number; st: ReadStat; torn: boolean; fine: boolean; inPlace: boolean }
   | { status: 'vanished' }
   | { status: 'cancelled' }
   | { status: 'error'; message: string };
@@ -140,7 +144,7 @@ export class SealPool {
    * Backs up the file at `path` (about `size` bytes) on the least busy worker. Resolves when the
    * worker is done with it, after every chunk was handed to `handlers`.
    */
-  readFile(path: Buffer, size: number, prev: ReadonlyArray<{ id: string; size?: number }>, handlers: FileHandlers): Promise<JobEnd> {
+  readFile(path: Buffer, size: number, prev: ReadonlyArray<{ id: string; size?: number }>, handlers: FileHandlers, how: { fine: boolean; hot: boolean } = { fine: false, hot: false }): Promise<JobEnd> {
     clearTimeout(this.#idle);
     this.#idle = undefined;
     if (this.#slots.length === 0 && this.#dead === undefined) this.#start();
@@ -150,7 +154,7 @@ export class SealPool {
     slot.queued += size;
     return new Promise((resolve, reject) => {
       this.#jobs.set(job, { slot, size, handlers, resolve, reject });
-      slot.outbox.push({ job, path: path.toString('latin1'), prev: prev.map((c) => [c.id, c.size ?? 0]) });
+      slot.outbox.push({ job, path: path.toString('latin1'), prev: prev.map((c) => [c.id, c.size ?? 0]), ...how });
       if (!this.#flushing) {
         this.#flushing = true;
         queueMicrotask(() => this.#flush());

@@ -3,7 +3,7 @@
 // every core and the main thread only packs and uploads. The protocol is in seal-pool.ts.
 import { type BigIntStats, closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
-import { DEFAULT_CHUNKER, nextCut } from '../repo/chunker.js';
+import { DEFAULT_CHUNKER, FINE_CHUNKER, nextCut, type ChunkerParams } from '../repo/chunker.js';
 import { chunksToKeep } from './append.js';
 import { Keys } from '../repo/crypto.js';
 import { sealBlob } from '../repo/pack.js';
@@ -90,15 +90,29 @@ function readAt(fd: number, n: number, pos: number): number {
  * their ids (each is read and hashed: an append is verified, never assumed); the rest is cut
  * with FastCDC from the end of the last one kept.
  */
-function readOnce(job: number, fd: number, prev: ReadonlyArray<[string, number]>, known: ReadonlySet<string>): { st0: BigIntStats; st1: BigIntStats; total: number } {
+function readOnce(job: number, fd: number, m: FileJob, known: ReadonlySet<string>): { st0: BigIntStats; st1: BigIntStats; total: number; fine: boolean; inPlace: boolean } {
   const st0 = fstatSync(fd, { bigint: true });
-  const keep = chunksToKeep(prev.map(([, n]) => (n > 0 ? n : undefined)), Number(st0.size), DEFAULT_CHUNKER);
+  const prev = m.prev;
+  let params: ChunkerParams = m.fine ? FINE_CHUNKER : DEFAULT_CHUNKER;
+  const keep = chunksToKeep(prev.map(([, n]) => (n > 0 ? n : undefined)), Number(st0.size), params);
   let pos = 0;
+  let inPlace = false;
   for (let i = 0; i < keep; i++) {
     const [id, n] = prev[i] as [string, number];
-    if (readAt(fd, n, pos) < n || keys.id(buf.subarray(0, n)).toString('hex') !== id) break;
+    if (readAt(fd, n, pos) < n) break;
+    if (keys.id(buf.subarray(0, n)).toString('hex') !== id) {
+      inPlace = i < prev.length - 1; // old bytes before the last chunk were rewritten
+      break;
+    }
     post({ job, type: 'chunk', id, bytes: n });
     pos += n;
+  }
+  // A large file rewritten in place again: cut finely from here on, so that its next small
+  // writes cost a fine chunk each (what was kept stays as it is).
+  let fine = m.fine;
+  if (inPlace && m.hot && !fine && Number(st0.size) >= HOT_MIN_BYTES) {
+    fine = true;
+    params = FINE_CHUNKER;
   }
   let start = 0;
   let end = 0;
@@ -115,14 +129,17 @@ function readOnce(job: number, fd: number, prev: ReadonlyArray<[string, number]>
     total += n;
     eof = n === 0;
     // Cut only with a maximal chunk in view (or at the end): a cut is never looked for twice.
-    while (end - start >= DEFAULT_CHUNKER.max || (eof && start < end)) {
-      const cut = nextCut(buf, start, end, DEFAULT_CHUNKER, eof);
+    while (end - start >= params.max || (eof && start < end)) {
+      const cut = nextCut(buf, start, end, params, eof);
       emit(job, buf.subarray(start, start + cut), known);
       start += cut;
     }
   }
-  return { st0, st1: fstatSync(fd, { bigint: true }), total };
+  return { st0, st1: fstatSync(fd, { bigint: true }), total, fine, inPlace };
 }
+
+/** Files smaller than this are never cut finely: their chunks are few anyway. */
+const HOT_MIN_BYTES = 8 * 2 ** 20;
 
 function heldStill(a: BigIntStats, b: BigIntStats): boolean {
   return a.size === b.size && a.mtimeNs === b.mtimeNs && a.ctimeNs === b.ctimeNs;
@@ -141,11 +158,11 @@ function readFileJob(m: FileJob): void {
       return;
     }
     try {
-      const { st0, st1, total } = readOnce(m.job, fd, m.prev, known);
+      const { st0, st1, total, fine, inPlace } = readOnce(m.job, fd, m, known);
       const stable = heldStill(st0, st1) && total === Number(st1.size);
       if (stable || attempt >= TORN_RETRIES) {
         const st = { mode: Number(st1.mode), uid: Number(st1.uid), gid: Number(st1.gid), mtimeNs: st1.mtimeNs, ctimeNs: st1.ctimeNs, ino: st1.ino };
-        post({ job: m.job, type: 'done', end: { status: 'ok', size: total, st, torn: !stable } });
+        post({ job: m.job, type: 'done', end: { status: 'ok', size: total, st, torn: !stable, fine, inPlace } });
         return;
       }
       post({ job: m.job, type: 'restart' });

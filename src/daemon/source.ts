@@ -87,6 +87,8 @@ export class SourceRunner {
   #verify = false;
   #checkpoints = new CheckpointPolicy();
   #checkpointWriting = Promise.resolve();
+  /** Files seen rewritten in place, and how often (CommitBuilder cuts them finely after a few). */
+  readonly #inPlace = new Map<RawPath, number>();
   /** About how many entries the tree has (counted exactly when a checkpoint may be due). */
   #entries = 0;
   lastCommit: { seq: number; timeMs: number } | undefined;
@@ -321,6 +323,7 @@ export class SourceRunner {
       }
       const builder = new CommitBuilder(this.#repo, this.#db, this.#pool, name, this.#known, {
         root: this.config.path,
+        inPlace: this.#inPlace,
         onProblem: (p, m) => {
           this.#skipped.set(p, m);
           this.#events.problem(displayPath(p), m);

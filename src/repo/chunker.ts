@@ -15,6 +15,13 @@ export interface ChunkerParams {
 
 export const DEFAULT_CHUNKER: ChunkerParams = { min: 256 * 1024, avg: 1024 * 1024, max: 4 * 1024 * 1024 };
 
+/**
+ * For large files rewritten in place again and again (databases, disk images, mailboxes): a
+ * small write costs one such chunk instead of one of about a MiB. Every fine chunk is smaller
+ * than DEFAULT_CHUNKER.min.
+ */
+export const FINE_CHUNKER: ChunkerParams = { min: 32 * 1024, avg: 64 * 1024, max: 192 * 1024 };
+
 /** The gear table: 256 pseudo-random 32-bit values from SHA-256 of a fixed seed. */
 const GEAR = (() => {
   const t = new Uint32Array(256);
