@@ -1,4 +1,4 @@
-import type { ChunkerParams } from '../repo/chunker.js';
+import type { ChunkerParams } from '../repo/index.js';
 
 /** Pieces of the same size class merged into one, and the most trailing pieces kept before all are merged. */
 const FAN_IN = 4;

@@ -1,4 +1,4 @@
-import type { CommitInfo, Repository } from '../repo/repository.js';
+import type { CommitInfo, Repository } from '../repo/index.js';
 
 /** Commits between checkpoints at least (floor) and at most (ceiling), whatever their bytes. */
 export const CHECKPOINT_FLOOR = 16;

@@ -1,8 +1,7 @@
 import { hostname } from 'node:os';
 import type { Entry } from '../model/entry.js';
 import { isWithin, parentOf, type RawPath } from '../model/path.js';
-import type { Commit, ChunkRef, CommitStats, FileRecord, JournalChange } from '../repo/format.js';
-import { ChunkWriter, type CommitInfo, type Repository } from '../repo/repository.js';
+import { type ChunkRef, ChunkWriter, type Commit, type CommitInfo, type CommitStats, type FileRecord, type JournalChange, type Repository } from '../repo/index.js';
 import { entryStamp, stampOf, type CachedFile, type KnownFiles, type StateDb } from '../state/db.js';
 import { readFile, TORN_RETRIES, type PendingChunk } from './read.js';
 import type { SealPool } from './seal-pool.js';

@@ -1,6 +1,5 @@
 import type { Entry } from '../model/entry.js';
-import type { ChunkRef } from '../repo/format.js';
-import type { ChunkWriter } from '../repo/repository.js';
+import type { ChunkRef, ChunkWriter } from '../repo/index.js';
 import type { ChunkOut, SealPool } from './seal-pool.js';
 
 export { TORN_RETRIES } from './seal-pool.js';

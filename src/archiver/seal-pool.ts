@@ -1,6 +1,6 @@
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
-import type { Keys } from '../repo/crypto.js';
+import type { Keys } from '../repo/index.js';
 
 /** How many times a file that changes while read is read again before its last read is kept. */
 export const TORN_RETRIES = 3;

@@ -5,7 +5,7 @@ import { Writable } from 'node:stream';
 import { openBackend, urlWarning, type OpenOptions } from '../backend/open.js';
 import { resolveSettings, type Settings, type SettingsFlags } from '../config/settings.js';
 import { errnoCode, PhoenixError } from '../errors.js';
-import { Repository, type RepoConfig } from '../repo/repository.js';
+import { Repository, type RepoConfig } from '../repo/index.js';
 import { StateDb } from '../state/db.js';
 
 /** Options every repository command takes. */

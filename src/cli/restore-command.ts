@@ -1,7 +1,7 @@
 import ignore from 'ignore';
 import { PhoenixError } from '../errors.js';
 import { displayPath, type RawPath } from '../model/path.js';
-import { stateAt } from '../repo/history.js';
+import { stateAt } from '../repo/index.js';
 import type { Overwrite } from '../restore/plan.js';
 import { restore } from '../restore/restore.js';
 import { sourcePath } from './args.js';

@@ -9,7 +9,7 @@ import { loadWatchConfig, type WatchFlags } from '../daemon/config.js';
 import { Daemon } from '../daemon/daemon.js';
 import { queryStatus, type Status } from '../daemon/status.js';
 import { PhoenixError } from '../errors.js';
-import { Repository } from '../repo/repository.js';
+import { Repository } from '../repo/index.js';
 import { newPassword, openRepo } from './common.js';
 import { mib } from './format.js';
 

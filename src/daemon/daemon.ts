@@ -5,7 +5,7 @@ import type { Logger } from 'pino';
 import { SealPool } from '../archiver/seal-pool.js';
 import { PhoenixError } from '../errors.js';
 import { displayPath } from '../model/path.js';
-import type { Repository } from '../repo/repository.js';
+import type { Repository } from '../repo/index.js';
 import { StateDb } from '../state/db.js';
 import type { WatchConfig } from './config.js';
 import { SourceRunner, type SourceEvents } from './source.js';

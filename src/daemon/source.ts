@@ -8,7 +8,7 @@ import { messageOf, PhoenixError } from '../errors.js';
 import type { Change } from '../model/change.js';
 import { Filter } from '../model/filter.js';
 import { displayPath, isWithin, parentOf, toFsPath, type RawPath } from '../model/path.js';
-import { mapLimited, type Lease, type Repository } from '../repo/repository.js';
+import { mapLimited, type Lease, type Repository } from '../repo/index.js';
 import { lstatEntry } from '../scanner/stat.js';
 import { entryStamp, type KnownFiles, type QueuedChange, type StateDb } from '../state/db.js';
 import type { Entry } from '../model/entry.js';

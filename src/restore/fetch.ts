@@ -1,6 +1,4 @@
-import type { ChunkRef } from '../repo/format.js';
-import { chunkWhat } from '../repo/pack.js';
-import type { Repository } from '../repo/repository.js';
+import { type ChunkRef, chunkWhat, type Repository } from '../repo/index.js';
 
 export interface FetchLimits {
   /** Chunks closer than this in a pack are read in one request (the gap is read and dropped). */

@@ -2,9 +2,7 @@ import { promises as fs, type BigIntStats } from 'node:fs';
 import type { Kind } from '../model/entry.js';
 import { kindOfMode } from '../model/entry.js';
 import { joinRaw, parentOf, rawFromBuffer, rawToBuffer, type RawPath } from '../model/path.js';
-import { DEFAULT_CHUNKER, nextCut } from '../repo/chunker.js';
-import type { Keys } from '../repo/crypto.js';
-import type { FileRecord } from '../repo/format.js';
+import { DEFAULT_CHUNKER, type FileRecord, type Keys, nextCut } from '../repo/index.js';
 
 /** What restore does with an entry that already exists in the target (restic's --overwrite). */
 export type Overwrite = 'always' | 'if-changed' | 'if-newer' | 'never';

@@ -1,9 +1,7 @@
 import { promises as fs } from 'node:fs';
 import { PhoenixError } from '../errors.js';
 import { displayPath, isWithin, rawFromUtf8, rawToBuffer, type RawPath } from '../model/path.js';
-import type { FileRecord, TreeState } from '../repo/format.js';
-import { chunkWhat } from '../repo/pack.js';
-import { mapLimited, type Repository } from '../repo/repository.js';
+import { chunkWhat, type FileRecord, mapLimited, type Repository, type TreeState } from '../repo/index.js';
 import { ChunkFetcher, type FetchLimits } from './fetch.js';
 import { planRestore, underAny, type Action, type Overwrite, type RestorePlan } from './plan.js';
 import { nsToSeconds, WritePool } from './write-pool.js';

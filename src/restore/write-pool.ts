@@ -1,7 +1,7 @@
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { PhoenixError, type ErrorCode } from '../errors.js';
-import type { Keys } from '../repo/crypto.js';
+import type { Keys } from '../repo/index.js';
 
 /** Main → worker: the next blobs of one file, in order; `first` opens it, `last` finishes it. */
 export interface WriteJob {

@@ -3,8 +3,7 @@ import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { Entry } from '../model/entry.js';
 import { rawFromBuffer, rawToBuffer, type RawPath } from '../model/path.js';
-import { decodeRecord, encodeRecord, type ChunkRef, type FileRecord, type JournalChange } from '../repo/format.js';
-import type { EncodedRecord } from '../repo/repository.js';
+import { type ChunkRef, decodeRecord, type EncodedRecord, encodeRecord, type FileRecord, type JournalChange } from '../repo/index.js';
 
 /** What the local cache knows of one path: the stored record, plus inode and ctime to skip unchanged files. */
 export interface CachedFile {
