@@ -44,7 +44,10 @@ class Daemon {
     readonly repo: string,
     readonly state: string,
   ) {
-    this.child = spawn(process.execPath, [PHOENIX, 'watch', src, '--repo', repo, '--state', state, '--log-level', 'warn'], { env: env(), stdio: ['ignore', 'ignore', 'inherit'] });
+    this.child = spawn(process.execPath, [PHOENIX, 'watch', src, '--repo', repo, '--state', state, '--log-level', 'warn'], {
+      env: env(),
+      stdio: ['ignore', 'ignore', 'inherit'],
+    });
   }
   status(): Promise<Status> {
     return queryStatus(this.state);
@@ -161,7 +164,10 @@ async function lsyncd(delay: number | undefined): Promise<string> {
   mkdirSync(src, { recursive: true });
   mkdirSync(dst);
   const conf = join(dir, 'lsyncd.lua');
-  writeFileSync(conf, `settings { nodaemon = true, logfile = "${dir}/log", statusFile = "${dir}/status" }\nsync { default.rsync, source = "${src}", target = "${dst}"${delay === undefined ? '' : `, delay = ${delay}`} }\n`);
+  writeFileSync(
+    conf,
+    `settings { nodaemon = true, logfile = "${dir}/log", statusFile = "${dir}/status" }\nsync { default.rsync, source = "${src}", target = "${dst}"${delay === undefined ? '' : `, delay = ${delay}`} }\n`,
+  );
   const child = spawn('lsyncd', [conf], { stdio: 'ignore' });
   await sleep(2000); // its start-up sync of the empty tree
   const burst = Math.round(20_000 * scale);

@@ -109,7 +109,12 @@ const best = (xs: number[]): string => (xs.length > 0 ? Math.min(...xs).toFixed(
   dropCaches();
   const restore = timed('node', [PHOENIX, 'restore', '--target', join(work, 'phx-out')], phxEnv);
   const up = (JSON.parse(one.out) as { bytesUploaded: number }).bytesUploaded;
-  results.phoenix = { first: best(firsts.phoenix), none: none.s.toFixed(2), oneByte: (up / 2 ** 20).toFixed(2), restore: restore.s.toFixed(2) };
+  results.phoenix = {
+    first: best(firsts.phoenix),
+    none: none.s.toFixed(2),
+    oneByte: (up / 2 ** 20).toFixed(2),
+    restore: restore.s.toFixed(2),
+  };
   rmSync(join(work, 'phx-out'), { recursive: true, force: true });
 }
 
@@ -120,14 +125,27 @@ if (haveRestic) {
   const one = timed('restic', ['backup', '--json', src], resticEnv);
   dropCaches();
   const restore = timed('restic', ['restore', 'latest', '--target', join(work, 'restic-out')], resticEnv);
-  const summary = one.out.trim().split('\n').map((l) => JSON.parse(l) as { message_type: string; data_added?: number }).find((m) => m.message_type === 'summary');
-  results.restic = { first: best(firsts.restic), none: none.s.toFixed(2), oneByte: ((summary?.data_added ?? NaN) / 2 ** 20).toFixed(2), restore: restore.s.toFixed(2) };
+  const summary = one.out
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as { message_type: string; data_added?: number })
+    .find((m) => m.message_type === 'summary');
+  results.restic = {
+    first: best(firsts.restic),
+    none: none.s.toFixed(2),
+    oneByte: ((summary?.data_added ?? NaN) / 2 ** 20).toFixed(2),
+    restore: restore.s.toFixed(2),
+  };
 } else {
   results.restic = { first: 'n/a', none: 'n/a', oneByte: 'n/a', restore: 'n/a' };
   console.log('restic not installed: apt-get install restic to compare');
 }
 
-console.log(dropCaches() ? 'restores started with the page cache dropped (cold)' : 'restores may find the repository in the page cache (run as root to drop it first)');
+console.log(
+  dropCaches()
+    ? 'restores started with the page cache dropped (cold)'
+    : 'restores may find the repository in the page cache (run as root to drop it first)',
+);
 const rows = [
   ['metric', 'phoenix', 'restic', 'ratio restic/phoenix', 'goal'],
   [`first backup, best of ${rounds} (s)`, results.phoenix.first, results.restic.first, ratio('first'), '>= 1.5x'],
@@ -141,8 +159,12 @@ function ratio(k: string): string {
   const b = Number(results.restic[k]);
   return Number.isFinite(a) && Number.isFinite(b) ? `${(b / a).toFixed(2)}x` : '';
 }
-console.log(`first backups, in the order run: phoenix ${firsts.phoenix.map((x) => x.toFixed(2)).join(', ')} s; restic ${firsts.restic.map((x) => x.toFixed(2)).join(', ')} s`);
-console.log(`tree: ${(total / 2 ** 20).toFixed(0)} MiB in ${Math.round(20_000 * scale) + Math.round(20 * scale) + 2} files; tar cf - | cat: ${tar.s.toFixed(2)} s (${(total / 2 ** 20 / tar.s).toFixed(0)} MiB/s)`);
+console.log(
+  `first backups, in the order run: phoenix ${firsts.phoenix.map((x) => x.toFixed(2)).join(', ')} s; restic ${firsts.restic.map((x) => x.toFixed(2)).join(', ')} s`,
+);
+console.log(
+  `tree: ${(total / 2 ** 20).toFixed(0)} MiB in ${Math.round(20_000 * scale) + Math.round(20 * scale) + 2} files; tar cf - | cat: ${tar.s.toFixed(2)} s (${(total / 2 ** 20 / tar.s).toFixed(0)} MiB/s)`,
+);
 const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => (r[c] ?? '').length)));
 for (const r of rows) console.log(r.map((cell, c) => (cell ?? '').padEnd(widths[c]!)).join('  '));
 rmSync(work, { recursive: true, force: true });

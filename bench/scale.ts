@@ -9,7 +9,19 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { appendFileSync, closeSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import {
+  appendFileSync,
+  closeSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -56,7 +68,7 @@ function du(dir: string): number {
   return n;
 }
 
-const metaBytes = (repo: string): number => ['journal', 'checkpoint', 'meta'].reduce((n, d) => n + (safeDu(join(repo, d))), 0);
+const metaBytes = (repo: string): number => ['journal', 'checkpoint', 'meta'].reduce((n, d) => n + safeDu(join(repo, d)), 0);
 const safeDu = (d: string): number => {
   try {
     return du(d);
@@ -82,7 +94,10 @@ class Watch {
     readonly repo: string,
     readonly state: string,
   ) {
-    this.child = spawn(process.execPath, [PHOENIX, 'watch', src, '--repo', repo, '--state', state, '--log-level', 'warn'], { env, stdio: ['ignore', 'ignore', 'inherit'] });
+    this.child = spawn(process.execPath, [PHOENIX, 'watch', src, '--repo', repo, '--state', state, '--log-level', 'warn'], {
+      env,
+      stdio: ['ignore', 'ignore', 'inherit'],
+    });
   }
   status(): Promise<Status> {
     return queryStatus(this.state);
@@ -133,8 +148,20 @@ if (haveRestic) spawnSync('restic', ['-r', resticRepo, 'init'], { env });
 
 const pFirst = timed(process.execPath, [PHOENIX, 'backup', big, '--repo', phxRepo, '--state', phxState, '-q']);
 const rFirst = haveRestic ? timed('restic', ['-r', resticRepo, 'backup', '-q', big]) : undefined;
-rows.push([`first backup of ${FILES} files (s)`, f1(pFirst.s), f1(rFirst?.s ?? NaN), ratio(pFirst.s, rFirst?.s ?? NaN), '≥ 1 (wall ≤ restic)']);
-rows.push(['  peak RSS (MiB)', f1(pFirst.rssMiB), f1(rFirst?.rssMiB ?? NaN), ratio(pFirst.rssMiB, rFirst?.rssMiB ?? NaN), '≥ 1 (RSS ≤ restic)']);
+rows.push([
+  `first backup of ${FILES} files (s)`,
+  f1(pFirst.s),
+  f1(rFirst?.s ?? NaN),
+  ratio(pFirst.s, rFirst?.s ?? NaN),
+  '≥ 1 (wall ≤ restic)',
+]);
+rows.push([
+  '  peak RSS (MiB)',
+  f1(pFirst.rssMiB),
+  f1(rFirst?.rssMiB ?? NaN),
+  ratio(pFirst.rssMiB, rFirst?.rssMiB ?? NaN),
+  '≥ 1 (RSS ≤ restic)',
+]);
 const pNone = timed(process.execPath, [PHOENIX, 'backup', big, '--repo', phxRepo, '--state', phxState, '-q']);
 const rNone = haveRestic ? timed('restic', ['-r', resticRepo, 'backup', '-q', big]) : undefined;
 rows.push(['no-change backup (s)', f1(pNone.s), f1(rNone?.s ?? NaN), ratio(pNone.s, rNone?.s ?? NaN), '≥ 2 (≤ 0.5× restic)']);
@@ -192,13 +219,26 @@ rows.push(['  steady RSS (MiB)', f1(midWatch.rss), '—', '', '≤ 120 MiB']);
   await w.settled();
   const written = metaBytes(midRepo) - before;
   await w.stop();
-  rows.push([`metadata written, 1 change/s on 100,000 files (MB/day, from ${META_S} s)`, f1((written / 1e6) * (86_400 / META_S)), '—', '', '≤ 200 MB/day']);
+  rows.push([
+    `metadata written, 1 change/s on 100,000 files (MB/day, from ${META_S} s)`,
+    f1((written / 1e6) * (86_400 / META_S)),
+    '—',
+    '',
+    '≤ 200 MB/day',
+  ]);
 }
 rmSync(mid, { recursive: true, force: true });
 
 // ---- a log that grows, a file rewritten in place -------------------------------------------
 
-async function growth(name: string, setup: (dir: string) => void, step: (dir: string, i: number) => number, steps: number, gapMs: number, warm: number): Promise<{ perCommit: number; amplification: number; restic: number }> {
+async function growth(
+  name: string,
+  setup: (dir: string) => void,
+  step: (dir: string, i: number) => number,
+  steps: number,
+  gapMs: number,
+  warm: number,
+): Promise<{ perCommit: number; amplification: number; restic: number }> {
   const dir = join(work, name);
   mkdirSync(dir);
   setup(dir);
@@ -260,7 +300,13 @@ const log = await growth(
   250,
   0,
 );
-rows.push(['log of 20 MiB, +107 bytes every 250 ms: growth per commit (KiB)', f1(log.perCommit / 1024), f1(log.restic / 1024), ratio(log.perCommit, log.restic), '≤ 4 KiB + appended']);
+rows.push([
+  'log of 20 MiB, +107 bytes every 250 ms: growth per commit (KiB)',
+  f1(log.perCommit / 1024),
+  f1(log.restic / 1024),
+  ratio(log.perCommit, log.restic),
+  '≤ 4 KiB + appended',
+]);
 rows.push(['  amplification (growth / appended bytes)', f1(log.amplification), f1(log.restic / LINE.length), '', '']);
 
 const inplace = await growth(
@@ -285,7 +331,13 @@ const inplace = await growth(
   600,
   5,
 );
-rows.push(['100 MiB file, 4 KiB written in the middle: growth per commit (KiB)', f1(inplace.perCommit / 1024), f1(inplace.restic / 1024), ratio(inplace.perCommit, inplace.restic), '≤ 256 KiB']);
+rows.push([
+  '100 MiB file, 4 KiB written in the middle: growth per commit (KiB)',
+  f1(inplace.perCommit / 1024),
+  f1(inplace.restic / 1024),
+  ratio(inplace.perCommit, inplace.restic),
+  '≤ 256 KiB',
+]);
 
 // ---- the table -------------------------------------------------------------------------
 

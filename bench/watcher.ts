@@ -40,7 +40,9 @@ async function startImpl(impl: Impl, root: string, on: Listener): Promise<Runnin
   }
   if (impl === 'chokidar') {
     const w = chokidar.watch(root, { ignoreInitial: true });
-    w.on('add', (p) => on('add', p)).on('change', (p) => on('change', p)).on('unlink', (p) => on('unlink', p));
+    w.on('add', (p) => on('add', p))
+      .on('change', (p) => on('change', p))
+      .on('unlink', (p) => on('unlink', p));
     await new Promise<void>((r) => w.on('ready', () => r()));
     return { close: () => w.close() };
   }
@@ -125,7 +127,9 @@ async function child(impl: Impl, root: string, idleSeconds: number): Promise<voi
   let watches = 0;
   for (const fd of readdirSync('/proc/self/fdinfo')) {
     try {
-      watches += readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8').split('\n').filter((l) => l.startsWith('inotify wd:')).length;
+      watches += readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8')
+        .split('\n')
+        .filter((l) => l.startsWith('inotify wd:')).length;
     } catch {
       // fd closed meanwhile
     }
@@ -206,7 +210,9 @@ async function main(): Promise<void> {
   for (const r of rows) console.log(r.map((cell, c) => cell.padEnd(widths[c]!)).join('  '));
   console.log();
   console.log(`scanner, ${sc.entries} entries (warm cache, best of 5):`);
-  console.log(`  phoenix scan ${f(sc.phoenixMs, 1)} ms   find -printf ${f(sc.findMs, 1)} ms   ratio ${f(sc.phoenixMs / sc.findMs)}x (goal <= 1.5x)`);
+  console.log(
+    `  phoenix scan ${f(sc.phoenixMs, 1)} ms   find -printf ${f(sc.findMs, 1)} ms   ratio ${f(sc.phoenixMs / sc.findMs)}x (goal <= 1.5x)`,
+  );
 }
 
 await main();

@@ -15,8 +15,16 @@ export interface NativeBinding {
   Inotify: new (onBatch: (events: Buffer, negErrno: number) => void) => NativeInotify;
   scanDir(path: Buffer): Promise<Buffer>;
   gearCut(
-    data: Uint8Array, start: number, end: number, min: number, avg: number, max: number,
-    maskS: number, maskL: number, eof: boolean, gear: Uint32Array,
+    data: Uint8Array,
+    start: number,
+    end: number,
+    min: number,
+    avg: number,
+    max: number,
+    maskS: number,
+    maskL: number,
+    eof: boolean,
+    gear: Uint32Array,
   ): number;
   dropCache(fd: number): number;
 }

@@ -24,20 +24,45 @@ type Op =
   | { op: 'replace'; n: number };
 
 const opArb: fc.Arbitrary<Op> = fc.oneof(
-  { weight: 5, arbitrary: fc.record({ op: fc.constant('append' as const), n: fc.oneof(fc.integer({ min: 1, max: 300 }), fc.integer({ min: 1, max: 600_000 })), text: fc.boolean() }) },
-  { weight: 2, arbitrary: fc.record({ op: fc.constant('appendMany' as const), times: fc.integer({ min: 2, max: 40 }), n: fc.integer({ min: 1, max: 2000 }) }) },
+  {
+    weight: 5,
+    arbitrary: fc.record({
+      op: fc.constant('append' as const),
+      n: fc.oneof(fc.integer({ min: 1, max: 300 }), fc.integer({ min: 1, max: 600_000 })),
+      text: fc.boolean(),
+    }),
+  },
+  {
+    weight: 2,
+    arbitrary: fc.record({
+      op: fc.constant('appendMany' as const),
+      times: fc.integer({ min: 2, max: 40 }),
+      n: fc.integer({ min: 1, max: 2000 }),
+    }),
+  },
   { weight: 1, arbitrary: fc.record({ op: fc.constant('truncate' as const), keep: fc.double({ min: 0, max: 1, noNaN: true }) }) },
-  { weight: 1, arbitrary: fc.record({ op: fc.constant('rewrite' as const), at: fc.double({ min: 0, max: 1, noNaN: true }), n: fc.integer({ min: 1, max: 5000 }) }) },
+  {
+    weight: 1,
+    arbitrary: fc.record({
+      op: fc.constant('rewrite' as const),
+      at: fc.double({ min: 0, max: 1, noNaN: true }),
+      n: fc.integer({ min: 1, max: 5000 }),
+    }),
+  },
   { weight: 1, arbitrary: fc.record({ op: fc.constant('replace' as const), n: fc.integer({ min: 0, max: 3_000_000 }) }) },
 );
 
-const line = (i: number): Buffer => Buffer.from(`2026-12-01T00:00:${String(i % 60).padStart(2, '0')} host app[${i}]: request served in ${i % 97} ms\n`);
+const line = (i: number): Buffer =>
+  Buffer.from(`2026-12-01T00:00:${String(i % 60).padStart(2, '0')} host app[${i}]: request served in ${i % 97} ms\n`);
 
 function apply(file: string, op: Op): void {
   const size = readFileSync(file).length;
   switch (op.op) {
     case 'append':
-      appendFileSync(file, op.text ? Buffer.concat(Array.from({ length: Math.ceil(op.n / 60) }, (_, i) => line(i))).subarray(0, op.n) : randomBytes(op.n));
+      appendFileSync(
+        file,
+        op.text ? Buffer.concat(Array.from({ length: Math.ceil(op.n / 60) }, (_, i) => line(i))).subarray(0, op.n) : randomBytes(op.n),
+      );
       break;
     case 'appendMany':
       for (let i = 0; i < op.times; i++) appendFileSync(file, randomBytes(op.n));
@@ -80,7 +105,10 @@ describe('appends', () => {
       most = Math.max(most, sizes.length);
     }
     assert.ok(most <= 3 + 24, `at most 24 pieces after the old chunks (saw ${most - 3})`);
-    assert.ok(rewritten / (20_000 * 107) < 10, `each appended byte is stored a few times at most (${(rewritten / (20_000 * 107)).toFixed(1)})`);
+    assert.ok(
+      rewritten / (20_000 * 107) < 10,
+      `each appended byte is stored a few times at most (${(rewritten / (20_000 * 107)).toFixed(1)})`,
+    );
     // A record that does not say its chunk sizes keeps nothing; a file that shrank keeps what fits.
     assert.equal(chunksToKeep([undefined, 5], 10, p), 0);
     assert.equal(chunksToKeep([300_000, 300_000, 300_000], 700_000, p), 2);
@@ -155,10 +183,11 @@ describe('appends', () => {
         versions.set(seq, hash(readFileSync(file)));
       }
       // Commits 2 and 3 see rewrites in place; the third rewrite (commit 4) switches to fine chunks.
-      process.stdout.write(`uploaded per commit: ${uploaded.join(", ")}\n`);
+      process.stdout.write(`uploaded per commit: ${uploaded.join(', ')}\n`);
       const last = (await repo.loadState('hot')).state.get('disk.img')!;
       assert.equal(last.fine, true);
-      for (const [i, n] of uploaded.entries()) if (i >= 4) assert.ok(n <= 256 * 1024, `commit ${i + 1} uploaded ${n} bytes for a 4 KiB write`);
+      for (const [i, n] of uploaded.entries())
+        if (i >= 4) assert.ok(n <= 256 * 1024, `commit ${i + 1} uploaded ${n} bytes for a 4 KiB write`);
       for (const [seq, h] of versions) {
         const dir = join(out.path, String(seq));
         await restore(repo, (await repo.loadState('hot', seq)).state, dir);
@@ -175,35 +204,39 @@ describe('appends', () => {
 
   it('random appends, truncations, rewrites of old bytes and replacements: every commit restores the file (property-based)', async () => {
     await fc.assert(
-      fc.asyncProperty(fc.oneof(fc.integer({ min: 0, max: 3_000_000 }), fc.constantFrom(0, 1, 262_144, 1_048_576, 4_194_304, 4_194_305)), fc.array(opArb, { minLength: 1, maxLength: 14 }), async (initial, ops) => {
-        const src = tempDir('phx-app-');
-        const state = tempDir('phx-app-state-');
-        const out = tempDir('phx-app-out-');
-        const repo = await Repository.init(new MemoryBackend(), { insecureNoEncryption: true });
-        const db = new StateDb(join(state.path, 'db.sqlite'));
-        try {
-          const file = join(src.path, 'f');
-          writeFileSync(file, randomBytes(initial));
-          const expected = new Map<number, string>();
-          const first = await backup(repo, db, src.path, 'p');
-          expected.set(first.commit!.seq, hash(readFileSync(file)));
-          for (const op of ops) {
-            apply(file, op);
-            const r = await backup(repo, db, src.path, 'p');
-            if (r.commit !== undefined) expected.set(r.commit.seq, hash(readFileSync(file)));
+      fc.asyncProperty(
+        fc.oneof(fc.integer({ min: 0, max: 3_000_000 }), fc.constantFrom(0, 1, 262_144, 1_048_576, 4_194_304, 4_194_305)),
+        fc.array(opArb, { minLength: 1, maxLength: 14 }),
+        async (initial, ops) => {
+          const src = tempDir('phx-app-');
+          const state = tempDir('phx-app-state-');
+          const out = tempDir('phx-app-out-');
+          const repo = await Repository.init(new MemoryBackend(), { insecureNoEncryption: true });
+          const db = new StateDb(join(state.path, 'db.sqlite'));
+          try {
+            const file = join(src.path, 'f');
+            writeFileSync(file, randomBytes(initial));
+            const expected = new Map<number, string>();
+            const first = await backup(repo, db, src.path, 'p');
+            expected.set(first.commit!.seq, hash(readFileSync(file)));
+            for (const op of ops) {
+              apply(file, op);
+              const r = await backup(repo, db, src.path, 'p');
+              if (r.commit !== undefined) expected.set(r.commit.seq, hash(readFileSync(file)));
+            }
+            for (const [seq, h] of expected) {
+              const dir = join(out.path, String(seq));
+              await restore(repo, (await repo.loadState('p', seq)).state, dir);
+              assert.equal(hash(readFileSync(join(dir, 'f'))), h, `commit ${seq}`);
+            }
+          } finally {
+            db.close();
+            src.cleanup();
+            state.cleanup();
+            out.cleanup();
           }
-          for (const [seq, h] of expected) {
-            const dir = join(out.path, String(seq));
-            await restore(repo, (await repo.loadState('p', seq)).state, dir);
-            assert.equal(hash(readFileSync(join(dir, 'f'))), h, `commit ${seq}`);
-          }
-        } finally {
-          db.close();
-          src.cleanup();
-          state.cleanup();
-          out.cleanup();
-        }
-      }),
+        },
+      ),
       { numRuns: 12, verbose: 1 },
     );
   });

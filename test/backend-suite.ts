@@ -57,7 +57,12 @@ export function backendConformance(name: string, open: () => Promise<SuiteTarget
     });
 
     test('a body in parts is stored back to back (empty parts, and more parts than one writev takes)', async (b) => {
-      const parts = [randomBytes(10), Buffer.alloc(0), randomBytes(70_000), ...Array.from({ length: 1500 }, (_, i) => randomBytes(1 + (i % 7)))];
+      const parts = [
+        randomBytes(10),
+        Buffer.alloc(0),
+        randomBytes(70_000),
+        ...Array.from({ length: 1500 }, (_, i) => randomBytes(1 + (i % 7))),
+      ];
       await b.put('parts/obj', parts);
       assert.ok((await b.get('parts/obj')).equals(Buffer.concat(parts)));
     });
@@ -65,12 +70,29 @@ export function backendConformance(name: string, open: () => Promise<SuiteTarget
     test('ranged reads at the edges; a read past the end fails permanently', async (b) => {
       const data = randomBytes(1000);
       await b.put('range/obj', data);
-      const cases: Array<[number, number]> = [[0, 1], [999, 1], [0, 1000], [500, 500], [1000, 0], [0, 0], [123, 456]];
+      const cases: Array<[number, number]> = [
+        [0, 1],
+        [999, 1],
+        [0, 1000],
+        [500, 500],
+        [1000, 0],
+        [0, 0],
+        [123, 456],
+      ];
       for (const [offset, length] of cases) {
         assert.ok((await b.get('range/obj', { offset, length })).equals(data.subarray(offset, offset + length)), `${offset}+${length}`);
       }
-      for (const [offset, length] of [[999, 2], [1000, 1], [5000, 10], [0, 1001]] as Array<[number, number]>) {
-        await assert.rejects(b.get('range/obj', { offset, length }), (e) => code(e) === 'PHX_PAST_END' && !isTransient(e), `${offset}+${length}`);
+      for (const [offset, length] of [
+        [999, 2],
+        [1000, 1],
+        [5000, 10],
+        [0, 1001],
+      ] as Array<[number, number]>) {
+        await assert.rejects(
+          b.get('range/obj', { offset, length }),
+          (e) => code(e) === 'PHX_PAST_END' && !isTransient(e),
+          `${offset}+${length}`,
+        );
       }
     });
 
@@ -97,7 +119,10 @@ export function backendConformance(name: string, open: () => Promise<SuiteTarget
       assert.deepEqual(listed.map((o) => o.key).sort(), keys);
       assert.ok(listed.every((o) => o.size === 9));
       const sub = await listAll(b, 'many/10');
-      assert.deepEqual(sub.map((o) => o.key).sort(), keys.filter((k) => k.startsWith('many/10')));
+      assert.deepEqual(
+        sub.map((o) => o.key).sort(),
+        keys.filter((k) => k.startsWith('many/10')),
+      );
       const everything = (await listAll(b, '')).map((o) => o.key);
       for (const k of [...keys, 'manyother/x']) assert.ok(everything.includes(k), `unprefixed list holds ${k}`);
       assert.deepEqual(await listAll(b, 'nothing-here/'), []);

@@ -21,7 +21,13 @@ backendConformance('local directory', async () => {
 backendConformance('S3 (s3rver)', async () => {
   const server = await startS3rver();
   const threshold = 6 * 2 ** 20;
-  const backend = new S3Backend({ bucket: server.bucket, prefix: 'suite', endpoint: server.endpoint, multipartThreshold: threshold, partSize: 5 * 2 ** 20 });
+  const backend = new S3Backend({
+    bucket: server.bucket,
+    prefix: 'suite',
+    endpoint: server.endpoint,
+    multipartThreshold: threshold,
+    partSize: 5 * 2 ** 20,
+  });
   return { backend, multipartThreshold: threshold, cleanup: () => server.stop() };
 });
 
@@ -33,8 +39,12 @@ backendConformance('S3 (OpenStack Swift s3api)', async () => {
   }
   const threshold = 6 * 2 ** 20;
   const backend = new S3Backend({
-    bucket: server.bucket, prefix: 'suite', endpoint: server.endpoint, credentials: server.credentials,
-    multipartThreshold: threshold, partSize: 5 * 2 ** 20,
+    bucket: server.bucket,
+    prefix: 'suite',
+    endpoint: server.endpoint,
+    credentials: server.credentials,
+    multipartThreshold: threshold,
+    partSize: 5 * 2 ** 20,
   });
   return { backend, multipartThreshold: threshold, cleanup: () => server.stop() };
 });
@@ -79,7 +89,10 @@ describe('backend wrappers and URLs', () => {
     assert.ok(s3 instanceof S3Backend);
     assert.equal(s3.location, 's3://bucket/some/prefix');
     const bad = (url: string, re: RegExp): void =>
-      assert.throws(() => parseUrl(url), (e) => e instanceof PhoenixError && e.code === 'PHX_BAD_URL' && re.test(e.message));
+      assert.throws(
+        () => parseUrl(url),
+        (e) => e instanceof PhoenixError && e.code === 'PHX_BAD_URL' && re.test(e.message),
+      );
     bad('ftp://host/x', /scheme ftp: is not supported/);
     bad('s3:///prefix', /bucket is missing|does not parse/);
     bad('s3://b/p?colour=blue', /unknown option colour/);
@@ -90,7 +103,10 @@ describe('backend wrappers and URLs', () => {
     const server = await startS3rver();
     try {
       const missing = new S3Backend({ bucket: 'no-such-bucket', prefix: '', endpoint: server.endpoint });
-      await assert.rejects(missing.put('x', Buffer.from('x')), (e) => e instanceof PhoenixError && /bucket no-such-bucket does not exist/.test(e.message) && !isTransient(e));
+      await assert.rejects(
+        missing.put('x', Buffer.from('x')),
+        (e) => e instanceof PhoenixError && /bucket no-such-bucket does not exist/.test(e.message) && !isTransient(e),
+      );
       await missing.close();
       const refused = new S3Backend({ bucket: 'no-port', prefix: '', endpoint: 'http://127.0.0.1:1' });
       await assert.rejects(refused.stat('x'), (e) => isTransient(e));

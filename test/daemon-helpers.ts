@@ -23,10 +23,13 @@ export { snapshot } from './helpers.js';
 export const PASSWORD = 'daemon test password';
 
 export function phoenix(env: Record<string, string>, ...args: string[]): { status: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, [PHOENIX, ...args], { encoding: 'utf8', env: { ...process.env, PHOENIX_PASSWORD: PASSWORD, ...env }, timeout: 300_000 });
+  const r = spawnSync(process.execPath, [PHOENIX, ...args], {
+    encoding: 'utf8',
+    env: { ...process.env, PHOENIX_PASSWORD: PASSWORD, ...env },
+    timeout: 300_000,
+  });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
-
 
 /** A `phoenix watch` child process, with the test's view of it: status, sync, stop, kill. */
 export class DaemonProcess {
@@ -35,14 +38,30 @@ export class DaemonProcess {
   readonly exited: Promise<number | null>;
   #syncs = 0;
 
-  constructor(
-    readonly opts: { src: string; repo: string; state: string; args?: string[]; env?: Record<string, string> },
-  ) {
-    this.child = spawn(process.execPath, [PHOENIX, 'watch', opts.src, '--repo', opts.repo, '--state', opts.state, '--log-level', process.env.PHX_TEST_LOG_LEVEL ?? 'debug', ...(opts.args ?? [])], {
-      stdio: ['ignore', 'ignore', 'pipe'],
-      env: { ...process.env, PHOENIX_PASSWORD: PASSWORD, ...opts.env },
-    });
-    this.child.stderr?.on('data', (d: Buffer) => (this.stderr = (this.stderr + d.toString()).slice(process.env.PHX_KEEP ? -200_000_000 : -200_000)));
+  constructor(readonly opts: { src: string; repo: string; state: string; args?: string[]; env?: Record<string, string> }) {
+    this.child = spawn(
+      process.execPath,
+      [
+        PHOENIX,
+        'watch',
+        opts.src,
+        '--repo',
+        opts.repo,
+        '--state',
+        opts.state,
+        '--log-level',
+        process.env.PHX_TEST_LOG_LEVEL ?? 'debug',
+        ...(opts.args ?? []),
+      ],
+      {
+        stdio: ['ignore', 'ignore', 'pipe'],
+        env: { ...process.env, PHOENIX_PASSWORD: PASSWORD, ...opts.env },
+      },
+    );
+    this.child.stderr?.on(
+      'data',
+      (d: Buffer) => (this.stderr = (this.stderr + d.toString()).slice(process.env.PHX_KEEP ? -200_000_000 : -200_000)),
+    );
     this.exited = new Promise((resolve) => this.child.on('exit', (code, signal) => resolve(code ?? (signal ? -1 : null))));
   }
 
@@ -116,7 +135,8 @@ export function prng(seed: number): () => number {
 
 /** Paths the workload's daemon excludes (`--exclude '*.tmp' --exclude 'cache/'`). */
 export const WORKLOAD_EXCLUDES = ['*.tmp', 'cache/'];
-export const isExcluded = (rel: string): boolean => rel === 'cache' || rel.startsWith('cache/') || /\.tmp$/.test(rel.slice(rel.lastIndexOf('/') + 1));
+export const isExcluded = (rel: string): boolean =>
+  rel === 'cache' || rel.startsWith('cache/') || /\.tmp$/.test(rel.slice(rel.lastIndexOf('/') + 1));
 
 const NAME_PARTS = ['a', 'b', 'notes', 'sp ace', 'ünï', Buffer.from([0x78, 0xff, 0xfe]).toString('latin1'), 'new\nline', 'x%+y'];
 
@@ -182,7 +202,8 @@ export class Workload {
   }
 
   #note(what: string, ...paths: string[]): void {
-    if (process.env.PHX_KEEP) this.journal.push(`${Date.now()} ${what} ${paths.map((p) => JSON.stringify(Buffer.from(p, 'latin1').toString('utf8'))).join(' ')}`);
+    if (process.env.PHX_KEEP)
+      this.journal.push(`${Date.now()} ${what} ${paths.map((p) => JSON.stringify(Buffer.from(p, 'latin1').toString('utf8'))).join(' ')}`);
   }
 
   /** One random operation; operations that no longer apply are skipped. */

@@ -67,7 +67,9 @@ describe('phoenix watch: configuration', () => {
     const c = await loadWatchConfig(undefined, { config: file, exclude: ['*.tmp'], repo: '/flag-wins' });
     assert.equal(c.settings.repository, '/flag-wins');
     assert.deepEqual(c.settle, { closedMs: 5, openMs: 2000, maxDelayMs: 5000 });
-    assert.deepEqual(c.sources, [{ name: join(dir.path, 'docs'), path: join(dir.path, 'docs'), exclude: ['*.o', '*.tmp'], oneFileSystem: false }]);
+    assert.deepEqual(c.sources, [
+      { name: join(dir.path, 'docs'), path: join(dir.path, 'docs'), exclude: ['*.o', '*.tmp'], oneFileSystem: false },
+    ]);
   });
 
   it('the example configuration in contrib/ is valid', async () => {
@@ -114,7 +116,10 @@ describe('pending changes', () => {
     p.add({ type: 'created', path: 'd/a', kind: 'file' }, 0);
     p.add({ type: 'moved', from: 'd', path: 'e', kind: 'dir' }, 1);
     const b = p.take(100, false, 100);
-    assert.deepEqual(b.moves.map((m) => [m.from, m.to]), [['d', 'e']]);
+    assert.deepEqual(
+      b.moves.map((m) => [m.from, m.to]),
+      [['d', 'e']],
+    );
     assert.deepEqual(b.paths.sort(), ['e', 'e/a']);
     p.done(false); // the store failed: everything stays
     assert.equal(p.size, 3);
@@ -170,8 +175,14 @@ describe('phoenix watch: end to end (real processes, real inotify)', () => {
       assertRestores(s.repo, s.src, s.restoreDir('t2'), snap2, t2);
       const check = phoenix({}, 'check', '--repo', s.repo, '--read-data');
       assert.equal(check.status, 0, check.stdout + check.stderr);
-      const moves = phoenix({}, 'log', '--repo', s.repo, '--json').stdout.trim().split('\n').map((l) => JSON.parse(l) as { moves: number });
-      assert.ok(moves.some((c) => c.moves > 0), 'renames are committed as move entries');
+      const moves = phoenix({}, 'log', '--repo', s.repo, '--json')
+        .stdout.trim()
+        .split('\n')
+        .map((l) => JSON.parse(l) as { moves: number });
+      assert.ok(
+        moves.some((c) => c.moves > 0),
+        'renames are committed as move entries',
+      );
     } finally {
       d.child.kill('SIGKILL');
       if (process.env.PHX_KEEP) {
@@ -281,7 +292,10 @@ describe('phoenix watch: end to end (real processes, real inotify)', () => {
       }
       assert.ok(down.pending > 0, `changes wait while the store is down: ${JSON.stringify(down)}`);
       assert.ok(down.oldestPendingMs >= 1000, `the exposure grows: ${down.oldestPendingMs}`);
-      assert.ok(down.errors.some((e) => /commit failed/.test(e.message)), JSON.stringify(down.errors));
+      assert.ok(
+        down.errors.some((e) => /commit failed/.test(e.message)),
+        JSON.stringify(down.errors),
+      );
       // Status says that commits fail, since when and why (its state alone said "watching").
       assert.ok(down.failing !== null && down.failing.attempts >= 1 && Date.parse(down.failing.since) > 0, JSON.stringify(down.failing));
       assert.match(down.failing.error, /unreachable/);
@@ -304,7 +318,12 @@ describe('phoenix watch: end to end (real processes, real inotify)', () => {
     const src = join(home.path, 'Documents');
     mkdirSync(src);
     writeFileSync(join(src, 'letter.txt'), 'dear diary');
-    const env: NodeJS.ProcessEnv = { ...process.env, XDG_DATA_HOME: join(home.path, 'data'), XDG_CONFIG_HOME: join(home.path, 'config'), XDG_STATE_HOME: join(home.path, 'state') };
+    const env: NodeJS.ProcessEnv = {
+      ...process.env,
+      XDG_DATA_HOME: join(home.path, 'data'),
+      XDG_CONFIG_HOME: join(home.path, 'config'),
+      XDG_STATE_HOME: join(home.path, 'state'),
+    };
     for (const k of ['PHOENIX_PASSWORD', 'PHOENIX_PASSWORD_FILE', 'PHOENIX_REPOSITORY']) delete env[k];
     const state = join(home.path, 'state', 'phoenix');
     const run = async (): Promise<string> => {
@@ -329,7 +348,13 @@ describe('phoenix watch: end to end (real processes, real inotify)', () => {
     const repo = join(home.path, 'data', 'phoenix', 'repository');
     const ls = spawnSync(process.execPath, [PHOENIX, 'ls', '--repo', repo, '--password-file', pwFile, '--json'], { env, encoding: 'utf8' });
     assert.equal(ls.status, 0, ls.stderr);
-    assert.deepEqual(ls.stdout.trim().split('\n').map((l) => (JSON.parse(l) as { path: string }).path), ['letter.txt']);
+    assert.deepEqual(
+      ls.stdout
+        .trim()
+        .split('\n')
+        .map((l) => (JSON.parse(l) as { path: string }).path),
+      ['letter.txt'],
+    );
     // Every command finds what watch created, with no --repo and no password given.
     const log = spawnSync(process.execPath, [PHOENIX, 'log', '--json'], { env, encoding: 'utf8' });
     assert.equal(log.status, 0, log.stderr);

@@ -1,7 +1,5 @@
 import assert from 'node:assert/strict';
-import {
-  chmodSync, linkSync, mkdirSync, renameSync, rmSync, symlinkSync, unlinkSync, utimesSync, writeFileSync,
-} from 'node:fs';
+import { chmodSync, linkSync, mkdirSync, renameSync, rmSync, symlinkSync, unlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { readLimit } from '../src/watcher/watcher.js';
@@ -58,7 +56,8 @@ describe('phoenix events --json', () => {
     }
     await s.check();
     const lines = s.proc.events.filter((e) => !e.path.startsWith('.phx-sync'));
-    const has = (o: object): boolean => lines.some((e) => Object.entries(o).every(([k, v]) => (e as unknown as Record<string, unknown>)[k] === v));
+    const has = (o: object): boolean =>
+      lines.some((e) => Object.entries(o).every(([k, v]) => (e as unknown as Record<string, unknown>)[k] === v));
     assert.ok(has({ event: 'created', path: 'a.txt', kind: 'file' }));
     assert.ok(has({ event: 'modified', path: 'a.txt', kind: 'file', closed: true }));
     assert.ok(has({ event: 'moved', path: 'b.txt', from: 'a.txt', kind: 'file' }));
@@ -82,7 +81,10 @@ describe('phoenix events --json', () => {
     for (let d = 0; d < 50; d++) writeFileSync(join(s.root, `r${d}`, 'after-rename'), 'x');
     await s.check();
     const created = s.proc.events.filter((e) => e.event === 'created' && e.path.includes('/after-rename'));
-    assert.ok(created.every((e) => e.path.startsWith('r')), 'writes after a rename use the new path');
+    assert.ok(
+      created.every((e) => e.path.startsWith('r')),
+      'writes after a rename use the new path',
+    );
     let n = 0;
     for (let d = 50; d < 200 && n < 5000; d++) for (let f = 0; f < 100 && n < 5000; f++, n++) unlinkSync(join(s.root, `d${d}`, `f${f}`));
     await s.check();
@@ -107,9 +109,18 @@ describe('phoenix events --json', () => {
     writeFileSync(join(s.root, 'x/B/c/newer.txt'), 'again');
     await s.check();
     const ev = s.proc.events;
-    assert.ok(ev.some((e) => e.event === 'moved' && e.path === 'A' && e.from === 'a' && e.kind === 'dir'), 'a directory move is one event');
-    assert.ok(ev.some((e) => e.event === 'created' && e.path === 'x/B/c/newer.txt'), 'writes after moves use the new path');
-    assert.ok(!ev.some((e) => e.event === 'created' && (e.path === 'a/b/c/deep.txt' || e.path === 'A/b/c/deep.txt')), 'a move uploads nothing: no creations for what moved');
+    assert.ok(
+      ev.some((e) => e.event === 'moved' && e.path === 'A' && e.from === 'a' && e.kind === 'dir'),
+      'a directory move is one event',
+    );
+    assert.ok(
+      ev.some((e) => e.event === 'created' && e.path === 'x/B/c/newer.txt'),
+      'writes after moves use the new path',
+    );
+    assert.ok(
+      !ev.some((e) => e.event === 'created' && (e.path === 'a/b/c/deep.txt' || e.path === 'A/b/c/deep.txt')),
+      'a move uploads nothing: no creations for what moved',
+    );
     mkdirSync(join(outside.path, 'incoming/sub'), { recursive: true });
     writeFileSync(join(outside.path, 'incoming/sub/file'), 'in');
     renameSync(join(outside.path, 'incoming'), join(s.root, 'incoming')); // into the root
@@ -121,18 +132,27 @@ describe('phoenix events --json', () => {
     }
     writeFileSync(join(s.root, 'flip'), 'last');
     await s.check();
-    assert.ok(ev.some((e) => e.event === 'created' && e.path === 'incoming/sub/file'), 'a moved-in subtree is listed');
-    assert.ok(ev.some((e) => e.event === 'removed' && e.path === 'x/B' && e.kind === 'dir'), 'moved out is a removal');
+    assert.ok(
+      ev.some((e) => e.event === 'created' && e.path === 'incoming/sub/file'),
+      'a moved-in subtree is listed',
+    );
+    assert.ok(
+      ev.some((e) => e.event === 'removed' && e.path === 'x/B' && e.kind === 'dir'),
+      'moved out is a removal',
+    );
     assert.ok(!ev.some((e) => e.path.includes('ignored-now')), 'nothing is reported from outside the root');
     await s.close();
     outside.cleanup();
   });
 
   it('attributes, symlinks, hard links, odd names and excluded subtrees', async () => {
-    const s = await session((root) => {
-      writeFileSync(join(root, 'plain'), 'p');
-      mkdirSync(join(root, 'cache/deep'), { recursive: true });
-    }, ['--exclude', 'cache/', '--exclude', '*.tmp']);
+    const s = await session(
+      (root) => {
+        writeFileSync(join(root, 'plain'), 'p');
+        mkdirSync(join(root, 'cache/deep'), { recursive: true });
+      },
+      ['--exclude', 'cache/', '--exclude', '*.tmp'],
+    );
     chmodSync(join(s.root, 'plain'), 0o640);
     utimesSync(join(s.root, 'plain'), new Date(1_000_000), new Date(2_000_000));
     symlinkSync('plain', join(s.root, 'link'));
@@ -159,7 +179,10 @@ describe('phoenix events --json', () => {
     seen((e) => e.event === 'created' && e.path === 'new\nline', 'newlines');
     const badEv = ev.find((e) => e.pathBase64 !== undefined);
     assert.ok(badEv, 'a name that is not UTF-8 carries pathBase64');
-    assert.deepEqual(Buffer.from(badEv.pathBase64 as string, 'base64'), Buffer.from([...Buffer.from('bad-'), 0xff, 0xfe, ...Buffer.from('.bin')]));
+    assert.deepEqual(
+      Buffer.from(badEv.pathBase64 as string, 'base64'),
+      Buffer.from([...Buffer.from('bad-'), 0xff, 0xfe, ...Buffer.from('.bin')]),
+    );
     assert.ok(!ev.some((e) => e.path.startsWith('cache/') || e.path.endsWith('.tmp')), 'excluded paths are never reported');
     const real = realTree(s.root);
     for (const k of [...real.keys()]) if (k.startsWith('cache/') || k.endsWith('.tmp')) real.delete(k);

@@ -26,7 +26,17 @@ function cli(env: NodeJS.ProcessEnv, args: string[], opts: SpawnSyncOptions = {}
   const stdout = String(r.stdout);
   const stderr = String(r.stderr);
   assertNoStack(stderr);
-  return { status: r.status, stdout, stderr, json: () => stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>) };
+  return {
+    status: r.status,
+    stdout,
+    stderr,
+    json: () =>
+      stdout
+        .trim()
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as Record<string, unknown>),
+  };
 }
 
 /** No JavaScript stack trace ever reaches a user. */
@@ -56,7 +66,7 @@ async function runReadmeCommand(home: string, env: NodeJS.ProcessEnv, uid?: numb
   child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
   const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
   const state = join(home, '.local', 'state', 'phoenix');
-  for (const deadline = Date.now() + 120_000; ; ) {
+  for (const deadline = Date.now() + 120_000; ;) {
     if (child.exitCode !== null) break;
     const s = await queryStatus(state).catch(() => undefined);
     if (s !== undefined && s.state === 'watching' && s.pending === 0 && s.lastCommit !== null) break;
@@ -68,7 +78,8 @@ async function runReadmeCommand(home: string, env: NodeJS.ProcessEnv, uid?: numb
 }
 
 const gitStatus = (): string =>
-  spawnSync('git', ['-c', 'safe.directory=*', 'status', '--porcelain', '--untracked-files=all'], { cwd: CHECKOUT, encoding: 'utf8' }).stdout;
+  spawnSync('git', ['-c', 'safe.directory=*', 'status', '--porcelain', '--untracked-files=all'], { cwd: CHECKOUT, encoding: 'utf8' })
+    .stdout;
 const addon = join(CHECKOUT, 'build', 'Release', 'phoenix_native.node');
 
 describe('first contact: README run command', () => {
@@ -79,7 +90,10 @@ describe('first contact: README run command', () => {
     const users: Array<number | undefined> = [undefined];
     if (process.getuid?.() === 0) {
       if (readableAs(65534, addon, PHOENIX)) users.push(65534);
-      else t.diagnostic('the checkout is not readable by uid 65534 (it lies below a private directory): the run command is tried as root only');
+      else
+        t.diagnostic(
+          'the checkout is not readable by uid 65534 (it lies below a private directory): the run command is tried as root only',
+        );
     }
     for (const uid of users) {
       const { home, env } = newUser();
@@ -95,7 +109,10 @@ describe('first contact: README run command', () => {
       // Every command finds what watch created: no --repo, no password.
       const ls = cli({ ...env, HOME: home }, ['ls', '--json'], uid !== undefined ? { uid, gid: uid } : {});
       assert.equal(ls.status, 0, ls.stderr);
-      assert.deepEqual(ls.json().map((e) => e.path), ['letter.txt']);
+      assert.deepEqual(
+        ls.json().map((e) => e.path),
+        ['letter.txt'],
+      );
     }
   });
 });
@@ -130,7 +147,16 @@ describe('first contact: settings', () => {
     writeFileSync(join(src, 'b'), 'new');
     const dry = cli(env, ['backup', '--dry-run', src, '--json']);
     assert.equal(dry.status, 0, dry.stderr);
-    assert.deepEqual(dry.json().map((c) => [c.path, c.change]).sort(), [['a', 'changed'], ['b', 'new']]);
+    assert.deepEqual(
+      dry
+        .json()
+        .map((c) => [c.path, c.change])
+        .sort(),
+      [
+        ['a', 'changed'],
+        ['b', 'new'],
+      ],
+    );
     assert.equal(cli(env, ['log', '--json']).json().length, 1, 'a dry run commits nothing');
     const [perSource, repoStats] = cli(env, ['stats', '--json']).json();
     assert.equal(perSource?.files, 1);
@@ -150,12 +176,17 @@ describe('first contact: settings', () => {
     assert.equal(scheme.status, 2);
     assert.match(scheme.stderr, /\[PHX_BAD_URL\]/);
     const typo = cli(e, ['init', '--repo', 's3//bucket'], { cwd: home });
-    assert.match(typo.stderr, /warning: repository "s3\/\/bucket" is read as the local directory .*s3\/bucket; did you mean s3:\/\/bucket\?/);
+    assert.match(
+      typo.stderr,
+      /warning: repository "s3\/\/bucket" is read as the local directory .*s3\/bucket; did you mean s3:\/\/bucket\?/,
+    );
     const notDir = cli(e, ['log', '--repo', file]);
     assert.equal(notDir.status, 1);
     assert.match(notDir.stderr, /is not a directory: a local repository is a directory/);
     assert.doesNotMatch(notDir.stderr, /ENOTDIR/);
-    const noCreds = cli({ ...e, AWS_ACCESS_KEY_ID: '', AWS_PROFILE: '' }, ['log', '--repo', 's3://b/p?endpoint=http://127.0.0.1:9'], { cwd: home });
+    const noCreds = cli({ ...e, AWS_ACCESS_KEY_ID: '', AWS_PROFILE: '' }, ['log', '--repo', 's3://b/p?endpoint=http://127.0.0.1:9'], {
+      cwd: home,
+    });
     assert.equal(noCreds.status, 1);
     assert.match(noCreds.stderr, /no S3 credentials were found/);
     assert.doesNotMatch(noCreds.stderr, /NodeVersionSupportWarning/);
@@ -176,7 +207,10 @@ describe('first contact: settings', () => {
     assert.equal(cli(e, ['init']).status, 0);
     assert.equal(cli(e, ['backup', src]).status, 0);
     for (const cmd of ['ls', 'dump']) {
-      const r = spawnSync('bash', ['-c', `set -o pipefail; "${process.execPath}" "${PHOENIX}" ${cmd} | head -c 10 >/dev/null`], { env: e, encoding: 'utf8' });
+      const r = spawnSync('bash', ['-c', `set -o pipefail; "${process.execPath}" "${PHOENIX}" ${cmd} | head -c 10 >/dev/null`], {
+        env: e,
+        encoding: 'utf8',
+      });
       assertNoStack(r.stderr);
       assert.equal(r.stderr, '', `${cmd} | head: ${r.stderr}`);
       assert.equal(r.status, 0);
@@ -225,7 +259,12 @@ describe('first contact: restore never destroys work', () => {
     const { e, target } = backedUp();
     const r = cli(e, ['restore', '--target', target, '--overwrite', 'always', '--delete', '--dry-run', '--json']);
     assert.equal(r.status, 0, r.stderr);
-    const actions = new Map(r.json().filter((x) => x.action !== undefined).map((x) => [x.path, x.action]));
+    const actions = new Map(
+      r
+        .json()
+        .filter((x) => x.action !== undefined)
+        .map((x) => [x.path, x.action]),
+    );
     assert.equal(actions.get('docs/a.txt'), 'replace');
     assert.equal(actions.get('docs/b.txt'), 'write');
     assert.equal(actions.get('docs/extra.txt'), 'delete');
@@ -278,7 +317,9 @@ describe('first contact: restore never destroys work', () => {
     mkdirSync(out);
     const tar = spawnSync('bash', ['-c', `"${process.execPath}" "${PHOENIX}" dump d | tar -x -C "${out}"`], { env: e, encoding: 'utf8' });
     assert.equal(tar.status, 0, tar.stderr);
-    const names = readdirSync(join(out, 'd'), { encoding: 'buffer' }).map((n) => n.toString('latin1')).sort();
+    const names = readdirSync(join(out, 'd'), { encoding: 'buffer' })
+      .map((n) => n.toString('latin1'))
+      .sort();
     assert.deepEqual(names, [`caf\xe9-${'x'.repeat(120)}`, 'e']);
     assert.equal(statSync(join(out, 'd', 'e', 'big')).size, 3 * 2 ** 20);
   });
@@ -316,27 +357,54 @@ describe('first contact: history follows the file', () => {
     }
     const v = cli(env, ['versions', 'new/inner/notes.txt', '--json']).json();
     const versions = v.filter((x) => x.event === 'version');
-    assert.deepEqual(versions.map((x) => x.size), [3, 4, 5], JSON.stringify(v));
-    assert.deepEqual(versions.map((x) => x.earlierName ?? false), [true, true, false]);
+    assert.deepEqual(
+      versions.map((x) => x.size),
+      [3, 4, 5],
+      JSON.stringify(v),
+    );
+    assert.deepEqual(
+      versions.map((x) => x.earlierName ?? false),
+      [true, true, false],
+    );
     assert.ok(v.some((x) => x.event === 'moved' && x.from === 'old/inner/notes.txt' && x.path === 'new/inner/notes.txt'));
     // Asked by its old name, the history goes forwards to the new one.
-    assert.equal(cli(env, ['versions', 'old/inner/notes.txt', '--json']).json().filter((x) => x.event === 'version').length, 3);
+    assert.equal(
+      cli(env, ['versions', 'old/inner/notes.txt', '--json'])
+        .json()
+        .filter((x) => x.event === 'version').length,
+      3,
+    );
 
     const found = cli(env, ['find', 'notes.*', '--json']).json();
-    assert.deepEqual(found.map((f) => [f.path, f.to === null]), [['old/inner/notes.txt', false], ['new/inner/notes.txt', true]]);
+    assert.deepEqual(
+      found.map((f) => [f.path, f.to === null]),
+      [
+        ['old/inner/notes.txt', false],
+        ['new/inner/notes.txt', true],
+      ],
+    );
 
     const diff = cli(env, ['diff', t1 ?? '', 'now', '--json']).json();
-    assert.ok(diff.some((x) => x.change === 'moved' && x.from === 'old' && x.path === 'new'), JSON.stringify(diff));
+    assert.ok(
+      diff.some((x) => x.change === 'moved' && x.from === 'old' && x.path === 'new'),
+      JSON.stringify(diff),
+    );
     assert.ok(diff.some((x) => x.change === 'removed' && x.pathBase64 === Buffer.from('caf\xe9.txt', 'latin1').toString('base64')));
     assert.ok(!diff.some((x) => x.path === 'new/inner'), 'what moved with its directory is implied');
 
     // A name that is not UTF-8, from the command line's bytes and from --path-base64.
-    const deleted = spawnSync('bash', ['-c', `"${process.execPath}" "${PHOENIX}" versions "$(printf 'caf\\351.txt')"`], { env, encoding: 'utf8' });
+    const deleted = spawnSync('bash', ['-c', `"${process.execPath}" "${PHOENIX}" versions "$(printf 'caf\\351.txt')"`], {
+      env,
+      encoding: 'utf8',
+    });
     assert.equal(deleted.status, 0, deleted.stderr);
     assert.match(deleted.stdout, /deleted/);
     assert.match(deleted.stderr, /was deleted in commit \d+; to get it back: phoenix restore --at \S+ --target DIR/);
     const b64 = cli(env, ['versions', '--path-base64', Buffer.from('caf\xe9.txt', 'latin1').toString('base64'), '--json']).json();
-    assert.deepEqual(b64.map((x) => x.event), ['version', 'deleted']);
+    assert.deepEqual(
+      b64.map((x) => x.event),
+      ['version', 'deleted'],
+    );
     assert.equal(typeof b64[1]?.restoreAt, 'string');
   });
 });
@@ -426,7 +494,12 @@ describe('first contact: honest reports', () => {
     const state = join(work.path, 'state');
     const env = { ...process.env, PHOENIX_PASSWORD: PASSWORD, HOME: work.path };
     assert.equal(cli(env, ['init', '--repo', repo], { uid: 65534, gid: 65534 }).status, 0);
-    const child = spawn(process.execPath, [PHOENIX, 'watch', src, '--repo', repo, '--state', state], { env, uid: 65534, gid: 65534, stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = spawn(process.execPath, [PHOENIX, 'watch', src, '--repo', repo, '--state', state], {
+      env,
+      uid: 65534,
+      gid: 65534,
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
     let stderr = '';
     child.stderr?.on('data', (b: Buffer) => (stderr += b.toString()));
     const exited = new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
@@ -445,7 +518,11 @@ describe('first contact: honest reports', () => {
 
 describe('first contact: the first password', () => {
   const pty = (env: NodeJS.ProcessEnv, script: Array<[string, string]>, ...args: string[]) => {
-    const r = spawnSync('python3', [join(CHECKOUT, 'test', 'fixtures', 'terminal.py'), JSON.stringify(script), process.execPath, PHOENIX, ...args], { env, encoding: 'utf8', timeout: 120_000 });
+    const r = spawnSync(
+      'python3',
+      [join(CHECKOUT, 'test', 'fixtures', 'terminal.py'), JSON.stringify(script), process.execPath, PHOENIX, ...args],
+      { env, encoding: 'utf8', timeout: 120_000 },
+    );
     assertNoStack(r.stdout);
     return { status: r.status, out: r.stdout };
   };
@@ -472,7 +549,11 @@ describe('first contact: the first password', () => {
     assert.equal(r.status, 0, r.out);
     assert.match(r.out, /only 3 characters/);
     assert.match(r.out, /not stored anywhere[\s\S]*PHOENIX_PASSWORD_FILE/);
-    assert.equal(r.out.match(/new repository password: /g)?.length, 2, `asked twice, and once more after the mismatch, nothing else:\n${r.out}`);
+    assert.equal(
+      r.out.match(/new repository password: /g)?.length,
+      2,
+      `asked twice, and once more after the mismatch, nothing else:\n${r.out}`,
+    );
     assert.equal(r.out.match(/password: /g)?.length, 2, 'not asked a third time to open what was just created');
     assert.doesNotMatch(r.out, /x!/, 'what is typed is not echoed');
     assert.ok(!existsSync(join(home, '.config', 'phoenix', 'password')), 'a chosen password is not written anywhere');

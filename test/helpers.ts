@@ -96,10 +96,12 @@ export class EventsProcess {
       this.events.push(JSON.parse(line) as JsonEvent);
       for (const w of this.#waiters.splice(0)) w();
     });
-    this.exited = new Promise((resolve) => this.child.on('exit', (code) => {
-      for (const w of this.#waiters.splice(0)) w();
-      resolve(code);
-    }));
+    this.exited = new Promise((resolve) =>
+      this.child.on('exit', (code) => {
+        for (const w of this.#waiters.splice(0)) w();
+        resolve(code);
+      }),
+    );
   }
 
   /** Resolves once an event matching `pred` has been printed (looking from index `from`). */
@@ -191,6 +193,10 @@ export function snapshot(root: string, skip: (rel: string) => boolean = () => fa
  * 0700, as `mktemp -d` makes) cannot run its tests as another user, and such tests skip.
  */
 export function readableAs(uid: number, ...paths: string[]): boolean {
-  const probe = spawnSync(process.execPath, ['-e', `for (const p of ${JSON.stringify(paths)}) require('fs').accessSync(p, require('fs').constants.R_OK)`], { uid, gid: uid });
+  const probe = spawnSync(
+    process.execPath,
+    ['-e', `for (const p of ${JSON.stringify(paths)}) require('fs').accessSync(p, require('fs').constants.R_OK)`],
+    { uid, gid: uid },
+  );
   return probe.status === 0;
 }

@@ -8,7 +8,17 @@ import { startS3rver } from './servers.js';
 
 function phoenix(env: Record<string, string>, ...args: string[]) {
   const r = spawnSync(process.execPath, [PHOENIX, ...args], { encoding: 'utf8', env: { ...process.env, ...env }, timeout: 120_000 });
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr, json: () => r.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>) };
+  return {
+    status: r.status,
+    stdout: r.stdout,
+    stderr: r.stderr,
+    json: () =>
+      r.stdout
+        .trim()
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as Record<string, unknown>),
+  };
 }
 
 describe('phoenix init / backup / log / ls / versions / restore / check', () => {
@@ -40,7 +50,10 @@ describe('phoenix init / backup / log / ls / versions / restore / check', () => 
     assert.equal(phoenix(env, 'backup', src).status, 0);
 
     const log = phoenix(env, 'log', '--json').json();
-    assert.deepEqual(log.map((c) => c.seq), [1, 2]);
+    assert.deepEqual(
+      log.map((c) => c.seq),
+      [1, 2],
+    );
     assert.equal(log[1]?.deletes, 1);
 
     const ls1 = phoenix(env, 'ls', '--at', t1, '--json').json();
@@ -49,9 +62,18 @@ describe('phoenix init / backup / log / ls / versions / restore / check', () => 
     assert.equal(ls1.find((e) => e.path === 'link')?.target, 'notes.txt');
 
     const versions = phoenix(env, 'versions', 'notes.txt', '--json').json();
-    assert.deepEqual(versions.map((v) => [v.seq, v.event, v.size]), [[1, 'version', 2], [2, 'version', 9]]);
+    assert.deepEqual(
+      versions.map((v) => [v.seq, v.event, v.size]),
+      [
+        [1, 'version', 2],
+        [2, 'version', 9],
+      ],
+    );
     const gone = phoenix(env, 'versions', 'empty', '--json').json();
-    assert.deepEqual(gone.map((v) => v.event), ['version', 'deleted']);
+    assert.deepEqual(
+      gone.map((v) => v.event),
+      ['version', 'deleted'],
+    );
 
     const out1 = join(work.path, 'out1');
     assert.equal(phoenix(env, 'restore', '--target', out1, '--at', t1).status, 0);

@@ -1,8 +1,18 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import {
-  appendFileSync, chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, renameSync, rmSync,
-  symlinkSync, truncateSync, unlinkSync, writeFileSync,
+  appendFileSync,
+  chmodSync,
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  symlinkSync,
+  truncateSync,
+  unlinkSync,
+  writeFileSync,
 } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { hostname } from 'node:os';
@@ -41,14 +51,19 @@ async function chunksOf(data: Buffer, keys = Keys.none(), known: string[] = []):
   try {
     writeFileSync(join(dir.path, 'f'), data);
     const out: Array<{ id: string; data: Buffer | undefined }> = [];
-    const end = await pool.readFile(Buffer.from(join(dir.path, 'f')), data.length, known.map((id) => ({ id })), {
-      chunk: (c) => {
-        const opened = c.sealed && openBlob(keys, c.sealed, 'blob');
-        assert.equal(opened?.length ?? c.bytes, c.bytes);
-        out.push({ id: c.id, data: opened });
+    const end = await pool.readFile(
+      Buffer.from(join(dir.path, 'f')),
+      data.length,
+      known.map((id) => ({ id })),
+      {
+        chunk: (c) => {
+          const opened = c.sealed && openBlob(keys, c.sealed, 'blob');
+          assert.equal(opened?.length ?? c.bytes, c.bytes);
+          out.push({ id: c.id, data: opened });
+        },
+        restart: () => assert.fail('the file did not change'),
       },
-      restart: () => assert.fail('the file did not change'),
-    });
+    );
     assert.equal(end.status, 'ok');
     assert.equal(end.status === 'ok' && end.size, data.length);
     return out;
@@ -68,8 +83,12 @@ describe('FastCDC chunker (on the seal workers)', () => {
     assert.ok(mean > 0.5 * DEFAULT_CHUNKER.avg && mean < 2 * DEFAULT_CHUNKER.avg, `mean chunk ${mean}`);
     // The same cuts as the reference over the whole buffer: reading in blocks changes nothing.
     const whole: number[] = [];
-    for (let pos = 0; pos < data.length; ) pos += whole[whole.push(referenceCut(data, pos, data.length, DEFAULT_CHUNKER, true)) - 1] as number;
-    assert.deepEqual(a.map((c) => c.length), whole);
+    for (let pos = 0; pos < data.length;)
+      pos += whole[whole.push(referenceCut(data, pos, data.length, DEFAULT_CHUNKER, true)) - 1] as number;
+    assert.deepEqual(
+      a.map((c) => c.length),
+      whole,
+    );
     const edited = Buffer.concat([data.subarray(0, 10_000_000), Buffer.from('inserted'), data.subarray(10_000_000)]);
     const b = (await chunksOf(edited)).map((c) => c.data as Buffer);
     const ids = new Set(a.map((c) => createHash('sha256').update(c).digest('hex')));
@@ -105,7 +124,12 @@ type Op =
 const NAMES = ['a', 'b c', 'd/e', 'd/f', Buffer.from([0x66, 0xff, 0x2e]).toString('latin1'), 'g/h/i', 'ünï'];
 const DIRS = ['d', 'g', 'g/h', 'k'];
 const opArb: fc.Arbitrary<Op> = fc.oneof(
-  fc.record({ t: fc.constant('write' as const), name: fc.nat(NAMES.length - 1), size: fc.oneof(fc.nat(3000), fc.nat(1_500_000)), seed: fc.nat(1000) }),
+  fc.record({
+    t: fc.constant('write' as const),
+    name: fc.nat(NAMES.length - 1),
+    size: fc.oneof(fc.nat(3000), fc.nat(1_500_000)),
+    seed: fc.nat(1000),
+  }),
   fc.record({ t: fc.constant('append' as const), name: fc.nat(NAMES.length - 1), size: fc.nat(5000) }),
   fc.record({ t: fc.constant('truncate' as const), name: fc.nat(NAMES.length - 1), size: fc.nat(2000) }),
   fc.record({ t: fc.constant('delete' as const), name: fc.nat(NAMES.length - 1) }),
@@ -228,9 +252,16 @@ describe('sealing on worker threads', () => {
       // Each blob opened (authenticated) in chunksOf; a blob carrying extra bytes would not.
       for (const c of chunks) assert.equal(c.id, keys.id(c.data as Buffer).toString('hex'), `size ${n}`);
       // Chunks the file's last version has are not sealed again.
-      const again = await chunksOf(data, keys, chunks.slice(0, 1).map((c) => c.id));
+      const again = await chunksOf(
+        data,
+        keys,
+        chunks.slice(0, 1).map((c) => c.id),
+      );
       assert.equal(again[0]?.data, undefined);
-      assert.deepEqual(again.map((c) => c.id), chunks.map((c) => c.id));
+      assert.deepEqual(
+        again.map((c) => c.id),
+        chunks.map((c) => c.id),
+      );
     }
   });
 });
@@ -251,7 +282,17 @@ describe('backup and restore (property-based)', () => {
     }
     try {
       let n = 0;
-      await roundTrip(async () => ({ backend: new S3Backend({ bucket: server.bucket, prefix: `prop${n++}`, endpoint: server.endpoint, credentials: server.credentials }) }), 3);
+      await roundTrip(
+        async () => ({
+          backend: new S3Backend({
+            bucket: server.bucket,
+            prefix: `prop${n++}`,
+            endpoint: server.endpoint,
+            credentials: server.credentials,
+          }),
+        }),
+        3,
+      );
     } finally {
       await server.stop();
     }
@@ -260,7 +301,10 @@ describe('backup and restore (property-based)', () => {
     const server = await startS3rver();
     try {
       let n = 0;
-      await roundTrip(async () => ({ backend: new S3Backend({ bucket: server.bucket, prefix: `prop${n++}`, endpoint: server.endpoint }) }), 3);
+      await roundTrip(
+        async () => ({ backend: new S3Backend({ bucket: server.bucket, prefix: `prop${n++}`, endpoint: server.endpoint }) }),
+        3,
+      );
     } finally {
       await server.stop();
     }
@@ -306,7 +350,13 @@ describe('repository', () => {
     const db = new StateDb(join(state.path, 'db.sqlite'));
     const first = await backup(repo, db, src.path, 'src');
     return {
-      repoDir, src, state, backend, repo, db, first,
+      repoDir,
+      src,
+      state,
+      backend,
+      repo,
+      db,
+      first,
       done: () => {
         db.close();
         for (const d of [repoDir, src, state]) d.cleanup();
@@ -348,13 +398,18 @@ describe('repository', () => {
     f.db.close();
     const path = join(f.state.path, 'db.sqlite');
     const old = new Database(path);
-    old.exec('DROP TABLE files; CREATE TABLE files (source TEXT NOT NULL, path BLOB NOT NULL, rec TEXT NOT NULL, ino TEXT NOT NULL, ctime TEXT NOT NULL, PRIMARY KEY (source, path));');
+    old.exec(
+      'DROP TABLE files; CREATE TABLE files (source TEXT NOT NULL, path BLOB NOT NULL, rec TEXT NOT NULL, ino TEXT NOT NULL, ctime TEXT NOT NULL, PRIMARY KEY (source, path));',
+    );
     old.exec("INSERT INTO queue (id, source, op, path, from_path, time_ms, open) VALUES (7, 'src', 'path', x'61', NULL, 1, 0)");
     old.pragma('user_version = 0');
     old.close();
     const db = new StateDb(path);
     assert.equal(db.seq('src', f.repo.config.id), undefined, 'the old file cache is gone');
-    assert.deepEqual(db.queued('src').map((q) => q.id), [7]);
+    assert.deepEqual(
+      db.queued('src').map((q) => q.id),
+      [7],
+    );
     const again = await backup(f.repo, db, f.src.path, 'src');
     assert.equal(again.commit, undefined, 'rebuilt: nothing changed');
     assert.equal(db.files('src').size, 3);
@@ -387,7 +442,7 @@ describe('repository', () => {
     assert.ok(f.first.stats.bytesUploaded < 3 * 2 ** 20 + 64 * 1024, `random: ${f.first.stats.bytesUploaded}`);
     writeFileSync(join(f.src.path, 'text.log'), 'a line of a log file that repeats\n'.repeat(60_000));
     const r = await backup(f.repo, f.db, f.src.path, 'src');
-    assert.ok((r.stats.bytesUploaded) < 200_000, `2 MiB of text uploads ${r.stats.bytesUploaded} bytes`);
+    assert.ok(r.stats.bytesUploaded < 200_000, `2 MiB of text uploads ${r.stats.bytesUploaded} bytes`);
     f.done();
   });
 
@@ -410,21 +465,43 @@ describe('repository', () => {
     writeFileSync(packPath, flipped);
     const { state } = await f.repo.loadState('src');
     const out = tempDir('phx-out-');
-    await assert.rejects(restore(f.repo, state, out.path), (e) => code('PHX_CORRUPT')(e) && /fails authentication/.test((e as Error).message));
+    await assert.rejects(
+      restore(f.repo, state, out.path),
+      (e) => code('PHX_CORRUPT')(e) && /fails authentication/.test((e as Error).message),
+    );
     const checked = await checkRepository(f.repo, { readData: true });
-    assert.ok(checked.errors.some((e) => /fails authentication/.test(e)), checked.errors.join('\n'));
+    assert.ok(
+      checked.errors.some((e) => /fails authentication/.test(e)),
+      checked.errors.join('\n'),
+    );
     // A byte flipped in the trailer (the pack's header): the pack no longer matches its name.
     const trailerFlipped = Buffer.from(original);
     trailerFlipped[trailerFlipped.length - 10] = (trailerFlipped[trailerFlipped.length - 10] as number) ^ 1;
     writeFileSync(packPath, trailerFlipped);
     const checked2 = await checkRepository(f.repo, { readData: true });
-    assert.ok(checked2.errors.some((e) => /does not match its name/.test(e)), checked2.errors.join('\n'));
+    assert.ok(
+      checked2.errors.some((e) => /does not match its name/.test(e)),
+      checked2.errors.join('\n'),
+    );
     // Bytes slipped in before the trailer: covered by no header entry.
-    writeFileSync(packPath, Buffer.concat([original.subarray(0, original.length - 4 - original.readUInt32LE(original.length - 4)), Buffer.from('x'), original.subarray(original.length - 4 - original.readUInt32LE(original.length - 4))]));
+    writeFileSync(
+      packPath,
+      Buffer.concat([
+        original.subarray(0, original.length - 4 - original.readUInt32LE(original.length - 4)),
+        Buffer.from('x'),
+        original.subarray(original.length - 4 - original.readUInt32LE(original.length - 4)),
+      ]),
+    );
     const checked3 = await checkRepository(f.repo, { readData: true });
-    assert.ok(checked3.errors.some((e) => /no header entry covers/.test(e)), checked3.errors.join('\n'));
+    assert.ok(
+      checked3.errors.some((e) => /no header entry covers/.test(e)),
+      checked3.errors.join('\n'),
+    );
     unlinkSync(packPath);
-    await assert.rejects(restore(f.repo, state, join(out.path, '2')), (e) => code('PHX_CORRUPT')(e) && /pack is missing/.test((e as Error).message));
+    await assert.rejects(
+      restore(f.repo, state, join(out.path, '2')),
+      (e) => code('PHX_CORRUPT')(e) && /pack is missing/.test((e as Error).message),
+    );
     writeFileSync(packPath, original);
     const commits = (await listAll(f.backend, 'journal/')).map((o) => o.key);
     const commitPath = join(f.repoDir.path, commits[0] as string);
@@ -445,9 +522,19 @@ describe('repository', () => {
     const repo = await init(backend);
     const out = tempDir('phx-out-');
     const evil = { path: '../escaped', type: 'file' as const, mode: 0o644, uid: 0, gid: 0, mtimeNs: 0n, size: 0, chunks: [] };
-    await repo.writeCommit({ source: 'x', seq: 1, timeMs: Date.now(), packs: [], changes: [{ op: 'put', ...evil }], stats: { files: 1, dirs: 0, deleted: 0, bytesUploaded: 0, bytesTotal: 0 } });
+    await repo.writeCommit({
+      source: 'x',
+      seq: 1,
+      timeMs: Date.now(),
+      packs: [],
+      changes: [{ op: 'put', ...evil }],
+      stats: { files: 1, dirs: 0, deleted: 0, bytesUploaded: 0, bytesTotal: 0 },
+    });
     const { state } = await repo.loadState('x');
-    await assert.rejects(restore(repo, state, join(out.path, 'target')), (e) => code('PHX_CORRUPT')(e) && /outside the target/.test((e as Error).message));
+    await assert.rejects(
+      restore(repo, state, join(out.path, 'target')),
+      (e) => code('PHX_CORRUPT')(e) && /outside the target/.test((e as Error).message),
+    );
     assert.equal(existsSync(join(out.path, 'escaped')), false);
     out.cleanup();
   });
@@ -460,7 +547,10 @@ describe('repository', () => {
     await (await repo.acquireLease('s')).release();
     // A lease left by a process of this host that has died is taken over at once.
     const dead = spawnSync(process.execPath, ['-e', '0']).pid as number;
-    await repo.backend.put('leases/cw/t', Buffer.from(JSON.stringify({ host: hostname(), pid: dead, token: 't', acquiredMs: Date.now(), expiresMs: Date.now() + 60_000 })));
+    await repo.backend.put(
+      'leases/cw/t',
+      Buffer.from(JSON.stringify({ host: hostname(), pid: dead, token: 't', acquiredMs: Date.now(), expiresMs: Date.now() + 60_000 })),
+    );
     await (await repo.acquireLease('s')).release();
     assert.deepEqual(await listAll(repo.backend, 'leases/'), [], 'the dead lease was cleaned up, ours released');
   });

@@ -86,7 +86,10 @@ describe('scan', () => {
     }
     const { tree, problems } = await scan(root(dir.path));
     assert.ok(tree.size > 1500, `most levels scanned (${tree.size})`);
-    assert.deepEqual(problems.map((p) => p.code), ['ENAMETOOLONG']);
+    assert.deepEqual(
+      problems.map((p) => p.code),
+      ['ENAMETOOLONG'],
+    );
     execFileSync('rm', ['-rf', dir.path]); // rmSync recurses on the JavaScript stack
   });
 
@@ -111,7 +114,10 @@ describe('scan', () => {
     assert.equal(r.status, 0, r.stderr);
     const out = JSON.parse(r.stdout) as { paths: string[]; problems: Array<{ path: string; code: string }> };
     assert.deepEqual(out.paths.sort(), ['locked', 'open']);
-    assert.deepEqual(out.problems.map((p) => [p.path, p.code]), [['locked', 'EACCES']]);
+    assert.deepEqual(
+      out.problems.map((p) => [p.path, p.code]),
+      [['locked', 'EACCES']],
+    );
     dir.cleanup();
   });
 
@@ -148,15 +154,21 @@ describe('diff', () => {
     mkdirSync(join(dir.path, 'replaced'));
     const after = (await scan(root(dir.path))).tree;
     const changes = diff(before, after).map((c) => `${c.type} ${c.path} ${c.kind}`);
-    assert.deepEqual(changes, [
-      'removed replaced file',
-      'removed gone dir',
-      ...changes.filter((c) => c.startsWith('created')),
-      'modified grows file',
-      'attributes chmod file',
-    ].sort((a, b) => changes.indexOf(a) - changes.indexOf(b)));
+    assert.deepEqual(
+      changes,
+      [
+        'removed replaced file',
+        'removed gone dir',
+        ...changes.filter((c) => c.startsWith('created')),
+        'modified grows file',
+        'attributes chmod file',
+      ].sort((a, b) => changes.indexOf(a) - changes.indexOf(b)),
+    );
     const created = changes.filter((c) => c.startsWith('created'));
-    assert.deepEqual(new Set(created), new Set(['created new dir', 'created new/deeper dir', 'created new/deeper/y file', 'created replaced dir']));
+    assert.deepEqual(
+      new Set(created),
+      new Set(['created new dir', 'created new/deeper dir', 'created new/deeper/y file', 'created replaced dir']),
+    );
     assert.ok(created.indexOf('created new dir') < created.indexOf('created new/deeper dir'));
     assert.ok(created.indexOf('created new/deeper dir') < created.indexOf('created new/deeper/y file'));
     assert.deepEqual(diff(after, after), []);

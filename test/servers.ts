@@ -23,7 +23,9 @@ export async function startS3rver(): Promise<RestartableS3Server> {
   const script = fileURLToPath(new URL('./fixtures/s3-server.js', import.meta.url));
   let child: ChildProcess | undefined;
   const run = async (port: number): Promise<number> => {
-    const c = spawn(process.execPath, ['--openssl-legacy-provider', script, dir.path, String(port)], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const c = spawn(process.execPath, ['--openssl-legacy-provider', script, dir.path, String(port)], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
     child = c;
     return new Promise<number>((resolve, reject) => {
       c.on('exit', (code) => reject(new Error(`s3rver exited with ${code}`)));

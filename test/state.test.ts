@@ -11,11 +11,19 @@ import { tempDir } from './helpers.js';
 const names = ['a', 'b', 'a0', '\xff'];
 const pathArb = fc.array(fc.constantFrom(...names), { minLength: 1, maxLength: 3 }).map((p) => p.join('/'));
 const rec = (path: string, type: FileRecord['type'], size: number): FileRecord => ({
-  path, type, mode: type === 'dir' ? 0o40755 : 0o100644, uid: 1, gid: 2, mtimeNs: BigInt(size) * 1000n, size,
+  path,
+  type,
+  mode: type === 'dir' ? 0o40755 : 0o100644,
+  uid: 1,
+  gid: 2,
+  mtimeNs: BigInt(size) * 1000n,
+  size,
   chunks: type === 'file' ? [{ id: 'ab'.repeat(32), pack: 'cd'.repeat(32), offset: size, length: 10, size: 3 }] : [],
 });
 const changeArb: fc.Arbitrary<JournalChange> = fc.oneof(
-  fc.record({ path: pathArb, type: fc.constantFrom('file', 'dir' as const), size: fc.nat(99) }).map(({ path, type, size }): JournalChange => ({ op: 'put', ...rec(path, type, size) })),
+  fc
+    .record({ path: pathArb, type: fc.constantFrom('file', 'dir' as const), size: fc.nat(99) })
+    .map(({ path, type, size }): JournalChange => ({ op: 'put', ...rec(path, type, size) })),
   pathArb.map((path): JournalChange => ({ op: 'delete', path })),
   fc.record({ from: pathArb, path: pathArb }).map(({ from, path }): JournalChange => ({ op: 'move', from, path })),
 );
@@ -43,7 +51,10 @@ describe('state cache', () => {
           const want = [...state].sort(([a], [b]) => (a < b ? -1 : 1));
           assert.deepEqual(got, want);
           // The snapshot (what checkpoints are written from) lists the same, in byte order.
-          assert.deepEqual([...db.snapshot('s')].map((r) => r.path), want.map(([p]) => p));
+          assert.deepEqual(
+            [...db.snapshot('s')].map((r) => r.path),
+            want.map(([p]) => p),
+          );
         }),
         { numRuns: 300 },
       );
@@ -59,9 +70,18 @@ describe('state cache', () => {
     try {
       db.applyChanges('s', [{ op: 'put', ...rec('a', 'file', 1) }]);
       const snap = db.snapshot('s');
-      db.applyChanges('s', [{ op: 'put', ...rec('b', 'file', 2) }, { op: 'delete', path: 'a' }]);
-      assert.deepEqual([...snap].map((r) => r.path), ['a']);
-      assert.deepEqual([...db.snapshot('s')].map((r) => r.path), ['b']);
+      db.applyChanges('s', [
+        { op: 'put', ...rec('b', 'file', 2) },
+        { op: 'delete', path: 'a' },
+      ]);
+      assert.deepEqual(
+        [...snap].map((r) => r.path),
+        ['a'],
+      );
+      assert.deepEqual(
+        [...db.snapshot('s')].map((r) => r.path),
+        ['b'],
+      );
     } finally {
       db.close();
       dir.cleanup();

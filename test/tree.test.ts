@@ -16,7 +16,13 @@ describe('Tree', () => {
   it('moves a directory with its subtree, replacing the destination, and reports the directories moved', () => {
     const t = build('a/', 'a/b/', 'a/b/f', 'x/', 'x/old');
     const pairs = t.move('a', 'x');
-    assert.deepEqual(new Map(pairs), new Map([['a', 'x'], ['a/b', 'x/b']]));
+    assert.deepEqual(
+      new Map(pairs),
+      new Map([
+        ['a', 'x'],
+        ['a/b', 'x/b'],
+      ]),
+    );
     assert.equal(t.size, 3);
     assert.equal(t.dirCount, 2);
     assert.deepEqual([...t.entries()].map(([p]) => p).sort(), ['x', 'x/b', 'x/b/f']);
@@ -35,13 +41,27 @@ describe('Tree', () => {
   it('a directory replaced by a file loses its subtree', () => {
     const t = build('d/', 'd/f');
     t.set('d', e('file'));
-    assert.deepEqual([...t.entries()].map(([p]) => p), ['d']);
+    assert.deepEqual(
+      [...t.entries()].map(([p]) => p),
+      ['d'],
+    );
     assert.equal(t.dirCount, 0);
   });
 
   it('gives back every field of a packed file exactly, and keeps what does not pack as it is', () => {
     const t = new Tree();
-    const f: Entry = { kind: 'file', mode: 0o100644, uid: 4_000_000_000, gid: 7, nlink: 3, size: 2 ** 40 + 5, ino: 2n ** 50n + 3n, dev: 2049, mtimeNs: -1_500_000_000_123_456_789n, ctimeNs: 1_700_000_000_999_999_999n };
+    const f: Entry = {
+      kind: 'file',
+      mode: 0o100644,
+      uid: 4_000_000_000,
+      gid: 7,
+      nlink: 3,
+      size: 2 ** 40 + 5,
+      ino: 2n ** 50n + 3n,
+      dev: 2049,
+      mtimeNs: -1_500_000_000_123_456_789n,
+      ctimeNs: 1_700_000_000_999_999_999n,
+    };
     t.set('f', f);
     assert.deepEqual(t.get('f'), f);
     const big: Entry = { ...f, ino: 2n ** 63n + 1n };
@@ -64,7 +84,7 @@ describe('Tree', () => {
   it('keeps entries, sizes and subtrees right through random sets, deletes and moves (against a plain map)', () => {
     const names = ['a', 'b', 'c'];
     let seed = 7;
-    const rnd = (n: number): number => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) % n);
+    const rnd = (n: number): number => (seed = (seed * 1103515245 + 12345) % 2 ** 31) % n;
     const t = new Tree();
     const m = new Map<string, Kind>();
     const path = (): string => Array.from({ length: 1 + rnd(3) }, () => names[rnd(3)]).join('/');

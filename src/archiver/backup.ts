@@ -3,7 +3,16 @@ import { PhoenixError } from '../errors.js';
 import type { Entry } from '../model/entry.js';
 import { Filter } from '../model/filter.js';
 import { isWithin, rawFromUtf8, toFsPath, type RawPath } from '../model/path.js';
-import { checkContiguous, type CommitHead, type CommitInfo, type CommitStats, type FileRecord, type JournalChange, mapLimited, type Repository } from '../repo/index.js';
+import {
+  checkContiguous,
+  type CommitHead,
+  type CommitInfo,
+  type CommitStats,
+  type FileRecord,
+  type JournalChange,
+  mapLimited,
+  type Repository,
+} from '../repo/index.js';
 import { scan, type ScanResult } from '../scanner/scan.js';
 import { entryStamp, type StateDb } from '../state/db.js';
 import { CheckpointPolicy } from './checkpoints.js';
@@ -31,7 +40,13 @@ export interface BackupResult {
  * local cache, rebuilt from the repository when out of sync), read and upload what changed,
  * and write one commit. Nothing changed: nothing is written.
  */
-export async function backup(repo: Repository, db: StateDb, sourceDir: string, source: string, opts: BackupOptions = {}): Promise<BackupResult> {
+export async function backup(
+  repo: Repository,
+  db: StateDb,
+  sourceDir: string,
+  source: string,
+  opts: BackupOptions = {},
+): Promise<BackupResult> {
   const lease = await repo.acquireLease(source);
   const renew = setInterval(() => void lease.renew().catch(() => {}), 60_000);
   renew.unref();
@@ -215,7 +230,13 @@ export interface PlannedChange {
  * `backup --dry-run`: what a backup would commit, from the scan and the cache (brought in line
  * with the repository), without reading a file or writing to the repository.
  */
-export async function planBackup(repo: Repository, db: StateDb, sourceDir: string, source: string, opts: BackupOptions = {}): Promise<{ changes: PlannedChange[]; problems: number }> {
+export async function planBackup(
+  repo: Repository,
+  db: StateDb,
+  sourceDir: string,
+  source: string,
+  opts: BackupOptions = {},
+): Promise<{ changes: PlannedChange[]; problems: number }> {
   const scanning = opts.scan ?? startScan(sourceDir, opts);
   scanning.catch(() => {}); // awaited below
   await syncCache(repo, db, source);
@@ -227,7 +248,12 @@ export async function planBackup(repo: Repository, db: StateDb, sourceDir: strin
     const e = scanned.tree.get(p) as Entry;
     const stamp = known.stamp(p);
     if (stamp === entryStamp(e)) continue;
-    changes.push({ path: p, change: stamp === undefined && known.get(p) === undefined ? 'new' : 'changed', kind: e.kind, size: e.kind === 'file' ? e.size : 0 });
+    changes.push({
+      path: p,
+      change: stamp === undefined && known.get(p) === undefined ? 'new' : 'changed',
+      kind: e.kind,
+      size: e.kind === 'file' ? e.size : 0,
+    });
   }
   const unlisted = scanned.problems.map((p) => p.path).filter((p) => scanned.tree.get(p)?.kind === 'dir' || p === '');
   for (const p of known.paths()) {

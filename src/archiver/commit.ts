@@ -1,7 +1,16 @@
 import { hostname } from 'node:os';
 import type { Entry } from '../model/entry.js';
 import { isWithin, parentOf, type RawPath } from '../model/path.js';
-import { type ChunkRef, ChunkWriter, type Commit, type CommitInfo, type CommitStats, type FileRecord, type JournalChange, type Repository } from '../repo/index.js';
+import {
+  type ChunkRef,
+  ChunkWriter,
+  type Commit,
+  type CommitInfo,
+  type CommitStats,
+  type FileRecord,
+  type JournalChange,
+  type Repository,
+} from '../repo/index.js';
 import { entryStamp, stampOf, type CachedFile, type KnownFiles, type StateDb } from '../state/db.js';
 import { readFile, TORN_RETRIES, type PendingChunk } from './read.js';
 import type { SealPool } from './seal-pool.js';
@@ -88,7 +97,10 @@ export class CommitBuilder {
     let torn = false;
     if (e.kind === 'file' && e.size > MAX_FILE_BYTES) {
       // Its record (a chunk ref per MiB) would not fit in one JSON line: said before any read.
-      this.opts.onProblem?.(path, `is ${(e.size / 2 ** 40).toFixed(1)} TiB; Phoenix backs up files of up to 2 TiB (README, Limits); it keeps its last version, if any`);
+      this.opts.onProblem?.(
+        path,
+        `is ${(e.size / 2 ** 40).toFixed(1)} TiB; Phoenix backs up files of up to 2 TiB (README, Limits); it keeps its last version, if any`,
+      );
       return 'error';
     }
     if (e.kind === 'file') {
@@ -102,10 +114,18 @@ export class CommitBuilder {
         return 'error';
       }
       torn = read.torn;
-      if (torn) this.opts.onProblem?.(path, `kept changing while read ${TORN_RETRIES} times; backed up as last read, and read again at its next change`);
+      if (torn)
+        this.opts.onProblem?.(
+          path,
+          `kept changing while read ${TORN_RETRIES} times; backed up as last read, and read again at its next change`,
+        );
       entry = read.entry;
       // Ids now (to compare with the last version); packs and offsets once the packs are cut.
-      rec = record(path, entry, read.chunks.map((c) => ({ id: c.id, pack: '', offset: 0, length: 0, size: c.size })));
+      rec = record(
+        path,
+        entry,
+        read.chunks.map((c) => ({ id: c.id, pack: '', offset: 0, length: 0, size: c.size })),
+      );
       if (read.fine) rec.fine = true;
       const seen = this.opts.inPlace;
       if (seen !== undefined && read.inPlace && !read.fine) {
@@ -195,7 +215,13 @@ export class CommitBuilder {
     await this.#writer.flush();
     for (const u of this.#unresolved) {
       const refs = await Promise.all(u.chunks.map((c) => c.ref));
-      u.rec.chunks = refs.map((r, i) => ({ id: r.id, pack: r.pack, offset: r.offset, length: r.length, size: (u.chunks[i] as PendingChunk).size }));
+      u.rec.chunks = refs.map((r, i) => ({
+        id: r.id,
+        pack: r.pack,
+        offset: r.offset,
+        length: r.length,
+        size: (u.chunks[i] as PendingChunk).size,
+      }));
     }
     const puts: CachedFile[] = [];
     const deleted: RawPath[] = [];
@@ -210,7 +236,15 @@ export class CommitBuilder {
     }
     this.stats.bytesUploaded = this.#writer.bytesUploaded;
     const changes: JournalChange[] = [...this.#structural, ...[...this.#puts.values()].map((r): JournalChange => ({ op: 'put', ...r }))];
-    const commit: Commit = { source: this.source, seq, timeMs: Date.now(), packs: this.#writer.packs, changes, stats: this.stats, host: hostname() };
+    const commit: Commit = {
+      source: this.source,
+      seq,
+      timeMs: Date.now(),
+      packs: this.#writer.packs,
+      changes,
+      stats: this.stats,
+      host: hostname(),
+    };
     if (this.opts.root !== undefined) commit.root = this.opts.root;
     const info = await this.repo.writeCommit(commit);
     this.db.applyCommit(this.source, repoId, seq, puts, deleted, await Promise.all(this.#newChunks.values()), inTransaction);
@@ -290,14 +324,30 @@ export function unchanged(c: CachedFile, e: Entry): boolean {
 }
 
 function record(path: RawPath, e: Entry, chunks: ChunkRef[]): FileRecord {
-  const r: FileRecord = { path, type: e.kind, mode: e.mode, uid: e.uid, gid: e.gid, mtimeNs: e.mtimeNs, size: e.kind === 'file' ? e.size : 0, chunks };
+  const r: FileRecord = {
+    path,
+    type: e.kind,
+    mode: e.mode,
+    uid: e.uid,
+    gid: e.gid,
+    mtimeNs: e.mtimeNs,
+    size: e.kind === 'file' ? e.size : 0,
+    chunks,
+  };
   if (e.target !== undefined) r.target = e.target;
   return r;
 }
 
 function sameRecord(a: FileRecord, b: FileRecord): boolean {
   return (
-    a.type === b.type && a.mode === b.mode && a.uid === b.uid && a.gid === b.gid && a.mtimeNs === b.mtimeNs && a.size === b.size &&
-    a.target === b.target && a.chunks.length === b.chunks.length && a.chunks.every((c, i) => c.id === b.chunks[i]?.id)
+    a.type === b.type &&
+    a.mode === b.mode &&
+    a.uid === b.uid &&
+    a.gid === b.gid &&
+    a.mtimeNs === b.mtimeNs &&
+    a.size === b.size &&
+    a.target === b.target &&
+    a.chunks.length === b.chunks.length &&
+    a.chunks.every((c, i) => c.id === b.chunks[i]?.id)
   );
 }

@@ -35,26 +35,39 @@ export async function readFile(
 ): Promise<ReadResult> {
   const prev = new Map(previous.map((c) => [c.id, c]));
   let chunks: PendingChunk[] = [];
-  const end = await pool.readFile(path, scanned.size, previous, {
-    chunk: (c: ChunkOut) => {
-      onBytes(c.bytes);
-      const known = prev.get(c.id);
-      if (c.sealed === undefined) {
-        if (known === undefined) throw new Error(`seal worker skipped chunk ${c.id}, which the file's last version does not have`);
-        chunks.push({ id: c.id, size: c.bytes, ref: Promise.resolve(known) });
-        return;
-      }
-      chunks.push({ id: c.id, size: c.bytes, ref: refFor(c.id, c.sealed) });
-      return writer.backpressure();
+  const end = await pool.readFile(
+    path,
+    scanned.size,
+    previous,
+    {
+      chunk: (c: ChunkOut) => {
+        onBytes(c.bytes);
+        const known = prev.get(c.id);
+        if (c.sealed === undefined) {
+          if (known === undefined) throw new Error(`seal worker skipped chunk ${c.id}, which the file's last version does not have`);
+          chunks.push({ id: c.id, size: c.bytes, ref: Promise.resolve(known) });
+          return;
+        }
+        chunks.push({ id: c.id, size: c.bytes, ref: refFor(c.id, c.sealed) });
+        return writer.backpressure();
+      },
+      restart: () => {
+        chunks = [];
+      },
     },
-    restart: () => {
-      chunks = [];
-    },
-  }, how);
+    how,
+  );
   switch (end.status) {
     case 'ok':
       // The size is what was read: a torn read may have stopped short of the file's end.
-      return { status: 'ok', entry: { ...scanned, size: end.size, ...end.st }, chunks, torn: end.torn, fine: end.fine, inPlace: end.inPlace };
+      return {
+        status: 'ok',
+        entry: { ...scanned, size: end.size, ...end.st },
+        chunks,
+        torn: end.torn,
+        fine: end.fine,
+        inPlace: end.inPlace,
+      };
     case 'vanished':
     case 'error':
       return end;

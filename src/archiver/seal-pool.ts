@@ -144,7 +144,13 @@ export class SealPool {
    * Backs up the file at `path` (about `size` bytes) on the least busy worker. Resolves when the
    * worker is done with it, after every chunk was handed to `handlers`.
    */
-  readFile(path: Buffer, size: number, prev: ReadonlyArray<{ id: string; size?: number }>, handlers: FileHandlers, how: { fine: boolean; hot: boolean } = { fine: false, hot: false }): Promise<JobEnd> {
+  readFile(
+    path: Buffer,
+    size: number,
+    prev: ReadonlyArray<{ id: string; size?: number }>,
+    handlers: FileHandlers,
+    how: { fine: boolean; hot: boolean } = { fine: false, hot: false },
+  ): Promise<JobEnd> {
     clearTimeout(this.#idle);
     this.#idle = undefined;
     if (this.#slots.length === 0 && this.#dead === undefined) this.#start();

@@ -90,11 +90,20 @@ function readAt(fd: number, n: number, pos: number): number {
  * their ids (each is read and hashed: an append is verified, never assumed); the rest is cut
  * with FastCDC from the end of the last one kept.
  */
-function readOnce(job: number, fd: number, m: FileJob, known: ReadonlySet<string>): { st0: BigIntStats; st1: BigIntStats; total: number; fine: boolean; inPlace: boolean } {
+function readOnce(
+  job: number,
+  fd: number,
+  m: FileJob,
+  known: ReadonlySet<string>,
+): { st0: BigIntStats; st1: BigIntStats; total: number; fine: boolean; inPlace: boolean } {
   const st0 = fstatSync(fd, { bigint: true });
   const prev = m.prev;
   let params: ChunkerParams = m.fine ? FINE_CHUNKER : DEFAULT_CHUNKER;
-  const keep = chunksToKeep(prev.map(([, n]) => (n > 0 ? n : undefined)), Number(st0.size), params);
+  const keep = chunksToKeep(
+    prev.map(([, n]) => (n > 0 ? n : undefined)),
+    Number(st0.size),
+    params,
+  );
   let pos = 0;
   let inPlace = false;
   for (let i = 0; i < keep; i++) {
@@ -117,7 +126,7 @@ function readOnce(job: number, fd: number, m: FileJob, known: ReadonlySet<string
   let start = 0;
   let end = 0;
   let total = pos;
-  for (let eof = false; !eof; ) {
+  for (let eof = false; !eof;) {
     if (end === buf.length) {
       // Full: keep the undecided tail (less than one maximal chunk) at the front.
       buf.copy(buf, 0, start, end);
@@ -161,7 +170,14 @@ function readFileJob(m: FileJob): void {
       const { st0, st1, total, fine, inPlace } = readOnce(m.job, fd, m, known);
       const stable = heldStill(st0, st1) && total === Number(st1.size);
       if (stable || attempt >= TORN_RETRIES) {
-        const st = { mode: Number(st1.mode), uid: Number(st1.uid), gid: Number(st1.gid), mtimeNs: st1.mtimeNs, ctimeNs: st1.ctimeNs, ino: st1.ino };
+        const st = {
+          mode: Number(st1.mode),
+          uid: Number(st1.uid),
+          gid: Number(st1.gid),
+          mtimeNs: st1.mtimeNs,
+          ctimeNs: st1.ctimeNs,
+          ino: st1.ino,
+        };
         post({ job: m.job, type: 'done', end: { status: 'ok', size: total, st, torn: !stable, fine, inPlace } });
         return;
       }

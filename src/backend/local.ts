@@ -90,7 +90,8 @@ export class LocalBackend implements Backend {
       let done = 0;
       while (done < length) {
         const { bytesRead } = await fh.read(buf, done, length - done, offset + done);
-        if (bytesRead === 0) throw new BackendError('PHX_BACKEND', `${this.location}: ${key} shrank while being read`, { key, transient: true });
+        if (bytesRead === 0)
+          throw new BackendError('PHX_BACKEND', `${this.location}: ${key} shrank while being read`, { key, transient: true });
         done += bytesRead;
       }
       if (length >= DROP_CACHE_FROM) dropCache(fh.fd); // read once (a restore, a check): no need to keep it
@@ -174,7 +175,11 @@ export class LocalBackend implements Backend {
     }
     // EIO, ETIMEDOUT, ESTALE (NFS) and the like may pass.
     const transient = code === 'EIO' || code === 'ETIMEDOUT' || code === 'ESTALE' || code === 'EAGAIN' || code === 'EBUSY';
-    return new BackendError('PHX_BACKEND', `${this.location}: ${op} ${key} failed: ${(err as Error).message}`, { key, transient, cause: err });
+    return new BackendError('PHX_BACKEND', `${this.location}: ${op} ${key} failed: ${(err as Error).message}`, {
+      key,
+      transient,
+      cause: err,
+    });
   }
 }
 

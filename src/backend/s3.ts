@@ -2,7 +2,18 @@ import type { S3Client, S3ClientConfig } from '@aws-sdk/client-s3';
 import { existsSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import { BackendError, bodyBytes, checkRange, exists, notFound, pastEnd, type Backend, type Body, type ByteRange, type ObjectInfo } from './backend.js';
+import {
+  BackendError,
+  bodyBytes,
+  checkRange,
+  exists,
+  notFound,
+  pastEnd,
+  type Backend,
+  type Body,
+  type ByteRange,
+  type ObjectInfo,
+} from './backend.js';
 
 type Sdk = typeof import('@aws-sdk/client-s3');
 
@@ -80,7 +91,9 @@ export class S3Backend implements Backend {
       if (data.length <= this.#threshold) {
         const conditional = opts.createOnly === true && this.#conditionalPuts;
         try {
-          await client.send(new sdk.PutObjectCommand({ Bucket: this.#bucket, Key, Body: data, ...(conditional ? { IfNoneMatch: '*' } : {}) }));
+          await client.send(
+            new sdk.PutObjectCommand({ Bucket: this.#bucket, Key, Body: data, ...(conditional ? { IfNoneMatch: '*' } : {}) }),
+          );
         } catch (err) {
           // Some servers (OpenStack Swift's s3api) answer 501 to If-None-Match: put without it.
           if (!conditional || statusOf(err) !== 501) throw err;
@@ -122,7 +135,8 @@ export class S3Backend implements Backend {
     if (range !== undefined) checkRange(this.location, key, Number.MAX_SAFE_INTEGER, range);
     try {
       const { client, sdk } = await this.#sdk();
-      const r = await client.send(new sdk.GetObjectCommand({
+      const r = await client.send(
+        new sdk.GetObjectCommand({
           Bucket: this.#bucket,
           Key: this.#prefix + key,
           ...(range ? { Range: `bytes=${range.offset}-${range.offset + range.length - 1}` } : {}),
@@ -222,7 +236,13 @@ export class S3Backend implements Backend {
 /** Where the SDK's default chain finds credentials besides instance roles: variables or the shared files. */
 function credentialsConfigured(): boolean {
   const env = process.env;
-  if (env.AWS_ACCESS_KEY_ID || env.AWS_PROFILE || env.AWS_WEB_IDENTITY_TOKEN_FILE || env.AWS_CONTAINER_CREDENTIALS_FULL_URI || env.AWS_CONTAINER_CREDENTIALS_RELATIVE_URI) {
+  if (
+    env.AWS_ACCESS_KEY_ID ||
+    env.AWS_PROFILE ||
+    env.AWS_WEB_IDENTITY_TOKEN_FILE ||
+    env.AWS_CONTAINER_CREDENTIALS_FULL_URI ||
+    env.AWS_CONTAINER_CREDENTIALS_RELATIVE_URI
+  ) {
     return true;
   }
   const aws = join(homedir(), '.aws');

@@ -57,7 +57,12 @@ export class RetryBackend extends Wrapper {
 
   constructor(inner: Backend, opts: RetryOptions = {}) {
     super(inner);
-    this.#opts = { attempts: opts.attempts ?? 8, baseDelayMs: opts.baseDelayMs ?? 100, maxDelayMs: opts.maxDelayMs ?? 30_000, onRetry: opts.onRetry };
+    this.#opts = {
+      attempts: opts.attempts ?? 8,
+      baseDelayMs: opts.baseDelayMs ?? 100,
+      maxDelayMs: opts.maxDelayMs ?? 30_000,
+      onRetry: opts.onRetry,
+    };
   }
 
   protected override async around<T>(_op: BackendOp, _key: string, fn: () => Promise<T>): Promise<T> {
@@ -145,7 +150,9 @@ export class FaultyBackend extends Wrapper {
 
   protected override async around<T>(op: BackendOp, key: string, fn: () => Promise<T>): Promise<T> {
     this.calls++;
-    const f = this.faults.find((x) => (x.op === undefined || x.op === op) && (x.key === undefined || x.key.test(key)) && (x.times === undefined || x.times > 0));
+    const f = this.faults.find(
+      (x) => (x.op === undefined || x.op === op) && (x.key === undefined || x.key.test(key)) && (x.times === undefined || x.times > 0),
+    );
     if (f?.times !== undefined) f.times--;
     const injected = (): BackendError =>
       new BackendError('PHX_BACKEND', `${this.location}: injected fault on ${op} ${key}`, { key, transient: true });

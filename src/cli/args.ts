@@ -17,7 +17,7 @@ function cmdlineTable(): Map<string, RawPath | null> {
   } catch {
     return table;
   }
-  for (let start = 0; start < bytes.length; ) {
+  for (let start = 0; start < bytes.length;) {
     let end = bytes.indexOf(0, start);
     if (end < 0) end = bytes.length;
     const arg = rawFromBuffer(bytes.subarray(start, end));
@@ -37,9 +37,13 @@ export function rawArg(s: string): RawPath {
   fromCmdline ??= cmdlineTable();
   const raw = fromCmdline.get(s);
   if (raw === null) {
-    throw new PhoenixError('PHX_USAGE', `two arguments are the same text once decoded as UTF-8 (${JSON.stringify(s)}); their bytes cannot be told apart`, {
-      hint: 'name such paths with --path-base64 (the pathBase64 of --json output)',
-    });
+    throw new PhoenixError(
+      'PHX_USAGE',
+      `two arguments are the same text once decoded as UTF-8 (${JSON.stringify(s)}); their bytes cannot be told apart`,
+      {
+        hint: 'name such paths with --path-base64 (the pathBase64 of --json output)',
+      },
+    );
   }
   return raw ?? rawFromUtf8(s);
 }

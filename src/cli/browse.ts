@@ -2,7 +2,18 @@ import { once } from 'node:events';
 import picomatch from 'picomatch';
 import { PhoenixError } from '../errors.js';
 import { baseName, displayPath, isWithin, type RawPath } from '../model/path.js';
-import { chunkWhat, type FileRecord, findNames, type HistoryEvent, openChunk, pathHistory, type Repository, seqAt, stateAt, treeDiff } from '../repo/index.js';
+import {
+  chunkWhat,
+  type FileRecord,
+  findNames,
+  type HistoryEvent,
+  openChunk,
+  pathHistory,
+  type Repository,
+  seqAt,
+  stateAt,
+  treeDiff,
+} from '../repo/index.js';
 import { ChunkFetcher } from '../restore/fetch.js';
 import { padding, TAR_END, tarHeader } from '../restore/tar.js';
 import { parseTime } from '../util/duration.js';
@@ -32,13 +43,22 @@ export async function lsCommand(path: string | undefined, flags: PathFlags): Pro
     const under = sourcePath(path, flags.pathBase64);
     const rows = [...state.values()].filter((r) => isWithin(r.path, under)).sort((a, b) => (a.path < b.path ? -1 : 1));
     if (under !== '' && rows.length === 0) {
-      throw new PhoenixError('PHX_NOT_IN_REPO', `${displayPath(under)} is not in commit ${seq}`, { hint: `phoenix versions ${displayPath(under)} shows where it was and when` });
+      throw new PhoenixError('PHX_NOT_IN_REPO', `${displayPath(under)} is not in commit ${seq}`, {
+        hint: `phoenix versions ${displayPath(under)} shows where it was and when`,
+      });
     }
     for (const r of rows) {
       const link = r.target !== undefined ? ` -> ${displayPath(r.target)}` : '';
       print(
         flags,
-        { ...jsonPath(r.path), type: r.type, size: r.size, mode: r.mode, mtime: iso(mtimeMs(r)), ...(r.target !== undefined ? jsonPath(r.target, 'target') : {}) },
+        {
+          ...jsonPath(r.path),
+          type: r.type,
+          size: r.size,
+          mode: r.mode,
+          mtime: iso(mtimeMs(r)),
+          ...(r.target !== undefined ? jsonPath(r.target, 'target') : {}),
+        },
         `${r.type.padEnd(7)} ${(r.mode & 0o7777).toString(8).padStart(4, '0')} ${String(r.size).padStart(12)} ${showTime(mtimeMs(r))}  ${displayPath(r.path)}${link}`,
       );
     }
@@ -48,16 +68,21 @@ export async function lsCommand(path: string | undefined, flags: PathFlags): Pro
 export async function versionsCommand(path: string | undefined, flags: PathFlags): Promise<void> {
   await withSource(flags, async (repo, source) => {
     const p = sourcePath(path, flags.pathBase64);
-    if (p === '') throw new PhoenixError('PHX_USAGE', 'versions needs a PATH inside the source', { hint: 'phoenix ls lists what there is' });
+    if (p === '')
+      throw new PhoenixError('PHX_USAGE', 'versions needs a PATH inside the source', { hint: 'phoenix ls lists what there is' });
     const events = await pathHistory(repo, source, p);
     if (events.length === 0) {
-      throw new PhoenixError('PHX_NOT_IN_REPO', `${displayPath(p)} was never backed up in ${JSON.stringify(source)}`, { hint: 'phoenix find NAME looks for it by name' });
+      throw new PhoenixError('PHX_NOT_IN_REPO', `${displayPath(p)} was never backed up in ${JSON.stringify(source)}`, {
+        hint: 'phoenix find NAME looks for it by name',
+      });
     }
     for (const e of events) print(flags, historyJson(e, p), historyText(e, p));
     const last = events.at(-1) as HistoryEvent;
     if (last.event === 'deleted' && !flags.json) {
       const at = last.beforeMs === undefined ? '' : ` --at ${iso(last.beforeMs)}`;
-      process.stderr.write(`${displayPath(last.path)} was deleted in commit ${last.seq}; to get it back: phoenix restore${at} --target DIR ${shellWord(displayPath(last.path))}\n`);
+      process.stderr.write(
+        `${displayPath(last.path)} was deleted in commit ${last.seq}; to get it back: phoenix restore${at} --target DIR ${shellWord(displayPath(last.path))}\n`,
+      );
     }
   });
 }
@@ -86,7 +111,10 @@ function shellWord(s: string): string {
  * slash matches names (`*.pdf`), one with a slash whole paths (`docs/**\/*.pdf`).
  */
 export async function findCommand(pattern: string, flags: RepoFlags & { from?: string; to?: string }): Promise<void> {
-  const range = { fromMs: flags.from === undefined ? undefined : parseTime(flags.from), toMs: flags.to === undefined ? undefined : parseTime(flags.to) };
+  const range = {
+    fromMs: flags.from === undefined ? undefined : parseTime(flags.from),
+    toMs: flags.to === undefined ? undefined : parseTime(flags.to),
+  };
   return withSource(flags, async (repo, source) => {
     const raw = sourcePath(pattern);
     const isMatch = picomatch(raw, { dot: true });
@@ -100,7 +128,8 @@ export async function findCommand(pattern: string, flags: RepoFlags & { from?: s
         `${s.type.padEnd(7)} ${String(s.size).padStart(12)}  ${showTime(s.fromMs)} ${until}  ${displayPath(s.path)}`,
       );
     }
-    if (spans.length === 0 && !flags.json) process.stderr.write(`nothing matching ${pattern} was backed up in ${JSON.stringify(source)} in that time\n`);
+    if (spans.length === 0 && !flags.json)
+      process.stderr.write(`nothing matching ${pattern} was backed up in ${JSON.stringify(source)} in that time\n`);
   });
 }
 
@@ -115,8 +144,16 @@ export async function diffCommand(t1: string, t2: string, path: string | undefin
     const entries = seq1 === seq2 ? [] : await treeDiff(repo, source, seq1, seq2, sourcePath(path, flags.pathBase64));
     const mark = { added: '+', removed: '-', modified: 'M', moved: '>' } as const;
     for (const e of entries) {
-      const json = { change: e.change, ...jsonPath(e.path), type: e.type, ...(e.change === 'moved' ? { ...jsonPath(e.from, 'from'), modified: e.modified } : {}) };
-      const text = e.change === 'moved' ? `${mark.moved}  ${displayPath(e.from)} -> ${displayPath(e.path)}${e.modified ? ' (modified)' : ''}` : `${mark[e.change]}  ${displayPath(e.path)}`;
+      const json = {
+        change: e.change,
+        ...jsonPath(e.path),
+        type: e.type,
+        ...(e.change === 'moved' ? { ...jsonPath(e.from, 'from'), modified: e.modified } : {}),
+      };
+      const text =
+        e.change === 'moved'
+          ? `${mark.moved}  ${displayPath(e.from)} -> ${displayPath(e.path)}${e.modified ? ' (modified)' : ''}`
+          : `${mark[e.change]}  ${displayPath(e.path)}`;
       print(flags, json, `${text}${e.type === 'dir' ? '/' : ''}`);
     }
     if (!flags.json) process.stderr.write(`commit ${seq1} → ${seq2}: ${entries.length} changes\n`);
@@ -133,24 +170,50 @@ export async function dumpCommand(path: string | undefined, flags: PathFlags): P
     const { state, seq } = await stateAt(repo, source, at);
     const p = sourcePath(path, flags.pathBase64);
     const top = state.get(p);
-    if (p !== '' && top === undefined) throw new PhoenixError('PHX_NOT_IN_REPO', `${displayPath(p)} is not in commit ${seq}`, { hint: 'phoenix ls lists what there is' });
+    if (p !== '' && top === undefined)
+      throw new PhoenixError('PHX_NOT_IN_REPO', `${displayPath(p)} is not in commit ${seq}`, { hint: 'phoenix ls lists what there is' });
     if (top?.type === 'file') {
-      if (process.stdout.isTTY) throw new PhoenixError('PHX_USAGE', 'dump writes the file to stdout, which is a terminal', { hint: `redirect it: phoenix dump ${path ?? ''} > FILE` });
+      if (process.stdout.isTTY)
+        throw new PhoenixError('PHX_USAGE', 'dump writes the file to stdout, which is a terminal', {
+          hint: `redirect it: phoenix dump ${path ?? ''} > FILE`,
+        });
       await writeContent(repo, [top], () => Promise.resolve());
       return;
     }
-    if (process.stdout.isTTY) throw new PhoenixError('PHX_USAGE', 'dump writes a tar stream to stdout, which is a terminal', { hint: `pipe it: phoenix dump ${path ?? ''} | tar tv` });
+    if (process.stdout.isTTY)
+      throw new PhoenixError('PHX_USAGE', 'dump writes a tar stream to stdout, which is a terminal', {
+        hint: `pipe it: phoenix dump ${path ?? ''} | tar tv`,
+      });
     const rows = [...state.values()].filter((r) => isWithin(r.path, p) && r.type !== 'other').sort((x, y) => (x.path < y.path ? -1 : 1));
-    await writeContent(repo, rows, async (r) => {
-      await write(tarHeader({ path: r.path, type: r.type as 'file' | 'dir' | 'symlink', mode: r.mode, uid: r.uid, gid: r.gid, mtimeSec: mtimeMs(r) / 1000, size: r.size, ...(r.target !== undefined ? { target: r.target } : {}) }));
-    }, true);
+    await writeContent(
+      repo,
+      rows,
+      async (r) => {
+        await write(
+          tarHeader({
+            path: r.path,
+            type: r.type as 'file' | 'dir' | 'symlink',
+            mode: r.mode,
+            uid: r.uid,
+            gid: r.gid,
+            mtimeSec: mtimeMs(r) / 1000,
+            size: r.size,
+            ...(r.target !== undefined ? { target: r.target } : {}),
+          }),
+        );
+      },
+      true,
+    );
     await write(TAR_END);
   });
 }
 
 /** Writes each record's content to stdout (after `before(r)`), in tar blocks when `tar`. */
 async function writeContent(repo: Repository, rows: FileRecord[], before: (r: FileRecord) => Promise<void>, tar = false): Promise<void> {
-  const fetcher = new ChunkFetcher(repo, rows.flatMap((r) => r.chunks));
+  const fetcher = new ChunkFetcher(
+    repo,
+    rows.flatMap((r) => r.chunks),
+  );
   for (const r of rows) {
     await before(r);
     if (r.type !== 'file') continue;
@@ -160,7 +223,10 @@ async function writeContent(repo: Repository, rows: FileRecord[], before: (r: Fi
       n += data.length;
       await write(data);
     }
-    if (n !== r.size) throw new PhoenixError('PHX_CORRUPT', `${displayPath(r.path)}: its chunks hold ${n} bytes, the record says ${r.size}`, { hint: 'run phoenix check --read-data' });
+    if (n !== r.size)
+      throw new PhoenixError('PHX_CORRUPT', `${displayPath(r.path)}: its chunks hold ${n} bytes, the record says ${r.size}`, {
+        hint: 'run phoenix check --read-data',
+      });
     if (tar) await write(padding(r.size));
   }
 }
@@ -168,4 +234,3 @@ async function writeContent(repo: Repository, rows: FileRecord[], before: (r: Fi
 async function write(b: Uint8Array): Promise<void> {
   if (!process.stdout.write(b)) await once(process.stdout, 'drain');
 }
-

@@ -52,7 +52,9 @@ export async function newPassword(settings: Pick<Settings, 'passwordFile'>): Pro
       process.stderr.write('the password is empty; try again\n');
     } else if ((await prompt('the same again: ')) === first) {
       if (first.length < SHORT_PASSWORD) {
-        process.stderr.write(`phoenix: warning: the password has only ${first.length} characters: whoever gets a copy of the repository can try passwords offline; ${SHORT_PASSWORD} or more are better\n`);
+        process.stderr.write(
+          `phoenix: warning: the password has only ${first.length} characters: whoever gets a copy of the repository can try passwords offline; ${SHORT_PASSWORD} or more are better\n`,
+        );
       }
       process.stderr.write(
         'The password is not stored anywhere. To run Phoenix unattended (a systemd service, cron), put it in a file\n' +
@@ -88,13 +90,21 @@ export async function openRepo(
   warnAboutUrl(settings.repository);
   const backend = openBackend(settings.repository, opts.backend);
   try {
-    return await Repository.open(backend, () => (opts.password !== undefined ? Promise.resolve(opts.password) : password(settings)), opts.whileDeriving);
+    return await Repository.open(
+      backend,
+      () => (opts.password !== undefined ? Promise.resolve(opts.password) : password(settings)),
+      opts.whileDeriving,
+    );
   } catch (err) {
     await backend.close();
     if (err instanceof PhoenixError && err.code === 'PHX_REPO_NOT_INITIALISED' && settings.repositoryIsDefault) {
-      throw new PhoenixError('PHX_REPO_NOT_INITIALISED', `no repository is configured, and there is none at the default location ${settings.repository}`, {
-        hint: 'phoenix watch DIR creates one there; or name yours with --repo URL, PHOENIX_REPOSITORY or repository: in ~/.config/phoenix/phoenix.yaml',
-      });
+      throw new PhoenixError(
+        'PHX_REPO_NOT_INITIALISED',
+        `no repository is configured, and there is none at the default location ${settings.repository}`,
+        {
+          hint: 'phoenix watch DIR creates one there; or name yours with --repo URL, PHOENIX_REPOSITORY or repository: in ~/.config/phoenix/phoenix.yaml',
+        },
+      );
     }
     throw err;
   }
@@ -131,7 +141,10 @@ export async function pickSource(repo: Repository, flags: RepoFlags): Promise<st
     return flags.source;
   }
   if (sources.length === 1) return sources[0] as string;
-  if (sources.length === 0) throw new PhoenixError('PHX_NOT_IN_REPO', 'the repository holds no backup yet', { hint: 'run phoenix backup DIR or phoenix watch DIR first' });
+  if (sources.length === 0)
+    throw new PhoenixError('PHX_NOT_IN_REPO', 'the repository holds no backup yet', {
+      hint: 'run phoenix backup DIR or phoenix watch DIR first',
+    });
   throw new PhoenixError('PHX_USAGE', `the repository holds ${sources.length} sources; say which with --source`, {
     hint: `its sources: ${sources.map((s) => JSON.stringify(s)).join(', ')} (phoenix sources lists them)`,
   });

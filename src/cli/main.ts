@@ -60,7 +60,10 @@ export async function main(argv: string[]): Promise<number> {
     return { verbosity: g.quiet ? 0 : 1 + g.verbose };
   };
 
-  program.command('version').description('print the version').action(() => void process.stdout.write(`phoenix ${version()}\n`));
+  program
+    .command('version')
+    .description('print the version')
+    .action(() => void process.stdout.write(`phoenix ${version()}\n`));
 
   program
     .command('events')
@@ -80,8 +83,16 @@ export async function main(argv: string[]): Promise<number> {
     .option('--source <NAME>', "the source's name in the repository (default: its absolute path)")
     .addOption(excludeOption())
     .option('--one-file-system', 'do not cross file system boundaries')
-    .addOption(new Option('--log-level <LEVEL>', 'log level (default: $PHOENIX_LOG_LEVEL, log-level: in the configuration, or info; -v debug, -q warn)').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']))
-    .addHelpText('after', '\nExample:\n  phoenix watch ~/Documents --exclude "*.tmp"\n  phoenix watch --config ~/.config/phoenix/phoenix.yaml')
+    .addOption(
+      new Option(
+        '--log-level <LEVEL>',
+        'log level (default: $PHOENIX_LOG_LEVEL, log-level: in the configuration, or info; -v debug, -q warn)',
+      ).choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']),
+    )
+    .addHelpText(
+      'after',
+      '\nExample:\n  phoenix watch ~/Documents --exclude "*.tmp"\n  phoenix watch --config ~/.config/phoenix/phoenix.yaml',
+    )
     .action((source: string | undefined, _o: unknown, c: Command) => {
       const o = c.opts<import('../daemon/config.js').WatchFlags>();
       const v = verbosity(c).verbosity;
@@ -98,18 +109,21 @@ export async function main(argv: string[]): Promise<number> {
     .action((_o: unknown, c: Command) => run(import('./watch.js').then((m) => m.statusCommand(c.opts()))));
 
   const repoCmd = (name: string, description: string): Command =>
-    settingsOptions(program.command(name))
-      .description(description)
-      .option('--json', 'print JSON (one object per line)');
+    settingsOptions(program.command(name)).description(description).option('--json', 'print JSON (one object per line)');
   const withSource = (c: Command): Command => c.option('--source <NAME>', 'which source of the repository (needed when it holds several)');
-  const atOption = (c: Command): Command => c.option('--at <TIME>', 'ISO 8601, or a time ago: 30s, 10m, 2h, 3d (default: the latest commit)');
-  const base64Option = (c: Command): Command => c.option('--path-base64 <B64>', "the path as base64 bytes (a name that is not UTF-8: --json's pathBase64)");
+  const atOption = (c: Command): Command =>
+    c.option('--at <TIME>', 'ISO 8601, or a time ago: 30s, 10m, 2h, 3d (default: the latest commit)');
+  const base64Option = (c: Command): Command =>
+    c.option('--path-base64 <B64>', "the path as base64 bytes (a name that is not UTF-8: --json's pathBase64)");
   const repo = (): Promise<typeof import('./repo-commands.js')> => import('./repo-commands.js');
   const browse = (): Promise<typeof import('./browse.js')> => import('./browse.js');
 
   repoCmd('init', 'create a new repository (encrypted unless --insecure-no-encryption)')
     .option('--insecure-no-encryption', 'store everything in the clear (no password)')
-    .addHelpText('after', '\nExample:\n  phoenix init --repo /mnt/backup/phoenix\n  phoenix init --repo "s3://bucket/phoenix?endpoint=https://s3.example.com"')
+    .addHelpText(
+      'after',
+      '\nExample:\n  phoenix init --repo /mnt/backup/phoenix\n  phoenix init --repo "s3://bucket/phoenix?endpoint=https://s3.example.com"',
+    )
     .action((_o: unknown, c: Command) => run(repo().then((m) => m.initCommand(c.opts()))));
   withSource(repoCmd('backup', 'back SOURCE up now: upload what changed since the last commit, as one commit'))
     .argument('<SOURCE>', 'directory to back up')
@@ -117,15 +131,21 @@ export async function main(argv: string[]): Promise<number> {
     .option('--one-file-system', 'do not cross file system boundaries')
     .option('-n, --dry-run', 'list what would be committed; read and write nothing')
     .addHelpText('after', '\nExample:\n  phoenix backup ~/Documents --exclude "*.tmp"\n  phoenix backup --dry-run ~/Documents')
-    .action((source: string, _o: unknown, c: Command) => run(repo().then((m) => m.backupCommand(source, { ...c.opts<Omit<import('./repo-commands.js').BackupFlags, 'verbosity'>>(), ...verbosity(c) }))));
-  withSource(repoCmd('log', 'list the commits (of every source, or of --source): seq, time, counts, bytes')).action((_o: unknown, c: Command) =>
-    run(repo().then((m) => m.logCommand(c.opts()))),
+    .action((source: string, _o: unknown, c: Command) =>
+      run(
+        repo().then((m) =>
+          m.backupCommand(source, { ...c.opts<Omit<import('./repo-commands.js').BackupFlags, 'verbosity'>>(), ...verbosity(c) }),
+        ),
+      ),
+    );
+  withSource(repoCmd('log', 'list the commits (of every source, or of --source): seq, time, counts, bytes')).action(
+    (_o: unknown, c: Command) => run(repo().then((m) => m.logCommand(c.opts()))),
   );
   repoCmd('sources', 'list the sources in the repository: name, path, host, last commit, size').action((_o: unknown, c: Command) =>
     run(repo().then((m) => m.sourcesCommand(c.opts()))),
   );
-  withSource(repoCmd('stats', 'sizes, file counts and deduplication, per source and for the repository')).action((_o: unknown, c: Command) =>
-    run(repo().then((m) => m.statsCommand(c.opts()))),
+  withSource(repoCmd('stats', 'sizes, file counts and deduplication, per source and for the repository')).action(
+    (_o: unknown, c: Command) => run(repo().then((m) => m.statsCommand(c.opts()))),
   );
   base64Option(atOption(withSource(repoCmd('ls', 'list the tree of a source (below PATH) as it was at TIME'))))
     .argument('[PATH]', 'only below this path')
@@ -151,10 +171,19 @@ export async function main(argv: string[]): Promise<number> {
   withSource(atOption(repoCmd('restore', 'restore a source (or PATHs of it) into DIR as it was at TIME')))
     .argument('[PATH...]', 'only these paths')
     .requiredOption('--target <DIR>', 'where to write (created if missing)')
-    .addOption(new Option('--overwrite <MODE>', 'where the target already has something different: replace it always, if-changed, if-newer (the backup is newer), or never').choices(OVERWRITE_MODES))
+    .addOption(
+      new Option(
+        '--overwrite <MODE>',
+        'where the target already has something different: replace it always, if-changed, if-newer (the backup is newer), or never',
+      ).choices(OVERWRITE_MODES),
+    )
     .option('--delete', 'remove what the target has below the restored paths and the backup does not')
     .option('-n, --dry-run', 'list what would be written, replaced, kept and deleted; change nothing')
-    .addOption(new Option('--include <PATTERN>', 'restore only entries matching PATTERN (.gitignore syntax; repeatable)').argParser(collect).default([]))
+    .addOption(
+      new Option('--include <PATTERN>', 'restore only entries matching PATTERN (.gitignore syntax; repeatable)')
+        .argParser(collect)
+        .default([]),
+    )
     .addOption(new Option('--exclude <PATTERN>', 'do not restore entries matching PATTERN (repeatable)').argParser(collect).default([]))
     .addOption(new Option('--path-base64 <B64>', 'a PATH as base64 bytes (repeatable)').argParser(collect).default([]))
     .addHelpText(
@@ -162,7 +191,11 @@ export async function main(argv: string[]): Promise<number> {
       '\nBy default a file that exists in the target with other content is kept, named, and the exit code is 1:\nnothing is replaced unless --overwrite says so.\n\nExample:\n  phoenix restore --at 1h --target ~/restored docs/\n  phoenix restore --target ~/Documents --overwrite if-newer --dry-run',
     )
     .action((paths: string[], _o: unknown, c: Command) =>
-      run(import('./restore-command.js').then((m) => m.restoreCommand(paths, { ...c.opts<Omit<import('./restore-command.js').RestoreFlags, 'verbosity'>>(), ...verbosity(c) }))),
+      run(
+        import('./restore-command.js').then((m) =>
+          m.restoreCommand(paths, { ...c.opts<Omit<import('./restore-command.js').RestoreFlags, 'verbosity'>>(), ...verbosity(c) }),
+        ),
+      ),
     );
   base64Option(atOption(withSource(repoCmd('dump', 'write a file to stdout as it was at TIME; a directory as a tar stream'))))
     .argument('[PATH]', 'a file or directory inside the source (default: all of it)')
@@ -199,8 +232,14 @@ function exitCode(err: unknown): number {
 /** The options with which every command that opens the repository finds it (README: settings). */
 function settingsOptions(c: Command): Command {
   return c
-    .option('-r, --repo <URL>', 'repository: a directory, or s3://bucket/prefix (default: $PHOENIX_REPOSITORY, repository: in the configuration, or ~/.local/share/phoenix/repository)')
-    .option('--password-file <FILE>', 'read the password from FILE (default: $PHOENIX_PASSWORD_FILE, password-file: in the configuration; or $PHOENIX_PASSWORD)')
+    .option(
+      '-r, --repo <URL>',
+      'repository: a directory, or s3://bucket/prefix (default: $PHOENIX_REPOSITORY, repository: in the configuration, or ~/.local/share/phoenix/repository)',
+    )
+    .option(
+      '--password-file <FILE>',
+      'read the password from FILE (default: $PHOENIX_PASSWORD_FILE, password-file: in the configuration; or $PHOENIX_PASSWORD)',
+    )
     .option('--config <FILE>', 'configuration file (default: $PHOENIX_CONFIG, or ~/.config/phoenix/phoenix.yaml when it exists)')
     .option('--state <DIR>', 'local state directory (default: state: in the configuration, or $XDG_STATE_HOME/phoenix)');
 }

@@ -22,8 +22,15 @@ export async function initCommand(flags: RepoFlags & { insecureNoEncryption?: bo
         hint: 'set PHOENIX_PASSWORD or PHOENIX_PASSWORD_FILE, or run on a terminal to choose one (or --insecure-no-encryption)',
       });
     }
-    const repo = await Repository.init(backend, { ...(pw !== undefined ? { password: pw } : {}), insecureNoEncryption: flags.insecureNoEncryption ?? false });
-    print(flags, { id: repo.config.id, location: backend.location, encryption: repo.config.encryption }, `created repository ${repo.config.id} at ${backend.location} (encryption: ${repo.config.encryption})`);
+    const repo = await Repository.init(backend, {
+      ...(pw !== undefined ? { password: pw } : {}),
+      insecureNoEncryption: flags.insecureNoEncryption ?? false,
+    });
+    print(
+      flags,
+      { id: repo.config.id, location: backend.location, encryption: repo.config.encryption },
+      `created repository ${repo.config.id} at ${backend.location} (encryption: ${repo.config.encryption})`,
+    );
   } finally {
     await backend.close();
   }
@@ -63,21 +70,34 @@ export async function backupCommand(source: string, flags: BackupFlags): Promise
     if (flags.dryRun) {
       const plan = await planBackup(repo, db, dir, name, { ...filter, scan, onProblem });
       for (const c of plan.changes) {
-        print(flags, { ...jsonPath(c.path), change: c.change, kind: c.kind, size: c.size }, `${c.change.padEnd(8)} ${c.kind.padEnd(7)} ${displayPath(c.path)}`);
+        print(
+          flags,
+          { ...jsonPath(c.path), change: c.change, kind: c.kind, size: c.size },
+          `${c.change.padEnd(8)} ${c.kind.padEnd(7)} ${displayPath(c.path)}`,
+        );
       }
       const bytes = plan.changes.reduce((n, c) => n + c.size, 0);
-      if (!flags.json && flags.verbosity > 0) process.stderr.write(`dry run: ${plan.changes.length} entries would be committed, ${mib(bytes)} read (nothing was written)\n`);
+      if (!flags.json && flags.verbosity > 0)
+        process.stderr.write(`dry run: ${plan.changes.length} entries would be committed, ${mib(bytes)} read (nothing was written)\n`);
       return plan.problems > 0 ? 1 : 0;
     }
     const r = await backup(repo, db, dir, name, { ...filter, scan, onProblem });
     const secs = (performance.now() - start) / 1000;
     const s = r.stats;
-    const json = { source: name, seq: r.commit?.seq ?? null, time: r.commit ? iso(r.commit.timeMs) : null, ...s, problems: r.problems, seconds: secs };
+    const json = {
+      source: name,
+      seq: r.commit?.seq ?? null,
+      time: r.commit ? iso(r.commit.timeMs) : null,
+      ...s,
+      problems: r.problems,
+      seconds: secs,
+    };
     const text = r.commit
       ? `commit ${r.commit.seq} of ${JSON.stringify(name)}: ${s.files} files, ${s.dirs} dirs changed, ${s.deleted} deleted, ${mib(s.bytesUploaded)} uploaded in ${secs.toFixed(2)} s`
       : `no changes in ${JSON.stringify(name)} since the last commit (${secs.toFixed(2)} s)`;
     if (flags.json || flags.verbosity > 0) print(flags, json, text);
-    if (r.problems > 0 && !flags.json) process.stderr.write(`phoenix: ${r.problems} entries could not be read (named above): they keep their last backed-up version\n`);
+    if (r.problems > 0 && !flags.json)
+      process.stderr.write(`phoenix: ${r.problems} entries could not be read (named above): they keep their last backed-up version\n`);
     return r.problems > 0 ? 1 : 0;
   } finally {
     db.close();
@@ -101,7 +121,17 @@ export async function logCommand(flags: RepoFlags): Promise<void> {
         const [puts, deletes, moves] = [count('put'), count('delete'), count('move')];
         print(
           flags,
-          { source, seq: c.seq, time: iso(c.timeMs), puts, deletes, moves, packs: c.packs.length, bytesUploaded: c.stats.bytesUploaded, bytesTotal: c.stats.bytesTotal },
+          {
+            source,
+            seq: c.seq,
+            time: iso(c.timeMs),
+            puts,
+            deletes,
+            moves,
+            packs: c.packs.length,
+            bytesUploaded: c.stats.bytesUploaded,
+            bytesTotal: c.stats.bytesTotal,
+          },
           `${sources.length > 1 ? `${source}  ` : ''}${String(c.seq).padStart(6)}  ${showTime(c.timeMs)}  ${puts} put, ${deletes} deleted, ${moves} moved, ${mib(c.stats.bytesUploaded)} uploaded`,
         );
       }
@@ -128,7 +158,16 @@ export async function sourcesCommand(flags: RepoFlags): Promise<void> {
       }
       print(
         flags,
-        { name, path: commit.root ?? null, host: commit.host ?? null, commits: infos.length, lastCommit: { seq: last.seq, time: iso(last.timeMs) }, entries: state.size, files, bytes },
+        {
+          name,
+          path: commit.root ?? null,
+          host: commit.host ?? null,
+          commits: infos.length,
+          lastCommit: { seq: last.seq, time: iso(last.timeMs) },
+          entries: state.size,
+          files,
+          bytes,
+        },
         `${name}\n  path ${commit.root ?? '(not recorded)'} on ${commit.host ?? '(host not recorded)'}; ${infos.length} commits, the last ${last.seq} at ${showTime(last.timeMs)}; ${files} files, ${mib(bytes)}`,
       );
     }
@@ -172,7 +211,16 @@ export async function statsCommand(flags: RepoFlags): Promise<void> {
     const unique = sum(allChunks.values());
     print(
       flags,
-      { repository: repo.backend.location, sources: names.length, bytes: logical, chunkBytes: unique, dedupRatio: unique > 0 ? logical / unique : 1, packs, journal, checkpoints },
+      {
+        repository: repo.backend.location,
+        sources: names.length,
+        bytes: logical,
+        chunkBytes: unique,
+        dedupRatio: unique > 0 ? logical / unique : 1,
+        packs,
+        journal,
+        checkpoints,
+      },
       `repository ${repo.backend.location}: ${packs.count} packs, ${mib(packs.bytes)} (all versions); journal ${journal.count} objects, ${mib(journal.bytes)}; checkpoints ${checkpoints.count}, ${mib(checkpoints.bytes)}`,
     );
   });
@@ -195,7 +243,15 @@ export async function checkCommand(flags: RepoFlags & { readData?: boolean }): P
         : '';
     print(
       flags,
-      { ok: errors.length === 0, errors, packs, chunkRefs, blobsRead, unreferencedPacks: unreferenced.packs, unreferencedBytes: unreferenced.bytes },
+      {
+        ok: errors.length === 0,
+        errors,
+        packs,
+        chunkRefs,
+        blobsRead,
+        unreferencedPacks: unreferenced.packs,
+        unreferencedBytes: unreferenced.bytes,
+      },
       errors.length === 0
         ? `no errors: ${packs} packs, ${chunkRefs} chunk references${flags.readData ? `, ${blobsRead} blobs read and verified` : ''}${loose}`
         : `${errors.length} errors found${loose}`,

@@ -66,8 +66,18 @@ export async function restoreCommand(paths: string[], flags: RestoreFlags): Prom
     }
     const done = flags.dryRun ? 'would restore' : 'restored';
     const summary = `${done} commit ${seq} to ${flags.target}: ${r.files} files, ${r.dirs} dirs, ${r.symlinks} symlinks, ${mib(r.bytes)}; ${r.unchanged} already there, ${r.replaced} replaced, ${r.kept.length} kept, ${r.deleted.length} deleted`;
-    const counts = { files: r.files, dirs: r.dirs, symlinks: r.symlinks, bytes: r.bytes, skipped: r.skipped, reads: r.reads, unchanged: r.unchanged, replaced: r.replaced };
-    if (flags.json || flags.verbosity > 0) print(flags, { seq, ...counts, kept: r.kept.length, deleted: r.deleted.length, dryRun: flags.dryRun ?? false }, summary);
+    const counts = {
+      files: r.files,
+      dirs: r.dirs,
+      symlinks: r.symlinks,
+      bytes: r.bytes,
+      skipped: r.skipped,
+      reads: r.reads,
+      unchanged: r.unchanged,
+      replaced: r.replaced,
+    };
+    if (flags.json || flags.verbosity > 0)
+      print(flags, { seq, ...counts, kept: r.kept.length, deleted: r.deleted.length, dryRun: flags.dryRun ?? false }, summary);
     if (silentDefault && !flags.dryRun) {
       printKeptHint(r.kept.length);
       return 1;
@@ -88,7 +98,8 @@ function selection(include: string[], exclude: string[]): ((p: RawPath, isDir: b
   if (include.length === 0 && exclude.length === 0) return undefined;
   const inc = include.length > 0 ? ignore().add(include) : undefined;
   const exc = exclude.length > 0 ? ignore().add(exclude) : undefined;
-  const test = (m: ReturnType<typeof ignore>, p: RawPath, isDir: boolean): boolean => m.ignores(isDir ? `${displayPath(p)}/` : displayPath(p));
+  const test = (m: ReturnType<typeof ignore>, p: RawPath, isDir: boolean): boolean =>
+    m.ignores(isDir ? `${displayPath(p)}/` : displayPath(p));
   const below = (m: ReturnType<typeof ignore>, p: RawPath): boolean => {
     for (let i = p.indexOf('/'); i >= 0; i = p.indexOf('/', i + 1)) if (test(m, p.slice(0, i), true)) return true;
     return false;

@@ -49,12 +49,21 @@ export async function watchCommand(source: string | undefined, flags: WatchFlags
     return 1;
   }
   if (!clean) {
-    log.error({ timeoutMs: config.shutdownTimeoutMs }, 'stopped with changes still pending (they stay queued and are committed at the next start)');
+    log.error(
+      { timeoutMs: config.shutdownTimeoutMs },
+      'stopped with changes still pending (they stay queued and are committed at the next start)',
+    );
     return 1;
   }
   const skipped = daemon.skipped();
   if (skipped.length > 0) {
-    log.warn({ paths: skipped.slice(0, 20).map((s) => s.path), count: skipped.length }, `stopped; ${skipped.length} entries could not be backed up (they keep their last backed-up version, if any): ${skipped.slice(0, 5).map((s) => `${s.path} (${s.message})`).join(', ')}${skipped.length > 5 ? ', …' : ''}`);
+    log.warn(
+      { paths: skipped.slice(0, 20).map((s) => s.path), count: skipped.length },
+      `stopped; ${skipped.length} entries could not be backed up (they keep their last backed-up version, if any): ${skipped
+        .slice(0, 5)
+        .map((s) => `${s.path} (${s.message})`)
+        .join(', ')}${skipped.length > 5 ? ', …' : ''}`,
+    );
     return 1;
   }
   log.info('stopped; everything seen is in the repository');
@@ -82,8 +91,12 @@ export async function statusCommand(flags: { state?: string; json?: boolean; con
     `phoenix watch (pid ${s.pid}): ${s.state}; repository ${s.repository}`,
     `pending: ${s.pending} change(s)${s.pending > 0 ? `, oldest ${(s.oldestPendingMs / 1000).toFixed(1)} s` : ''}; last: ${last}`,
     `uploaded: ${s.uploaded.files} file(s), ${mib(s.uploaded.bytes)} in ${s.uploaded.commits} commit(s); watches ${s.watches.used} of ${s.watches.limit ?? '?'}; overflows ${s.overflows}`,
-    ...(s.failing ? [`COMMITS FAILING since ${s.failing.since} (${s.failing.attempts} attempts): ${s.failing.error}; next try ${s.failing.retryAt}`] : []),
-    ...s.sources.map((src) => `  ${src.name}: ${src.state}, ${src.pending} pending${src.lastCommit ? `, commit ${src.lastCommit.seq}` : ''}`),
+    ...(s.failing
+      ? [`COMMITS FAILING since ${s.failing.since} (${s.failing.attempts} attempts): ${s.failing.error}; next try ${s.failing.retryAt}`]
+      : []),
+    ...s.sources.map(
+      (src) => `  ${src.name}: ${src.state}, ${src.pending} pending${src.lastCommit ? `, commit ${src.lastCommit.seq}` : ''}`,
+    ),
     ...s.errors.slice(-5).map((e) => `  error ${e.time}: ${e.path !== null ? `${e.path}: ` : ''}${e.message}`),
   ];
   process.stdout.write(`${lines.join('\n')}\n`);
@@ -106,7 +119,10 @@ async function openOrCreate(settings: Settings, log: Logger): Promise<Repository
       mkdirSync(dirname(generated), { recursive: true, mode: 0o700 });
       writeFileSync(generated, `${pw}\n`, { mode: 0o600, flag: 'wx' });
       settings.passwordFile = generated;
-      log.warn({ passwordFile: generated }, 'generated a password for the new repository: keep a copy of this file somewhere else, without it the backup cannot be read');
+      log.warn(
+        { passwordFile: generated },
+        'generated a password for the new repository: keep a copy of this file somewhere else, without it the backup cannot be read',
+      );
     }
     await Repository.init(openBackend(settings.repository), { password: pw });
     log.info({ repository: settings.repository }, 'created a repository (no --repo given): every phoenix command finds it there');
@@ -116,7 +132,11 @@ async function openOrCreate(settings: Settings, log: Logger): Promise<Repository
 
 /** JSON lines on stderr; readable lines when stderr is a terminal. */
 function createLogger(level: string): Logger {
-  if (process.stderr.isTTY) return pino({ level }, pretty({ destination: 2, sync: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname', singleLine: true }));
+  if (process.stderr.isTTY)
+    return pino(
+      { level },
+      pretty({ destination: 2, sync: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname', singleLine: true }),
+    );
   return pino({ level, base: { pid: process.pid } }, pino.destination({ dest: 2, sync: true }));
 }
 

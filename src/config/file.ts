@@ -33,9 +33,7 @@ export const configSchema = z.strictObject({
   'password-file': z.string().min(1).optional(),
   state: z.string().min(1).optional(),
   'log-level': z.enum(LOG_LEVELS).optional(),
-  settle: z
-    .strictObject({ closed: duration.optional(), open: duration.optional(), 'max-delay': duration.optional() })
-    .default({}),
+  settle: z.strictObject({ closed: duration.optional(), open: duration.optional(), 'max-delay': duration.optional() }).default({}),
   'reconcile-every': duration.default(3_600_000),
   'shutdown-timeout': duration.default(30_000),
   sources: z.array(sourceSchema).default([]),
@@ -49,19 +47,29 @@ export function readConfigFile(path: string): ConfigFile {
   try {
     text = readFileSync(path, 'utf8');
   } catch (err) {
-    throw new PhoenixError('PHX_CONFIG', `cannot read the configuration file ${path}: ${(err as Error).message}`, { hint: 'check the path given with --config' });
+    throw new PhoenixError('PHX_CONFIG', `cannot read the configuration file ${path}: ${(err as Error).message}`, {
+      hint: 'check the path given with --config',
+    });
   }
   let doc: unknown;
   try {
     doc = parseYaml(text) ?? {};
   } catch (err) {
     const where = err instanceof YAMLParseError && err.linePos ? ` at line ${err.linePos[0].line}, column ${err.linePos[0].col}` : '';
-    throw new PhoenixError('PHX_CONFIG', `${path} is not valid YAML${where}: ${(err as Error).message.split('\n')[0]}`, { hint: 'fix the YAML syntax' });
+    throw new PhoenixError('PHX_CONFIG', `${path} is not valid YAML${where}: ${(err as Error).message.split('\n')[0]}`, {
+      hint: 'fix the YAML syntax',
+    });
   }
   const r = configSchema.safeParse(doc);
   if (r.success) return r.data;
   const lines = r.error.issues.map((i) => {
-    const key = i.path.length > 0 ? i.path.map((k) => (typeof k === 'number' ? `[${k}]` : `.${String(k)}`)).join('').replace(/^\./, '') : '(top level)';
+    const key =
+      i.path.length > 0
+        ? i.path
+            .map((k) => (typeof k === 'number' ? `[${k}]` : `.${String(k)}`))
+            .join('')
+            .replace(/^\./, '')
+        : '(top level)';
     const value = valueAt(doc, i.path);
     return `${key}: ${i.message}${value === undefined ? '' : ` (found ${JSON.stringify(value)})`}`;
   });
@@ -78,4 +86,3 @@ function valueAt(doc: unknown, path: readonly PropertyKey[]): unknown {
   }
   return typeof v === 'object' ? undefined : v;
 }
-

@@ -47,7 +47,8 @@ export async function resolveSettings(flags: SettingsFlags, env: NodeJS.ProcessE
     });
   }
   // A URL with a scheme is kept as it is; a relative path in the file is relative to the file.
-  const fileRepo = file?.repository === undefined || /^[a-z][a-z0-9+.-]*:/i.test(file.repository) ? file?.repository : fromFile(file.repository);
+  const fileRepo =
+    file?.repository === undefined || /^[a-z][a-z0-9+.-]*:/i.test(file.repository) ? file?.repository : fromFile(file.repository);
   const named = flags.repo ?? envRepo ?? fileRepo;
   const repository = named === undefined ? defaultRepository(env) : expandUrl(named);
   const filePw = file?.['password-file'] === undefined ? undefined : fromFile(file['password-file']);

@@ -47,7 +47,8 @@ export async function loadWatchConfig(sourceArg: string | undefined, flags: Watc
   }
   const names = new Set<string>();
   for (const s of sources) {
-    if (names.has(s.name)) throw new PhoenixError('PHX_CONFIG', `two sources are named ${JSON.stringify(s.name)}`, { hint: 'give each source its own name:' });
+    if (names.has(s.name))
+      throw new PhoenixError('PHX_CONFIG', `two sources are named ${JSON.stringify(s.name)}`, { hint: 'give each source its own name:' });
     names.add(s.name);
   }
   return {

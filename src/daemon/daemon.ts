@@ -85,7 +85,8 @@ export class Daemon {
 
   status(): Status {
     const now = Date.now();
-    const iso = (c: { seq: number; timeMs: number } | undefined): Status['lastCommit'] => (c ? { seq: c.seq, time: new Date(c.timeMs).toISOString() } : null);
+    const iso = (c: { seq: number; timeMs: number } | undefined): Status['lastCommit'] =>
+      c ? { seq: c.seq, time: new Date(c.timeMs).toISOString() } : null;
     const sources = this.#runners.map((r) => {
       const oldest = r.pending.oldestMs();
       return {
@@ -97,11 +98,18 @@ export class Daemon {
         lastCommit: iso(r.lastCommit),
         overflows: r.overflows,
         failing: r.failing
-          ? { since: new Date(r.failing.sinceMs).toISOString(), error: r.failing.error, retryAt: new Date(r.failing.retryAtMs).toISOString(), attempts: r.failing.attempts }
+          ? {
+              since: new Date(r.failing.sinceMs).toISOString(),
+              error: r.failing.error,
+              retryAt: new Date(r.failing.retryAtMs).toISOString(),
+              attempts: r.failing.attempts,
+            }
           : null,
       };
     });
-    const latest = this.#runners.map((r) => r.lastCommit).reduce<{ seq: number; timeMs: number } | undefined>((a, c) => (c && (!a || c.timeMs > a.timeMs) ? c : a), undefined);
+    const latest = this.#runners
+      .map((r) => r.lastCommit)
+      .reduce<{ seq: number; timeMs: number } | undefined>((a, c) => (c && (!a || c.timeMs > a.timeMs) ? c : a), undefined);
     const states = sources.map((s) => s.state);
     const state: Status['state'] = this.#stopping
       ? 'stopping'
@@ -207,7 +215,10 @@ class CommitSummary {
     const n = this.#commits;
     const mib = (this.#bytes / 2 ** 20).toFixed(1);
     this.write(`backed up ${this.#changes} changes, ${mib} MiB uploaded${n > 1 ? ` in ${n} commits, the last` : ','} commit ${this.#seq}`, {
-      commits: n, changes: this.#changes, bytes: this.#bytes, seq: this.#seq,
+      commits: n,
+      changes: this.#changes,
+      bytes: this.#bytes,
+      seq: this.#seq,
     });
     this.#changes = this.#bytes = this.#commits = 0;
     this.#lastLineMs = Date.now();

@@ -181,7 +181,17 @@ export class PendingChanges {
   #touch(path: RawPath, now: number, open: boolean | undefined, firstMs = now): void {
     const it = this.#items.get(path);
     if (it === undefined) {
-      this.#items.set(path, { path, firstMs: Math.min(firstMs, now), lastMs: now, open: open ?? false, inFlight: false, againMs: undefined, row: this.#row, replaced: false, replacedTaken: false });
+      this.#items.set(path, {
+        path,
+        firstMs: Math.min(firstMs, now),
+        lastMs: now,
+        open: open ?? false,
+        inFlight: false,
+        againMs: undefined,
+        row: this.#row,
+        replaced: false,
+        replacedTaken: false,
+      });
       return;
     }
     it.row = Math.max(it.row, this.#row);

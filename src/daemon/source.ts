@@ -55,7 +55,6 @@ export type SourceState = 'starting' | 'scanning' | 'watching' | 'degraded' | 's
 const BUSY_PENDING = 100;
 const COMMIT_SPACING_MS = 100;
 
-
 /**
  * Keeps one source's journal up to date: every change its watcher reports goes to the durable
  * queue and the pending set; settled paths are read and committed in batches; a failing store
@@ -100,7 +99,14 @@ export class SourceRunner {
   /** The start-up backlog (what changed while Phoenix was not running), until it is committed. */
   #backlog: { changes: number; startMs: number } | undefined;
 
-  constructor(readonly config: SourceConfig, repo: Repository, db: StateDb, pool: SealPool, events: SourceEvents, opts: SourceOptions) {
+  constructor(
+    readonly config: SourceConfig,
+    repo: Repository,
+    db: StateDb,
+    pool: SealPool,
+    events: SourceEvents,
+    opts: SourceOptions,
+  ) {
     this.#repo = repo;
     this.#db = db;
     this.#pool = pool;
@@ -207,7 +213,8 @@ export class SourceRunner {
     await this.#checkpointWriting;
     clearInterval(this.#renew);
     const clean = this.pending.size === 0;
-    if (!failed) await this.#lease?.release().catch((err: unknown) => this.#events.warn(`cannot release the lease: ${(err as Error).message}`));
+    if (!failed)
+      await this.#lease?.release().catch((err: unknown) => this.#events.warn(`cannot release the lease: ${(err as Error).message}`));
     this.#state = 'stopped';
     return clean;
   }
@@ -253,7 +260,10 @@ export class SourceRunner {
     } catch (err) {
       // A full disk, say: the changes are still pending in memory (and are committed); they are
       // only not safe from a crash until the queue can be written again, at the next flush.
-      this.#events.problem(undefined, `cannot write the durable queue (${this.#queueBuffer.length} changes wait in memory): ${(err as Error).message}`);
+      this.#events.problem(
+        undefined,
+        `cannot write the durable queue (${this.#queueBuffer.length} changes wait in memory): ${(err as Error).message}`,
+      );
     }
   }
 
@@ -300,7 +310,9 @@ export class SourceRunner {
     const trimQueue = (): void => {
       this.#db.trimQueue(name, maxRow);
       const keep = this.pending.requeue(maxRow, () => (this.#lastRow = this.#db.nextQueueId()));
-      this.#db.enqueue(keep.map((k) => ({ id: k.row, source: name, op: k.replaced ? 'removed' : 'path', path: k.path, timeMs: k.firstMs, open: k.open })));
+      this.#db.enqueue(
+        keep.map((k) => ({ id: k.row, source: name, op: k.replaced ? 'removed' : 'path', path: k.path, timeMs: k.firstMs, open: k.open })),
+      );
     };
     if (batch.moves.length === 0 && batch.paths.length === 0) {
       this.pending.done(true);
@@ -315,7 +327,10 @@ export class SourceRunner {
         // syncCache rebuilds the cache when the journal's latest seq is not the cache's.
         const last = await syncCache(this.#repo, this.#db, name);
         if ((last?.seq ?? 0) !== this.#seq) {
-          this.#events.warn('the journal has a commit this daemon did not see complete: reloaded the cache', { seq: this.#seq, latest: last?.seq });
+          this.#events.warn('the journal has a commit this daemon did not see complete: reloaded the cache', {
+            seq: this.#seq,
+            latest: last?.seq,
+          });
           this.#seq = last?.seq ?? 0;
           this.lastCommit = last && { seq: last.seq, timeMs: last.timeMs };
         }
@@ -384,7 +399,9 @@ export class SourceRunner {
       this.#backoffMs = 0;
       this.#retryAt = 0;
       if (this.failing !== undefined) {
-        this.#events.info(`commits succeed again after ${((Date.now() - this.failing.sinceMs) / 1000).toFixed(1)} s of failures`, { attempts: this.failing.attempts });
+        this.#events.info(`commits succeed again after ${((Date.now() - this.failing.sinceMs) / 1000).toFixed(1)} s of failures`, {
+          attempts: this.failing.attempts,
+        });
         this.failing = undefined;
       }
       if (done !== undefined && this.#skipped.size > 0) {
@@ -394,7 +411,9 @@ export class SourceRunner {
         }
       }
       if (this.#backlog !== undefined && this.pending.size === 0) {
-        this.#events.info(`start-up backlog done: ${this.#backlog.changes} changes committed in ${((Date.now() - this.#backlog.startMs) / 1000).toFixed(1)} s`);
+        this.#events.info(
+          `start-up backlog done: ${this.#backlog.changes} changes committed in ${((Date.now() - this.#backlog.startMs) / 1000).toFixed(1)} s`,
+        );
         this.#backlog = undefined;
       }
       if (done !== undefined) {
@@ -429,7 +448,12 @@ export class SourceRunner {
       this.#retryAt = Date.now() + this.#backoffMs;
       const transient = isTransient(err);
       const error = `${transient ? 'the store is unreachable: ' : ''}${messageOf(err)}`;
-      this.failing = { sinceMs: this.failing?.sinceMs ?? Date.now(), error, retryAtMs: this.#retryAt, attempts: (this.failing?.attempts ?? 0) + 1 };
+      this.failing = {
+        sinceMs: this.failing?.sinceMs ?? Date.now(),
+        error,
+        retryAtMs: this.#retryAt,
+        attempts: (this.failing?.attempts ?? 0) + 1,
+      };
       this.#events.problem(undefined, `commit failed (${error}); retrying in ${Math.round(this.#backoffMs / 1000)} s`);
     }
   }

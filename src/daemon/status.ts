@@ -88,9 +88,11 @@ export function queryStatus(stateDir: string): Promise<Status> {
     conn.on('error', (err) => {
       const code = errnoCode(err);
       if (code === 'ENOENT' || code === 'ECONNREFUSED') {
-        reject(new PhoenixError('PHX_NOT_RUNNING', `no phoenix watch is running with the state directory ${stateDir}`, {
-          hint: 'start one with phoenix watch, or pass the --state DIR it uses',
-        }));
+        reject(
+          new PhoenixError('PHX_NOT_RUNNING', `no phoenix watch is running with the state directory ${stateDir}`, {
+            hint: 'start one with phoenix watch, or pass the --state DIR it uses',
+          }),
+        );
       } else {
         reject(new PhoenixError('PHX_IO', `cannot reach the daemon at ${path}: ${err.message}`, { cause: err }));
       }

@@ -28,8 +28,17 @@ class FileSlab {
   static fits(e: Entry): boolean {
     const u32 = (n: number): boolean => Number.isInteger(n) && n >= 0 && n <= 0xffffffff;
     return (
-      e.kind === 'file' && e.target === undefined && Number.isSafeInteger(e.size) && e.size >= 0 && e.ino >= 0n && e.ino <= BigInt(Number.MAX_SAFE_INTEGER) &&
-      u32(e.mode) && u32(e.uid) && u32(e.gid) && u32(e.nlink) && u32(e.dev)
+      e.kind === 'file' &&
+      e.target === undefined &&
+      Number.isSafeInteger(e.size) &&
+      e.size >= 0 &&
+      e.ino >= 0n &&
+      e.ino <= BigInt(Number.MAX_SAFE_INTEGER) &&
+      u32(e.mode) &&
+      u32(e.uid) &&
+      u32(e.gid) &&
+      u32(e.nlink) &&
+      u32(e.dev)
     );
   }
 

@@ -61,7 +61,8 @@ export async function checkRepository(repo: Repository, opts: { readData?: boole
         if (c === undefined) break;
         for (const ch of c.changes) applyChange(state, ch);
         const cp = checkpoints.get(c.seq);
-        if (cp !== undefined && !sameTree(state, cp)) errors.push(`checkpoint ${c.seq} of ${JSON.stringify(source)} differs from its journal`);
+        if (cp !== undefined && !sameTree(state, cp))
+          errors.push(`checkpoint ${c.seq} of ${JSON.stringify(source)} differs from its journal`);
       }
       for (const r of state.values()) {
         for (const c of r.chunks) {
@@ -102,7 +103,8 @@ export async function checkRepository(repo: Repository, opts: { readData?: boole
         if (e.offset !== end) errors.push(`pack ${o.key} has bytes no header entry covers at offset ${end}`);
         end = e.offset + e.length;
       }
-      if (end + 4 + bytes.readUInt32LE(bytes.length - 4) !== bytes.length) errors.push(`pack ${o.key} has bytes no header entry covers at offset ${end}`);
+      if (end + 4 + bytes.readUInt32LE(bytes.length - 4) !== bytes.length)
+        errors.push(`pack ${o.key} has bytes no header entry covers at offset ${end}`);
       for (const e of h.values()) {
         try {
           openChunk(repo.keys, e.id, bytes.subarray(e.offset, e.offset + e.length), chunkWhat({ id: e.id, pack }));

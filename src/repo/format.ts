@@ -26,10 +26,7 @@ export interface FileRecord {
   fine?: boolean;
 }
 
-export type JournalChange =
-  | ({ op: 'put' } & FileRecord)
-  | { op: 'delete'; path: RawPath }
-  | { op: 'move'; from: RawPath; path: RawPath };
+export type JournalChange = ({ op: 'put' } & FileRecord) | { op: 'delete'; path: RawPath } | { op: 'move'; from: RawPath; path: RawPath };
 
 export interface CommitStats {
   files: number;
@@ -82,7 +79,8 @@ export function encodeRecord(r: FileRecord): Json {
   const o: Json = { p: b64(r.path), t: r.type, m: r.mode, u: r.uid, g: r.gid, mt: r.mtimeNs.toString(), s: r.size };
   if (r.target !== undefined) o.l = b64(r.target);
   if (r.fine) o.k = 1;
-  if (r.chunks.length > 0) o.c = r.chunks.map((c) => (c.size === undefined ? [c.id, c.pack, c.offset, c.length] : [c.id, c.pack, c.offset, c.length, c.size]));
+  if (r.chunks.length > 0)
+    o.c = r.chunks.map((c) => (c.size === undefined ? [c.id, c.pack, c.offset, c.length] : [c.id, c.pack, c.offset, c.length, c.size]));
   return o;
 }
 
@@ -182,7 +180,16 @@ export function applyChange(state: TreeState, c: JournalChange): void {
   if (c.op === 'put') {
     const old = state.get(c.path);
     if (old?.type === 'dir' && c.type !== 'dir') dropSubtree(state, c.path);
-    const rec: FileRecord = { path: c.path, type: c.type, mode: c.mode, uid: c.uid, gid: c.gid, mtimeNs: c.mtimeNs, size: c.size, chunks: c.chunks };
+    const rec: FileRecord = {
+      path: c.path,
+      type: c.type,
+      mode: c.mode,
+      uid: c.uid,
+      gid: c.gid,
+      mtimeNs: c.mtimeNs,
+      size: c.size,
+      chunks: c.chunks,
+    };
     if (c.target !== undefined) rec.target = c.target;
     if (c.fine) rec.fine = true;
     state.set(c.path, rec);

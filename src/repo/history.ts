@@ -18,13 +18,22 @@ export function seqAt(commits: readonly CommitInfo[], atMs: number | undefined):
 }
 
 /** The tree of `source` as it was at `atMs` (the latest when undefined). */
-export async function stateAt(repo: Repository, source: string, atMs: number | undefined): Promise<{ state: TreeState; seq: number; commits: CommitInfo[] }> {
+export async function stateAt(
+  repo: Repository,
+  source: string,
+  atMs: number | undefined,
+): Promise<{ state: TreeState; seq: number; commits: CommitInfo[] }> {
   const commits = await repo.commitList(source);
   const seq = seqAt(commits, atMs);
   if (seq === undefined) {
-    throw new PhoenixError('PHX_NOT_IN_REPO', `there is no commit of ${JSON.stringify(source)} at or before ${new Date(atMs ?? 0).toISOString()}`, {
-      hint: commits.length > 0 ? `the first is from ${new Date((commits[0] as CommitInfo).timeMs).toISOString()}` : 'back something up first',
-    });
+    throw new PhoenixError(
+      'PHX_NOT_IN_REPO',
+      `there is no commit of ${JSON.stringify(source)} at or before ${new Date(atMs ?? 0).toISOString()}`,
+      {
+        hint:
+          commits.length > 0 ? `the first is from ${new Date((commits[0] as CommitInfo).timeMs).toISOString()}` : 'back something up first',
+      },
+    );
   }
   const { state } = await repo.loadState(source, seq);
   return { state, seq, commits };
@@ -52,7 +61,8 @@ export async function pathHistory(repo: Repository, source: string, path: RawPat
   const before = (c: Commit): number | undefined => infos[infos.findIndex((x) => x.seq === c.seq) - 1]?.timeMs;
   const visit = (c: Commit, i: number, ch: JournalChange, p: RawPath): RawPath => {
     if (ch.op === 'put' && ch.path === p) add(c, i, { seq: c.seq, timeMs: c.timeMs, event: 'version', path: p, record: ch });
-    else if (ch.op === 'delete' && isWithin(p, ch.path)) add(c, i, { seq: c.seq, timeMs: c.timeMs, event: 'deleted', path: p, beforeMs: before(c) });
+    else if (ch.op === 'delete' && isWithin(p, ch.path))
+      add(c, i, { seq: c.seq, timeMs: c.timeMs, event: 'deleted', path: p, beforeMs: before(c) });
     return p;
   };
   // Forwards from the name given: renames take it to its later names.
@@ -202,7 +212,14 @@ export async function treeDiff(repo: Repository, source: string, seq1: number, s
       // Implied by its directory's move.
       const parent = p.slice(0, Math.max(0, p.lastIndexOf('/')));
       const parentOrigin = origin.get(parent);
-      if (parent !== '' && parentOrigin !== undefined && parentOrigin !== parent && o === `${parentOrigin}${p.slice(parent.length)}` && !modified) continue;
+      if (
+        parent !== '' &&
+        parentOrigin !== undefined &&
+        parentOrigin !== parent &&
+        o === `${parentOrigin}${p.slice(parent.length)}` &&
+        !modified
+      )
+        continue;
       out.push({ change: 'moved', path: p, from: o as RawPath, type: r.type, modified });
     } else if (modified) {
       out.push({ change: 'modified', path: p, type: r.type });
@@ -220,5 +237,7 @@ function dropBelow(origin: Map<RawPath, RawPath>, path: RawPath): void {
 function differs(x: FileRecord, y: FileRecord): boolean {
   if (x.type !== y.type || x.mode !== y.mode || x.uid !== y.uid || x.gid !== y.gid || x.target !== y.target) return true;
   if (x.type === 'dir') return false;
-  return x.size !== y.size || x.mtimeNs !== y.mtimeNs || x.chunks.length !== y.chunks.length || x.chunks.some((c, i) => c.id !== y.chunks[i]?.id);
+  return (
+    x.size !== y.size || x.mtimeNs !== y.mtimeNs || x.chunks.length !== y.chunks.length || x.chunks.some((c, i) => c.id !== y.chunks[i]?.id)
+  );
 }

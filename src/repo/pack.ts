@@ -110,7 +110,9 @@ export function packId(bytes: Uint8Array): string {
   if (bytes.length < 4) return '';
   const len = Buffer.from(bytes.buffer, bytes.byteOffset + bytes.length - 4, 4).readUInt32LE(0);
   if (len + 4 > bytes.length) return '';
-  return createHash('sha256').update(bytes.subarray(bytes.length - 4 - len)).digest('hex');
+  return createHash('sha256')
+    .update(bytes.subarray(bytes.length - 4 - len))
+    .digest('hex');
 }
 
 /** Parses a pack's header from its tail (the last 4 bytes and the header before them). */

@@ -7,9 +7,28 @@ import { PhoenixError } from '../errors.js';
 import { DEFAULT_CHUNKER, type ChunkerParams } from './chunker.js';
 import { corrupt, deriveKey, Keys, newKdf, open, seal, type KdfParams } from './crypto.js';
 import {
-  applyChange, checkpointKey, commitKey, CONFIG_KEY, decodeChange, decodeCommitHead, decodeParts, decodeRecord, encodeChange,
-  encodeCommitHead, encodeRecord, leasePrefix, packKey, parseCommitKey, sourceDir, sourceFromDir, type ChunkRef, type Commit,
-  type CommitHead, type FileRecord, type JournalChange, type TreeState,
+  applyChange,
+  checkpointKey,
+  commitKey,
+  CONFIG_KEY,
+  decodeChange,
+  decodeCommitHead,
+  decodeParts,
+  decodeRecord,
+  encodeChange,
+  encodeCommitHead,
+  encodeRecord,
+  leasePrefix,
+  packKey,
+  parseCommitKey,
+  sourceDir,
+  sourceFromDir,
+  type ChunkRef,
+  type Commit,
+  type CommitHead,
+  type FileRecord,
+  type JournalChange,
+  type TreeState,
 } from './format.js';
 import { PartWriter, readParts } from './meta.js';
 import { PACK_TARGET, PackBuilder, parseHeader, type PackEntry } from './pack.js';
@@ -78,7 +97,11 @@ export class Repository {
    * Opens the repository at `backend`. `whileDeriving` runs on this thread while the password's
    * key is derived (about 0.1 s of scrypt on the thread pool): work that needs only the config.
    */
-  static async open(backend: Backend, password: () => Promise<string | undefined>, whileDeriving?: (config: RepoConfig) => void): Promise<Repository> {
+  static async open(
+    backend: Backend,
+    password: () => Promise<string | undefined>,
+    whileDeriving?: (config: RepoConfig) => void,
+  ): Promise<Repository> {
     let raw: Buffer;
     try {
       raw = await backend.get(CONFIG_KEY);
@@ -97,9 +120,13 @@ export class Repository {
       throw corrupt(`${backend.location}/config`, 'it is not JSON');
     }
     if (config.phoenix !== 1 && config.phoenix !== 2) {
-      throw new PhoenixError('PHX_CORRUPT', `${backend.location}/config has format version ${String(config.phoenix)}, this Phoenix reads versions 1 and 2`, {
-        hint: 'upgrade Phoenix',
-      });
+      throw new PhoenixError(
+        'PHX_CORRUPT',
+        `${backend.location}/config has format version ${String(config.phoenix)}, this Phoenix reads versions 1 and 2`,
+        {
+          hint: 'upgrade Phoenix',
+        },
+      );
     }
     if (config.encryption === 'none') {
       whileDeriving?.(config);
@@ -202,7 +229,12 @@ export class Repository {
         throw corrupt(what, (err as Error).message);
       }
     };
-    for await (const o of readParts(this.backend, this.keys, head.parts.map(([id]) => id))) yield decode(o);
+    for await (const o of readParts(
+      this.backend,
+      this.keys,
+      head.parts.map(([id]) => id),
+    ))
+      yield decode(o);
     for (const o of head.inline) yield decode(o);
   }
 
@@ -234,7 +266,11 @@ export class Repository {
       }
     }
     const { changes: _changes, ...rest } = c;
-    const head: CommitHead = { ...rest, parts: parts === undefined ? [] : await parts.finish(), inline: inline.map((l) => JSON.parse(l) as Record<string, unknown>) };
+    const head: CommitHead = {
+      ...rest,
+      parts: parts === undefined ? [] : await parts.finish(),
+      inline: inline.map((l) => JSON.parse(l) as Record<string, unknown>),
+    };
     const bytes = await this.#putJson(key, encodeCommitHead(head), true);
     return { key, seq: c.seq, timeMs: c.timeMs, size: bytes + (parts?.bytes ?? 0) };
   }
@@ -264,7 +300,8 @@ export class Repository {
     let last: string | undefined;
     for await (const r of records) {
       const path = r.path;
-      if (last !== undefined && !(last < path)) throw new PhoenixError('PHX_INTERNAL', `internal: checkpoint records out of order at entry ${entries}`);
+      if (last !== undefined && !(last < path))
+        throw new PhoenixError('PHX_INTERNAL', `internal: checkpoint records out of order at entry ${entries}`);
       last = path;
       await parts.add('json' in r ? r.json : JSON.stringify(encodeRecord(r)), path);
       entries++;
@@ -295,7 +332,10 @@ export class Repository {
     return { entries: head.entries, bytes: size + head.parts.reduce((n, [, b]) => n + b, 0) };
   }
 
-  async #checkpointHead(source: string, seq: number): Promise<{ key: string; parts: Array<[string, number]>; inline: unknown[]; entries: number }> {
+  async #checkpointHead(
+    source: string,
+    seq: number,
+  ): Promise<{ key: string; parts: Array<[string, number]>; inline: unknown[]; entries: number }> {
     const key = checkpointKey(source, seq);
     const obj = await this.#getJson(key);
     try {
@@ -323,7 +363,12 @@ export class Repository {
       }
     };
     for (const o of head.inline) yield decode(o as Record<string, unknown>);
-    for await (const o of readParts(this.backend, this.keys, head.parts.map(([id]) => id))) yield decode(o);
+    for await (const o of readParts(
+      this.backend,
+      this.keys,
+      head.parts.map(([id]) => id),
+    ))
+      yield decode(o);
   }
 
   /**

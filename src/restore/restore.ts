@@ -52,11 +52,15 @@ export interface RestoreResult {
 export async function restore(repo: Repository, state: TreeState, target: string, opts: RestoreOptions = {}): Promise<RestoreResult> {
   const wanted = opts.paths ?? [];
   const include = opts.wanted ?? ((): boolean => true);
-  const selected = [...state.values()].filter((r) => (wanted.length === 0 || wanted.some((w) => isWithin(r.path, w))) && include(r.path, r.type === 'dir'));
+  const selected = [...state.values()].filter(
+    (r) => (wanted.length === 0 || wanted.some((w) => isWithin(r.path, w))) && include(r.path, r.type === 'dir'),
+  );
   if (wanted.length > 0) {
     for (const w of wanted) {
       if (!selected.some((r) => isWithin(r.path, w))) {
-        throw new PhoenixError('PHX_NOT_IN_REPO', `${displayPath(w)} is not in the backup at that time`, { hint: 'list what there is with phoenix ls' });
+        throw new PhoenixError('PHX_NOT_IN_REPO', `${displayPath(w)} is not in the backup at that time`, {
+          hint: 'list what there is with phoenix ls',
+        });
       }
     }
   }
@@ -64,7 +68,9 @@ export async function restore(repo: Repository, state: TreeState, target: string
   selected.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
   const st = await fs.stat(target).catch(() => undefined);
   if (st !== undefined && !st.isDirectory()) {
-    throw new PhoenixError('PHX_USAGE', `the target ${target} exists and is not a directory`, { hint: 'give --target a directory (it is created if missing)' });
+    throw new PhoenixError('PHX_USAGE', `the target ${target} exists and is not a directory`, {
+      hint: 'give --target a directory (it is created if missing)',
+    });
   }
   if (!opts.dryRun) await fs.mkdir(target, { recursive: true });
   const root = st === undefined && opts.dryRun ? rawFromUtf8(target) : rawFromUtf8(await fs.realpath(target));
@@ -81,8 +87,17 @@ export async function restore(repo: Repository, state: TreeState, target: string
   const keptSet = new Set(selected.filter((r) => actionOf(r.path) === 'keep').map((r) => r.path));
   const kept = [...keptSet].filter((p) => !underAny(keptSet, p));
   const result: RestoreResult = {
-    files: 0, dirs: 0, symlinks: 0, bytes: 0, skipped: 0, reads: 0,
-    unchanged: 0, replaced: 0, kept, deleted: plan.deletes, plan,
+    files: 0,
+    dirs: 0,
+    symlinks: 0,
+    bytes: 0,
+    skipped: 0,
+    reads: 0,
+    unchanged: 0,
+    replaced: 0,
+    kept,
+    deleted: plan.deletes,
+    plan,
   };
   for (const a of plan.actions.values()) {
     if (a === 'same') result.unchanged++;
@@ -131,7 +146,11 @@ export async function restore(repo: Repository, state: TreeState, target: string
     await realDir(r.path, 0o700); // its own mode is set last, once its contents are written
     result.dirs++;
   }
-  await mapLimited(todo.filter((r) => r.type !== 'dir' && r.type !== 'file'), 8, restoreOther);
+  await mapLimited(
+    todo.filter((r) => r.type !== 'dir' && r.type !== 'file'),
+    8,
+    restoreOther,
+  );
 
   // Files in the order of their first chunk in the repository, so that reads run through each
   // pack once; chunks are opened, verified and written on worker threads.
@@ -149,34 +168,42 @@ export async function restore(repo: Repository, state: TreeState, target: string
     .map((r) => [firstChunk(r), r] as const)
     .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
     .map(([, r]) => r);
-  const fetcher = new ChunkFetcher(repo, files.flatMap((r) => r.chunks), opts.fetch);
+  const fetcher = new ChunkFetcher(
+    repo,
+    files.flatMap((r) => r.chunks),
+    opts.fetch,
+  );
   const pool = new WritePool(repo.keys);
   try {
     // Many files at a time: small ones are mostly system calls on the workers, a message each way.
-    await mapLimited(files.map((r, file) => [r, file] as const), 64, async ([r, file]) => {
-      await ensureParents(r.path);
-      const path = `${root}/${r.path}`; // raw (latin1) bytes, as the write workers take them
-      const last = { size: r.size, mode: r.mode, mtimeNs: r.mtimeNs.toString(), uid: r.uid, gid: r.gid, display: displayPath(r.path) };
-      // Blobs go out a few MiB at a time; the file's last message finishes it.
-      let blobs: Array<{ id: string; sealed: Uint8Array; what: string }> = [];
-      let pending = 0;
-      let first = true;
-      const send = async (final: boolean): Promise<void> => {
-        const n = await pool.write({ file, path, first, ...(final ? { last } : {}) }, blobs);
-        first = false;
-        blobs = [];
-        pending = 0;
-        result.bytes += n;
-        opts.onProgress?.({ files: result.files, bytes: result.bytes, totalBytes });
-      };
-      for (const ref of r.chunks) {
-        blobs.push({ id: ref.id, sealed: await fetcher.get(ref), what: chunkWhat(ref) });
-        pending += ref.length;
-        if (pending >= 4 * 2 ** 20) await send(false);
-      }
-      await send(true);
-      result.files++;
-    });
+    await mapLimited(
+      files.map((r, file) => [r, file] as const),
+      64,
+      async ([r, file]) => {
+        await ensureParents(r.path);
+        const path = `${root}/${r.path}`; // raw (latin1) bytes, as the write workers take them
+        const last = { size: r.size, mode: r.mode, mtimeNs: r.mtimeNs.toString(), uid: r.uid, gid: r.gid, display: displayPath(r.path) };
+        // Blobs go out a few MiB at a time; the file's last message finishes it.
+        let blobs: Array<{ id: string; sealed: Uint8Array; what: string }> = [];
+        let pending = 0;
+        let first = true;
+        const send = async (final: boolean): Promise<void> => {
+          const n = await pool.write({ file, path, first, ...(final ? { last } : {}) }, blobs);
+          first = false;
+          blobs = [];
+          pending = 0;
+          result.bytes += n;
+          opts.onProgress?.({ files: result.files, bytes: result.bytes, totalBytes });
+        };
+        for (const ref of r.chunks) {
+          blobs.push({ id: ref.id, sealed: await fetcher.get(ref), what: chunkWhat(ref) });
+          pending += ref.length;
+          if (pending >= 4 * 2 ** 20) await send(false);
+        }
+        await send(true);
+        result.files++;
+      },
+    );
   } finally {
     result.reads = fetcher.requests;
     await pool.close();
@@ -201,8 +228,12 @@ async function chown(path: Buffer, r: FileRecord): Promise<void> {
 function checkPath(p: RawPath): void {
   const parts = p.split('/');
   if (p === '' || parts.some((s) => s === '' || s === '.' || s === '..' || s.includes('\0'))) {
-    throw new PhoenixError('PHX_CORRUPT', `the repository holds the path ${JSON.stringify(displayPath(p))}, which would land outside the target; refusing to restore`, {
-      hint: 'the repository was tampered with or damaged: run phoenix check',
-    });
+    throw new PhoenixError(
+      'PHX_CORRUPT',
+      `the repository holds the path ${JSON.stringify(displayPath(p))}, which would land outside the target; refusing to restore`,
+      {
+        hint: 'the repository was tampered with or damaged: run phoenix check',
+      },
+    );
   }
 }

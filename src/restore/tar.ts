@@ -27,7 +27,18 @@ export function tarHeader(e: TarEntry): Buffer {
   const out: Buffer[] = [];
   if (name.length > 100) out.push(longLink('L', name));
   if (link.length > 100) out.push(longLink('K', link));
-  out.push(header({ name, link, type: e.type === 'file' ? '0' : e.type === 'dir' ? '5' : '2', mode: e.mode & 0o7777, uid: e.uid, gid: e.gid, mtime: e.mtimeSec, size: e.type === 'file' ? e.size : 0 }));
+  out.push(
+    header({
+      name,
+      link,
+      type: e.type === 'file' ? '0' : e.type === 'dir' ? '5' : '2',
+      mode: e.mode & 0o7777,
+      uid: e.uid,
+      gid: e.gid,
+      mtime: e.mtimeSec,
+      size: e.type === 'file' ? e.size : 0,
+    }),
+  );
   return Buffer.concat(out);
 }
 
@@ -41,11 +52,29 @@ export const TAR_END = Buffer.alloc(2 * BLOCK);
 
 function longLink(type: 'L' | 'K', bytes: Buffer): Buffer {
   const body = Buffer.concat([bytes, Buffer.alloc(1)]);
-  const h = header({ name: Buffer.from('././@LongLink'), link: Buffer.alloc(0), type, mode: 0, uid: 0, gid: 0, mtime: 0, size: body.length });
+  const h = header({
+    name: Buffer.from('././@LongLink'),
+    link: Buffer.alloc(0),
+    type,
+    mode: 0,
+    uid: 0,
+    gid: 0,
+    mtime: 0,
+    size: body.length,
+  });
   return Buffer.concat([h, body, padding(body.length)]);
 }
 
-function header(h: { name: Buffer; link: Buffer; type: string; mode: number; uid: number; gid: number; mtime: number; size: number }): Buffer {
+function header(h: {
+  name: Buffer;
+  link: Buffer;
+  type: string;
+  mode: number;
+  uid: number;
+  gid: number;
+  mtime: number;
+  size: number;
+}): Buffer {
   const b = Buffer.alloc(BLOCK);
   h.name.copy(b, 0, 0, Math.min(100, h.name.length));
   number(b, 100, 8, h.mode);

@@ -49,7 +49,12 @@ export class WritePool {
           this.#jobs.delete(r.job);
           if (j === undefined) continue;
           if ('bytes' in r) j.resolve(r.bytes);
-          else j.reject(r.error.phoenix ? new PhoenixError(r.error.code as ErrorCode, r.error.message, { hint: r.error.hint }) : Object.assign(new Error(r.error.message), { code: r.error.code }));
+          else
+            j.reject(
+              r.error.phoenix
+                ? new PhoenixError(r.error.code as ErrorCode, r.error.message, { hint: r.error.hint })
+                : Object.assign(new Error(r.error.message), { code: r.error.code }),
+            );
         }
       });
       w.on('error', (err) => {
@@ -79,7 +84,11 @@ export class WritePool {
     this.#flushing = false;
     this.#workers.forEach((w, i) => {
       const jobs = (this.#outbox[i] as WriteJob[]).splice(0);
-      if (jobs.length > 0) w.postMessage(jobs, jobs.flatMap((j) => j.blobs.map((b) => b.sealed)));
+      if (jobs.length > 0)
+        w.postMessage(
+          jobs,
+          jobs.flatMap((j) => j.blobs.map((b) => b.sealed)),
+        );
     });
   }
 

@@ -36,7 +36,7 @@ function run(m: WriteJob): number {
   let bytes = 0;
   for (const b of m.blobs) {
     const data = openChunk(keys, b.id, new Uint8Array(b.sealed), b.what);
-    for (let done = 0; done < data.length; ) done += writeSync(f.fd, data, done, data.length - done, f.written + done);
+    for (let done = 0; done < data.length;) done += writeSync(f.fd, data, done, data.length - done, f.written + done);
     f.written += data.length;
     bytes += data.length;
   }

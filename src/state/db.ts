@@ -108,7 +108,8 @@ export class StateDb {
     this.#db.pragma('journal_mode = WAL');
     this.#db.pragma('synchronous = NORMAL');
     // Version 1 added files.stamp. Older file caches are dropped, and rebuilt from the repository.
-    if ((this.#db.pragma('user_version', { simple: true }) as number) < 1) this.#db.exec('DROP TABLE IF EXISTS files; DROP TABLE IF EXISTS meta;');
+    if ((this.#db.pragma('user_version', { simple: true }) as number) < 1)
+      this.#db.exec('DROP TABLE IF EXISTS files; DROP TABLE IF EXISTS meta;');
     this.#db.exec(`
       CREATE TABLE IF NOT EXISTS meta (source TEXT PRIMARY KEY, repo_id TEXT NOT NULL, seq INTEGER NOT NULL);
       CREATE TABLE IF NOT EXISTS files (source TEXT NOT NULL, path BLOB NOT NULL, rec TEXT NOT NULL, ino TEXT NOT NULL, ctime TEXT NOT NULL, stamp TEXT NOT NULL, PRIMARY KEY (source, path));
@@ -127,13 +128,16 @@ export class StateDb {
 
   /** The seq the cache holds for `source` in repository `repoId`, or undefined when it is not in sync. */
   seq(source: string, repoId: string): number | undefined {
-    const row = this.#db.prepare('SELECT repo_id, seq FROM meta WHERE source = ?').get(source) as { repo_id: string; seq: number } | undefined;
+    const row = this.#db.prepare('SELECT repo_id, seq FROM meta WHERE source = ?').get(source) as
+      { repo_id: string; seq: number } | undefined;
     return row?.repo_id === repoId ? row.seq : undefined;
   }
 
   files(source: string): Map<RawPath, CachedFile> {
     const out = new Map<RawPath, CachedFile>();
-    const rows = this.#db.prepare('SELECT path, rec, ino, ctime, stamp FROM files WHERE source = ?').raw().all(source) as Array<[Buffer, string, string, string, string]>;
+    const rows = this.#db.prepare('SELECT path, rec, ino, ctime, stamp FROM files WHERE source = ?').raw().all(source) as Array<
+      [Buffer, string, string, string, string]
+    >;
     for (const [path, rec, ino, ctime, stamp] of rows) out.set(rawFromBuffer(path), new StoredFile(rec, ino, ctime, stamp));
     return out;
   }
@@ -188,7 +192,9 @@ export class StateDb {
     const reader = new Database(this.#path, { readonly: true, fileMustExist: true });
     reader.prepare('BEGIN').run();
     reader.prepare('SELECT 1 FROM meta LIMIT 1').get(); // the snapshot starts with the first read
-    const rows = reader.prepare('SELECT path, rec FROM files WHERE source = ? ORDER BY path').raw().iterate(source) as IterableIterator<[Buffer, string]>;
+    const rows = reader.prepare('SELECT path, rec FROM files WHERE source = ? ORDER BY path').raw().iterate(source) as IterableIterator<
+      [Buffer, string]
+    >;
     let open = true;
     const close = (): void => {
       if (!open) return;
@@ -226,7 +232,8 @@ export class StateDb {
         const r = stamp.get(source, rawToBuffer(path)) as [string, string] | undefined;
         return r === undefined || r[1] === '' ? undefined : r[0];
       },
-      below: (dir) => ((dir === '' ? all.all(source) : below.all(source, rawToBuffer(`${dir}/`), rawToBuffer(`${dir}0`))) as Buffer[]).map(rawFromBuffer),
+      below: (dir) =>
+        ((dir === '' ? all.all(source) : below.all(source, rawToBuffer(`${dir}/`), rawToBuffer(`${dir}0`))) as Buffer[]).map(rawFromBuffer),
       paths: () => this.#paths(source),
     };
   }
@@ -278,7 +285,7 @@ export class StateDb {
     const below = `source = ? AND ${under}`;
     const range = (p: RawPath): [Buffer, Buffer] => [rawToBuffer(`${p}/`), rawToBuffer(`${p}0`)];
     const dropBelow = db.prepare(`DELETE FROM files WHERE ${below}`);
-    const isDir = db.prepare("SELECT 1 FROM files WHERE source = ? AND path = ? AND rec LIKE '%\"t\":\"dir\"%'");
+    const isDir = db.prepare('SELECT 1 FROM files WHERE source = ? AND path = ? AND rec LIKE \'%"t":"dir"%\'');
     // A moved subtree passes through paths that start with '/', which no relative path does.
     const toTemp = db.prepare(`UPDATE files SET path = phx_rebase(X'2F', path, ?) WHERE source = ? AND (path = ? OR (${under}))`);
     const fromTemp = db.prepare("UPDATE files SET path = phx_rebase(?, path, 1) WHERE source = ? AND path >= X'2F' AND path < X'30'");
@@ -339,7 +346,16 @@ export class StateDb {
   enqueue(rows: readonly QueuedChange[]): void {
     if (rows.length === 0) return;
     this.#db.transaction(() => {
-      for (const r of rows) this.#putQueue.run(r.id, r.source, r.op, rawToBuffer(r.path), r.from === undefined ? null : rawToBuffer(r.from), r.timeMs, r.open ? 1 : 0);
+      for (const r of rows)
+        this.#putQueue.run(
+          r.id,
+          r.source,
+          r.op,
+          rawToBuffer(r.path),
+          r.from === undefined ? null : rawToBuffer(r.from),
+          r.timeMs,
+          r.open ? 1 : 0,
+        );
     })();
   }
 
@@ -349,7 +365,9 @@ export class StateDb {
   }
 
   queued(source: string): QueuedChange[] {
-    const rows = this.#db.prepare('SELECT id, op, path, from_path, time_ms, open FROM queue WHERE source = ? ORDER BY id').all(source) as Array<{
+    const rows = this.#db
+      .prepare('SELECT id, op, path, from_path, time_ms, open FROM queue WHERE source = ? ORDER BY id')
+      .all(source) as Array<{
       id: number;
       op: QueuedChange['op'];
       path: Buffer;

@@ -11,8 +11,18 @@ import { lstatEntry } from '../scanner/stat.js';
 import { IN, Inotify, type InotifyEvent, type InotifyStats } from './inotify.js';
 
 const DIR_MASK =
-  IN.CREATE | IN.DELETE | IN.MODIFY | IN.CLOSE_WRITE | IN.ATTRIB | IN.MOVED_FROM | IN.MOVED_TO | IN.DELETE_SELF |
-  IN.MOVE_SELF | IN.ONLYDIR | IN.DONT_FOLLOW | IN.EXCL_UNLINK;
+  IN.CREATE |
+  IN.DELETE |
+  IN.MODIFY |
+  IN.CLOSE_WRITE |
+  IN.ATTRIB |
+  IN.MOVED_FROM |
+  IN.MOVED_TO |
+  IN.DELETE_SELF |
+  IN.MOVE_SELF |
+  IN.ONLYDIR |
+  IN.DONT_FOLLOW |
+  IN.EXCL_UNLINK;
 
 export interface WatcherOptions extends FilterOptions {
   /** Every normalized change, in order. */
@@ -450,7 +460,8 @@ export class Watcher {
 
     // The directory on an excluded side of the move has a new mtime all the same.
     const touch = (dir: RawPath | undefined, path: RawPath | undefined): void => {
-      if (dir !== undefined && dir !== '' && path !== undefined && this.#filter.excludes(path, isDir) && this.#tree.has(dir)) this.#attributes(dir);
+      if (dir !== undefined && dir !== '' && path !== undefined && this.#filter.excludes(path, isDir) && this.#tree.has(dir))
+        this.#attributes(dir);
     };
     touch(fromDir, from);
     touch(toDir, to);
@@ -501,7 +512,11 @@ export class Watcher {
     this.#unwatched.add(rel);
     if (this.#state !== 'starting') this.#armUnwatched();
     if (rc === 'ENOSPC') this.#overLimit = true;
-    else this.#warn(rc, `cannot watch ${displayPath(rel) || '.'}: ${rc === 'EACCES' ? 'permission denied (EACCES)' : rc}; it is rescanned periodically instead`);
+    else
+      this.#warn(
+        rc,
+        `cannot watch ${displayPath(rel) || '.'}: ${rc === 'EACCES' ? 'permission denied (EACCES)' : rc}; it is rescanned periodically instead`,
+      );
   }
 
   #forgetWatch(wd: number): void {
@@ -564,7 +579,8 @@ export class Watcher {
         this.#inotify?.rmWatch(wd);
       }
     }
-    for (const p of [...this.#unwatched]) if (isWithin(p, scope) && result.tree.get(p)?.kind !== 'dir' && p !== '') this.#unwatched.delete(p);
+    for (const p of [...this.#unwatched])
+      if (isWithin(p, scope) && result.tree.get(p)?.kind !== 'dir' && p !== '') this.#unwatched.delete(p);
     if (scope === '') {
       this.#tree = result.tree;
     } else {
@@ -576,7 +592,11 @@ export class Watcher {
       }
     }
     for (const c of changes) this.#emit(c);
-    if (scope !== '') this.#linksOutside(scope, changes.flatMap((c) => result.tree.get(c.path) ?? []));
+    if (scope !== '')
+      this.#linksOutside(
+        scope,
+        changes.flatMap((c) => result.tree.get(c.path) ?? []),
+      );
     this.#warnWatchLimit();
   }
 
