@@ -14,7 +14,7 @@ import {
   type Repository,
 } from '../repo/index.js';
 import { scan, type ScanResult } from '../scanner/scan.js';
-import { entryStamp, type StateDb } from '../state/db.js';
+import { entryStamp, type KnownFiles, type StateDb } from '../state/db.js';
 import { CheckpointPolicy } from './checkpoints.js';
 import { CommitBuilder } from './commit.js';
 import { SealPool } from './seal-pool.js';
@@ -79,7 +79,10 @@ async function backupLocked(
   };
   const scanned = await scanning;
   for (const p of scanned.problems) problem(p.path, `${p.code}: ${p.message}`);
-  const known = db.known(source);
+  // A first backup (nothing cached) need not ask the cache about the paths it walks: each is
+  // walked once, so none was committed before it, not even by an earlier commit of this run.
+  const cached = db.known(source);
+  const known: KnownFiles = db.count(source) > 0 ? cached : { ...cached, get: () => undefined, stamp: () => undefined };
   const stats: CommitStats = { files: 0, dirs: 0, deleted: 0, bytesUploaded: 0, bytesTotal: 0 };
   let progressBytes = 0;
   let progressFiles = 0;
@@ -112,7 +115,7 @@ async function backupLocked(
   let window: Array<[RawPath, Entry]> = [];
   // Files are read many at a time (on the seal workers) so that disk, CPU and network overlap.
   const readWindow = async (): Promise<void> => {
-    await mapLimited(window, 32, async ([path, e]) => {
+    await mapLimited(window, 128, async ([path, e]) => {
       // Gone: a deletion below if it was known. Unreadable: it keeps its last version.
       if ((await builder.add(path, toFsPath(root, path), e)) === 'vanished') vanished.push(path);
       progressFiles++;

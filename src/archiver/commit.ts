@@ -90,7 +90,9 @@ export class CommitBuilder {
    * version, and the problem is reported).
    */
   async add(path: RawPath, fsPath: Buffer, e: Entry): Promise<AddResult> {
-    const before = this.get(path);
+    const o = this.#overlay.get(path);
+    const committed = o === undefined ? this.known.get(path) : undefined; // one look at the cache
+    const before = o === null ? undefined : (o ?? committed);
     if (before !== undefined && unchanged(before, e)) return 'unchanged';
     let entry = e;
     let rec: FileRecord;
@@ -104,7 +106,7 @@ export class CommitBuilder {
       return 'error';
     }
     if (e.kind === 'file') {
-      const last = this.known.get(path)?.rec; // committed: its chunk refs are final
+      const last = (o === undefined ? committed : this.known.get(path))?.rec; // committed: its chunk refs are final
       const previous = last?.type === 'file' ? last.chunks : [];
       const how = { fine: last?.fine === true, hot: (this.opts.inPlace?.get(path) ?? 0) >= HOT_AFTER };
       const read = await readFile(this.pool, fsPath, e, previous, this.#refFor, this.#writer, (n) => this.opts.onBytes?.(n), how);

@@ -7,11 +7,10 @@ import { isTransient } from '../backend/backend.js';
 import { messageOf, PhoenixError } from '../errors.js';
 import type { Change } from '../model/change.js';
 import { Filter } from '../model/filter.js';
-import { displayPath, isWithin, parentOf, toFsPath, type RawPath } from '../model/path.js';
+import { displayPath, isWithin, joinRaw, parentOf, toFsPath, type RawPath } from '../model/path.js';
 import { mapLimited, type Lease, type Repository } from '../repo/index.js';
 import { lstatEntry } from '../scanner/stat.js';
 import { entryStamp, type KnownFiles, type QueuedChange, type StateDb } from '../state/db.js';
-import type { Entry } from '../model/entry.js';
 import { Watcher } from '../watcher/watcher.js';
 import { PendingChanges, type SettleTimes } from './pending.js';
 
@@ -172,19 +171,35 @@ export class SourceRunner {
       onFatal: (err) => this.#fail(err),
     });
     await this.#watcher.start();
-    // The reconcile: the tree as it is now against the last commit (in the cache, path by path).
+    // The reconcile: the tree as it is now against the last commit, in one pass over the cache
+    // (no query per path), then a look at the entries of the directories where the cache has
+    // fewer children than the tree.
     const now = Date.now();
     const tree = this.#watcher.tree;
     let differ = 0;
-    for (const p of tree.walk('')) {
-      if (this.#known.stamp(p) === entryStamp(tree.get(p) as Entry)) continue;
+    const found = new Map<RawPath, number>(); // per directory: its children the cache has
+    for (const [p, stamp] of this.#known.stamps()) {
+      const e = tree.get(p);
+      if (e === undefined) {
+        this.#record({ type: 'removed', path: p, kind: 'file' }, now);
+        differ++;
+        continue;
+      }
+      const dir = parentOf(p);
+      found.set(dir, (found.get(dir) ?? 0) + 1);
+      if (stamp === entryStamp(e)) continue;
       this.#record({ type: 'created', path: p, kind: 'file' }, now);
       differ++;
     }
-    for (const p of this.#known.paths()) {
-      if (tree.has(p)) continue;
-      this.#record({ type: 'removed', path: p, kind: 'file' }, now);
-      differ++;
+    for (const dir of tree.dirs()) {
+      const names = tree.childNames(dir);
+      if (names.size === (found.get(dir) ?? 0)) continue;
+      for (const n of names) {
+        const p = joinRaw(dir, n);
+        if (this.#known.has(p)) continue;
+        this.#record({ type: 'created', path: p, kind: 'file' }, now);
+        differ++;
+      }
     }
     this.#events.info('reconciled with the last commit', { entries: tree.size, changed: differ, seq: this.#seq });
     if (this.pending.size > 0) this.#backlog = { changes: this.pending.size, startMs: now };

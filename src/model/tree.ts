@@ -144,6 +144,12 @@ export class Tree {
     for (const p of this.walk('')) yield [p, this.get(p) as Entry];
   }
 
+  /** The directories ('' first, then every directory entry), in no set order. */
+  *dirs(): Generator<RawPath> {
+    yield '';
+    for (const [p, node] of this.#dirs) if (p !== '' && node.entry !== undefined) yield p;
+  }
+
   /** Paths of files with more than one link. */
   linked(): ReadonlySet<RawPath> {
     return this.#linked;

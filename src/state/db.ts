@@ -56,6 +56,9 @@ export interface KnownFiles {
   below(dir: RawPath): RawPath[];
   /** Every path, lazily; close() it when not read to the end. */
   paths(): Iterable<RawPath> & { close(): void };
+  /** Every path with its stamp (undefined when the cache does not vouch for it), lazily, in one pass. */
+  stamps(): Iterable<[RawPath, string | undefined]> & { close(): void };
+  has(path: RawPath): boolean;
 }
 
 /** Records as of one instant, read lazily; `close()` when not read to the end. */
@@ -120,7 +123,7 @@ export class StateDb {
     this.#putQueue = this.#db.prepare('INSERT INTO queue (id, source, op, path, from_path, time_ms, open) VALUES (?, ?, ?, ?, ?, ?, ?)');
     this.#trimQueue = this.#db.prepare('DELETE FROM queue WHERE source = ? AND id <= ?');
     this.#lastQueued = (this.#db.prepare('SELECT max(id) AS id FROM queue').get() as { id: number | null }).id ?? 0;
-    this.#getChunk = this.#db.prepare('SELECT pack, offset, length FROM chunks WHERE id = ?');
+    this.#getChunk = this.#db.prepare('SELECT pack, offset, length FROM chunks WHERE id = ?').raw();
     this.#putChunk = this.#db.prepare('INSERT OR REPLACE INTO chunks (id, pack, offset, length) VALUES (?, ?, ?, ?)');
     this.#putFile = this.#db.prepare('INSERT OR REPLACE INTO files (source, path, rec, ino, ctime, stamp) VALUES (?, ?, ?, ?, ?, ?)');
     this.#delFile = this.#db.prepare('DELETE FROM files WHERE source = ? AND path = ?');
@@ -143,8 +146,8 @@ export class StateDb {
   }
 
   chunk(id: string): ChunkRef | undefined {
-    const r = this.#getChunk.get(id) as { pack: string; offset: number; length: number } | undefined;
-    return r ? { id, ...r } : undefined;
+    const r = this.#getChunk.get(id) as [string, number, number] | undefined;
+    return r ? { id, pack: r[0], offset: r[1], length: r[2] } : undefined;
   }
 
   /** Replaces everything known about `source` (after a rebuild from the repository). */
@@ -223,6 +226,7 @@ export class StateDb {
     const stamp = this.#db.prepare('SELECT stamp, ctime FROM files WHERE source = ? AND path = ?').raw();
     const below = this.#db.prepare('SELECT path FROM files WHERE source = ? AND path > ? AND path < ?').pluck();
     const all = this.#db.prepare('SELECT path FROM files WHERE source = ?').pluck();
+    const exists = this.#db.prepare('SELECT 1 FROM files WHERE source = ? AND path = ?').pluck();
     return {
       get: (path) => {
         const r = one.get(source, rawToBuffer(path)) as [string, string, string, string] | undefined;
@@ -234,14 +238,21 @@ export class StateDb {
       },
       below: (dir) =>
         ((dir === '' ? all.all(source) : below.all(source, rawToBuffer(`${dir}/`), rawToBuffer(`${dir}0`))) as Buffer[]).map(rawFromBuffer),
-      paths: () => this.#paths(source),
+      paths: () => this.#rows(source, 'path', (r) => rawFromBuffer(r as Buffer)),
+      stamps: () =>
+        this.#rows(source, 'path, stamp, ctime', (r) => {
+          const [p, stamp, ctime] = r as [Buffer, string, string];
+          return [rawFromBuffer(p), ctime === '' ? undefined : stamp];
+        }),
+      has: (path) => exists.get(source, rawToBuffer(path)) !== undefined,
     };
   }
 
-  /** Every path of `source`, lazily, from a snapshot (a connection of its own). */
-  #paths(source: string): Iterable<RawPath> & { close(): void } {
+  /** Rows of `source` (`columns`, mapped by `map`), lazily, from a snapshot (a connection of its own). */
+  #rows<T>(source: string, columns: string, map: (row: unknown) => T): Iterable<T> & { close(): void } {
     const reader = new Database(this.#path, { readonly: true, fileMustExist: true });
-    const rows = reader.prepare('SELECT path FROM files WHERE source = ?').pluck().iterate(source) as IterableIterator<Buffer>;
+    const stmt = reader.prepare(`SELECT ${columns} FROM files WHERE source = ?`);
+    const rows = (columns.includes(',') ? stmt.raw() : stmt.pluck()).iterate(source) as IterableIterator<unknown>;
     let open = true;
     const close = (): void => {
       if (!open) return;
@@ -253,7 +264,7 @@ export class StateDb {
       close,
       *[Symbol.iterator]() {
         try {
-          for (const p of rows) yield rawFromBuffer(p);
+          for (const r of rows) yield map(r);
         } finally {
           close();
         }
