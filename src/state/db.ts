@@ -191,30 +191,10 @@ export class StateDb {
    * `return()`), which ends the read transaction.
    */
   snapshot(source: string): Snapshot {
-    // A connection of its own: snapshots may overlap (a checkpoint still uploading when the next is taken).
-    const reader = new Database(this.#path, { readonly: true, fileMustExist: true });
-    reader.prepare('BEGIN').run();
-    reader.prepare('SELECT 1 FROM meta LIMIT 1').get(); // the snapshot starts with the first read
-    const rows = reader.prepare('SELECT path, rec FROM files WHERE source = ? ORDER BY path').raw().iterate(source) as IterableIterator<
-      [Buffer, string]
-    >;
-    let open = true;
-    const close = (): void => {
-      if (!open) return;
-      open = false;
-      rows.return?.();
-      reader.close();
-    };
-    return {
-      close,
-      *[Symbol.iterator]() {
-        try {
-          for (const [path, json] of rows) yield { path: rawFromBuffer(path), json };
-        } finally {
-          close();
-        }
-      },
-    };
+    return this.#rows(source, 'path, rec', 'ORDER BY path', (r) => {
+      const [path, json] = r as [Buffer, string];
+      return { path: rawFromBuffer(path), json };
+    });
   }
 
   /**
@@ -238,9 +218,9 @@ export class StateDb {
       },
       below: (dir) =>
         ((dir === '' ? all.all(source) : below.all(source, rawToBuffer(`${dir}/`), rawToBuffer(`${dir}0`))) as Buffer[]).map(rawFromBuffer),
-      paths: () => this.#rows(source, 'path', (r) => rawFromBuffer(r as Buffer)),
+      paths: () => this.#rows(source, 'path', '', (r) => rawFromBuffer(r as Buffer)),
       stamps: () =>
-        this.#rows(source, 'path, stamp, ctime', (r) => {
+        this.#rows(source, 'path, stamp, ctime', '', (r) => {
           const [p, stamp, ctime] = r as [Buffer, string, string];
           return [rawFromBuffer(p), ctime === '' ? undefined : stamp];
         }),
@@ -248,17 +228,22 @@ export class StateDb {
     };
   }
 
-  /** Rows of `source` (`columns`, mapped by `map`), lazily, from a snapshot (a connection of its own). */
-  #rows<T>(source: string, columns: string, map: (row: unknown) => T): Iterable<T> & { close(): void } {
+  /**
+   * Rows of `source` (`columns`, mapped by `map`), lazily, as of one instant: a read transaction
+   * on a connection of its own, so that reads may overlap each other and the commits that go on.
+   */
+  #rows<T>(source: string, columns: string, order: string, map: (row: unknown) => T): Iterable<T> & { close(): void } {
     const reader = new Database(this.#path, { readonly: true, fileMustExist: true });
-    const stmt = reader.prepare(`SELECT ${columns} FROM files WHERE source = ?`);
+    reader.prepare('BEGIN').run();
+    reader.prepare('SELECT 1 FROM meta LIMIT 1').get(); // the snapshot starts with the first read
+    const stmt = reader.prepare(`SELECT ${columns} FROM files WHERE source = ? ${order}`);
     const rows = (columns.includes(',') ? stmt.raw() : stmt.pluck()).iterate(source) as IterableIterator<unknown>;
     let open = true;
     const close = (): void => {
       if (!open) return;
       open = false;
       rows.return?.();
-      reader.close();
+      reader.close(); // ends the read transaction
     };
     return {
       close,
