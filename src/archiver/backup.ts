@@ -121,7 +121,9 @@ async function backupLocked(
       progressFiles++;
     });
     window = [];
-    if (builder.size >= COMMIT_ENTRIES) await commit();
+    // Files read again that did not change count too (a cache rebuilt from the repository
+    // vouches for nothing): their rows are written by the same commit call, without a commit object.
+    if (builder.held >= COMMIT_ENTRIES) await commit();
   };
   for (const path of scanned.tree.walk('')) {
     const e = scanned.tree.get(path) as Entry;

@@ -83,6 +83,11 @@ export class CommitBuilder {
     return this.#structural.length + this.#puts.size;
   }
 
+  /** Paths this commit holds in memory: its changes, and files read again that did not change (their cache rows). */
+  get held(): number {
+    return this.#overlay.size;
+  }
+
   /**
    * Records `e` (found at `path`, readable at `fsPath`) if it differs from what is known.
    * Files are read; one that changed while read is read again (torn content is never
