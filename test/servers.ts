@@ -1,4 +1,4 @@
-import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
+import { CreateBucketCommand, DeleteObjectCommand, GetObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createServer } from 'node:net';
 import { createInterface } from 'node:readline';
@@ -94,10 +94,16 @@ export async function startSwift(): Promise<(S3Server & { credentials: typeof SW
   });
   const endpoint = `http://127.0.0.1:${port}`;
   const client = new S3Client({ endpoint, region: 'us-east-1', forcePathStyle: true, credentials: SWIFT_CREDENTIALS });
-  // The proxy answers before the account and container servers do: retry until they are up.
+  // The proxy answers before the account, container and object servers do: retry until the
+  // bucket can be made and an object written and read back (the object server answers 503 until then).
+  let made = false;
   for (let attempt = 1; ; attempt++) {
     try {
-      await client.send(new CreateBucketCommand({ Bucket: 'phoenix-test' }));
+      if (!made) await client.send(new CreateBucketCommand({ Bucket: 'phoenix-test' }));
+      made = true;
+      await client.send(new PutObjectCommand({ Bucket: 'phoenix-test', Key: 'ready-probe', Body: 'x' }));
+      await client.send(new GetObjectCommand({ Bucket: 'phoenix-test', Key: 'ready-probe' }));
+      await client.send(new DeleteObjectCommand({ Bucket: 'phoenix-test', Key: 'ready-probe' }));
       break;
     } catch (err) {
       if (attempt >= 100) throw err;
