@@ -2,7 +2,7 @@ import { promises as fs } from 'node:fs';
 import { PhoenixError } from '../errors.js';
 import type { Entry } from '../model/entry.js';
 import { Filter } from '../model/filter.js';
-import { isWithin, rawFromUtf8, toFsPath, type RawPath } from '../model/path.js';
+import { compareRaw, isWithin, rawFromUtf8, toFsPath, type RawPath } from '../model/path.js';
 import {
   checkContiguous,
   type CommitHead,
@@ -70,7 +70,7 @@ async function backupLocked(
 ): Promise<BackupResult> {
   const scanning = opts.scan ?? startScan(sourceDir, opts);
   scanning.catch(() => {}); // awaited below, after the cache is synced: not an unhandled rejection meanwhile
-  const synced = (await syncCache(repo, db, source))?.seq ?? 0;
+  const synced = (await syncCache(repo, db, source)).at(-1)?.seq ?? 0;
   const root = rawFromUtf8(sourceDir);
   let problems = 0;
   const problem = (path: RawPath, message: string): void => {
@@ -151,11 +151,6 @@ async function backupLocked(
 const COMMIT_ENTRIES = 20_000;
 const WINDOW = 1024;
 
-/** Byte order of raw paths: parents before their children. */
-export function compareRaw(a: RawPath, b: RawPath): number {
-  return a < b ? -1 : a > b ? 1 : 0;
-}
-
 /** Scans `sourceDir` for a backup; rejects when it is not a directory. */
 export async function startScan(sourceDir: string, opts: Pick<BackupOptions, 'exclude' | 'oneFileSystem'> = {}): Promise<ScanResult> {
   const top = await fs.lstat(sourceDir).catch(() => undefined);
@@ -165,13 +160,12 @@ export async function startScan(sourceDir: string, opts: Pick<BackupOptions, 'ex
   return scan(rawFromUtf8(sourceDir), '', { filter: new Filter(opts) });
 }
 
-/** Brings the cache of `source` in line with the repository; returns its latest commit. */
-export async function syncCache(repo: Repository, db: StateDb, source: string): Promise<CommitInfo | undefined> {
+/** Brings the cache of `source` in line with the repository; returns its journal (the listing, oldest first). */
+export async function syncCache(repo: Repository, db: StateDb, source: string): Promise<CommitInfo[]> {
   const commits = await repo.commitList(source);
   checkContiguous(source, commits);
-  const last = commits.at(-1);
-  const latest = last?.seq ?? 0;
-  if (db.seq(source, repo.config.id) === latest) return last;
+  const latest = commits.at(-1)?.seq ?? 0;
+  if (db.seq(source, repo.config.id) === latest) return commits;
   // Rebuild, streaming (bounded memory for a tree of any size): this source's tree, and the
   // chunks of every source (for deduplication).
   db.clearSource(source);
@@ -180,7 +174,7 @@ export async function syncCache(repo: Repository, db: StateDb, source: string): 
     else await loadInto(repo, db, other, await repo.commitList(other), '');
   }
   db.setSeq(source, repo.config.id, latest);
-  return last;
+  return commits;
 }
 
 /**

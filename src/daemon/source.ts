@@ -7,7 +7,7 @@ import { isTransient } from '../backend/backend.js';
 import { messageOf, PhoenixError } from '../errors.js';
 import type { Change } from '../model/change.js';
 import { Filter } from '../model/filter.js';
-import { displayPath, isWithin, joinRaw, parentOf, toFsPath, type RawPath } from '../model/path.js';
+import { compareRaw, displayPath, isWithin, joinRaw, parentOf, toFsPath, type RawPath } from '../model/path.js';
 import { mapLimited, type Lease, type Repository } from '../repo/index.js';
 import { lstatEntry } from '../scanner/stat.js';
 import { entryStamp, type KnownFiles, type QueuedChange, type StateDb } from '../state/db.js';
@@ -148,11 +148,12 @@ export class SourceRunner {
         else this.#events.warn(`cannot renew the lease: ${(err as Error).message}`);
       });
     }, 60_000).unref();
-    const last = await syncCache(this.#repo, this.#db, name);
+    const commits = await syncCache(this.#repo, this.#db, name);
+    const last = commits.at(-1);
     this.#seq = last?.seq ?? 0;
     this.lastCommit = last && { seq: last.seq, timeMs: last.timeMs };
-    this.#checkpoints = await CheckpointPolicy.load(this.#repo, name, await this.#repo.commitList(name), this.#db.count(name));
     this.#entries = this.#db.count(name);
+    this.#checkpoints = await CheckpointPolicy.load(this.#repo, name, commits, this.#entries);
     // What the last run saw but did not commit. Its moves are not replayed: the reconcile below
     // compares the tree with the last commit and finds their effect (a removal and an addition,
     // no data uploaded), where a replayed move could name what is long gone.
@@ -340,7 +341,7 @@ export class SourceRunner {
         // The last attempt failed, perhaps after its commit object landed (a lost response):
         // if the journal moved on, take the cache from the repository before building on it.
         // syncCache rebuilds the cache when the journal's latest seq is not the cache's.
-        const last = await syncCache(this.#repo, this.#db, name);
+        const last = (await syncCache(this.#repo, this.#db, name)).at(-1);
         if ((last?.seq ?? 0) !== this.#seq) {
           this.#events.warn('the journal has a commit this daemon did not see complete: reloaded the cache', {
             seq: this.#seq,
@@ -515,9 +516,4 @@ export class SourceRunner {
 function fromQueued(q: QueuedChange): Change {
   if (q.op === 'removed') return { type: 'removed', path: q.path, kind: 'file' };
   return { type: 'modified', path: q.path, kind: 'file', closed: !q.open };
-}
-
-/** Byte order of raw paths: parents before their children. */
-function compareRaw(a: RawPath, b: RawPath): number {
-  return a < b ? -1 : a > b ? 1 : 0;
 }

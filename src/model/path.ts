@@ -36,6 +36,11 @@ export function baseName(p: RawPath): RawPath {
   return p.slice(p.lastIndexOf('/') + 1);
 }
 
+/** Byte order of raw paths (one char per byte): a directory sorts before what is below it. */
+export function compareRaw(a: RawPath, b: RawPath): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
 /** True when `p` is `dir` itself or lies below it. */
 export function isWithin(p: RawPath, dir: RawPath): boolean {
   return dir === '' || p === dir || (p.length > dir.length && p.startsWith(dir) && p.charCodeAt(dir.length) === 47);

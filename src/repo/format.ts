@@ -1,5 +1,5 @@
 import type { Kind } from '../model/entry.js';
-import { rawFromBuffer, rawToBuffer, type RawPath } from '../model/path.js';
+import { compareRaw, rawFromBuffer, rawToBuffer, type RawPath } from '../model/path.js';
 
 /** Where a chunk lives: its id (hex), its pack (hex id), and the sealed blob's byte range. */
 export interface ChunkRef {
@@ -210,5 +210,5 @@ export function applyChange(state: TreeState, c: JournalChange): void {
 
 /** The records of a tree in byte order of path (the order checkpoints store them in). */
 export function recordsInOrder(state: TreeState): FileRecord[] {
-  return [...state.values()].sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+  return [...state.values()].sort((a, b) => compareRaw(a.path, b.path));
 }

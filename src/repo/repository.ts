@@ -248,29 +248,26 @@ export class Repository {
   async writeCommit(c: Omit<Commit, 'changes'> & { changes: Iterable<JournalChange> }): Promise<CommitInfo & { size: number }> {
     await this.#upgradeConfig();
     const key = commitKey(c.source, c.seq, c.timeMs);
-    let inline: string[] = [];
+    let inline: Array<{ o: Record<string, unknown>; line: string }> = [];
     let inlineBytes = 0;
     let parts: PartWriter | undefined;
     for (const ch of c.changes) {
-      const line = JSON.stringify(encodeChange(ch));
+      const o = encodeChange(ch);
+      const line = JSON.stringify(o);
       if (parts !== undefined) {
         await parts.add(line);
         continue;
       }
-      inline.push(line);
+      inline.push({ o, line });
       inlineBytes += line.length;
       if (inlineBytes > INLINE_BYTES) {
         parts = new PartWriter(this.backend, this.keys);
-        for (const x of inline) await parts.add(x);
+        for (const x of inline) await parts.add(x.line);
         inline = [];
       }
     }
     const { changes: _changes, ...rest } = c;
-    const head: CommitHead = {
-      ...rest,
-      parts: parts === undefined ? [] : await parts.finish(),
-      inline: inline.map((l) => JSON.parse(l) as Record<string, unknown>),
-    };
+    const head: CommitHead = { ...rest, parts: parts === undefined ? [] : await parts.finish(), inline: inline.map((x) => x.o) };
     const bytes = await this.#putJson(key, encodeCommitHead(head), true);
     return { key, seq: c.seq, timeMs: c.timeMs, size: bytes + (parts?.bytes ?? 0) };
   }

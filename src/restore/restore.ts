@@ -1,6 +1,6 @@
 import { promises as fs } from 'node:fs';
 import { PhoenixError } from '../errors.js';
-import { displayPath, isWithin, rawFromUtf8, rawToBuffer, type RawPath } from '../model/path.js';
+import { compareRaw, displayPath, isWithin, rawFromUtf8, rawToBuffer, type RawPath } from '../model/path.js';
 import { chunkWhat, type FileRecord, mapLimited, type Repository, type TreeState } from '../repo/index.js';
 import { ChunkFetcher, type FetchLimits } from './fetch.js';
 import { planRestore, underAny, type Action, type Overwrite, type RestorePlan } from './plan.js';
@@ -65,7 +65,7 @@ export async function restore(repo: Repository, state: TreeState, target: string
     }
   }
   for (const r of selected) checkPath(r.path);
-  selected.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+  selected.sort((a, b) => compareRaw(a.path, b.path));
   const st = await fs.stat(target).catch(() => undefined);
   if (st !== undefined && !st.isDirectory()) {
     throw new PhoenixError('PHX_USAGE', `the target ${target} exists and is not a directory`, {

@@ -150,15 +150,6 @@ export class StateDb {
     return r ? { id, pack: r[0], offset: r[1], length: r[2] } : undefined;
   }
 
-  /** Replaces everything known about `source` (after a rebuild from the repository). */
-  replaceSource(source: string, repoId: string, seq: number, files: Iterable<CachedFile>): void {
-    this.#db.transaction(() => {
-      this.#db.prepare('DELETE FROM files WHERE source = ?').run(source);
-      for (const f of files) this.#putFileRow(source, f);
-      this.#setSeq(source, repoId, seq);
-    })();
-  }
-
   /** Records a commit: files put and deleted, chunks added, the new seq — atomically. */
   applyCommit(
     source: string,
