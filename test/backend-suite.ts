@@ -118,6 +118,13 @@ export function backendConformance(name: string, open: () => Promise<SuiteTarget
       const listed = await listAll(b, 'many/');
       assert.deepEqual(listed.map((o) => o.key).sort(), keys);
       assert.ok(listed.every((o) => o.size === 9));
+      // Modification times on the store's clock: retention judges ages by them.
+      const near = (t: number | undefined): boolean => t !== undefined && Math.abs(t - Date.now()) < 10 * 60_000;
+      assert.ok(
+        listed.every((o) => near(o.mtimeMs)),
+        `every listed object has a modification time near now (${listed[0]?.mtimeMs})`,
+      );
+      assert.ok(near((await b.stat(keys[0] as string)).mtimeMs), 'stat gives the modification time');
       const sub = await listAll(b, 'many/10');
       assert.deepEqual(
         sub.map((o) => o.key).sort(),

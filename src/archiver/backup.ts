@@ -4,7 +4,6 @@ import type { Entry } from '../model/entry.js';
 import { Filter } from '../model/filter.js';
 import { compareRaw, isWithin, rawFromUtf8, toFsPath, type RawPath } from '../model/path.js';
 import {
-  checkContiguous,
   type CommitHead,
   type CommitInfo,
   type CommitStats,
@@ -163,7 +162,6 @@ export async function startScan(sourceDir: string, opts: Pick<BackupOptions, 'ex
 /** Brings the cache of `source` in line with the repository; returns its journal (the listing, oldest first). */
 export async function syncCache(repo: Repository, db: StateDb, source: string): Promise<CommitInfo[]> {
   const commits = await repo.commitList(source);
-  checkContiguous(source, commits);
   const latest = commits.at(-1)?.seq ?? 0;
   if (db.seq(source, repo.config.id) === latest) return commits;
   // Rebuild, streaming (bounded memory for a tree of any size): this source's tree, and the
@@ -183,7 +181,7 @@ export async function syncCache(repo: Repository, db: StateDb, source: string): 
  */
 async function loadInto(repo: Repository, db: StateDb, source: string, commits: CommitInfo[], into: string): Promise<void> {
   const BATCH = 4096;
-  const best = Math.max(0, ...(await repo.checkpointSeqs(source)).filter((n) => n <= (commits.at(-1)?.seq ?? 0)));
+  const best = await repo.usableCheckpoint(source, commits, commits.at(-1)?.seq ?? 0);
   let records: FileRecord[] = [];
   const put = (): void => {
     if (into !== '') db.putRecords(into, records);

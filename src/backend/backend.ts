@@ -23,7 +23,7 @@ export interface Backend {
   get(key: string, range?: ByteRange): Promise<Buffer>;
   /** The object's size; `PHX_NOT_FOUND` when missing. */
   stat(key: string): Promise<ObjectInfo>;
-  /** Every object whose key starts with `prefix`, paginated underneath, in no set order. */
+  /** Every object whose key starts with `prefix`, with its size and modification time, paginated underneath, in no set order. */
   list(prefix: string): AsyncIterable<ObjectInfo>;
   /** Removes `key`; removing a missing key succeeds. */
   delete(key: string): Promise<void>;
@@ -51,6 +51,12 @@ export interface ByteRange {
 export interface ObjectInfo {
   key: string;
   size: number;
+  /**
+   * When the object was last written, on the store's clock (listings give it; the conformance
+   * suite checks it). Retention judges ages by it, so a host with a wrong clock cannot make a
+   * young object look old.
+   */
+  mtimeMs?: number;
 }
 
 /** A storage failure. `transient` ones (network, 5xx, throttling) are worth retrying. */

@@ -106,7 +106,7 @@ export class LocalBackend implements Backend {
   async stat(key: string): Promise<ObjectInfo> {
     try {
       const st = await fs.stat(this.#path(key));
-      return { key, size: st.size };
+      return { key, size: st.size, mtimeMs: st.mtimeMs };
     } catch (err) {
       throw err instanceof BackendError ? err : this.#error(err, key, 'stat');
     }
@@ -133,7 +133,7 @@ export class LocalBackend implements Backend {
           if (prefix.startsWith(`${key}/`) || key.startsWith(prefix)) stack.push(key);
         } else if (e.isFile() && key.startsWith(prefix)) {
           const st = await fs.stat(join(this.#root, key)).catch(() => undefined);
-          if (st !== undefined) yield { key, size: st.size };
+          if (st !== undefined) yield { key, size: st.size, mtimeMs: st.mtimeMs };
         }
       }
     }

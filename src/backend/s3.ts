@@ -170,7 +170,9 @@ export class S3Backend implements Backend {
     try {
       const { client, sdk } = await this.#sdk();
       const r = await client.send(new sdk.HeadObjectCommand({ Bucket: this.#bucket, Key: this.#prefix + key }));
-      return { key, size: r.ContentLength ?? 0 };
+      const info: ObjectInfo = { key, size: r.ContentLength ?? 0 };
+      if (r.LastModified !== undefined) info.mtimeMs = r.LastModified.getTime();
+      return info;
     } catch (err) {
       throw this.#error(err, key, 'stat');
     }
@@ -187,7 +189,11 @@ export class S3Backend implements Backend {
         throw this.#error(err, prefix, 'list');
       }
       for (const o of r.Contents ?? []) {
-        if (o.Key !== undefined) yield { key: o.Key.slice(this.#prefix.length), size: o.Size ?? 0 };
+        if (o.Key !== undefined) {
+          const info: ObjectInfo = { key: o.Key.slice(this.#prefix.length), size: o.Size ?? 0 };
+          if (o.LastModified !== undefined) info.mtimeMs = o.LastModified.getTime();
+          yield info;
+        }
       }
       ContinuationToken = r.IsTruncated ? r.NextContinuationToken : undefined;
     } while (ContinuationToken !== undefined);

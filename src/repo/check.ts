@@ -1,9 +1,10 @@
 import { createHash } from 'node:crypto';
 import { isNotFound, listAll } from '../backend/backend.js';
 import { displayPath } from '../model/path.js';
-import { applyChange, encodeRecord, packKey, type TreeState } from './format.js';
+import { encodeRecord, packKey, type TreeState } from './format.js';
 import { chunkWhat, openChunk, packId, type PackEntry } from './pack.js';
-import { checkContiguous, mapLimited, type Repository } from './repository.js';
+import { applyTracked, TreeDigest } from './digest.js';
+import { mapLimited, type Repository } from './repository.js';
 
 export interface CheckResult {
   errors: string[];
@@ -11,15 +12,16 @@ export interface CheckResult {
   packs: number;
   chunkRefs: number;
   blobsRead: number;
-  /** Packs no commit names (left by an upload that was interrupted, or by a backup running now), and their bytes. */
+  /** Packs no kept record refers to (left by an interrupted upload, a backup running now, or history retention dropped: prune removes them), and their bytes. */
   unreferenced: { packs: number; bytes: number };
 }
 
 /**
- * Structure: every source's journal is contiguous and every commit decodes (each is read
- * once, and the tree is built from them alone); every checkpoint decodes and equals that
- * tree at its seq (as far as the journal could be read); every chunk the latest tree refers to is listed in its pack's header at
- * that place. With `readData`, every pack is read whole, matched against its name, and every
+ * Structure: every source's journal is complete and every commit decodes (each is read
+ * once, and the tree is built from them alone); every step of a segment (thinned or compacted
+ * history) gives the tree its digest says; every checkpoint decodes and equals that tree at
+ * its seq (as far as the journal could be read); every chunk the latest tree refers to is
+ * listed in its pack's header at that place. With `readData`, every pack is read whole, matched against its name, and every
  * blob is opened and re-hashed. Problems are collected, not thrown, so one run lists them all.
  */
 export async function checkRepository(repo: Repository, opts: { readData?: boolean } = {}): Promise<CheckResult> {
@@ -46,20 +48,30 @@ export async function checkRepository(repo: Repository, opts: { readData?: boole
   for (const source of await repo.sources()) {
     try {
       const infos = await repo.commitList(source);
-      checkContiguous(source, infos);
       const failed = (err: unknown): undefined => {
         errors.push((err as Error).message);
         return undefined;
       };
       const commits = await mapLimited(infos, 8, (c) => repo.readCommit(c).catch(failed));
-      for (const c of commits) for (const p of c?.packs ?? []) named.add(p);
+      for (const c of commits) {
+        for (const p of c?.packs ?? []) named.add(p);
+        for (const ch of c?.changes ?? []) if (ch.op === 'put') for (const r of ch.chunks) named.add(r.pack);
+      }
       const checkpoints = new Map<number, TreeState | undefined>();
-      for (const seq of await repo.checkpointSeqs(source)) checkpoints.set(seq, await repo.readCheckpoint(source, seq).catch(failed));
+      for (const seq of await repo.checkpointSeqs(source)) {
+        const cp = await repo.readCheckpoint(source, seq).catch(failed);
+        checkpoints.set(seq, cp);
+        for (const r of cp?.values() ?? []) for (const c of r.chunks) named.add(c.pack);
+      }
       // The tree from the journal alone, as far as the journal is readable.
       const state: TreeState = new Map();
-      for (const c of commits) {
+      const digest = new TreeDigest(repo.keys);
+      for (const [i, c] of commits.entries()) {
         if (c === undefined) break;
-        for (const ch of c.changes) applyChange(state, ch);
+        for (const ch of c.changes) applyTracked(state, ch, digest);
+        const step = infos[i]?.segment;
+        if (step !== undefined && (await repo.stepDigest(infos[i] as (typeof infos)[number])) !== digest.hex())
+          errors.push(`step ${c.seq} of segment ${infos[i]?.key} of ${JSON.stringify(source)} does not give the tree its digest says`);
         const cp = checkpoints.get(c.seq);
         if (cp !== undefined && !sameTree(state, cp))
           errors.push(`checkpoint ${c.seq} of ${JSON.stringify(source)} differs from its journal`);

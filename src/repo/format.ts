@@ -64,9 +64,24 @@ export const checkpointKey = (source: string, seq: number): string => `checkpoin
 /** Where the leases of `source` live: one object per writer that holds or asks for it. */
 export const leasePrefix = (source: string): string => `leases/${sourceDir(source)}/`;
 
-export function parseCommitKey(name: string): { seq: number; timeMs: number } | undefined {
-  const m = /^(\d{12})-(\d+)$/.exec(name);
-  return m ? { seq: Number(m[1]), timeMs: Number(m[2]) } : undefined;
+/**
+ * A segment (format 3) stands for commits `first`…`last` of a source: its key sorts with the
+ * commit `last` it ends at, and names the time of that commit and the first seq it covers.
+ */
+export const segmentKey = (source: string, first: number, last: number, timeMs: number): string =>
+  `journal/${sourceDir(source)}/${pad(last)}-${timeMs}-${pad(first)}`;
+export const policyKey = (source: string | undefined): string =>
+  source === undefined ? 'policy/repository' : `policy/source/${sourceDir(source)}`;
+export const pinPrefix = (source: string): string => `pins/${sourceDir(source)}/`;
+export const pinKey = (source: string, atMs: number): string => `${pinPrefix(source)}${String(atMs).padStart(13, '0')}`;
+
+/** A journal object's name: a commit (`first` = `seq`) or a segment. */
+export function parseJournalKey(name: string): { first: number; seq: number; timeMs: number } | undefined {
+  const m = /^(\d{12})-(\d+)(?:-(\d{12}))?$/.exec(name);
+  if (!m) return undefined;
+  const seq = Number(m[1]);
+  const first = m[3] === undefined ? seq : Number(m[3]);
+  return first >= 1 && first <= seq ? { first, seq, timeMs: Number(m[2]) } : undefined;
 }
 
 // ---- JSON encoding (paths and link targets as base64 bytes, times as decimal strings) ------

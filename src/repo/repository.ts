@@ -20,12 +20,17 @@ import {
   encodeRecord,
   leasePrefix,
   packKey,
-  parseCommitKey,
+  parseJournalKey,
+  pinKey,
+  pinPrefix,
+  policyKey,
+  segmentKey,
   sourceDir,
   sourceFromDir,
   type ChunkRef,
   type Commit,
   type CommitHead,
+  type CommitStats,
   type FileRecord,
   type JournalChange,
   type TreeState,
@@ -35,8 +40,8 @@ import { PACK_TARGET, PackBuilder, parseHeader, type PackEntry } from './pack.js
 
 /** The `config` object (JSON, not encrypted: it holds what is needed to open the rest). */
 export interface RepoConfig {
-  /** 2: may hold format-2 commits and checkpoints (metadata in parts); 1: written by builds before 2026-12. */
-  phoenix: 1 | 2;
+  /** 3: may hold segments (thinned or compacted journal); 2: format-2 commits and checkpoints (metadata in parts); 1: builds before 2026-12. */
+  phoenix: 1 | 2 | 3;
   id: string;
   chunker: ChunkerParams;
   encryption: 'aes-256-gcm' | 'none';
@@ -52,6 +57,49 @@ export interface CommitInfo {
   timeMs: number;
   /** The commit object's stored size, from the listing (a large commit's parts come on top). */
   size?: number;
+  /** Set when the commit is a step of a segment (`key` is then the segment's): where in it. */
+  segment?: { first: number; last: number; index: number };
+}
+
+/** An object of the journal as listed: a commit (`first` = `seq`) or a segment of commits `first`…`seq`. */
+export interface JournalObject {
+  key: string;
+  first: number;
+  seq: number;
+  timeMs: number;
+  size: number;
+}
+
+/** One step of a segment: a commit kept, its changes from the step before, and the digest of the tree after it. */
+export interface SegmentStep {
+  seq: number;
+  timeMs: number;
+  stats: CommitStats;
+  /** treeDigest of the tree after this step (hex). */
+  digest: string;
+  host?: string;
+  root?: string;
+}
+
+interface DecodedSegment {
+  steps: Array<SegmentStep & { changes: Array<Record<string, unknown>> }>;
+}
+
+/** A retention policy as stored in the repository (the text; src/retention/policy.ts reads it). */
+export interface StoredPolicy {
+  policy: string;
+  minAge: string;
+  setMs: number;
+  host: string;
+}
+
+export interface Pin {
+  atMs: number;
+  note: string;
+  createdMs: number;
+  host: string;
+  /** Set by the mass-change guard: what it saw. */
+  guard?: Record<string, unknown>;
 }
 
 /** Encoded changes up to this many bytes stay in the commit object itself; a larger commit puts them in parts. */
@@ -63,6 +111,8 @@ export interface EncodedRecord {
   json: string;
 }
 export const LEASE_TTL_MS = 5 * 60_000;
+/** Not a source's base64url name (`~` is not in its alphabet). */
+const MAINTENANCE_LEASES = 'leases/~maintenance/';
 
 export class Repository {
   private constructor(
@@ -119,10 +169,10 @@ export class Repository {
     } catch {
       throw corrupt(`${backend.location}/config`, 'it is not JSON');
     }
-    if (config.phoenix !== 1 && config.phoenix !== 2) {
+    if (config.phoenix !== 1 && config.phoenix !== 2 && config.phoenix !== 3) {
       throw new PhoenixError(
         'PHX_CORRUPT',
-        `${backend.location}/config has format version ${String(config.phoenix)}, this Phoenix reads versions 1 and 2`,
+        `${backend.location}/config has format version ${String(config.phoenix)}, this Phoenix reads versions 1 to 3`,
         {
           hint: 'upgrade Phoenix',
         },
@@ -185,15 +235,60 @@ export class Repository {
     return [...names].sort();
   }
 
-  /** The commits of `source`, oldest first, from a listing (the objects are not read). */
-  async commitList(source: string): Promise<CommitInfo[]> {
+  /**
+   * The journal of `source` as listed: the chain of objects from commit 1 to the latest, taking
+   * at each point the widest object that starts there (a segment over the commits it stands
+   * for), so objects that a segment superseded are invisible to readers even before they are
+   * deleted. A commit missing from the chain is corruption.
+   */
+  async journalObjects(source: string): Promise<JournalObject[]> {
     const prefix = `journal/${sourceDir(source)}/`;
-    const out: CommitInfo[] = [];
+    const widest = new Map<number, JournalObject>();
+    let end = 0;
     for (const o of await listAll(this.backend, prefix)) {
-      const parsed = parseCommitKey(o.key.slice(prefix.length));
-      if (parsed) out.push({ key: o.key, ...parsed, size: o.size });
+      const parsed = parseJournalKey(o.key.slice(prefix.length));
+      if (parsed === undefined) continue;
+      const cur = widest.get(parsed.first);
+      if (cur === undefined || cur.seq < parsed.seq) widest.set(parsed.first, { key: o.key, ...parsed, size: o.size });
+      end = Math.max(end, parsed.seq);
     }
-    out.sort((a, b) => a.seq - b.seq);
+    const chain: JournalObject[] = [];
+    for (let pos = 0; pos < end; ) {
+      const o = widest.get(pos + 1);
+      if (o === undefined) {
+        const next = Math.min(...[...widest.keys()].filter((k) => k > pos));
+        throw corrupt(`the journal of source ${JSON.stringify(source)}`, `commit ${pos + 1} is missing (the journal goes on at ${next})`);
+      }
+      chain.push(o);
+      pos = o.seq;
+    }
+    return chain;
+  }
+
+  /**
+   * The commits of `source` that the journal keeps, oldest first: every commit, or where the
+   * history was thinned, the steps of its segments. Seqs grow but need not be contiguous.
+   * Commits come from the listing alone; a segment's steps from its object (small: they are
+   * read once and kept).
+   */
+  async commitList(source: string): Promise<CommitInfo[]> {
+    const out: CommitInfo[] = [];
+    for (const o of await this.journalObjects(source)) {
+      if (o.first === o.seq) {
+        out.push({ key: o.key, seq: o.seq, timeMs: o.timeMs, size: o.size });
+        continue;
+      }
+      const seg = await this.#segment(o.key);
+      seg.steps.forEach((st, index) =>
+        out.push({
+          key: o.key,
+          seq: st.seq,
+          timeMs: st.timeMs,
+          ...(index === seg.steps.length - 1 ? { size: o.size } : {}),
+          segment: { first: o.first, last: o.seq, index },
+        }),
+      );
+    }
     return out;
   }
 
@@ -208,6 +303,13 @@ export class Repository {
 
   /** A commit object without decoding its changes (they may be in parts): small whatever the commit's size. */
   async readCommitHead(info: CommitInfo): Promise<CommitHead> {
+    if (info.segment !== undefined) {
+      const seg = await this.#segment(info.key);
+      const st = seg.steps[info.segment.index];
+      if (st === undefined || st.seq !== info.seq) throw corrupt(`segment ${info.key}`, `it has no step ${info.seq}`);
+      const { changes, digest: _digest, ...rest } = st;
+      return { source: seg.source, ...rest, packs: [], parts: [], inline: changes };
+    }
     const obj = await this.#getJson(info.key);
     try {
       const c = decodeCommitHead(obj);
@@ -217,6 +319,130 @@ export class Repository {
       if (err instanceof PhoenixError) throw err;
       throw corrupt(`commit ${info.key}`, (err as Error).message);
     }
+  }
+
+  /** The digest a segment's step says its tree has (hex). */
+  async stepDigest(info: CommitInfo): Promise<string | undefined> {
+    if (info.segment === undefined) return undefined;
+    return (await this.#segment(info.key)).steps[info.segment.index]?.digest;
+  }
+
+  /** Segments read lately (they are immutable): several readers of one segment share one read. */
+  readonly #segments = new Map<string, Promise<DecodedSegment & { source: string }>>();
+
+  #segment(key: string): Promise<DecodedSegment & { source: string }> {
+    let p = this.#segments.get(key);
+    if (p === undefined) {
+      p = this.#readSegment(key);
+      this.#segments.set(key, p);
+      p.catch(() => this.#segments.delete(key));
+      while (this.#segments.size > 4) this.#segments.delete(this.#segments.keys().next().value as string);
+    }
+    return p;
+  }
+
+  async #readSegment(key: string): Promise<DecodedSegment & { source: string }> {
+    const obj = await this.#getJson(key);
+    const what = `segment ${key}`;
+    try {
+      if (obj.v !== 3 || obj.kind !== 'segment') throw new Error(`unsupported segment version ${String(obj.v)} (this Phoenix reads 3: upgrade it)`);
+      if (!Array.isArray(obj.steps) || !Array.isArray(obj.changes)) throw new Error('its steps or changes are not lists');
+      const all: Array<Record<string, unknown>> = [];
+      for await (const o of readParts(
+        this.backend,
+        this.keys,
+        decodeParts(obj.parts).map(([id]) => id),
+      ))
+        all.push(o);
+      for (const o of obj.changes as Array<Record<string, unknown>>) all.push(o);
+      let at = 0;
+      let prev = Number(obj.first) - 1;
+      const steps = (obj.steps as Array<Record<string, unknown>>).map((st) => {
+        const n = Number(st.n);
+        const seq = Number(st.seq);
+        if (!(seq > prev) || !(n >= 0) || at + n > all.length) throw new Error(`step ${String(st.seq)} is malformed`);
+        prev = seq;
+        const step: SegmentStep & { changes: Array<Record<string, unknown>> } = {
+          seq,
+          timeMs: Number(st.time),
+          stats: st.stats as CommitStats,
+          digest: String(st.digest),
+          changes: all.slice(at, at + n),
+        };
+        if (typeof st.host === 'string') step.host = st.host;
+        if (typeof st.root === 'string') step.root = st.root;
+        at += n;
+        return step;
+      });
+      if (at !== all.length || steps.at(-1)?.seq !== Number(obj.last)) throw new Error('its steps do not account for its changes');
+      return { source: String(obj.source), steps };
+    } catch (err) {
+      throw corrupt(what, (err as Error).message);
+    }
+  }
+
+  /**
+   * Writes a segment standing for commits `first`…`last` of `source`: `steps` in order, the last
+   * one `last`, each with its changes from the step before (from the tree after `first - 1` for
+   * the first). Changes beyond INLINE_BYTES go to parts first. Readers prefer it to the objects
+   * it covers at once; those can then be deleted.
+   */
+  async writeSegment(
+    source: string,
+    first: number,
+    last: number,
+    steps: Iterable<SegmentStep & { changes: Iterable<JournalChange> }> | AsyncIterable<SegmentStep & { changes: Iterable<JournalChange> }>,
+  ): Promise<{ key: string; size: number }> {
+    await this.#upgradeConfig(3);
+    const heads: Array<Record<string, unknown>> = [];
+    let lastTime = 0;
+    const lines = this.#lineWriter();
+    for await (const st of steps) {
+      let n = 0;
+      for (const ch of st.changes) {
+        await lines.add(encodeChange(ch));
+        n++;
+      }
+      const h: Record<string, unknown> = { seq: st.seq, time: st.timeMs, n, digest: st.digest, stats: st.stats };
+      if (st.host !== undefined) h.host = st.host;
+      if (st.root !== undefined) h.root = st.root;
+      heads.push(h);
+      lastTime = st.timeMs;
+      if (st.seq > last) throw new PhoenixError('PHX_INTERNAL', `internal: segment step ${st.seq} after its end ${last}`);
+    }
+    if (heads.at(-1)?.seq !== last) throw new PhoenixError('PHX_INTERNAL', `internal: a segment must end with its last step ${last}`);
+    const { parts, inline, bytes } = await lines.finish();
+    const key = segmentKey(source, first, last, lastTime);
+    const size = await this.#putJson(key, { v: 3, kind: 'segment', source, first, last, steps: heads, parts, changes: inline }, true);
+    return { key, size: size + bytes };
+  }
+
+  /** Lines kept inline up to INLINE_BYTES, then all of them in parts (written as they fill). */
+  #lineWriter(): {
+    add(o: Record<string, unknown>): Promise<void>;
+    finish(): Promise<{ parts: Array<[string, number]>; inline: Array<Record<string, unknown>>; bytes: number }>;
+  } {
+    let inline: Array<{ o: Record<string, unknown>; line: string }> = [];
+    let inlineBytes = 0;
+    let parts: PartWriter | undefined;
+    return {
+      add: async (o) => {
+        const line = JSON.stringify(o);
+        if (parts !== undefined) return parts.add(line);
+        inline.push({ o, line });
+        inlineBytes += line.length;
+        if (inlineBytes > INLINE_BYTES) {
+          parts = new PartWriter(this.backend, this.keys);
+          for (const x of inline) await parts.add(x.line);
+          inline = [];
+        }
+      },
+      finish: async () => ({
+        parts: parts === undefined ? [] : await parts.finish(),
+        inline: inline.map((x) => x.o),
+        bytes: parts?.bytes ?? 0,
+      }),
+    };
   }
 
   /** The changes of a commit, in order, one part in memory at a time. */
@@ -246,37 +472,22 @@ export class Repository {
    * bounded memory; `changes` may be a generator. `size`: the bytes stored, parts included.
    */
   async writeCommit(c: Omit<Commit, 'changes'> & { changes: Iterable<JournalChange> }): Promise<CommitInfo & { size: number }> {
-    await this.#upgradeConfig();
+    await this.#upgradeConfig(2);
     const key = commitKey(c.source, c.seq, c.timeMs);
-    let inline: Array<{ o: Record<string, unknown>; line: string }> = [];
-    let inlineBytes = 0;
-    let parts: PartWriter | undefined;
-    for (const ch of c.changes) {
-      const o = encodeChange(ch);
-      const line = JSON.stringify(o);
-      if (parts !== undefined) {
-        await parts.add(line);
-        continue;
-      }
-      inline.push({ o, line });
-      inlineBytes += line.length;
-      if (inlineBytes > INLINE_BYTES) {
-        parts = new PartWriter(this.backend, this.keys);
-        for (const x of inline) await parts.add(x.line);
-        inline = [];
-      }
-    }
+    const lines = this.#lineWriter();
+    for (const ch of c.changes) await lines.add(encodeChange(ch));
+    const { parts, inline, bytes } = await lines.finish();
     const { changes: _changes, ...rest } = c;
-    const head: CommitHead = { ...rest, parts: parts === undefined ? [] : await parts.finish(), inline: inline.map((x) => x.o) };
-    const bytes = await this.#putJson(key, encodeCommitHead(head), true);
-    return { key, seq: c.seq, timeMs: c.timeMs, size: bytes + (parts?.bytes ?? 0) };
+    const head: CommitHead = { ...rest, parts, inline };
+    const size = await this.#putJson(key, encodeCommitHead(head), true);
+    return { key, seq: c.seq, timeMs: c.timeMs, size: size + bytes };
   }
 
-  /** A repository of format 1 gets format 2 before its first format-2 object, so that older builds refuse it clearly. */
-  async #upgradeConfig(): Promise<void> {
-    if (this.config.phoenix === 2) return;
-    await this.backend.put(CONFIG_KEY, Buffer.from(`${JSON.stringify({ ...this.config, phoenix: 2 }, null, 2)}\n`));
-    this.config.phoenix = 2;
+  /** The config says format `version` before the first object of that format is written, so that older builds refuse it clearly. */
+  async #upgradeConfig(version: 2 | 3): Promise<void> {
+    if (this.config.phoenix >= version) return;
+    await this.backend.put(CONFIG_KEY, Buffer.from(`${JSON.stringify({ ...this.config, phoenix: version }, null, 2)}\n`));
+    this.config.phoenix = version;
   }
 
   /**
@@ -290,7 +501,7 @@ export class Repository {
     seq: number,
     records: Iterable<FileRecord | EncodedRecord> | AsyncIterable<FileRecord | EncodedRecord>,
   ): Promise<{ bytes: number; uploaded: number; entries: number }> {
-    await this.#upgradeConfig();
+    await this.#upgradeConfig(2);
     await this.#seedParts(source, seq);
     const parts = new PartWriter(this.backend, this.keys, this.#parts);
     let entries = 0;
@@ -373,16 +584,34 @@ export class Repository {
    * or before it, then the commits after that checkpoint. Checks that the journal is contiguous.
    */
   async loadState(source: string, seq?: number): Promise<{ state: TreeState; seq: number; commitsRead: number }> {
+    try {
+      return await this.#loadState(source, seq);
+    } catch (err) {
+      // Retention deleted an object after we listed (it had written what supersedes it first): list again, once.
+      if (!isNotFound(err)) throw err;
+      return this.#loadState(source, seq);
+    }
+  }
+
+  async #loadState(source: string, seq?: number): Promise<{ state: TreeState; seq: number; commitsRead: number }> {
     const commits = await this.commitList(source);
-    checkContiguous(source, commits);
     const target = seq ?? commits.at(-1)?.seq ?? 0;
-    const best = Math.max(0, ...(await this.checkpointSeqs(source)).filter((n) => n <= target));
+    const best = await this.usableCheckpoint(source, commits, target);
     const state: TreeState = best > 0 ? await this.readCheckpoint(source, best) : new Map();
-    const from = best;
-    const tail = commits.filter((c) => c.seq > from && c.seq <= target);
+    const tail = commits.filter((c) => c.seq > best && c.seq <= target);
     const read = await mapLimited(tail, 8, (c) => this.readCommit(c));
     for (const c of read) for (const ch of c.changes) applyChange(state, ch);
     return { state, seq: target, commitsRead: read.length };
+  }
+
+  /**
+   * The newest checkpoint of `source` at or before `target` that a reader may start from: one
+   * at a commit the journal keeps (a checkpoint at a commit that thinning dropped is not one:
+   * the next step's changes are from an earlier commit). 0 when there is none.
+   */
+  async usableCheckpoint(source: string, commits: readonly CommitInfo[], target: number): Promise<number> {
+    const kept = new Set(commits.map((c) => c.seq));
+    return Math.max(0, ...(await this.checkpointSeqs(source)).filter((n) => n <= target && kept.has(n)));
   }
 
   /** The seqs of the checkpoints of `source`, from a listing. */
@@ -427,6 +656,54 @@ export class Repository {
     }
   }
 
+  // ---- retention: policies and pins ----------------------------------------------------------
+
+  /** The policy stored for `source` (undefined: the repository's default), or undefined when none is. */
+  async storedPolicy(source: string | undefined): Promise<StoredPolicy | undefined> {
+    const key = policyKey(source);
+    const obj = await this.#getJson(key).catch((e: unknown) => (isNotFound(e) ? undefined : Promise.reject(e)));
+    if (obj === undefined) return undefined;
+    if (typeof obj.policy !== 'string' || typeof obj.minAge !== 'string') throw corrupt(`policy ${key}`, 'it has no policy text');
+    return { policy: obj.policy, minAge: obj.minAge, setMs: Number(obj.setMs), host: String(obj.host) };
+  }
+
+  async setPolicy(source: string | undefined, policy: string, minAge: string): Promise<StoredPolicy> {
+    const p: StoredPolicy = { policy, minAge, setMs: Date.now(), host: hostname() };
+    await this.#putJson(policyKey(source), { v: 1, ...p });
+    return p;
+  }
+
+  /** The pins of `source`, oldest first. */
+  async pins(source: string): Promise<Pin[]> {
+    const out: Pin[] = [];
+    for (const o of await listAll(this.backend, pinPrefix(source))) {
+      const obj = await this.#getJson(o.key).catch((e: unknown) => (isNotFound(e) ? undefined : Promise.reject(e)));
+      if (obj === undefined) continue; // unpinned meanwhile
+      const pin: Pin = { atMs: Number(obj.atMs), note: String(obj.note ?? ''), createdMs: Number(obj.createdMs), host: String(obj.host) };
+      if (obj.guard !== undefined) pin.guard = obj.guard as Record<string, unknown>;
+      if (!Number.isFinite(pin.atMs)) throw corrupt(`pin ${o.key}`, 'it has no time');
+      out.push(pin);
+    }
+    return out.sort((a, b) => a.atMs - b.atMs);
+  }
+
+  async pin(source: string, atMs: number, note: string, guard?: Record<string, unknown>): Promise<Pin> {
+    const pin: Pin = { atMs, note, createdMs: Date.now(), host: hostname(), ...(guard !== undefined ? { guard } : {}) };
+    await this.#putJson(pinKey(source, atMs), { v: 1, ...pin });
+    return pin;
+  }
+
+  /** Removes the pin at `atMs`; false when there was none. */
+  async unpin(source: string, atMs: number): Promise<boolean> {
+    const key = pinKey(source, atMs);
+    const there = await this.backend.stat(key).then(
+      () => true,
+      (e: unknown) => (isNotFound(e) ? false : Promise.reject(e)),
+    );
+    if (there) await this.backend.delete(key);
+    return there;
+  }
+
   // ---- the writer's lease -----------------------------------------------------------------
 
   /**
@@ -437,7 +714,15 @@ export class Repository {
    * then both step back and try again after a random pause).
    */
   async acquireLease(source: string): Promise<Lease> {
-    const prefix = leasePrefix(source);
+    return this.#acquire(leasePrefix(source), `source ${JSON.stringify(source)} is being written`, 'only one writer per source');
+  }
+
+  /** The maintenance lease (forget, prune): one host at a time maintains the repository. */
+  async acquireMaintenanceLease(): Promise<Lease> {
+    return this.#acquire(MAINTENANCE_LEASES, 'the repository is being maintained (forget or prune)', 'one maintainer at a time');
+  }
+
+  async #acquire(prefix: string, busy: string, rule: string): Promise<Lease> {
     const me = { host: hostname(), pid: process.pid, token: randomBytes(8).toString('hex'), acquiredMs: Date.now() };
     const key = prefix + me.token;
     let expiresMs = 0;
@@ -461,8 +746,8 @@ export class Repository {
       }
       throw new PhoenixError(
         'PHX_LOCKED',
-        `source ${JSON.stringify(source)} is being written by process ${holder.pid} on ${holder.host} (lease until ${new Date(holder.expiresMs).toISOString()})`,
-        { hint: 'only one writer per source: stop the other one, or wait for its lease to expire if it died' },
+        `${busy} by process ${holder.pid} on ${holder.host} (lease until ${new Date(holder.expiresMs).toISOString()})`,
+        { hint: `${rule}: stop the other one, or wait for its lease to expire if it died` },
       );
     }
     return {
@@ -472,8 +757,8 @@ export class Repository {
         // back), or our object is gone (a writer that took over cleaned it up): stop.
         const { live, mine } = await this.#leases(prefix, me.token);
         if (!mine || live.some((l) => l.acquiredMs >= expiresMs)) {
-          throw new PhoenixError('PHX_LOCKED', `the lease of source ${JSON.stringify(source)} was taken over by another writer`, {
-            hint: 'only one writer per source: stop the other one',
+          throw new PhoenixError('PHX_LOCKED', `the lease ${prefix} was taken over by another process`, {
+            hint: `${rule}: stop the other one`,
           });
         }
         await write();
@@ -581,14 +866,6 @@ export class ChunkWriter {
     await Promise.all(this.#uploads);
     if (this.#error !== undefined) throw this.#error;
   }
-}
-
-export function checkContiguous(source: string, commits: CommitInfo[]): void {
-  commits.forEach((c, i) => {
-    if (c.seq !== i + 1) {
-      throw corrupt(`the journal of source ${JSON.stringify(source)}`, `commit ${i + 1} is missing (found ${c.seq} in its place)`);
-    }
-  });
 }
 
 function processAlive(pid: number): boolean {

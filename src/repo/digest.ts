@@ -1,0 +1,78 @@
+import type { RawPath } from '../model/path.js';
+import type { Keys } from './crypto.js';
+import { applyChange, encodeRecord, type FileRecord, type JournalChange, type TreeState } from './format.js';
+
+/**
+ * The digest of a tree: the lane-wise sum (eight 32-bit lanes, modulo 2^32) of the chunk id
+ * (HMAC-SHA-256 under the MAC key) of each record's JSON. A sum, so that it follows a tree
+ * through its changes at the cost of the changes: remove the records a change replaces, add
+ * the ones it makes. Segments store it after each step; compaction compares it before it
+ * deletes anything, and `check` proves every kept instant with it.
+ */
+export class TreeDigest {
+  readonly #lanes = new Uint32Array(8);
+
+  constructor(readonly keys: Keys) {}
+
+  static of(keys: Keys, state: TreeState): TreeDigest {
+    const d = new TreeDigest(keys);
+    for (const r of state.values()) d.add(r);
+    return d;
+  }
+
+  #mix(r: FileRecord, sign: 1 | -1): void {
+    const h = this.keys.id(Buffer.from(JSON.stringify(encodeRecord(r))));
+    for (let i = 0; i < 8; i++) this.#lanes[i] = ((this.#lanes[i] as number) + sign * h.readUInt32LE(i * 4)) >>> 0;
+  }
+
+  add(r: FileRecord): void {
+    this.#mix(r, 1);
+  }
+
+  remove(r: FileRecord): void {
+    this.#mix(r, -1);
+  }
+
+  hex(): string {
+    return Buffer.from(this.#lanes.buffer.slice(0)).toString('hex');
+  }
+}
+
+/**
+ * The paths whose entries `ch` may change in `state`: the path it names and, for a directory
+ * deleted, moved, or replaced by a non-directory, everything below it (and where a move puts it).
+ */
+export function affectedPaths(state: TreeState, ch: JournalChange): RawPath[] {
+  const below = (p: RawPath): RawPath[] => {
+    const prefix = `${p}/`;
+    const out: RawPath[] = [];
+    for (const k of state.keys()) if (k.startsWith(prefix)) out.push(k);
+    return out;
+  };
+  if (ch.op === 'put') {
+    const old = state.get(ch.path);
+    return old?.type === 'dir' && ch.type !== 'dir' ? [ch.path, ...below(ch.path)] : [ch.path];
+  }
+  if (ch.op === 'delete') return [ch.path, ...below(ch.path)];
+  const moving = [ch.from, ...below(ch.from)];
+  return [...moving, ch.path, ...below(ch.path), ...moving.map((k) => ch.path + k.slice(ch.from.length))];
+}
+
+/**
+ * Applies `ch` to `state` (applyChange), keeping `digest` in step with it, and noting in
+ * `before` what each affected path held before its first change (null: nothing).
+ */
+export function applyTracked(state: TreeState, ch: JournalChange, digest?: TreeDigest, before?: Map<RawPath, FileRecord | null>): void {
+  const paths = new Set(affectedPaths(state, ch));
+  for (const p of paths) {
+    const r = state.get(p);
+    if (before !== undefined && !before.has(p)) before.set(p, r ?? null);
+    if (r !== undefined) digest?.remove(r);
+  }
+  applyChange(state, ch);
+  if (digest === undefined) return;
+  for (const p of paths) {
+    const r = state.get(p);
+    if (r !== undefined) digest.add(r);
+  }
+}

@@ -1,0 +1,223 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import fc from 'fast-check';
+import { MemoryBackend } from '../src/backend/memory.js';
+import { PhoenixError } from '../src/errors.js';
+import { applyChange, encodeRecord, stateAt, type FileRecord, type JournalChange, type TreeState } from '../src/repo/index.js';
+import { checkRepository } from '../src/repo/check.js';
+import { Repository } from '../src/repo/repository.js';
+import { applyForget, planForget } from '../src/retention/forget.js';
+import { floorBoundary, keptInstants, parsePolicy, type Instant } from '../src/retention/policy.js';
+
+const H = 36e5;
+const usage = (re: RegExp) => (e: unknown) => e instanceof PhoenixError && e.code === 'PHX_USAGE' && re.test(e.message);
+
+describe('retention policy', () => {
+  it('reads tiers and refuses bad ones, naming the tier', () => {
+    const p = parsePolicy('all:24h hourly:7d daily:90d weekly:2y monthly:forever');
+    assert.deepEqual(
+      p.tiers.map((t) => t.text),
+      ['all:24h', 'hourly:7d', 'daily:90d', 'weekly:2y', 'monthly:forever'],
+    );
+    assert.equal(p.tiers.at(-1)?.keepMs, Infinity);
+    assert.equal(p.minAgeMs, H);
+    assert.equal(parsePolicy('10s:5min 1min:1h', '0').minAgeMs, 0);
+    assert.throws(() => parsePolicy('  '), usage(/empty/));
+    assert.throws(() => parsePolicy('hourly'), usage(/"hourly" has no ':'/));
+    assert.throws(() => parsePolicy('fortnightly:1y'), usage(/"fortnightly" is not an interval/));
+    assert.throws(() => parsePolicy('hourly:soon'), usage(/"soon" is not a duration/));
+    assert.throws(() => parsePolicy('daily:7d hourly:30d'), usage(/"hourly:30d" comes after "daily:7d"/));
+    assert.throws(() => parsePolicy('hourly:30d daily:7d'), usage(/"daily:7d" does not reach further back/));
+    assert.throws(() => parsePolicy('daily:12h'), usage(/keeps less than one daily instant/));
+    assert.throws(() => parsePolicy('monthly:forever yearly:forever'), usage(/does not reach further back/));
+    assert.throws(() => parsePolicy('all:1h', 'later'), usage(/minimum age "later"/));
+  });
+
+  it('keeps the state at each boundary, counted back from the latest commit, plus the latest, pins and the young', () => {
+    const t0 = Date.UTC(2026, 0, 1);
+    // One commit every 10 minutes for 5 hours.
+    const instants: Instant[] = Array.from({ length: 31 }, (_, i) => ({ seq: i + 1, timeMs: t0 + i * 6e5 + 1000 }));
+    const policy = parsePolicy('1h:3h', '30min');
+    const pin = t0 + 25 * 6e4; // current: the commit of t0+20min (seq 3)
+    const kept = keptInstants(instants, policy, [pin]);
+    const L = (instants.at(-1) as Instant).timeMs;
+    for (const c of instants) {
+      const reasons = (kept.get(c.seq) ?? []).map((r) => r.by);
+      const next = instants[c.seq];
+      const boundary = next !== undefined && Math.floor((next.timeMs - 1) / H) * H >= c.timeMs;
+      const want = c.seq === 31 || c.timeMs >= L - 18e5 || c.seq === 3 || (boundary && Math.floor((next.timeMs - 1) / H) * H >= L - 3 * H);
+      assert.equal(kept.has(c.seq), want, `seq ${c.seq}: ${reasons.join(',')}`);
+    }
+    assert.deepEqual(kept.get(31)?.[0], { by: 'latest' });
+    assert.ok(kept.get(3)?.some((r) => r.by === 'pin' && r.atMs === pin));
+  });
+
+  it('is idempotent and monotone; the latest, pins and everything younger than the minimum age always stay', () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.integer({ min: 1, max: 4 * H }), { minLength: 1, maxLength: 60 }),
+        fc.constantFrom('all:1h 10min:6h 1h:2d', '5min:3h daily:30d', 'hourly:12h weekly:forever', 'all:30min monthly:1y'),
+        fc.array(fc.integer({ min: 0, max: 200 * H }), { maxLength: 3 }),
+        fc.integer({ min: 1, max: 59 }),
+        (gaps, text, pinsAt, cut) => {
+          const t0 = Date.UTC(2026, 2, 20);
+          let t = t0;
+          const all = gaps.map((g, i) => ({ seq: i + 1, timeMs: (t += g) }));
+          const pins = pinsAt.map((p) => t0 + p);
+          const policy = parsePolicy(text);
+          const kept = keptInstants(all, policy, pins);
+          const L = (all.at(-1) as Instant).timeMs;
+          assert.ok(kept.has(all.length));
+          for (const c of all) if (c.timeMs >= L - policy.minAgeMs) assert.ok(kept.has(c.seq));
+          for (const p of pins) {
+            const current = [...all].reverse().find((c) => c.timeMs <= p);
+            if (current !== undefined) assert.ok(kept.has(current.seq), 'a pinned instant is kept');
+          }
+          // Idempotent: applying the policy to what it kept keeps all of it.
+          const again = keptInstants(
+            all.filter((c) => kept.has(c.seq)),
+            policy,
+            pins,
+          );
+          assert.deepEqual([...again.keys()].sort(), [...kept.keys()].sort());
+          // Monotone: an instant dropped at an earlier point of the history is not kept later.
+          const prefix = all.slice(0, Math.min(cut, all.length));
+          const early = keptInstants(prefix, policy, pins);
+          for (const c of prefix) if (!early.has(c.seq)) assert.ok(!kept.has(c.seq), `seq ${c.seq} dropped once, kept later`);
+        },
+      ),
+      { numRuns: 300 },
+    );
+  });
+
+  it('counts days and ISO weeks in local time, across DST and a year end', () => {
+    const tz = process.env.TZ;
+    process.env.TZ = 'Europe/Berlin';
+    try {
+      // 2026-03-29: Berlin moves from +01:00 to +02:00 (a 23-hour day).
+      const day = floorBoundary({ kind: 'calendar', unit: 'daily' }, Date.parse('2026-03-29T20:00:00+02:00'));
+      assert.equal(new Date(day).toISOString(), '2026-03-28T23:00:00.000Z');
+      const next = floorBoundary({ kind: 'calendar', unit: 'daily' }, Date.parse('2026-03-30T10:00:00+02:00'));
+      assert.equal(next - day, 23 * H);
+      // ISO week of 2027-01-01 (a Friday) starts on Monday 2026-12-28.
+      const week = floorBoundary({ kind: 'calendar', unit: 'weekly' }, Date.parse('2027-01-01T12:00:00+01:00'));
+      assert.equal(new Date(week).toISOString(), '2026-12-27T23:00:00.000Z');
+      const month = floorBoundary({ kind: 'calendar', unit: 'monthly' }, Date.parse('2026-11-01T00:00:00+01:00'));
+      assert.equal(new Date(month).toISOString(), '2026-10-31T23:00:00.000Z');
+      assert.equal(new Date(floorBoundary({ kind: 'calendar', unit: 'yearly' }, Date.parse('2027-06-01'))).toISOString(), '2026-12-31T23:00:00.000Z');
+    } finally {
+      if (tz === undefined) delete process.env.TZ;
+      else process.env.TZ = tz;
+    }
+  });
+
+  it('keeps a source idle for months its last history', () => {
+    const t0 = Date.UTC(2025, 0, 1);
+    const instants = Array.from({ length: 48 }, (_, i) => ({ seq: i + 1, timeMs: t0 + i * H + 5 }));
+    // Nothing since; the clock says a year later. Counted from the latest commit, the last day stays whole.
+    const kept = keptInstants(instants, parsePolicy('all:24h daily:30d', '0'));
+    for (let s = 25; s <= 48; s++) assert.ok(kept.has(s));
+  });
+});
+
+// ---- thinning the journal: a property test over random journals --------------------------------
+
+const rec = (path: string, type: FileRecord['type'], v: number): FileRecord => ({
+  path,
+  type,
+  mode: type === 'dir' ? 0o40755 : 0o100644,
+  uid: 0,
+  gid: 0,
+  mtimeNs: BigInt(v),
+  size: type === 'file' ? v : 0,
+  chunks: [],
+});
+
+/** A random change that makes sense for `state`: puts, deletes, file↔directory replacement, moves of directories and onto existing paths. */
+function randomChange(state: TreeState, r: () => number, v: number): JournalChange {
+  const names = ['a', 'b', 'c', 'a/x', 'a/y', 'b/x', 'b/z', 'c/x', 'a/x/1', 'b/x/1', '\xff'];
+  const pick = <T>(xs: readonly T[]): T => xs[Math.floor(r() * xs.length)] as T;
+  const parentOk = (p: string): boolean => !p.includes('/') || state.get(p.slice(0, p.lastIndexOf('/')))?.type === 'dir';
+  const existing = [...state.keys()];
+  const k = r();
+  if (k < 0.15 && existing.length > 0) return { op: 'delete', path: pick(existing) };
+  if (k < 0.3 && existing.length > 0) {
+    const from = pick(existing);
+    const to = pick(names.filter((n) => parentOk(n) && n !== from && !n.startsWith(`${from}/`) && !from.startsWith(`${n}/`)));
+    if (to !== undefined) return { op: 'move', from, path: to };
+  }
+  const p = pick(names.filter(parentOk));
+  return { op: 'put', ...rec(p, r() < 0.5 ? 'dir' : 'file', v) };
+}
+
+const treeJson = (s: TreeState): string =>
+  JSON.stringify(
+    [...s.values()].map((x) => JSON.stringify(encodeRecord(x))).sort(),
+  );
+
+describe('forget', () => {
+  it('keeps every kept instant exactly, and any other instant reads as the newest kept one before it', async () => {
+    await fc.assert(
+      fc.asyncProperty(fc.integer({ min: 1, max: 2 ** 31 }), fc.integer({ min: 8, max: 40 }), fc.boolean(), async (seed, n, twice) => {
+        let x = seed;
+        const r = (): number => ((x = (Math.imul(x, 1103515245) + 12345) >>> 0) % 1e6) / 1e6;
+        const repo = await Repository.init(new MemoryBackend(), { insecureNoEncryption: true });
+        const t0 = Date.UTC(2026, 5, 1);
+        const state: TreeState = new Map();
+        const trees: Array<{ timeMs: number; tree: string }> = [];
+        for (let seq = 1; seq <= n; seq++) {
+          // Each change makes sense for the tree as it is when it applies.
+          const applied: JournalChange[] = [];
+          for (let i = 1 + Math.floor(r() * 3); i > 0; i--) {
+            const c = randomChange(state, r, seq * 10 + applied.length);
+            applied.push(c);
+            applyChange(state, c);
+          }
+          const timeMs = t0 + seq * 6e4 + Math.floor(r() * 5e4);
+          await repo.writeCommit({
+            source: 's',
+            seq,
+            timeMs,
+            packs: [],
+            stats: { files: 0, dirs: 0, deleted: 0, bytesUploaded: 0, bytesTotal: 0 },
+            changes: applied,
+          });
+          if (seq % 7 === 0) await repo.writeCheckpoint('s', seq, [...state.values()].sort((p, q) => (p.path < q.path ? -1 : 1)));
+          trees.push({ timeMs, tree: treeJson(state) });
+        }
+        let policy = parsePolicy(twice ? 'all:3min 5min:12min' : '4min:1h', '0');
+        let plan = await planForget(repo, 's', policy);
+        const objects = (await repo.journalObjects('s')).length;
+        const done = await applyForget(repo, plan);
+        if (plan.dropped.length > 0) {
+          assert.ok(done.segment !== undefined && done.deleted.journal > 0, 'a segment replaced the thinned range');
+          assert.ok((await repo.journalObjects('s')).length < objects);
+        }
+        if (twice) {
+          // A second run over a history thinned once already (segments are widened and written again).
+          policy = parsePolicy('10min:1h', '0');
+          plan = await planForget(repo, 's', policy);
+          await applyForget(repo, plan);
+        }
+        const keptNow = await repo.commitList('s');
+        assert.deepEqual(
+          keptNow.map((c) => c.seq),
+          [...plan.kept.keys()].sort((p, q) => p - q),
+        );
+        // Every original instant: kept ones exactly, the others as the newest kept instant before.
+        for (const t of trees) {
+          const newestKept = [...keptNow].reverse().find((c) => c.timeMs <= t.timeMs);
+          if (newestKept === undefined) continue;
+          const want = trees.find((o) => o.timeMs === newestKept.timeMs)?.tree;
+          assert.equal(treeJson((await stateAt(repo, 's', t.timeMs)).state), want, `the tree at ${t.timeMs}`);
+        }
+        assert.equal(treeJson((await repo.loadState('s')).state), treeJson(state), 'the latest tree');
+        assert.deepEqual((await checkRepository(repo)).errors, []);
+        // Idempotent: a second run with the same policy changes nothing.
+        const again = await applyForget(repo, await planForget(repo, 's', policy));
+        assert.equal(again.segment, undefined);
+      }),
+      { numRuns: 60 },
+    );
+  });
+});
