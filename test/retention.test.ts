@@ -1,12 +1,21 @@
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
+import { backup } from '../src/archiver/backup.js';
+import { listAll } from '../src/backend/backend.js';
 import { MemoryBackend } from '../src/backend/memory.js';
 import { PhoenixError } from '../src/errors.js';
 import { applyChange, encodeRecord, stateAt, type FileRecord, type JournalChange, type TreeState } from '../src/repo/index.js';
 import { checkRepository } from '../src/repo/check.js';
 import { Repository } from '../src/repo/repository.js';
 import { applyForget, planForget } from '../src/retention/forget.js';
+import { applyPrune, noLiveWriters, planPrune } from '../src/retention/prune.js';
+import { restore } from '../src/restore/restore.js';
+import { StateDb } from '../src/state/db.js';
+import { tempDir } from './helpers.js';
 import { floorBoundary, keptInstants, parsePolicy, type Instant } from '../src/retention/policy.js';
 
 const H = 36e5;
@@ -104,7 +113,10 @@ describe('retention policy', () => {
       assert.equal(new Date(week).toISOString(), '2026-12-27T23:00:00.000Z');
       const month = floorBoundary({ kind: 'calendar', unit: 'monthly' }, Date.parse('2026-11-01T00:00:00+01:00'));
       assert.equal(new Date(month).toISOString(), '2026-10-31T23:00:00.000Z');
-      assert.equal(new Date(floorBoundary({ kind: 'calendar', unit: 'yearly' }, Date.parse('2027-06-01'))).toISOString(), '2026-12-31T23:00:00.000Z');
+      assert.equal(
+        new Date(floorBoundary({ kind: 'calendar', unit: 'yearly' }, Date.parse('2027-06-01'))).toISOString(),
+        '2026-12-31T23:00:00.000Z',
+      );
     } finally {
       if (tz === undefined) delete process.env.TZ;
       else process.env.TZ = tz;
@@ -150,10 +162,7 @@ function randomChange(state: TreeState, r: () => number, v: number): JournalChan
   return { op: 'put', ...rec(p, r() < 0.5 ? 'dir' : 'file', v) };
 }
 
-const treeJson = (s: TreeState): string =>
-  JSON.stringify(
-    [...s.values()].map((x) => JSON.stringify(encodeRecord(x))).sort(),
-  );
+const treeJson = (s: TreeState): string => JSON.stringify([...s.values()].map((x) => JSON.stringify(encodeRecord(x))).sort());
 
 describe('forget', () => {
   it('keeps every kept instant exactly, and any other instant reads as the newest kept one before it', async () => {
@@ -182,7 +191,12 @@ describe('forget', () => {
             stats: { files: 0, dirs: 0, deleted: 0, bytesUploaded: 0, bytesTotal: 0 },
             changes: applied,
           });
-          if (seq % 7 === 0) await repo.writeCheckpoint('s', seq, [...state.values()].sort((p, q) => (p.path < q.path ? -1 : 1)));
+          if (seq % 7 === 0)
+            await repo.writeCheckpoint(
+              's',
+              seq,
+              [...state.values()].sort((p, q) => (p.path < q.path ? -1 : 1)),
+            );
           trees.push({ timeMs, tree: treeJson(state) });
         }
         let policy = parsePolicy(twice ? 'all:3min 5min:12min' : '4min:1h', '0');
@@ -219,5 +233,78 @@ describe('forget', () => {
       }),
       { numRuns: 60 },
     );
+  });
+});
+
+describe('prune', () => {
+  it('deletes the data only dropped history needed, keeps every kept instant restorable, and writers forget the deleted packs', async () => {
+    const src = tempDir('phx-prune-src-');
+    const state = tempDir('phx-prune-state-');
+    const backend = new MemoryBackend();
+    const repo = await Repository.init(backend, { insecureNoEncryption: true });
+    const db = new StateDb(join(state.path, 'db.sqlite'));
+    try {
+      const versions = [0, 1, 2, 3, 4].map((i) => randomBytes(300_000 + i));
+      const kept: Array<{ seq: number; data: Buffer }> = [];
+      for (const [i, v] of versions.entries()) {
+        writeFileSync(join(src.path, 'big'), v);
+        writeFileSync(join(src.path, 'note'), `version ${i}\n`);
+        const r = await backup(repo, db, src.path, 's');
+        if (i === 1 || i === 4) kept.push({ seq: r.commit?.seq as number, data: v });
+      }
+      const commits = await repo.commitList('s');
+      // Keep version 2 (a pin) and the latest; versions 1, 3 and 4 go.
+      await repo.pin('s', (commits[1] as { timeMs: number }).timeMs, 'keep me');
+      // Boundaries every 1000 days since the epoch: none falls within this test (the next is in 2027).
+      const plan = await planForget(repo, 's', parsePolicy('1000d:2000d', '0'));
+      assert.deepEqual([...plan.kept.keys()].sort(), [2, 5]);
+      await applyForget(repo, plan);
+      const before = (await listAll(backend, 'data/')).length;
+      // A live writer: prune refuses, naming it.
+      const lease = await repo.acquireLease('s');
+      await assert.rejects(
+        noLiveWriters(repo),
+        (e) => e instanceof PhoenixError && e.code === 'PHX_LOCKED' && /being written by process/.test(e.message),
+      );
+      await lease.release();
+      // While prune holds the maintenance lease, a writer cannot start.
+      const maint = await repo.acquireMaintenanceLease();
+      await assert.rejects(
+        repo.acquireLease('s'),
+        (e) => e instanceof PhoenixError && e.code === 'PHX_LOCKED' && /being pruned/.test(e.message),
+      );
+      await noLiveWriters(repo);
+      // Young packs stay.
+      assert.deepEqual((await planPrune(repo, { minPackAgeMs: 3_600_000 })).doomed.packs, []);
+      const pruned = await planPrune(repo, { minPackAgeMs: 0 });
+      assert.equal(pruned.doomed.packs.length, 3, 'the packs of the three dropped versions of big');
+      await applyPrune(repo, pruned);
+      await maint.release();
+      assert.equal((await listAll(backend, 'data/')).length, before - 3);
+      assert.deepEqual((await checkRepository(repo, { readData: true })).errors, []);
+      for (const k of kept) {
+        const out = tempDir('phx-prune-out-');
+        try {
+          await restore(repo, (await repo.loadState('s', k.seq)).state, out.path);
+          assert.ok(readFileSync(join(out.path, 'big')).equals(k.data), `commit ${k.seq} restores`);
+        } finally {
+          out.cleanup();
+        }
+      }
+      // The content of a deleted pack comes back: the writer's cache was purged, so it is uploaded again.
+      writeFileSync(join(src.path, 'big'), versions[2] as Buffer);
+      const again = await backup(repo, db, src.path, 's');
+      assert.ok((again.stats.bytesUploaded ?? 0) >= 300_000, 'uploaded again, not deduplicated against a deleted pack');
+      assert.deepEqual((await checkRepository(repo, { readData: true })).errors, []);
+      assert.equal(
+        (await applyPrune(repo, await planPrune(repo, { minPackAgeMs: 0 }))) === undefined,
+        true,
+        'a second prune has nothing to do',
+      );
+    } finally {
+      db.close();
+      src.cleanup();
+      state.cleanup();
+    }
   });
 });

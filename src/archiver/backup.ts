@@ -6,6 +6,7 @@ import { compareRaw, isWithin, rawFromUtf8, toFsPath, type RawPath } from '../mo
 import {
   type CommitHead,
   type CommitInfo,
+  type Lease,
   type CommitStats,
   type FileRecord,
   type JournalChange,
@@ -51,7 +52,7 @@ export async function backup(
   renew.unref();
   const pool = new SealPool(repo.keys);
   try {
-    return await backupLocked(repo, db, sourceDir, source, opts, pool);
+    return await backupLocked(repo, db, sourceDir, source, opts, pool, lease);
   } finally {
     clearInterval(renew);
     await pool.close();
@@ -66,6 +67,7 @@ async function backupLocked(
   source: string,
   opts: BackupOptions,
   pool: SealPool,
+  lease: Lease,
 ): Promise<BackupResult> {
   const scanning = opts.scan ?? startScan(sourceDir, opts);
   scanning.catch(() => {}); // awaited below, after the cache is synced: not an unhandled rejection meanwhile
@@ -102,7 +104,7 @@ async function backupLocked(
   // have their directories committed by it or before it. Puts within a commit in byte order.
   const commit = async (): Promise<void> => {
     builder.sortPuts(compareRaw);
-    const done = await builder.commit(seq + 1);
+    const done = await builder.commit(seq + 1, undefined, () => leaseStillGood(lease, repo, db));
     for (const k of Object.keys(stats) as Array<keyof CommitStats>) stats[k] += builder.stats[k];
     if (done !== undefined) {
       seq = done.commit.seq;
@@ -161,6 +163,7 @@ export async function startScan(sourceDir: string, opts: Pick<BackupOptions, 'ex
 
 /** Brings the cache of `source` in line with the repository; returns its journal (the listing, oldest first). */
 export async function syncCache(repo: Repository, db: StateDb, source: string): Promise<CommitInfo[]> {
+  await applyDeletionPlans(repo, db);
   const commits = await repo.commitList(source);
   const latest = commits.at(-1)?.seq ?? 0;
   if (db.seq(source, repo.config.id) === latest) return commits;
@@ -173,6 +176,36 @@ export async function syncCache(repo: Repository, db: StateDb, source: string): 
   }
   db.setSeq(source, repo.config.id, latest);
   return commits;
+}
+
+/**
+ * Before a commit: when the writer's lease ran out meanwhile (and it took it again), a prune
+ * may have run. If it deleted anything this writer's cache still knew, the commit is refused:
+ * its files may have been deduplicated against a pack that is gone (the caller starts again,
+ * its cache purged).
+ */
+export async function leaseStillGood(lease: Lease, repo: Repository, db: StateDb): Promise<void> {
+  if (!(await lease.fresh())) return;
+  if ((await applyDeletionPlans(repo, db)) === 0) return;
+  throw new PhoenixError('PHX_LOCKED', 'prune deleted data while this writer could not renew its lease', {
+    hint: 'start it again: its cache no longer names what was deleted, and what it was committing is read again',
+  });
+}
+
+/**
+ * Purges from the chunk index the packs of every deletion plan (prune's) not applied yet, so
+ * deduplication never names a chunk whose pack is gone. The number of plans applied.
+ */
+export async function applyDeletionPlans(repo: Repository, db: StateDb): Promise<number> {
+  const applied = db.plansApplied();
+  let n = 0;
+  for (const key of await repo.deletionPlans()) {
+    if (applied.has(key)) continue;
+    const plan = await repo.readDeletionPlan(key);
+    db.purgePacks(key, plan.packs);
+    n++;
+  }
+  return n;
 }
 
 /**

@@ -215,11 +215,17 @@ export class CommitBuilder {
 
   /**
    * Makes the commit durable as `seq` (packs, then the commit object, then the cache, with
-   * `inTransaction` run in the cache's transaction). Returns undefined when nothing changed
-   * (then only the cache rows are updated, under `seq - 1`).
+   * `inTransaction` run in the cache's transaction). `beforeWrite` runs once the packs are
+   * durable, just before the commit object is written (the lease's last word). Returns
+   * undefined when nothing changed (then only the cache rows are updated, under `seq - 1`).
    */
-  async commit(seq: number, inTransaction?: () => void): Promise<{ info: CommitInfo; commit: Commit } | undefined> {
+  async commit(
+    seq: number,
+    inTransaction?: () => void,
+    beforeWrite?: () => Promise<void>,
+  ): Promise<{ info: CommitInfo; commit: Commit } | undefined> {
     await this.#writer.flush();
+    await beforeWrite?.();
     for (const u of this.#unresolved) {
       const refs = await Promise.all(u.chunks.map((c) => c.ref));
       u.rec.chunks = refs.map((r, i) => ({

@@ -27,7 +27,8 @@ export class MemoryBackend implements Backend {
   }
 
   async *list(prefix: string): AsyncIterable<ObjectInfo> {
-    for (const [key, obj] of [...this.#objects]) if (key.startsWith(prefix)) yield { key, size: obj.length, mtimeMs: this.#mtimes.get(key) ?? 0 };
+    for (const [key, obj] of [...this.#objects])
+      if (key.startsWith(prefix)) yield { key, size: obj.length, mtimeMs: this.#mtimes.get(key) ?? 0 };
   }
 
   async delete(key: string): Promise<void> {

@@ -29,7 +29,9 @@ Examples:
   phoenix versions notes/todo.txt               every version of a file, across renames
   phoenix diff 1d now                           what changed since yesterday
   phoenix restore --at 10m --target /tmp/r docs/
-  phoenix dump --at 1h notes/todo.txt > todo.txt`;
+  phoenix dump --at 1h notes/todo.txt > todo.txt
+  phoenix forget --dry-run                      which instants the retention policy keeps
+  phoenix prune                                 delete what no kept instant needs`;
 
 function version(): string {
   const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -201,6 +203,38 @@ export async function main(argv: string[]): Promise<number> {
     .argument('[PATH]', 'a file or directory inside the source (default: all of it)')
     .addHelpText('after', '\nExample:\n  phoenix dump --at 1h notes/todo.txt > todo.txt\n  phoenix dump docs | tar x -C /tmp/docs')
     .action((path: string | undefined, _o: unknown, c: Command) => run(browse().then((m) => m.dumpCommand(path, c.opts()))));
+  const retention = (): Promise<typeof import('./retention-commands.js')> => import('./retention-commands.js');
+  const policy = program.command('policy').description('the retention policy: which instants of the history are kept');
+  withSource(settingsOptions(policy.command('show')).option('--json', 'print JSON (one object per line)'))
+    .description('print the policy of each source (or of --source) and the repository default')
+    .action((_o: unknown, c: Command) => run(retention().then((m) => m.policyShowCommand(c.opts()))));
+  withSource(settingsOptions(policy.command('set')).option('--json', 'print JSON (one object per line)'))
+    .description('set the policy of --source, or without it the repository default (for every source without its own)')
+    .argument('<POLICY>', 'tiers INTERVAL:DURATION, for example "all:24h hourly:7d daily:90d weekly:2y monthly:forever"')
+    .option('--min-age <DURATION>', 'keep every commit younger than this, whatever the tiers say (default 1h)')
+    .addHelpText(
+      'after',
+      '\nINTERVAL: all, hourly, daily, weekly, monthly, yearly, or a duration (10s, 5min). DURATION: a duration (36h, 7d, 2y) or forever.\nCounted back from the source\'s latest commit. The latest commit and pinned instants are always kept.\n\nExample:\n  phoenix policy set "all:24h hourly:7d daily:90d weekly:2y monthly:forever"',
+    )
+    .action((text: string, _o: unknown, c: Command) => run(retention().then((m) => m.policySetCommand(text, c.opts()))));
+  withSource(repoCmd('pin', 'keep the state as of TIME whatever the policy says (until phoenix unpin)'))
+    .option('--at <TIME>', 'the instant to keep (ISO 8601, or a time ago)')
+    .option('--note <TEXT>', 'why (shown by phoenix log)')
+    .action((_o: unknown, c: Command) => run(retention().then((m) => m.pinCommand(c.opts()))));
+  withSource(repoCmd('unpin', 'remove the pin at TIME'))
+    .option('--at <TIME>', 'the pinned instant (as phoenix log --json shows it)')
+    .action((_o: unknown, c: Command) => run(retention().then((m) => m.unpinCommand(c.opts()))));
+  withSource(repoCmd('forget', 'apply the retention policy: thin the history of each source (or --source) to the instants it keeps'))
+    .option('--policy <POLICY>', 'use this policy instead of the stored one')
+    .option('--min-age <DURATION>', "keep every commit younger than this (default: the policy's, or 1h)")
+    .option('-n, --dry-run', 'list each instant with what keeps it, and what would go; change nothing')
+    .addHelpText('after', '\nForget changes the history only; phoenix prune then deletes the data nothing needs any more.')
+    .action((_o: unknown, c: Command) => run(retention().then((m) => m.forgetCommand(c.opts()))));
+  repoCmd('prune', 'delete the packs and metadata that no kept instant needs')
+    .option('-n, --dry-run', 'print what would be deleted and what stays; delete nothing')
+    .option('--min-pack-age <DURATION>', 'never delete an unused pack younger than this (default 24h)')
+    .addHelpText('after', '\nIn this version prune deletes only while no phoenix watch or backup is running (it says which one is).')
+    .action((_o: unknown, c: Command) => run(retention().then((m) => m.pruneCommand(c.opts()))));
   repoCmd('check', 'verify the repository: journals, checkpoints, every chunk reference; --read-data re-hashes every byte')
     .option('--read-data', 'also read every pack and verify every chunk')
     .action((_o: unknown, c: Command) => run(repo().then((m) => m.checkCommand(c.opts()))));

@@ -10,6 +10,7 @@ import type { StateDb } from '../state/db.js';
 import { iso, newPassword, warnAboutUrl, withRepo, openRepo, openState, pickSource, print, showTime, type RepoFlags } from './common.js';
 import { jsonPath, type Verbosity } from './output.js';
 import { mib } from './format.js';
+import { DEFAULT_MIN_AGE, DEFAULT_POLICY } from '../retention/policy.js';
 
 export async function initCommand(flags: RepoFlags & { insecureNoEncryption?: boolean }): Promise<void> {
   const settings = await resolveSettings(flags);
@@ -26,10 +27,16 @@ export async function initCommand(flags: RepoFlags & { insecureNoEncryption?: bo
       ...(pw !== undefined ? { password: pw } : {}),
       insecureNoEncryption: flags.insecureNoEncryption ?? false,
     });
+    await repo.setPolicy(undefined, DEFAULT_POLICY, DEFAULT_MIN_AGE);
     print(
       flags,
-      { id: repo.config.id, location: backend.location, encryption: repo.config.encryption },
-      `created repository ${repo.config.id} at ${backend.location} (encryption: ${repo.config.encryption})`,
+      {
+        id: repo.config.id,
+        location: backend.location,
+        encryption: repo.config.encryption,
+        retention: { policy: DEFAULT_POLICY, minAge: DEFAULT_MIN_AGE },
+      },
+      `created repository ${repo.config.id} at ${backend.location} (encryption: ${repo.config.encryption})\nretention: ${DEFAULT_POLICY} (minimum age ${DEFAULT_MIN_AGE}): phoenix forget applies it, phoenix policy set changes it`,
     );
   } finally {
     await backend.close();
@@ -115,8 +122,13 @@ export async function logCommand(flags: RepoFlags): Promise<void> {
       return;
     }
     for (const source of sources) {
-      for (const info of await repo.commitList(source)) {
+      const infos = await repo.commitList(source);
+      const pins = await repo.pins(source);
+      for (const [i, info] of infos.entries()) {
         const c = await repo.readCommit(info);
+        // Pinned: a pin falls while this commit is current.
+        const next = infos[i + 1]?.timeMs ?? Infinity;
+        const pin = pins.find((p) => p.atMs >= c.timeMs && p.atMs < next);
         const count = (op: string): number => c.changes.filter((x) => x.op === op).length;
         const [puts, deletes, moves] = [count('put'), count('delete'), count('move')];
         print(
@@ -131,8 +143,11 @@ export async function logCommand(flags: RepoFlags): Promise<void> {
             packs: c.packs.length,
             bytesUploaded: c.stats.bytesUploaded,
             bytesTotal: c.stats.bytesTotal,
+            pinned: pin !== undefined,
+            ...(pin !== undefined ? { note: pin.note, pinnedAt: iso(pin.atMs) } : {}),
+            ...(info.segment !== undefined ? { thinned: true } : {}),
           },
-          `${sources.length > 1 ? `${source}  ` : ''}${String(c.seq).padStart(6)}  ${showTime(c.timeMs)}  ${puts} put, ${deletes} deleted, ${moves} moved, ${mib(c.stats.bytesUploaded)} uploaded`,
+          `${sources.length > 1 ? `${source}  ` : ''}${String(c.seq).padStart(6)}  ${showTime(c.timeMs)}  ${puts} put, ${deletes} deleted, ${moves} moved, ${mib(c.stats.bytesUploaded)} uploaded${pin !== undefined ? `  [pinned${pin.note !== '' ? `: ${pin.note}` : ''}]` : ''}`,
         );
       }
     }

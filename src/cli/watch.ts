@@ -10,6 +10,7 @@ import { Daemon } from '../daemon/daemon.js';
 import { queryStatus, type Status } from '../daemon/status.js';
 import { PhoenixError } from '../errors.js';
 import { Repository } from '../repo/index.js';
+import { DEFAULT_MIN_AGE, DEFAULT_POLICY } from '../retention/policy.js';
 import { newPassword, openRepo } from './common.js';
 import { mib } from './format.js';
 
@@ -124,8 +125,13 @@ async function openOrCreate(settings: Settings, log: Logger): Promise<Repository
         'generated a password for the new repository: keep a copy of this file somewhere else, without it the backup cannot be read',
       );
     }
-    await Repository.init(openBackend(settings.repository), { password: pw });
-    log.info({ repository: settings.repository }, 'created a repository (no --repo given): every phoenix command finds it there');
+    const created = await Repository.init(openBackend(settings.repository), { password: pw });
+    await created.setPolicy(undefined, DEFAULT_POLICY, DEFAULT_MIN_AGE);
+    await created.close();
+    log.info(
+      { repository: settings.repository, retention: DEFAULT_POLICY, minAge: DEFAULT_MIN_AGE },
+      'created a repository (no --repo given): every phoenix command finds it there; phoenix policy set changes its retention',
+    );
   }
   return openRepo(settings, { backend: { retry: { attempts: 4, maxDelayMs: 5000 } }, ...(pw !== undefined ? { password: pw } : {}) });
 }

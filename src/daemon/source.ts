@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CommitBuilder } from '../archiver/commit.js';
-import { syncCache } from '../archiver/backup.js';
+import { leaseStillGood, syncCache } from '../archiver/backup.js';
 import { CheckpointPolicy } from '../archiver/checkpoints.js';
 import type { SealPool } from '../archiver/seal-pool.js';
 import { isTransient } from '../backend/backend.js';
@@ -410,7 +410,8 @@ export class SourceRunner {
         }
       }
       builder.sortPuts(compareRaw);
-      const done = await builder.commit(this.#seq + 1, trimQueue);
+      const lease = this.#lease;
+      const done = await builder.commit(this.#seq + 1, trimQueue, lease && (() => leaseStillGood(lease, this.#repo, this.#db)));
       this.pending.done(true);
       this.#backoffMs = 0;
       this.#retryAt = 0;

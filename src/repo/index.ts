@@ -9,3 +9,4 @@ export * from './format.js';
 export * from './history.js';
 export { chunkWhat, openChunk } from './pack.js';
 export * from './repository.js';
+export { partKey } from './meta.js';

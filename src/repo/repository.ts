@@ -113,6 +113,7 @@ export interface EncodedRecord {
 export const LEASE_TTL_MS = 5 * 60_000;
 /** Not a source's base64url name (`~` is not in its alphabet). */
 const MAINTENANCE_LEASES = 'leases/~maintenance/';
+const CLOCK_KEY = 'clock';
 
 export class Repository {
   private constructor(
@@ -253,7 +254,7 @@ export class Repository {
       end = Math.max(end, parsed.seq);
     }
     const chain: JournalObject[] = [];
-    for (let pos = 0; pos < end; ) {
+    for (let pos = 0; pos < end;) {
       const o = widest.get(pos + 1);
       if (o === undefined) {
         const next = Math.min(...[...widest.keys()].filter((k) => k > pos));
@@ -345,7 +346,8 @@ export class Repository {
     const obj = await this.#getJson(key);
     const what = `segment ${key}`;
     try {
-      if (obj.v !== 3 || obj.kind !== 'segment') throw new Error(`unsupported segment version ${String(obj.v)} (this Phoenix reads 3: upgrade it)`);
+      if (obj.v !== 3 || obj.kind !== 'segment')
+        throw new Error(`unsupported segment version ${String(obj.v)} (this Phoenix reads 3: upgrade it)`);
       if (!Array.isArray(obj.steps) || !Array.isArray(obj.changes)) throw new Error('its steps or changes are not lists');
       const all: Array<Record<string, unknown>> = [];
       for await (const o of readParts(
@@ -714,12 +716,87 @@ export class Repository {
    * then both step back and try again after a random pause).
    */
   async acquireLease(source: string): Promise<Lease> {
-    return this.#acquire(leasePrefix(source), `source ${JSON.stringify(source)} is being written`, 'only one writer per source');
+    const lease = await this.#acquire(
+      leasePrefix(source),
+      `source ${JSON.stringify(source)} is being written`,
+      'only one writer per source',
+    );
+    // Prune deletes packs only while no writer is live: it writes its lease, then looks for
+    // ours; we wrote ours, now we look for its. One of the two sees the other.
+    const maintainer = (await this.#leases(MAINTENANCE_LEASES, '')).live[0];
+    if (maintainer !== undefined) {
+      await lease.release();
+      throw new PhoenixError(
+        'PHX_LOCKED',
+        `the repository is being pruned by process ${maintainer.pid} on ${maintainer.host} (lease until ${new Date(maintainer.expiresMs).toISOString()})`,
+        { hint: 'writers wait while prune deletes data: start again when it has finished (phoenix prune takes seconds to minutes)' },
+      );
+    }
+    return lease;
   }
 
   /** The maintenance lease (forget, prune): one host at a time maintains the repository. */
   async acquireMaintenanceLease(): Promise<Lease> {
     return this.#acquire(MAINTENANCE_LEASES, 'the repository is being maintained (forget or prune)', 'one maintainer at a time');
+  }
+
+  /** The writers' leases that are live now, every source's. */
+  async liveWriters(): Promise<Array<{ source: string; host: string; pid: number; expiresMs: number }>> {
+    const out: Array<{ source: string; host: string; pid: number; expiresMs: number }> = [];
+    const dirs = new Set<string>();
+    for (const o of await listAll(this.backend, 'leases/')) {
+      const dir = o.key.split('/')[1] ?? '';
+      if (dir !== '' && !dir.startsWith('~')) dirs.add(dir);
+    }
+    for (const dir of dirs) {
+      for (const l of (await this.#leases(`leases/${dir}/`, '')).live)
+        out.push({ source: sourceFromDir(dir), host: l.host, pid: l.pid, expiresMs: l.expiresMs });
+    }
+    return out;
+  }
+
+  /** The time on the store's clock: the modification time of an object written now. */
+  async storeNow(): Promise<number> {
+    await this.backend.put(CLOCK_KEY, Buffer.from(`${hostname()}\n`));
+    return (await this.backend.stat(CLOCK_KEY)).mtimeMs ?? Date.now();
+  }
+
+  // ---- deletion plans ------------------------------------------------------------------------
+
+  /**
+   * Publishes what prune is about to delete, before it deletes it: a writer that starts later
+   * (or wakes with its lease run out) purges these packs from its deduplication index first,
+   * so it never names a chunk in a pack that is gone.
+   */
+  async writeDeletionPlan(packs: readonly string[], parts: readonly string[]): Promise<string> {
+    const key = `deletions/${String(Date.now()).padStart(13, '0')}-${randomBytes(4).toString('hex')}`;
+    await this.#putJson(key, { v: 1, createdMs: Date.now(), host: hostname(), packs, parts });
+    return key;
+  }
+
+  /** The keys of the deletion plans, oldest first. */
+  async deletionPlans(): Promise<string[]> {
+    return (await listAll(this.backend, 'deletions/')).map((o) => o.key).sort();
+  }
+
+  async readDeletionPlan(key: string): Promise<{ packs: string[]; parts: string[]; createdMs: number }> {
+    const obj = await this.#getJson(key);
+    if (!Array.isArray(obj.packs)) throw corrupt(`deletion plan ${key}`, 'it has no pack list');
+    return {
+      packs: obj.packs.map(String),
+      parts: ((obj.parts as unknown[] | undefined) ?? []).map(String),
+      createdMs: Number(obj.createdMs),
+    };
+  }
+
+  /** The metadata parts an object of the journal or a checkpoint names (to tell prune what is still used). */
+  async partsOf(key: string): Promise<string[]> {
+    const obj = await this.#getJson(key);
+    try {
+      return decodeParts(obj.parts).map(([id]) => id);
+    } catch (err) {
+      throw corrupt(`object ${key}`, (err as Error).message);
+    }
   }
 
   async #acquire(prefix: string, busy: string, rule: string): Promise<Lease> {
@@ -763,6 +840,25 @@ export class Repository {
         }
         await write();
       },
+      fresh: async () => {
+        if (Date.now() < expiresMs - 30_000) return false;
+        // Our lease ran out (a laptop that slept, a store we could not reach): before we
+        // commit, make sure nobody took over, take it again, and see whether prune ran.
+        const { live, mine } = await this.#leases(prefix, me.token);
+        if (!mine || live.some((l) => l.acquiredMs >= expiresMs)) {
+          throw new PhoenixError('PHX_LOCKED', `the lease ${prefix} was taken over by another process while it had run out`, {
+            hint: `${rule}: stop the other one`,
+          });
+        }
+        await write();
+        const maintainer = (await this.#leases(MAINTENANCE_LEASES, '')).live.find((l) => l.token !== me.token);
+        if (maintainer !== undefined && prefix !== MAINTENANCE_LEASES) {
+          throw new PhoenixError('PHX_LOCKED', `prune started on ${maintainer.host} while this writer's lease had run out`, {
+            hint: 'start the writer again: it purges what prune deleted from its cache first',
+          });
+        }
+        return true;
+      },
       release: async () => {
         await this.backend.delete(key);
       },
@@ -801,6 +897,12 @@ interface LeaseRecord {
 
 export interface Lease {
   renew(): Promise<void>;
+  /**
+   * Call before each commit. When the lease ran out meanwhile, takes it again (PHX_LOCKED if
+   * another process took over or prune is running) and returns true: the caller must then
+   * look for deletion plans it has not applied before it commits.
+   */
+  fresh(): Promise<boolean>;
   release(): Promise<void>;
 }
 

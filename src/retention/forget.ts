@@ -75,7 +75,7 @@ export async function applyForget(repo: Repository, plan: ForgetPlan): Promise<F
   let a = firstDrop === 0 ? 0 : (instants[firstDrop - 1] as CommitInfo).seq;
   let b = (instants[lastDrop + 1] as CommitInfo).seq; // the latest instant is always kept
   const chain = await repo.journalObjects(source);
-  for (let widened = true; widened; ) {
+  for (let widened = true; widened;) {
     widened = false;
     for (const o of chain) {
       if (o.first === o.seq || o.seq <= a || o.first - 1 >= b) continue;

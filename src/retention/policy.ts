@@ -107,7 +107,8 @@ export function parsePolicy(text: string, minAge: string = DEFAULT_MIN_AGE): Pol
     tiers.push({ text: word, interval, keepMs });
   }
   const minAgeMs = parseRetentionDuration(minAge, false) ?? (minAge.trim() === '0' ? 0 : undefined);
-  if (minAgeMs === undefined) throw usage(`the minimum age ${JSON.stringify(minAge)} is not a duration`, `for example 1h (${DURATION_EXAMPLES})`);
+  if (minAgeMs === undefined)
+    throw usage(`the minimum age ${JSON.stringify(minAge)} is not a duration`, `for example 1h (${DURATION_EXAMPLES})`);
   return { tiers, minAgeMs };
 }
 
@@ -182,7 +183,8 @@ export function keptInstants(instants: readonly Instant[], policy: Policy, pins:
     if (c.timeMs >= L - policy.minAgeMs && next !== undefined) add(c.seq, { by: 'min-age' });
     const end = next?.timeMs ?? Infinity; // c is current in [c.timeMs, end)
     while (pin < sortedPins.length && (sortedPins[pin] as number) < c.timeMs) pin++;
-    for (let j = pin; j < sortedPins.length && (sortedPins[j] as number) < end; j++) add(c.seq, { by: 'pin', atMs: sortedPins[j] as number });
+    for (let j = pin; j < sortedPins.length && (sortedPins[j] as number) < end; j++)
+      add(c.seq, { by: 'pin', atMs: sortedPins[j] as number });
     for (const t of policy.tiers) {
       if (t.interval.kind === 'all') {
         if (c.timeMs >= L - t.keepMs) add(c.seq, { by: t.text });

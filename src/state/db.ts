@@ -118,6 +118,7 @@ export class StateDb {
       CREATE TABLE IF NOT EXISTS files (source TEXT NOT NULL, path BLOB NOT NULL, rec TEXT NOT NULL, ino TEXT NOT NULL, ctime TEXT NOT NULL, stamp TEXT NOT NULL, PRIMARY KEY (source, path));
       CREATE TABLE IF NOT EXISTS chunks (id TEXT PRIMARY KEY, pack TEXT NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL);
       CREATE TABLE IF NOT EXISTS queue (id INTEGER PRIMARY KEY, source TEXT NOT NULL, op TEXT NOT NULL, path BLOB NOT NULL, from_path BLOB, time_ms INTEGER NOT NULL, open INTEGER NOT NULL);
+      CREATE TABLE IF NOT EXISTS plans (key TEXT PRIMARY KEY);
     `);
     this.#db.pragma('user_version = 1');
     this.#putQueue = this.#db.prepare('INSERT INTO queue (id, source, op, path, from_path, time_ms, open) VALUES (?, ?, ?, ?, ?, ?, ?)');
@@ -167,6 +168,29 @@ export class StateDb {
       for (const c of chunks) this.#putChunk.run(c.id, c.pack, c.offset, c.length);
       this.#setSeq(source, repoId, seq);
     })();
+  }
+
+  /** The deletion plans (keys) whose packs were purged from the chunk index already. */
+  plansApplied(): Set<string> {
+    return new Set((this.#db.prepare('SELECT key FROM plans').raw().all() as Array<[string]>).map(([k]) => k));
+  }
+
+  /**
+   * Forgets every chunk in `packs` (prune deletes them): deduplication must not name them again.
+   * Records the plan as applied, in the same transaction.
+   */
+  purgePacks(plan: string, packs: Iterable<string>): number {
+    let n = 0;
+    this.#db.exec('CREATE TEMP TABLE IF NOT EXISTS doomed (pack TEXT PRIMARY KEY)');
+    const add = this.#db.prepare('INSERT OR IGNORE INTO doomed (pack) VALUES (?)');
+    this.#db.transaction(() => {
+      for (const p of packs) add.run(p);
+      // One pass over the index, whatever the number of packs.
+      n = this.#db.prepare('DELETE FROM chunks WHERE pack IN (SELECT pack FROM doomed)').run().changes;
+      this.#db.exec('DELETE FROM doomed');
+      this.#db.prepare('INSERT OR IGNORE INTO plans (key) VALUES (?)').run(plan);
+    })();
+    return n;
   }
 
   addChunks(chunks: Iterable<ChunkRef>): void {

@@ -1,0 +1,182 @@
+import { PhoenixError } from '../errors.js';
+import type { Repository } from '../repo/index.js';
+import { applyForget, effectivePolicy, planForget } from '../retention/forget.js';
+import { parsePolicy, parseRetentionDuration, formatPolicy, DEFAULT_MIN_AGE } from '../retention/policy.js';
+import { applyPrune, DEFAULT_MIN_PACK_AGE, noLiveWriters, planPrune, type Census } from '../retention/prune.js';
+import { parseTime } from '../util/duration.js';
+import { iso, pickSource, print, showTime, withRepo, type RepoFlags } from './common.js';
+import { mib } from './format.js';
+
+/** `phoenix policy show`: the policy each source follows, and where it comes from. */
+export async function policyShowCommand(flags: RepoFlags): Promise<void> {
+  return withRepo(flags, async (repo) => {
+    const sources = flags.source !== undefined ? [await pickSource(repo, flags)] : await repo.sources();
+    const def = await repo.storedPolicy(undefined);
+    if (flags.source === undefined) {
+      print(
+        flags,
+        { source: null, policy: def?.policy ?? null, minAge: def?.minAge ?? null },
+        def === undefined
+          ? 'repository default: none (everything is kept until a policy is set: phoenix policy set POLICY)'
+          : `repository default: ${def.policy} (minimum age ${def.minAge})`,
+      );
+    }
+    for (const source of sources) {
+      const p = await effectivePolicy(repo, source);
+      print(
+        flags,
+        { source, policy: p?.text ?? null, minAge: p?.minAge ?? null, from: p?.scope ?? null },
+        p === undefined
+          ? `${source}: none (everything is kept)`
+          : `${source}: ${p.text} (minimum age ${p.minAge}; ${p.scope === 'source' ? 'its own' : 'the repository default'})`,
+      );
+    }
+  });
+}
+
+/** `phoenix policy set POLICY`: validated, then stored in the repository for every host to apply. */
+export async function policySetCommand(text: string, flags: RepoFlags & { minAge?: string }): Promise<void> {
+  const policy = parsePolicy(text, flags.minAge ?? DEFAULT_MIN_AGE); // a usage error before the repository is opened
+  return withRepo(flags, async (repo) => {
+    const source = flags.source;
+    if (source !== undefined) await pickSource(repo, flags);
+    const stored = await repo.setPolicy(source, formatPolicy(policy), flags.minAge ?? DEFAULT_MIN_AGE);
+    print(
+      flags,
+      { source: source ?? null, policy: stored.policy, minAge: stored.minAge },
+      `${source === undefined ? 'repository default' : source}: ${stored.policy} (minimum age ${stored.minAge}); phoenix forget applies it`,
+    );
+  });
+}
+
+export async function pinCommand(flags: RepoFlags & { at?: string; note?: string }): Promise<void> {
+  const at = requiredTime(flags.at, 'pin');
+  return withRepo(flags, async (repo) => {
+    const source = await pickSource(repo, flags);
+    const commits = await repo.commitList(source);
+    const current = [...commits].reverse().find((c) => c.timeMs <= at);
+    if (current === undefined) {
+      throw new PhoenixError('PHX_NOT_IN_REPO', `there is no commit of ${JSON.stringify(source)} at or before ${iso(at)} to pin`, {
+        hint: commits.length > 0 ? `the first is from ${iso((commits[0] as { timeMs: number }).timeMs)}` : 'back something up first',
+      });
+    }
+    await repo.pin(source, at, flags.note ?? '');
+    print(
+      flags,
+      { source, pinnedAt: iso(at), seq: current.seq, time: iso(current.timeMs), note: flags.note ?? '' },
+      `pinned ${showTime(at)}: the state of commit ${current.seq} (${showTime(current.timeMs)}) is kept until phoenix unpin --at ${iso(at)}`,
+    );
+  });
+}
+
+export async function unpinCommand(flags: RepoFlags & { at?: string }): Promise<number> {
+  const at = requiredTime(flags.at, 'unpin');
+  return withRepo(flags, async (repo) => {
+    const source = await pickSource(repo, flags);
+    const pins = await repo.pins(source);
+    // The exact instant, or a pin in the same second (a time typed again).
+    const match = pins
+      .filter((p) => p.atMs === at)
+      .concat(pins.filter((p) => p.atMs !== at && Math.floor(p.atMs / 1000) === Math.floor(at / 1000)));
+    if (match.length === 0) {
+      throw new PhoenixError('PHX_NOT_IN_REPO', `${JSON.stringify(source)} has no pin at ${iso(at)}`, {
+        hint: pins.length > 0 ? `its pins: ${pins.map((p) => iso(p.atMs)).join(', ')}` : 'it has no pins',
+      });
+    }
+    for (const p of match) await repo.unpin(source, p.atMs);
+    print(flags, { source, unpinned: match.map((p) => iso(p.atMs)) }, `unpinned ${match.map((p) => showTime(p.atMs)).join(', ')}`);
+    return 0;
+  });
+}
+
+function requiredTime(at: string | undefined, command: string): number {
+  if (at === undefined)
+    throw new PhoenixError('PHX_USAGE', `phoenix ${command} needs --at TIME`, { hint: 'for example --at "2026-11-23 10:00"' });
+  return parseTime(at);
+}
+
+export interface ForgetFlags extends RepoFlags {
+  policy?: string;
+  minAge?: string;
+  dryRun?: boolean;
+}
+
+/** `phoenix forget`: applies the policy to the journal of each source (or --source). */
+export async function forgetCommand(flags: ForgetFlags): Promise<void> {
+  parsePolicy(flags.policy ?? 'all:1h', flags.minAge ?? DEFAULT_MIN_AGE); // usage errors before the repository is opened
+  return withRepo(flags, async (repo) => {
+    const sources = flags.source !== undefined ? [await pickSource(repo, flags)] : await repo.sources();
+    const lease = flags.dryRun ? undefined : await repo.acquireMaintenanceLease();
+    try {
+      for (const source of sources) await forgetSource(repo, source, flags);
+    } finally {
+      await lease?.release();
+    }
+  });
+}
+
+async function forgetSource(repo: Repository, source: string, flags: ForgetFlags): Promise<void> {
+  const given = flags.policy !== undefined || flags.minAge !== undefined ? { policy: flags.policy, minAge: flags.minAge } : undefined;
+  const policy = await effectivePolicy(repo, source, given);
+  if (policy === undefined) {
+    print(flags, { source, policy: null, kept: null }, `${source}: no retention policy: everything is kept (phoenix policy set POLICY)`);
+    return;
+  }
+  const plan = await planForget(repo, source, policy.policy);
+  for (const c of plan.instants) {
+    const reasons = plan.kept.get(c.seq);
+    const why = (reasons ?? []).map((r) => (r.atMs !== undefined ? `${r.by}@${iso(r.atMs)}` : r.by));
+    if (flags.json) {
+      print(flags, { source, seq: c.seq, time: iso(c.timeMs), keep: reasons !== undefined, keptBy: why }, '');
+    } else if (flags.dryRun) {
+      process.stdout.write(
+        `${reasons !== undefined ? 'keep' : 'drop'}  ${String(c.seq).padStart(6)}  ${showTime(c.timeMs)}  ${why.join(', ')}\n`,
+      );
+    }
+  }
+  const summary = `${source}: ${policy.text} (minimum age ${policy.minAge}): keeps ${plan.kept.size} of ${plan.instants.length} instants`;
+  if (flags.dryRun) {
+    if (!flags.json) process.stdout.write(`${summary}, would drop ${plan.dropped.length} (dry run: nothing was changed)\n`);
+    return;
+  }
+  const r = await applyForget(repo, plan);
+  const json = { source, kept: plan.kept.size, dropped: plan.dropped.length, segment: r.segment ?? null, deleted: r.deleted };
+  print(
+    flags,
+    { summary: true, ...json },
+    `${summary}, dropped ${plan.dropped.length}${r.segment ? ` (one segment of ${r.segment.steps} steps, ${mib(r.segment.bytes)}, replaces ${r.deleted.journal} journal objects)` : ''}; phoenix prune deletes the data nothing needs now`,
+  );
+}
+
+export interface PruneFlags extends RepoFlags {
+  dryRun?: boolean;
+  minPackAge?: string;
+}
+
+/** `phoenix prune`: deletes packs and metadata parts nothing kept refers to. */
+export async function pruneCommand(flags: PruneFlags): Promise<void> {
+  const text = flags.minPackAge ?? DEFAULT_MIN_PACK_AGE;
+  const minPackAgeMs = text === '0' ? 0 : parseRetentionDuration(text, false);
+  if (minPackAgeMs === undefined) {
+    throw new PhoenixError('PHX_USAGE', `--min-pack-age ${JSON.stringify(text)} is not a duration`, {
+      hint: 'for example 24h, 30min, or 0',
+    });
+  }
+  return withRepo(flags, async (repo) => {
+    const lease = await repo.acquireMaintenanceLease();
+    try {
+      if (!flags.dryRun) await noLiveWriters(repo);
+      const plan = await planPrune(repo, { minPackAgeMs });
+      const line = (what: string, c: Census): string =>
+        `${what}: ${c.total} (${mib(c.bytes)}); in use ${c.used} (${mib(c.usedBytes)}); to delete ${c.unused} (${mib(c.unusedBytes)}); unused but younger than ${text}: ${c.young} (${mib(c.youngBytes)}, kept)`;
+      const planKey = flags.dryRun ? undefined : await applyPrune(repo, plan);
+      print(
+        flags,
+        { packs: plan.packs, parts: plan.parts, dryRun: flags.dryRun ?? false, plan: planKey ?? null },
+        `${line('packs', plan.packs)}\n${line('metadata parts', plan.parts)}\n${flags.dryRun ? 'dry run: nothing was deleted' : `deleted ${plan.doomed.packs.length} packs and ${plan.doomed.parts.length} parts (${mib(plan.packs.unusedBytes + plan.parts.unusedBytes)})`}`,
+      );
+    } finally {
+      await lease.release();
+    }
+  });
+}
