@@ -127,3 +127,71 @@ describe('phoenix init / backup / log / ls / versions / restore / check', () => 
     }
   });
 });
+
+describe('phoenix policy / pin / forget / prune', () => {
+  it('sets and shows a policy, pins, thins the history, prunes, and restores what was kept', async () => {
+    const work = tempDir('phx-retention-cli-');
+    const src = join(work.path, 'src');
+    mkdirSync(src);
+    const env = { PHOENIX_PASSWORD: 'pw', PHOENIX_REPOSITORY: join(work.path, 'repo'), XDG_STATE_HOME: join(work.path, 'state') };
+    try {
+      const init = phoenix(env, 'init', '--json').json()[0] as { retention: { policy: string } };
+      assert.equal(init.retention.policy, 'all:24h hourly:7d daily:90d weekly:2y monthly:forever');
+      const bad = phoenix(env, 'policy', 'set', 'daily:7d hourly:30d');
+      assert.equal(bad.status, 2);
+      assert.match(bad.stderr, /"hourly:30d" comes after "daily:7d" but its interval is not longer \[PHX_USAGE\]/);
+      const times: string[] = [];
+      for (let i = 0; i < 4; i++) {
+        writeFileSync(join(src, 'f'), `version ${i} `.repeat(20_000 + i));
+        assert.equal(phoenix(env, 'backup', src).status, 0);
+        times.push((phoenix(env, 'log', '--json').json().at(-1) as { time: string }).time);
+      }
+      assert.equal(phoenix(env, 'pin', '--at', times[1] as string, '--note', 'good copy').status, 0);
+      const log = phoenix(env, 'log', '--json').json();
+      assert.deepEqual(
+        log.map((c) => c.pinned),
+        [false, true, false, false],
+      );
+      assert.equal(log[1]?.note, 'good copy');
+      // Boundaries every 1000 days since the epoch: none falls within this test.
+      assert.equal(phoenix(env, 'policy', 'set', '1000d:2000d', '--min-age', '0').status, 0);
+      assert.deepEqual(
+        phoenix(env, 'policy', 'show', '--json')
+          .json()
+          .map((p) => p.policy),
+        ['1000d:2000d', '1000d:2000d'],
+      );
+      const dry = phoenix(env, 'forget', '--dry-run', '--json').json();
+      assert.deepEqual(
+        dry.map((d) => d.keep),
+        [false, true, false, true],
+      );
+      assert.deepEqual(dry[1]?.keptBy, [`pin@${times[1]}`]);
+      assert.equal(phoenix(env, 'log', '--json').json().length, 4, 'a dry run changes nothing');
+      const forget = phoenix(env, 'forget');
+      assert.equal(forget.status, 0, forget.stderr);
+      assert.match(forget.stdout, /keeps 2 of 4 instants, dropped 2/);
+      assert.deepEqual(
+        phoenix(env, 'log', '--json')
+          .json()
+          .map((c) => c.seq),
+        [2, 4],
+      );
+      const prune = phoenix(env, 'prune', '--min-pack-age', '0', '--json');
+      assert.equal(prune.status, 0, prune.stderr);
+      const census = prune.json()[0] as { packs: { unused: number; used: number } };
+      assert.deepEqual([census.packs.used, census.packs.unused], [2, 2]);
+      const check = phoenix(env, 'check', '--read-data');
+      assert.equal(check.status, 0, check.stdout + check.stderr);
+      // Inside the thinned range, the newest kept instant before it.
+      const r = phoenix(env, 'restore', '--at', times[2] as string, '--target', join(work.path, 'out'), '--json');
+      assert.equal(r.status, 0, r.stderr);
+      assert.equal(r.json().at(-1)?.time, times[1]);
+      assert.equal(readFileSync(join(work.path, 'out', 'f'), 'utf8'), `version 1 `.repeat(20_001));
+      assert.equal(phoenix(env, 'unpin', '--at', times[1] as string).status, 0);
+      assert.equal(phoenix(env, 'unpin', '--at', times[1] as string).status, 1);
+    } finally {
+      work.cleanup();
+    }
+  });
+});

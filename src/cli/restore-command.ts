@@ -6,7 +6,7 @@ import type { Overwrite } from '../restore/plan.js';
 import { restore } from '../restore/restore.js';
 import { sourcePath } from './args.js';
 import { atOf } from './browse.js';
-import { withRepo, pickSource, print, type RepoFlags } from './common.js';
+import { iso, withRepo, pickSource, print, showTime, type RepoFlags } from './common.js';
 import { mib } from './format.js';
 import { jsonPath, type Verbosity } from './output.js';
 
@@ -25,7 +25,8 @@ export async function restoreCommand(paths: string[], flags: RestoreFlags): Prom
   const at = atOf(flags);
   return withRepo(flags, async (repo) => {
     const source = await pickSource(repo, flags);
-    const { state, seq } = await stateAt(repo, source, at);
+    const { state, seq, commits } = await stateAt(repo, source, at);
+    const used = commits.find((c) => c.seq === seq);
     const selected = [...paths.map((p) => sourcePath(p)), ...flags.pathBase64.map((b) => sourcePath(undefined, b))];
     const wanted = selection(flags.include, flags.exclude);
     const tty = process.stderr.isTTY && !flags.json && flags.verbosity > 0 && !flags.dryRun;
@@ -65,7 +66,7 @@ export async function restoreCommand(paths: string[], flags: RestoreFlags): Prom
       if (r.kept.length > 20) process.stderr.write(`phoenix: kept: … and ${r.kept.length - 20} more\n`);
     }
     const done = flags.dryRun ? 'would restore' : 'restored';
-    const summary = `${done} commit ${seq} to ${flags.target}: ${r.files} files, ${r.dirs} dirs, ${r.symlinks} symlinks, ${mib(r.bytes)}; ${r.unchanged} already there, ${r.replaced} replaced, ${r.kept.length} kept, ${r.deleted.length} deleted`;
+    const summary = `${done} commit ${seq}${used ? ` (${showTime(used.timeMs)}${at !== undefined && used.segment !== undefined ? ', the newest kept instant at or before --at: the history there was thinned' : ''})` : ''} to ${flags.target}: ${r.files} files, ${r.dirs} dirs, ${r.symlinks} symlinks, ${mib(r.bytes)}; ${r.unchanged} already there, ${r.replaced} replaced, ${r.kept.length} kept, ${r.deleted.length} deleted`;
     const counts = {
       files: r.files,
       dirs: r.dirs,
@@ -77,7 +78,18 @@ export async function restoreCommand(paths: string[], flags: RestoreFlags): Prom
       replaced: r.replaced,
     };
     if (flags.json || flags.verbosity > 0)
-      print(flags, { seq, ...counts, kept: r.kept.length, deleted: r.deleted.length, dryRun: flags.dryRun ?? false }, summary);
+      print(
+        flags,
+        {
+          seq,
+          time: used ? iso(used.timeMs) : null,
+          ...counts,
+          kept: r.kept.length,
+          deleted: r.deleted.length,
+          dryRun: flags.dryRun ?? false,
+        },
+        summary,
+      );
     if (silentDefault && !flags.dryRun) {
       printKeptHint(r.kept.length);
       return 1;
