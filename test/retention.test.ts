@@ -1,11 +1,11 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { backup } from '../src/archiver/backup.js';
-import { listAll } from '../src/backend/backend.js';
+import { listAll, type Backend, type Body, type ByteRange, type ObjectInfo } from '../src/backend/backend.js';
 import { MemoryBackend } from '../src/backend/memory.js';
 import { PhoenixError } from '../src/errors.js';
 import { applyChange, encodeRecord, stateAt, type FileRecord, type JournalChange, type TreeState } from '../src/repo/index.js';
@@ -301,6 +301,119 @@ describe('prune', () => {
         true,
         'a second prune has nothing to do',
       );
+    } finally {
+      db.close();
+      src.cleanup();
+      state.cleanup();
+    }
+  });
+});
+
+/** Dies at the k-th put or delete (that call never happens), and answers nothing after: a process killed there. */
+class CrashingBackend implements Backend {
+  readonly location = 'memory:crashing';
+  readonly capabilities = { createOnly: true };
+  mutations = 0;
+  dead = false;
+
+  constructor(
+    readonly inner: MemoryBackend,
+    readonly crashAt: number,
+  ) {}
+
+  #live(): void {
+    if (this.dead) throw new PhoenixError('PHX_BACKEND', 'the process is gone');
+  }
+
+  #mutate(): void {
+    this.#live();
+    if (++this.mutations === this.crashAt) {
+      this.dead = true;
+      throw new PhoenixError('PHX_BACKEND', `killed at mutation ${this.crashAt}`);
+    }
+  }
+
+  async put(key: string, data: Body, opts?: { createOnly?: boolean }): Promise<void> {
+    this.#mutate();
+    return this.inner.put(key, data, opts);
+  }
+
+  async delete(key: string): Promise<void> {
+    this.#mutate();
+    return this.inner.delete(key);
+  }
+
+  async get(key: string, range?: ByteRange): Promise<Buffer> {
+    this.#live();
+    return this.inner.get(key, range);
+  }
+
+  async stat(key: string): Promise<ObjectInfo> {
+    this.#live();
+    return this.inner.stat(key);
+  }
+
+  async *list(prefix: string): AsyncIterable<ObjectInfo> {
+    this.#live();
+    yield* this.inner.list(prefix);
+  }
+
+  async close(): Promise<void> {}
+}
+
+async function copyOf(b: MemoryBackend): Promise<MemoryBackend> {
+  const out = new MemoryBackend();
+  for (const o of await listAll(b, '')) await out.put(o.key, await b.get(o.key));
+  return out;
+}
+
+describe('forget and prune killed at every mutation', () => {
+  it('leave a repository that checks clean and restores every kept instant, and a second run converges', async () => {
+    const src = tempDir('phx-crash-src-');
+    const state = tempDir('phx-crash-state-');
+    const original = new MemoryBackend();
+    const setup = await Repository.init(original, { insecureNoEncryption: true });
+    const db = new StateDb(join(state.path, 'db.sqlite'));
+    const run = async (repo: Repository): Promise<void> => {
+      await applyForget(repo, await planForget(repo, 's', parsePolicy('1000d:2000d', '0')));
+      await applyPrune(repo, await planPrune(repo, { minPackAgeMs: 0 }));
+    };
+    try {
+      for (let i = 0; i < 6; i++) {
+        writeFileSync(join(src.path, 'big'), randomBytes(200_000 + i));
+        writeFileSync(join(src.path, `keep-${i}`), `file ${i}\n`);
+        if (i === 3) rmSync(join(src.path, 'keep-1'));
+        await backup(setup, db, src.path, 's');
+        if (i === 2) await setup.writeCheckpoint('s', 3, (await setup.loadState('s')).state.values());
+      }
+      const commits = await setup.commitList('s');
+      await setup.pin('s', (commits[2] as { timeMs: number }).timeMs, '');
+      const trees = new Map<number, string>();
+      for (const c of commits) trees.set(c.seq, treeJson((await setup.loadState('s', c.seq)).state));
+      const kept = [3, 6];
+      // How many mutations a whole run makes.
+      const counting = new CrashingBackend(await copyOf(original), Infinity);
+      await run(await Repository.open(counting, async () => undefined));
+      assert.ok(counting.mutations > 5, `a run makes ${counting.mutations} mutations`);
+      for (let k = 1; k <= counting.mutations; k++) {
+        const inner = await copyOf(original);
+        const crashing = new CrashingBackend(inner, k);
+        await assert.rejects(run(await Repository.open(crashing, async () => undefined)), /killed at mutation|the process is gone/);
+        // After the crash: a fresh process.
+        const after = await Repository.open(inner, async () => undefined);
+        assert.deepEqual((await checkRepository(after, { readData: true })).errors, [], `check after a crash at mutation ${k}`);
+        for (const seq of kept) assert.equal(treeJson((await after.loadState('s', seq)).state), trees.get(seq), `commit ${seq} after a crash at ${k}`);
+        await run(after);
+        assert.deepEqual(
+          (await after.commitList('s')).map((c) => c.seq),
+          kept,
+          `a second run converges (crash at ${k})`,
+        );
+        for (const seq of kept) assert.equal(treeJson((await after.loadState('s', seq)).state), trees.get(seq));
+        const left = await planPrune(after, { minPackAgeMs: 0 });
+        assert.deepEqual([left.doomed.packs.length, left.doomed.parts.length], [0, 0], `nothing left to prune (crash at ${k})`);
+        assert.deepEqual((await checkRepository(after, { readData: true })).errors, []);
+      }
     } finally {
       db.close();
       src.cleanup();
