@@ -21,6 +21,7 @@ export type ErrorCode =
   | 'PHX_NO_PASSWORD' // encryption needs a password and none was given
   | 'PHX_CORRUPT' // an object failed authentication or its checksum, or does not parse
   | 'PHX_LOCKED' // another writer holds the source's lease
+  | 'PHX_PRUNED' // prune ran while a writer's lease had run out: the commit is made again
   | 'PHX_NOT_IN_REPO' // a path or source is not in the repository
   | 'PHX_CONFIG' // the configuration file is missing, unreadable or invalid
   | 'PHX_NOT_RUNNING' // phoenix status found no daemon

@@ -1,20 +1,22 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { backup } from '../src/archiver/backup.js';
 import { listAll, type Backend, type Body, type ByteRange, type ObjectInfo } from '../src/backend/backend.js';
+import { LocalBackend } from '../src/backend/local.js';
 import { MemoryBackend } from '../src/backend/memory.js';
 import { PhoenixError } from '../src/errors.js';
 import { applyChange, encodeRecord, stateAt, type FileRecord, type JournalChange, type TreeState } from '../src/repo/index.js';
 import { checkRepository } from '../src/repo/check.js';
 import { Repository } from '../src/repo/repository.js';
 import { applyForget, planForget } from '../src/retention/forget.js';
-import { applyPrune, noLiveWriters, planPrune } from '../src/retention/prune.js';
+import { applyPrune, planPrune } from '../src/retention/prune.js';
 import { restore } from '../src/restore/restore.js';
 import { StateDb } from '../src/state/db.js';
+import { DaemonProcess, PASSWORD } from './daemon-helpers.js';
 import { tempDir } from './helpers.js';
 import { floorBoundary, keptInstants, parsePolicy, type Instant } from '../src/retention/policy.js';
 
@@ -260,25 +262,30 @@ describe('prune', () => {
       assert.deepEqual([...plan.kept.keys()].sort(), [2, 5]);
       await applyForget(repo, plan);
       const before = (await listAll(backend, 'data/')).length;
-      // A live writer: prune refuses, naming it.
-      const lease = await repo.acquireLease('s');
-      await assert.rejects(
-        noLiveWriters(repo),
-        (e) => e instanceof PhoenixError && e.code === 'PHX_LOCKED' && /being written by process/.test(e.message),
-      );
-      await lease.release();
-      // While prune holds the maintenance lease, a writer cannot start.
       const maint = await repo.acquireMaintenanceLease();
-      await assert.rejects(
-        repo.acquireLease('s'),
-        (e) => e instanceof PhoenixError && e.code === 'PHX_LOCKED' && /being pruned/.test(e.message),
-      );
-      await noLiveWriters(repo);
       // Young packs stay.
       assert.deepEqual((await planPrune(repo, { minPackAgeMs: 3_600_000 })).doomed.packs, []);
+      // A live writer that does not acknowledge: prune deletes nothing, and says whom it waited for.
+      const lease = await repo.acquireLease('s');
+      const waited: string[] = [];
+      await assert.rejects(
+        applyPrune(repo, await planPrune(repo, { minPackAgeMs: 0 }), { ackTimeoutMs: 300, onWait: (p) => waited.push(p[0]?.source ?? '') }),
+        (e) =>
+          e instanceof PhoenixError &&
+          e.code === 'PHX_LOCKED' &&
+          /has not acknowledged the deletion plan; nothing was deleted/.test(e.message),
+      );
+      assert.deepEqual(waited, ['s']);
+      assert.equal((await listAll(backend, 'data/')).length, before);
+      // It acknowledges (as a daemon does at its next renewal): prune goes on.
       const pruned = await planPrune(repo, { minPackAgeMs: 0 });
       assert.equal(pruned.doomed.packs.length, 3, 'the packs of the three dropped versions of big');
-      await applyPrune(repo, pruned);
+      const pruning = applyPrune(repo, pruned);
+      while ((await repo.deletionPlans()).length < 2) await new Promise((r) => setTimeout(r, 20));
+      lease.note({ acked: (await repo.deletionPlans()).at(-1) });
+      await lease.renew();
+      await pruning;
+      await lease.release();
       await maint.release();
       assert.equal((await listAll(backend, 'data/')).length, before - 3);
       assert.deepEqual((await checkRepository(repo, { readData: true })).errors, []);
@@ -402,7 +409,8 @@ describe('forget and prune killed at every mutation', () => {
         // After the crash: a fresh process.
         const after = await Repository.open(inner, async () => undefined);
         assert.deepEqual((await checkRepository(after, { readData: true })).errors, [], `check after a crash at mutation ${k}`);
-        for (const seq of kept) assert.equal(treeJson((await after.loadState('s', seq)).state), trees.get(seq), `commit ${seq} after a crash at ${k}`);
+        for (const seq of kept)
+          assert.equal(treeJson((await after.loadState('s', seq)).state), trees.get(seq), `commit ${seq} after a crash at ${k}`);
         await run(after);
         assert.deepEqual(
           (await after.commitList('s')).map((c) => c.seq),
@@ -418,6 +426,54 @@ describe('forget and prune killed at every mutation', () => {
       db.close();
       src.cleanup();
       state.cleanup();
+    }
+  });
+});
+
+describe('prune beside a live phoenix watch', () => {
+  it('waits for its acknowledgement, takes back what it commits meanwhile, and content that comes back is stored again', async () => {
+    const work = tempDir('phx-prune-live-');
+    const src = join(work.path, 'src');
+    const repoDir = join(work.path, 'repo');
+    mkdirSync(src);
+    const config = join(work.path, 'phoenix.yaml');
+    writeFileSync(config, 'lease-renew: 200ms\n');
+    const versions = [0, 1, 2, 3, 4, 5].map((i) => randomBytes(150_000 + i));
+    writeFileSync(join(src, 'big'), versions[0] as Buffer);
+    const init = await Repository.init(new LocalBackend(repoDir), { password: PASSWORD, kdfN: 1024 });
+    await init.close();
+    const daemon = new DaemonProcess({ src, repo: repoDir, state: join(work.path, 'state'), args: ['--config', config] });
+    try {
+      await daemon.ready();
+      for (const v of versions.slice(1)) {
+        writeFileSync(join(src, 'big'), v);
+        await daemon.sync(src);
+      }
+      const repo = await Repository.open(new LocalBackend(repoDir), async () => PASSWORD);
+      const maint = await repo.acquireMaintenanceLease();
+      await applyForget(repo, await planForget(repo, src, parsePolicy('1000d:2000d', '0')));
+      for (const [round, v] of [versions[1], versions[2], versions[3]].entries()) {
+        const plan = await planPrune(repo, { minPackAgeMs: 0 });
+        assert.ok(plan.doomed.packs.length > 0, `round ${round}: something to delete`);
+        // An old version comes back while prune runs: before, while or after the daemon acknowledges.
+        const pruning = applyPrune(repo, plan, { ackTimeoutMs: 60_000 });
+        await new Promise((r) => setTimeout(r, round * 150));
+        writeFileSync(join(src, 'big'), v as Buffer);
+        await pruning;
+        await daemon.sync(src);
+        assert.deepEqual((await checkRepository(repo, { readData: true })).errors, [], `round ${round}`);
+        const out = join(work.path, `out-${round}`);
+        await restore(repo, (await repo.loadState(src)).state, out);
+        assert.ok(readFileSync(join(out, 'big')).equals(v as Buffer), `round ${round}: the latest restores`);
+        await applyForget(repo, await planForget(repo, src, parsePolicy('1000d:2000d', '0')));
+      }
+      await maint.release();
+      await repo.close();
+      assert.equal((await daemon.status()).state, 'watching');
+      assert.equal(await daemon.stop(), 0);
+    } finally {
+      if (daemon.child.exitCode === null) await daemon.kill9();
+      work.cleanup();
     }
   });
 });

@@ -186,9 +186,9 @@ export async function syncCache(repo: Repository, db: StateDb, source: string): 
  */
 export async function leaseStillGood(lease: Lease, repo: Repository, db: StateDb): Promise<void> {
   if (!(await lease.fresh())) return;
-  if ((await applyDeletionPlans(repo, db)) === 0) return;
-  throw new PhoenixError('PHX_LOCKED', 'prune deleted data while this writer could not renew its lease', {
-    hint: 'start it again: its cache no longer names what was deleted, and what it was committing is read again',
+  if ((await applyDeletionPlans(repo, db)).applied === 0) return;
+  throw new PhoenixError('PHX_PRUNED', 'prune ran while this writer could not renew its lease: this commit is made again', {
+    hint: 'nothing is lost: the files are read again, against a cache that no longer names what prune deleted',
   });
 }
 
@@ -196,16 +196,18 @@ export async function leaseStillGood(lease: Lease, repo: Repository, db: StateDb
  * Purges from the chunk index the packs of every deletion plan (prune's) not applied yet, so
  * deduplication never names a chunk whose pack is gone. The number of plans applied.
  */
-export async function applyDeletionPlans(repo: Repository, db: StateDb): Promise<number> {
-  const applied = db.plansApplied();
-  let n = 0;
-  for (const key of await repo.deletionPlans()) {
-    if (applied.has(key)) continue;
+export async function applyDeletionPlans(repo: Repository, db: StateDb): Promise<{ applied: number; latest: string | undefined }> {
+  const done = db.plansApplied();
+  let applied = 0;
+  const plans = await repo.deletionPlans();
+  for (const key of plans) {
+    if (done.has(key)) continue;
     const plan = await repo.readDeletionPlan(key);
     db.purgePacks(key, plan.packs);
-    n++;
+    repo.forgetParts(plan.parts);
+    applied++;
   }
-  return n;
+  return { applied, latest: plans.at(-1) };
 }
 
 /**

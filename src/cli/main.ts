@@ -233,7 +233,10 @@ export async function main(argv: string[]): Promise<number> {
   repoCmd('prune', 'delete the packs and metadata that no kept instant needs')
     .option('-n, --dry-run', 'print what would be deleted and what stays; delete nothing')
     .option('--min-pack-age <DURATION>', 'never delete an unused pack younger than this (default 24h)')
-    .addHelpText('after', '\nIn this version prune deletes only while no phoenix watch or backup is running (it says which one is).')
+    .addHelpText(
+      'after',
+      '\nRuns beside phoenix watch on any host: it waits for each live writer to acknowledge what it deletes (one lease renewal).',
+    )
     .action((_o: unknown, c: Command) => run(retention().then((m) => m.pruneCommand(c.opts()))));
   repoCmd('check', 'verify the repository: journals, checkpoints, every chunk reference; --read-data re-hashes every byte')
     .option('--read-data', 'also read every pack and verify every chunk')

@@ -2,7 +2,7 @@ import { PhoenixError } from '../errors.js';
 import type { Repository } from '../repo/index.js';
 import { applyForget, effectivePolicy, planForget } from '../retention/forget.js';
 import { parsePolicy, parseRetentionDuration, formatPolicy, DEFAULT_MIN_AGE } from '../retention/policy.js';
-import { applyPrune, DEFAULT_MIN_PACK_AGE, noLiveWriters, planPrune, type Census } from '../retention/prune.js';
+import { applyPrune, DEFAULT_MIN_PACK_AGE, planPrune, type Census } from '../retention/prune.js';
 import { parseTime } from '../util/duration.js';
 import { iso, pickSource, print, showTime, withRepo, type RepoFlags } from './common.js';
 import { mib } from './format.js';
@@ -165,15 +165,24 @@ export async function pruneCommand(flags: PruneFlags): Promise<void> {
   return withRepo(flags, async (repo) => {
     const lease = await repo.acquireMaintenanceLease();
     try {
-      if (!flags.dryRun) await noLiveWriters(repo);
       const plan = await planPrune(repo, { minPackAgeMs });
       const line = (what: string, c: Census): string =>
         `${what}: ${c.total} (${mib(c.bytes)}); in use ${c.used} (${mib(c.usedBytes)}); to delete ${c.unused} (${mib(c.unusedBytes)}); unused but younger than ${text}: ${c.young} (${mib(c.youngBytes)}, kept)`;
-      const planKey = flags.dryRun ? undefined : await applyPrune(repo, plan);
+      const done = flags.dryRun
+        ? undefined
+        : await applyPrune(repo, plan, {
+            onWait: (pending) => {
+              if (!flags.json)
+                process.stderr.write(
+                  `waiting for ${pending.map((w) => `the writer of ${JSON.stringify(w.source)} on ${w.host} (process ${w.pid})`).join(', ')} to acknowledge the deletion plan\n`,
+                );
+            },
+          });
+      const taken = done?.takenBack ?? 0;
       print(
         flags,
-        { packs: plan.packs, parts: plan.parts, dryRun: flags.dryRun ?? false, plan: planKey ?? null },
-        `${line('packs', plan.packs)}\n${line('metadata parts', plan.parts)}\n${flags.dryRun ? 'dry run: nothing was deleted' : `deleted ${plan.doomed.packs.length} packs and ${plan.doomed.parts.length} parts (${mib(plan.packs.unusedBytes + plan.parts.unusedBytes)})`}`,
+        { packs: plan.packs, parts: plan.parts, dryRun: flags.dryRun ?? false, plan: done?.key ?? null, takenBack: taken },
+        `${line('packs', plan.packs)}\n${line('metadata parts', plan.parts)}\n${flags.dryRun ? 'dry run: nothing was deleted' : `deleted ${plan.doomed.packs.length + plan.doomed.parts.length - taken} objects${taken > 0 ? ` (${taken} taken back: committed again meanwhile)` : ''}`}`,
       );
     } finally {
       await lease.release();

@@ -36,6 +36,8 @@ export const configSchema = z.strictObject({
   settle: z.strictObject({ closed: duration.optional(), open: duration.optional(), 'max-delay': duration.optional() }).default({}),
   'reconcile-every': duration.default(3_600_000),
   'shutdown-timeout': duration.default(30_000),
+  /** How often each writer renews its lease and looks for prune's deletion plans. */
+  'lease-renew': duration.default(60_000),
   sources: z.array(sourceSchema).default([]),
 });
 

@@ -11,6 +11,7 @@ export interface WatchConfig {
   settle: SettleTimes;
   reconcileMs: number;
   shutdownTimeoutMs: number;
+  leaseRenewMs: number;
   sources: SourceConfig[];
 }
 
@@ -60,6 +61,7 @@ export async function loadWatchConfig(sourceArg: string | undefined, flags: Watc
     },
     reconcileMs: file?.['reconcile-every'] ?? 3_600_000,
     shutdownTimeoutMs: file?.['shutdown-timeout'] ?? 30_000,
+    leaseRenewMs: Math.min(Math.max(file?.['lease-renew'] ?? 60_000, 100), 120_000),
     sources,
   };
 }

@@ -55,6 +55,7 @@ export class Daemon {
         const runner = new SourceRunner(sc, repo, d.#db, d.#pool, d.#eventsFor(sc.name), {
           settle: config.settle,
           reconcileMs: config.reconcileMs,
+          leaseRenewMs: config.leaseRenewMs,
         });
         d.#runners.push(runner);
         log.info({ source: sc.name, path: sc.path }, 'starting');

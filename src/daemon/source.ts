@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CommitBuilder } from '../archiver/commit.js';
-import { leaseStillGood, syncCache } from '../archiver/backup.js';
+import { applyDeletionPlans, leaseStillGood, syncCache } from '../archiver/backup.js';
 import { CheckpointPolicy } from '../archiver/checkpoints.js';
 import type { SealPool } from '../archiver/seal-pool.js';
 import { isTransient } from '../backend/backend.js';
@@ -46,6 +46,8 @@ export interface SourceOptions {
   maxBatch?: number;
   /** Longest wait between retries while the store fails. */
   maxBackoffMs?: number;
+  /** How often the lease is renewed (and prune's deletion plans looked for). */
+  leaseRenewMs?: number;
 }
 
 export type SourceState = 'starting' | 'scanning' | 'watching' | 'degraded' | 'stopping' | 'stopped' | 'failed';
@@ -110,7 +112,7 @@ export class SourceRunner {
     this.#db = db;
     this.#pool = pool;
     this.#events = events;
-    this.#opts = { maxBatch: 5000, maxBackoffMs: 60_000, ...opts };
+    this.#opts = { maxBatch: 5000, maxBackoffMs: 60_000, leaseRenewMs: 60_000, ...opts };
     this.#filter = new Filter(config);
     this.pending = new PendingChanges(opts.settle);
     this.#known = db.known(config.name);
@@ -143,12 +145,22 @@ export class SourceRunner {
     const name = this.config.name;
     this.#lease = await this.#repo.acquireLease(name);
     this.#renew = setInterval(() => {
-      this.#lease?.renew().catch((err: unknown) => {
-        if (err instanceof PhoenixError && err.code === 'PHX_LOCKED') this.#fail(err);
-        else this.#events.warn(`cannot renew the lease: ${(err as Error).message}`);
-      });
-    }, 60_000).unref();
+      if (this.#renewing) return;
+      this.#renewing = true;
+      this.#keepLease()
+        .catch((err: unknown) => {
+          if (err instanceof PhoenixError && err.code === 'PHX_LOCKED') this.#fail(err);
+          else this.#events.warn(`cannot renew the lease: ${(err as Error).message}`);
+        })
+        .finally(() => (this.#renewing = false));
+    }, this.#opts.leaseRenewMs).unref();
     const commits = await syncCache(this.#repo, this.#db, name);
+    // Every deletion plan there is was applied by syncCache, and nothing is in flight yet.
+    const plans = await this.#repo.deletionPlans();
+    if (plans.length > 0) {
+      this.#lease.note({ acked: plans.at(-1) });
+      await this.#lease.renew();
+    }
     const last = commits.at(-1);
     this.#seq = last?.seq ?? 0;
     this.lastCommit = last && { seq: last.seq, timeMs: last.timeMs };
@@ -487,6 +499,28 @@ export class SourceRunner {
   #watcherRoot(): RawPath {
     if (this.#watcher === undefined) throw new Error('not started');
     return this.#watcher.root;
+  }
+
+  #renewing = false;
+
+  /**
+   * The lease's renewal, and this writer's part in prune: a deletion plan not seen yet is
+   * purged from the chunk index (and the parts the repository remembers) at once, so commits
+   * started from now on cannot name its packs; once the commit and the checkpoint in flight
+   * (started before, perhaps deduplicated against them) are durable, the lease says so
+   * (`acked`), and prune, which waits for that, reads the journal again before it deletes.
+   */
+  async #keepLease(): Promise<void> {
+    const lease = this.#lease;
+    if (lease === undefined) return;
+    const { applied, latest } = await applyDeletionPlans(this.#repo, this.#db);
+    if (applied > 0) {
+      this.#events.info('prune is deleting data: purged its packs from the cache', { plans: applied });
+      await this.#committing?.catch(() => {});
+      await this.#checkpointWriting;
+    }
+    if (latest !== undefined) lease.note({ acked: latest });
+    await lease.renew();
   }
 
   /** Writes the checkpoint after the last commit, in the background: commits go on meanwhile. */

@@ -525,6 +525,11 @@ export class Repository {
   readonly #parts = new Map<string, number>();
   readonly #seeded = new Set<string>();
 
+  /** Forgets parts prune deletes: a checkpoint written later must upload them again, not name them. */
+  forgetParts(ids: Iterable<string>): void {
+    for (const id of ids) this.#parts.delete(id);
+  }
+
   /** Learns the parts of the newest checkpoint of `source` before `seq` (once): a new checkpoint reuses what did not change. */
   async #seedParts(source: string, seq: number): Promise<void> {
     if (this.#seeded.has(source)) return;
@@ -716,23 +721,7 @@ export class Repository {
    * then both step back and try again after a random pause).
    */
   async acquireLease(source: string): Promise<Lease> {
-    const lease = await this.#acquire(
-      leasePrefix(source),
-      `source ${JSON.stringify(source)} is being written`,
-      'only one writer per source',
-    );
-    // Prune deletes packs only while no writer is live: it writes its lease, then looks for
-    // ours; we wrote ours, now we look for its. One of the two sees the other.
-    const maintainer = (await this.#leases(MAINTENANCE_LEASES, '')).live[0];
-    if (maintainer !== undefined) {
-      await lease.release();
-      throw new PhoenixError(
-        'PHX_LOCKED',
-        `the repository is being pruned by process ${maintainer.pid} on ${maintainer.host} (lease until ${new Date(maintainer.expiresMs).toISOString()})`,
-        { hint: 'writers wait while prune deletes data: start again when it has finished (phoenix prune takes seconds to minutes)' },
-      );
-    }
-    return lease;
+    return this.#acquire(leasePrefix(source), `source ${JSON.stringify(source)} is being written`, 'only one writer per source');
   }
 
   /** The maintenance lease (forget, prune): one host at a time maintains the repository. */
@@ -741,16 +730,17 @@ export class Repository {
   }
 
   /** The writers' leases that are live now, every source's. */
-  async liveWriters(): Promise<Array<{ source: string; host: string; pid: number; expiresMs: number }>> {
-    const out: Array<{ source: string; host: string; pid: number; expiresMs: number }> = [];
+  async liveWriters(): Promise<LiveWriter[]> {
+    const out: LiveWriter[] = [];
     const dirs = new Set<string>();
     for (const o of await listAll(this.backend, 'leases/')) {
       const dir = o.key.split('/')[1] ?? '';
       if (dir !== '' && !dir.startsWith('~')) dirs.add(dir);
     }
     for (const dir of dirs) {
-      for (const l of (await this.#leases(`leases/${dir}/`, '')).live)
-        out.push({ source: sourceFromDir(dir), host: l.host, pid: l.pid, expiresMs: l.expiresMs });
+      for (const l of (await this.#leases(`leases/${dir}/`, '')).live) {
+        out.push({ source: sourceFromDir(dir), host: l.host, pid: l.pid, token: l.token, expiresMs: l.expiresMs, acked: l.acked });
+      }
     }
     return out;
   }
@@ -803,9 +793,10 @@ export class Repository {
     const me = { host: hostname(), pid: process.pid, token: randomBytes(8).toString('hex'), acquiredMs: Date.now() };
     const key = prefix + me.token;
     let expiresMs = 0;
+    let notes: Record<string, unknown> = {};
     const write = (): Promise<void> => {
       const next = Date.now() + LEASE_TTL_MS;
-      return this.backend.put(key, Buffer.from(JSON.stringify({ ...me, expiresMs: next }))).then(() => void (expiresMs = next));
+      return this.backend.put(key, Buffer.from(JSON.stringify({ ...notes, ...me, expiresMs: next }))).then(() => void (expiresMs = next));
     };
     for (let attempt = 1; ; attempt++) {
       await write();
@@ -840,10 +831,14 @@ export class Repository {
         }
         await write();
       },
+      note: (fields) => {
+        notes = { ...notes, ...fields };
+      },
       fresh: async () => {
         if (Date.now() < expiresMs - 30_000) return false;
         // Our lease ran out (a laptop that slept, a store we could not reach): before we
-        // commit, make sure nobody took over, take it again, and see whether prune ran.
+        // commit, make sure nobody took over and take it again; the caller then looks for
+        // deletion plans (prune did not wait for us: it saw no live lease).
         const { live, mine } = await this.#leases(prefix, me.token);
         if (!mine || live.some((l) => l.acquiredMs >= expiresMs)) {
           throw new PhoenixError('PHX_LOCKED', `the lease ${prefix} was taken over by another process while it had run out`, {
@@ -851,12 +846,6 @@ export class Repository {
           });
         }
         await write();
-        const maintainer = (await this.#leases(MAINTENANCE_LEASES, '')).live.find((l) => l.token !== me.token);
-        if (maintainer !== undefined && prefix !== MAINTENANCE_LEASES) {
-          throw new PhoenixError('PHX_LOCKED', `prune started on ${maintainer.host} while this writer's lease had run out`, {
-            hint: 'start the writer again: it purges what prune deleted from its cache first',
-          });
-        }
         return true;
       },
       release: async () => {
@@ -893,10 +882,23 @@ interface LeaseRecord {
   token: string;
   acquiredMs: number;
   expiresMs: number;
+  /** The newest deletion plan this writer has purged from its cache, with nothing in flight from before. */
+  acked?: string;
+}
+
+export interface LiveWriter {
+  source: string;
+  host: string;
+  pid: number;
+  token: string;
+  expiresMs: number;
+  acked: string | undefined;
 }
 
 export interface Lease {
   renew(): Promise<void>;
+  /** Fields the lease object carries from its next write on (a writer's `acked` deletion plan). */
+  note(fields: Record<string, unknown>): void;
   /**
    * Call before each commit. When the lease ran out meanwhile, takes it again (PHX_LOCKED if
    * another process took over or prune is running) and returns true: the caller must then

@@ -1,18 +1,20 @@
+import { setTimeout } from 'node:timers/promises';
 import { listAll, type ObjectInfo } from '../backend/backend.js';
 import { PhoenixError } from '../errors.js';
-import { checkpointKey, mapLimited, packKey, partKey, type Repository } from '../repo/index.js';
+import { checkpointKey, mapLimited, packKey, partKey, type LiveWriter, type Repository } from '../repo/index.js';
 
 /**
  * Garbage collection: deletes the packs and metadata parts that nothing the repository keeps
  * refers to (history that `forget` dropped, uploads a crash left behind), once they are older
- * than `minPackAgeMs` on the store's clock.
+ * than `minPackAgeMs` on the store's clock. It runs beside live writers, in two phases:
  *
- * Safety, in this build: prune deletes only while no writer holds a live lease on any source
- * (it takes the maintenance lease first, then looks; a writer takes its lease, then looks for
- * the maintenance lease: one of the two always sees the other). Before deleting it publishes a
- * deletion plan; a writer purges those packs from its deduplication index when it starts, and
- * before a commit after its lease ran out (a laptop that slept), so it never names a chunk
- * whose pack is gone.
+ * 1. It publishes a deletion plan (what it means to delete) and waits until every live writer
+ *    (every source, every host) has acknowledged it in its lease: a writer purges the plan's
+ *    packs from its deduplication index, lets the commit in flight land, then says `acked`.
+ *    Writers that start later purge plans first; one whose lease ran out (a laptop that
+ *    slept) looks for plans before its next commit and makes that commit again if it found one.
+ * 2. It reads every commit and checkpoint written since it planned, takes back whatever they
+ *    refer to, and deletes the rest. A run killed anywhere is finished by the next one.
  */
 export interface PruneOptions {
   minPackAgeMs: number;
@@ -21,6 +23,8 @@ export interface PruneOptions {
 export interface PrunePlan {
   packs: Census;
   parts: Census;
+  /** Each source's journal as it was when the plan was made: what was written after it is read again before deleting. */
+  heads: Map<string, { seq: number; checkpoints: Set<number> }>;
   /** Keys to delete, packs first. */
   doomed: { packs: string[]; parts: string[] };
 }
@@ -39,17 +43,36 @@ export interface Census {
 
 export const DEFAULT_MIN_PACK_AGE = '24h';
 
-/** Refuses (PHX_LOCKED) while a writer is live, naming it. */
-export async function noLiveWriters(repo: Repository): Promise<void> {
-  const w = (await repo.liveWriters())[0];
-  if (w === undefined) return;
-  throw new PhoenixError(
-    'PHX_LOCKED',
-    `source ${JSON.stringify(w.source)} is being written by process ${w.pid} on ${w.host} (lease until ${new Date(w.expiresMs).toISOString()})`,
-    {
-      hint: 'prune deletes data only while no writer runs, in this version: stop phoenix watch (and backups) for the prune, then start them again',
-    },
-  );
+/**
+ * Waits until every live writer's lease acknowledges the deletion plan `key` (or is gone).
+ * `onWait` hears who is still awaited. Throws PHX_LOCKED after `timeoutMs`, naming them.
+ */
+export async function waitForAcks(
+  repo: Repository,
+  key: string,
+  timeoutMs: number,
+  onWait?: (pending: LiveWriter[]) => void,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (let said = 0; ;) {
+    const pending = (await repo.liveWriters()).filter((w) => w.acked === undefined || w.acked < key);
+    if (pending.length === 0) return;
+    if (Date.now() >= deadline) {
+      const w = pending[0] as LiveWriter;
+      throw new PhoenixError(
+        'PHX_LOCKED',
+        `the writer of source ${JSON.stringify(w.source)} (process ${w.pid} on ${w.host}) has not acknowledged the deletion plan; nothing was deleted`,
+        {
+          hint: 'a phoenix watch acknowledges at its next lease renewal (lease-renew:, every minute by default) once its commit in flight has landed; run prune again later',
+        },
+      );
+    }
+    if (Date.now() >= said) {
+      onWait?.(pending);
+      said = Date.now() + 10_000;
+    }
+    await setTimeout(200);
+  }
 }
 
 /** What the repository keeps: every pack and part a kept commit, segment or checkpoint refers to. */
@@ -77,6 +100,11 @@ async function referenced(repo: Repository): Promise<{ packs: Set<string>; parts
 
 export async function planPrune(repo: Repository, opts: PruneOptions): Promise<PrunePlan> {
   const now = await repo.storeNow();
+  const heads = new Map<string, { seq: number; checkpoints: Set<number> }>();
+  for (const source of await repo.sources()) {
+    const chain = await repo.journalObjects(source);
+    heads.set(source, { seq: chain.at(-1)?.seq ?? 0, checkpoints: new Set(await repo.checkpointSeqs(source)) });
+  }
   const used = await referenced(repo);
   const census = (objects: ObjectInfo[], isUsed: (id: string) => boolean, doomed: string[]): Census => {
     const c: Census = { total: 0, bytes: 0, used: 0, usedBytes: 0, unused: 0, unusedBytes: 0, young: 0, youngBytes: 0 };
@@ -101,14 +129,49 @@ export async function planPrune(repo: Repository, opts: PruneOptions): Promise<P
   const doomed = { packs: [] as string[], parts: [] as string[] };
   const packs = census(await listAll(repo.backend, 'data/'), (id) => used.packs.has(id), doomed.packs);
   const parts = census(await listAll(repo.backend, 'meta/'), (id) => used.parts.has(id), doomed.parts);
-  return { packs, parts, doomed };
+  return { packs, parts, doomed, heads };
 }
 
-/** Publishes the plan, then deletes: a run killed midway is finished by the next one. */
-export async function applyPrune(repo: Repository, plan: PrunePlan): Promise<string | undefined> {
+/** What the commits and checkpoints written since `plan` was made refer to (taken back from the deletion). */
+async function writtenSince(repo: Repository, plan: PrunePlan): Promise<{ packs: Set<string>; parts: Set<string> }> {
+  const packs = new Set<string>();
+  const parts = new Set<string>();
+  for (const source of await repo.sources()) {
+    const head = plan.heads.get(source) ?? { seq: 0, checkpoints: new Set<number>() };
+    for (const info of (await repo.commitList(source)).filter((c) => c.seq > head.seq)) {
+      for (const p of await repo.partsOf(info.key)) parts.add(p);
+      const c = await repo.readCommit(info);
+      for (const p of c.packs) packs.add(p);
+      for (const ch of c.changes) if (ch.op === 'put') for (const r of ch.chunks) packs.add(r.pack);
+    }
+    for (const seq of await repo.checkpointSeqs(source)) {
+      if (head.checkpoints.has(seq)) continue;
+      for (const p of await repo.partsOf(checkpointKey(source, seq))) parts.add(p);
+      for await (const r of repo.checkpointRecords(source, seq)) for (const c of r.chunks) packs.add(c.pack);
+    }
+  }
+  return { packs, parts };
+}
+
+/**
+ * Publishes the plan, waits for the live writers' acknowledgements, takes back what was
+ * committed meanwhile, then deletes. Returns the plan's key and what was taken back.
+ */
+export async function applyPrune(
+  repo: Repository,
+  plan: PrunePlan,
+  opts: { ackTimeoutMs?: number; onWait?: (pending: LiveWriter[]) => void } = {},
+): Promise<{ key: string; takenBack: number } | undefined> {
   if (plan.doomed.packs.length === 0 && plan.doomed.parts.length === 0) return undefined;
   const key = await repo.writeDeletionPlan(plan.doomed.packs, plan.doomed.parts);
-  await mapLimited(plan.doomed.packs, 8, (id) => repo.backend.delete(packKey(id)));
-  await mapLimited(plan.doomed.parts, 8, (id) => repo.backend.delete(partKey(id)));
-  return key;
+  await waitForAcks(repo, key, opts.ackTimeoutMs ?? ACK_TIMEOUT_MS, opts.onWait);
+  const since = await writtenSince(repo, plan);
+  const packs = plan.doomed.packs.filter((id) => !since.packs.has(id));
+  const parts = plan.doomed.parts.filter((id) => !since.parts.has(id));
+  await mapLimited(packs, 8, (id) => repo.backend.delete(packKey(id)));
+  await mapLimited(parts, 8, (id) => repo.backend.delete(partKey(id)));
+  return { key, takenBack: plan.doomed.packs.length - packs.length + plan.doomed.parts.length - parts.length };
 }
+
+/** How long prune waits for the writers' acknowledgements: two lease lifetimes. */
+export const ACK_TIMEOUT_MS = 10 * 60_000;
