@@ -38,13 +38,15 @@ export class DaemonProcess {
   readonly exited: Promise<number | null>;
   #syncs = 0;
 
-  constructor(readonly opts: { src: string; repo: string; state: string; args?: string[]; env?: Record<string, string> }) {
+  constructor(
+    readonly opts: { src: string; repo: string; state: string; args?: string[]; env?: Record<string, string>; fromConfig?: boolean },
+  ) {
     this.child = spawn(
       process.execPath,
       [
         PHOENIX,
         'watch',
-        opts.src,
+        ...(opts.fromConfig ? [] : [opts.src]),
         '--repo',
         opts.repo,
         '--state',

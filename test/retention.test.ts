@@ -16,6 +16,7 @@ import { applyForget, planForget } from '../src/retention/forget.js';
 import { applyPrune, planPrune } from '../src/retention/prune.js';
 import { restore } from '../src/restore/restore.js';
 import { StateDb } from '../src/state/db.js';
+import { MassChangeGuard } from '../src/daemon/guard.js';
 import { DaemonProcess, PASSWORD } from './daemon-helpers.js';
 import { tempDir } from './helpers.js';
 import { floorBoundary, keptInstants, parsePolicy, type Instant } from '../src/retention/policy.js';
@@ -470,6 +471,90 @@ describe('prune beside a live phoenix watch', () => {
       await maint.release();
       await repo.close();
       assert.equal((await daemon.status()).state, 'watching');
+      assert.equal(await daemon.stop(), 0);
+    } finally {
+      if (daemon.child.exitCode === null) await daemon.kill9();
+      work.cleanup();
+    }
+  });
+});
+
+describe('mass-change guard', () => {
+  it('trips once per spike of removals or rewrites, naming the commit before it', () => {
+    const g = new MassChangeGuard({ files: 100, fraction: 0.25, windowMs: 60_000 }, { seq: 1, timeMs: 1000 });
+    const t = 10_000_000;
+    assert.equal(g.observe({ seq: 2, timeMs: t, removed: 0, rewritten: 5 }, 10_000), undefined);
+    assert.equal(g.observe({ seq: 3, timeMs: t + 1000, removed: 60, rewritten: 0 }, 10_000), undefined);
+    const trip = g.observe({ seq: 4, timeMs: t + 2000, removed: 40, rewritten: 0 }, 10_000);
+    assert.deepEqual(trip, { timeMs: t + 2000, removed: 100, rewritten: 5, pinnedAtMs: t - 1, seq: 1 });
+    assert.equal(g.observe({ seq: 5, timeMs: t + 3000, removed: 500, rewritten: 0 }, 10_000), undefined, 'the same spike trips once');
+    // Quiet for a window: a new spike trips again, pinning the commit before it.
+    assert.equal(g.observe({ seq: 6, timeMs: t + 200_000, removed: 0, rewritten: 0 }, 9_000), undefined);
+    const again = g.observe({ seq: 7, timeMs: t + 201_000, removed: 0, rewritten: 150 }, 9_000);
+    assert.equal(again?.seq, 6);
+    // The fraction rule: 30 % of a small tree (once at least 100 files changed).
+    const small = new MassChangeGuard({ files: 1000, fraction: 0.25, windowMs: 60_000 }, { seq: 1, timeMs: 0 });
+    assert.equal(small.observe({ seq: 2, timeMs: t, removed: 50, rewritten: 0 }, 100), undefined, '50 of 150: fewer than 100 changed');
+    assert.equal(small.observe({ seq: 3, timeMs: t + 1, removed: 60, rewritten: 0 }, 40)?.removed, 110);
+  });
+});
+
+describe('phoenix watch runs retention itself', () => {
+  it('writes its configured policy, pins the state before a mass removal, forgets and prunes on its own, and the pinned state restores', async () => {
+    const work = tempDir('phx-maint-');
+    const src = join(work.path, 'src');
+    const repoDir = join(work.path, 'repo');
+    mkdirSync(join(src, 'docs'), { recursive: true });
+    for (let i = 0; i < 60; i++) writeFileSync(join(src, 'docs', `d${i}`), `document ${i}\n`);
+    const config = join(work.path, 'phoenix.yaml');
+    writeFileSync(
+      config,
+      [
+        'lease-renew: 200ms',
+        'guard: {files: 50, window: 1m}',
+        'maintenance: {forget-every: 1s, prune-every: 1s, min-pack-age: 0}',
+        'sources:',
+        `  - path: ${src}`,
+        '    retention: {policy: "1000d:2000d", min-age: "0"}',
+      ].join('\n'),
+    );
+    const init = await Repository.init(new LocalBackend(repoDir), { password: PASSWORD, kdfN: 1024 });
+    await init.close();
+    const daemon = new DaemonProcess({ src, repo: repoDir, state: join(work.path, 'state'), args: ['--config', config], fromConfig: true });
+    try {
+      await daemon.ready();
+      const repo = await Repository.open(new LocalBackend(repoDir), async () => PASSWORD);
+      assert.equal((await repo.storedPolicy(src))?.policy, '1000d:2000d', 'the configured policy is in the repository');
+      for (let i = 0; i < 3; i++) {
+        writeFileSync(join(src, 'big'), randomBytes(100_000 + i));
+        await daemon.sync(src);
+      }
+      const before = (await repo.commitList(src)).at(-1) as { seq: number; timeMs: number };
+      rmSync(join(src, 'docs'), { recursive: true });
+      await daemon.sync(src);
+      const guard = (await daemon.status()).guards[0];
+      assert.ok(guard !== undefined, 'the guard tripped');
+      assert.equal(guard.source, src);
+      // The state before the first removal or rewrite of the window (the sync markers count too).
+      assert.ok(guard.seq <= before.seq);
+      assert.ok(guard.removed >= 61);
+      // The daemon forgets and prunes: the dropped versions of big go, the pinned state stays.
+      const deadline = Date.now() + 60_000;
+      for (;;) {
+        const s = await daemon.status();
+        const r = s.retention;
+        if (r?.lastPrune !== null && r?.lastPrune !== undefined && (await repo.commitList(src)).length <= 3 && r.lastPrune.deleted > 0)
+          break;
+        if (Date.now() > deadline) throw new Error(`no maintenance: ${JSON.stringify(s.retention)}\n${daemon.stderr.slice(-3000)}`);
+        await new Promise((res) => setTimeout(res, 200));
+      }
+      const pinned = await stateAt(repo, src, Date.parse(guard.pinnedAt));
+      assert.equal(pinned.seq, guard.seq);
+      assert.equal([...pinned.state.keys()].filter((p) => p.startsWith('docs/')).length, 60, 'the state before the removal restores');
+      assert.deepEqual((await checkRepository(repo, { readData: true })).errors, []);
+      const s = await daemon.status();
+      assert.equal(s.retention?.sources[0]?.policy, '1000d:2000d');
+      await repo.close();
       assert.equal(await daemon.stop(), 0);
     } finally {
       if (daemon.child.exitCode === null) await daemon.kill9();

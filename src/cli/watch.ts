@@ -98,6 +98,15 @@ export async function statusCommand(flags: { state?: string; json?: boolean; con
     ...s.sources.map(
       (src) => `  ${src.name}: ${src.state}, ${src.pending} pending${src.lastCommit ? `, commit ${src.lastCommit.seq}` : ''}`,
     ),
+    ...(s.guards ?? []).map(
+      (g) =>
+        `  GUARD ${g.source}: ${g.removed} removed, ${g.rewritten} rewritten at ${g.time}; the state before is pinned (restore --at ${g.pinnedAt}; phoenix unpin --at ${g.pinnedAt} releases it)`,
+    ),
+    ...(s.retention?.sources ?? []).map(
+      (r) =>
+        `  retention ${r.name}: ${r.policy ?? 'none (everything kept)'}; ${r.instants} instants kept, the oldest ${r.oldestKept ?? '-'}`,
+    ),
+    ...(s.retention?.waiting ?? []).map((w) => `  retention: ${w}`),
     ...s.errors.slice(-5).map((e) => `  error ${e.time}: ${e.path !== null ? `${e.path}: ` : ''}${e.message}`),
   ];
   process.stdout.write(`${lines.join('\n')}\n`);

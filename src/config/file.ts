@@ -21,12 +21,25 @@ const duration = z.union([z.number().int().nonnegative(), z.string()], { error: 
   return ms;
 });
 
+/** A retention policy: its text (checked by parsePolicy when the daemon starts), or the text with a minimum age. */
+const retention = z.union([z.string().min(1), z.strictObject({ policy: z.string().min(1), 'min-age': z.string().min(1).optional() })]);
+
 const sourceSchema = z.strictObject({
   path: z.string().min(1),
   name: z.string().min(1).optional(),
   exclude: z.array(z.string()).default([]),
   'one-file-system': z.boolean().default(false),
+  retention: retention.optional(),
 });
+
+const guardSchema = z.union([
+  z.literal(false),
+  z.strictObject({
+    files: z.number().int().positive().optional(),
+    fraction: z.number().positive().max(1).optional(),
+    window: duration.optional(),
+  }),
+]);
 
 export const configSchema = z.strictObject({
   repository: z.string().min(1).optional(),
@@ -38,6 +51,12 @@ export const configSchema = z.strictObject({
   'shutdown-timeout': duration.default(30_000),
   /** How often each writer renews its lease and looks for prune's deletion plans. */
   'lease-renew': duration.default(60_000),
+  /** The mass-change guard (false: off). */
+  guard: guardSchema.optional(),
+  /** Retention run by the daemon: forget of its sources and prune of the repository, this often (0: never). */
+  maintenance: z
+    .strictObject({ 'forget-every': duration.optional(), 'prune-every': duration.optional(), 'min-pack-age': duration.optional() })
+    .default({}),
   sources: z.array(sourceSchema).default([]),
 });
 

@@ -2,7 +2,22 @@ import { resolve } from 'node:path';
 import { resolveSettings, type Settings } from '../config/settings.js';
 import { PhoenixError } from '../errors.js';
 import { DEFAULT_SETTLE, type SettleTimes } from './pending.js';
+import { parsePolicy, DEFAULT_MIN_AGE } from '../retention/policy.js';
+import { DEFAULT_GUARD } from './guard.js';
 import type { SourceConfig } from './source.js';
+
+/** A source's retention: from the file, checked now (an error names the key). */
+function retentionOf(r: string | { policy: string; 'min-age'?: string | undefined }, key: string): { policy: string; minAge: string } {
+  const policy = typeof r === 'string' ? r : r.policy;
+  const minAge = typeof r === 'string' ? DEFAULT_MIN_AGE : (r['min-age'] ?? DEFAULT_MIN_AGE);
+  try {
+    parsePolicy(policy, minAge);
+  } catch (err) {
+    const e = err as PhoenixError;
+    throw new PhoenixError('PHX_CONFIG', `${key}: ${e.message}`, e.hint !== undefined ? { hint: e.hint } : {});
+  }
+  return { policy, minAge };
+}
 
 /** Everything `phoenix watch` runs with, after the file, the flags and the defaults. */
 export interface WatchConfig {
@@ -12,6 +27,7 @@ export interface WatchConfig {
   reconcileMs: number;
   shutdownTimeoutMs: number;
   leaseRenewMs: number;
+  maintenance: { forgetMs: number; pruneMs: number; minPackAgeMs: number };
   sources: SourceConfig[];
 }
 
@@ -33,15 +49,30 @@ export interface WatchFlags {
 export async function loadWatchConfig(sourceArg: string | undefined, flags: WatchFlags): Promise<WatchConfig> {
   const settings = await resolveSettings(flags);
   const file = settings.file;
-  let sources: SourceConfig[] = (file?.sources ?? []).map((s) => ({
-    name: s.name ?? settings.fromFile(s.path),
-    path: settings.fromFile(s.path),
-    exclude: [...s.exclude, ...flags.exclude],
-    oneFileSystem: s['one-file-system'] || flags.oneFileSystem === true,
-  }));
+  const g = file?.guard;
+  const guard =
+    g === false
+      ? null
+      : {
+          ...DEFAULT_GUARD,
+          ...(g?.files !== undefined ? { files: g.files } : {}),
+          ...(g?.fraction !== undefined ? { fraction: g.fraction } : {}),
+          ...(g?.window !== undefined ? { windowMs: g.window } : {}),
+        };
+  let sources: SourceConfig[] = (file?.sources ?? []).map((s, i) => {
+    const sc: SourceConfig = {
+      name: s.name ?? settings.fromFile(s.path),
+      path: settings.fromFile(s.path),
+      exclude: [...s.exclude, ...flags.exclude],
+      oneFileSystem: s['one-file-system'] || flags.oneFileSystem === true,
+      guard,
+    };
+    if (s.retention !== undefined) sc.retention = retentionOf(s.retention, `sources[${i}].retention`);
+    return sc;
+  });
   if (sourceArg !== undefined) {
     const path = resolve(sourceArg);
-    sources = [{ name: flags.source ?? path, path, exclude: flags.exclude, oneFileSystem: flags.oneFileSystem === true }];
+    sources = [{ name: flags.source ?? path, path, exclude: flags.exclude, oneFileSystem: flags.oneFileSystem === true, guard }];
   }
   if (sources.length === 0) {
     throw new PhoenixError('PHX_USAGE', 'nothing to watch', { hint: 'give a SOURCE directory, or a --config file with a sources: list' });
@@ -61,6 +92,11 @@ export async function loadWatchConfig(sourceArg: string | undefined, flags: Watc
     },
     reconcileMs: file?.['reconcile-every'] ?? 3_600_000,
     shutdownTimeoutMs: file?.['shutdown-timeout'] ?? 30_000,
+    maintenance: {
+      forgetMs: file?.maintenance['forget-every'] ?? 86_400_000,
+      pruneMs: file?.maintenance['prune-every'] ?? 86_400_000,
+      minPackAgeMs: file?.maintenance['min-pack-age'] ?? 86_400_000,
+    },
     leaseRenewMs: Math.min(Math.max(file?.['lease-renew'] ?? 60_000, 100), 120_000),
     sources,
   };

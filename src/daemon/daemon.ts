@@ -9,7 +9,9 @@ import type { Repository } from '../repo/index.js';
 import { StateDb } from '../state/db.js';
 import type { WatchConfig } from './config.js';
 import { SourceRunner, type SourceEvents } from './source.js';
-import { serveStatus, type Status } from './status.js';
+import type { GuardTrip } from './guard.js';
+import { Maintainer } from './maintenance.js';
+import { serveStatus, type GuardStatus, type Status } from './status.js';
 
 const MAX_ERRORS = 50;
 
@@ -30,6 +32,7 @@ export class Daemon {
   readonly uploaded = { bytes: 0, files: 0, commits: 0 };
   bytesRead = 0;
   #server: Server | undefined;
+  #maintainer: Maintainer | undefined;
   #stopping = false;
   #failed = 0;
   /** Resolves when every source has failed (the daemon has nothing left to do). */
@@ -65,6 +68,13 @@ export class Daemon {
       await d.stop(Date.now()).catch(() => {});
       throw err;
     }
+    d.#maintainer = new Maintainer(
+      repo,
+      config.sources.map((s) => s.name),
+      config.maintenance,
+      log.child({ maintenance: true }),
+    );
+    d.#maintainer.start();
     log.info({ sources: config.sources.length, repository: repoUrl }, 'watching');
     return d;
   }
@@ -75,6 +85,7 @@ export class Daemon {
    */
   async stop(deadlineMs: number): Promise<boolean> {
     this.#stopping = true;
+    await this.#maintainer?.stop();
     const results = await Promise.all(this.#runners.map((r) => r.stop(deadlineMs)));
     for (const s of this.#summaries) s.flush();
     await new Promise<void>((r) => (this.#server ? this.#server.close(() => r()) : r()));
@@ -98,6 +109,7 @@ export class Daemon {
         oldestPendingMs: oldest === undefined ? 0 : Math.max(0, now - oldest),
         lastCommit: iso(r.lastCommit),
         overflows: r.overflows,
+        guards: r.guards.map(guardJson),
         failing: r.failing
           ? {
               since: new Date(r.failing.sinceMs).toISOString(),
@@ -131,6 +143,8 @@ export class Daemon {
       uploaded: { ...this.uploaded },
       errors: [...this.#errors],
       failing: sources.map((x) => x.failing).reduce<Status['failing']>((a, f) => (f && (!a || f.since < a.since) ? f : a), null),
+      guards: this.#runners.flatMap((r) => r.guards.map((g) => ({ source: r.config.name, ...guardJson(g) }))),
+      retention: this.#maintainer?.status ?? null,
       sources,
     };
   }
@@ -173,6 +187,16 @@ export class Daemon {
       },
     };
   }
+}
+
+function guardJson(g: GuardTrip): GuardStatus {
+  return {
+    time: new Date(g.timeMs).toISOString(),
+    removed: g.removed,
+    rewritten: g.rewritten,
+    pinnedAt: new Date(g.pinnedAtMs).toISOString(),
+    seq: g.seq,
+  };
 }
 
 function watchLimit(): number | null {

@@ -12,6 +12,7 @@ import { mapLimited, type Lease, type Repository } from '../repo/index.js';
 import { lstatEntry } from '../scanner/stat.js';
 import { entryStamp, type KnownFiles, type QueuedChange, type StateDb } from '../state/db.js';
 import { Watcher } from '../watcher/watcher.js';
+import { DEFAULT_GUARD, MassChangeGuard, type GuardOptions, type GuardTrip } from './guard.js';
 import { PendingChanges, type SettleTimes } from './pending.js';
 
 export interface SourceConfig {
@@ -20,6 +21,10 @@ export interface SourceConfig {
   path: string;
   exclude: string[];
   oneFileSystem: boolean;
+  /** The mass-change guard's thresholds (default DEFAULT_GUARD); null: off. */
+  guard?: GuardOptions | null;
+  /** A retention policy from the configuration: written to the repository at start. */
+  retention?: { policy: string; minAge: string };
 }
 
 /** What a source reports to the daemon (logs, status). */
@@ -92,6 +97,9 @@ export class SourceRunner {
   /** About how many entries the tree has (counted exactly when a checkpoint may be due). */
   #entries = 0;
   lastCommit: { seq: number; timeMs: number } | undefined;
+  /** The mass-change guard's trips: this run's, and those pinned in the repository before. */
+  readonly guards: GuardTrip[] = [];
+  #guard: MassChangeGuard | undefined;
   overflows = 0;
   /** Commits fail (the store is unreachable, the disk is full): since when, why, the next try. */
   failing: { sinceMs: number; error: string; retryAtMs: number; attempts: number } | undefined;
@@ -164,6 +172,18 @@ export class SourceRunner {
     const last = commits.at(-1);
     this.#seq = last?.seq ?? 0;
     this.lastCommit = last && { seq: last.seq, timeMs: last.timeMs };
+    if (this.config.guard !== null) this.#guard = new MassChangeGuard(this.config.guard ?? DEFAULT_GUARD, this.lastCommit);
+    for (const p of await this.#repo.pins(name)) {
+      const g = p.guard;
+      if (g === undefined) continue;
+      const n = (k: string): number => Number(g[k] ?? 0);
+      this.guards.push({ timeMs: n('timeMs'), removed: n('removed'), rewritten: n('rewritten'), pinnedAtMs: p.atMs, seq: n('seq') });
+    }
+    if (this.config.retention !== undefined) {
+      const stored = await this.#repo.storedPolicy(name);
+      if (stored?.policy !== this.config.retention.policy || stored.minAge !== this.config.retention.minAge)
+        await this.#repo.setPolicy(name, this.config.retention.policy, this.config.retention.minAge);
+    }
     this.#entries = this.#db.count(name);
     this.#checkpoints = await CheckpointPolicy.load(this.#repo, name, commits, this.#entries);
     // What the last run saw but did not commit. Its moves are not replayed: the reconcile below
@@ -459,6 +479,12 @@ export class SourceRunner {
         });
         // The tree's size, roughly (a modified file counts as new), and exactly when it matters.
         this.#entries += done.commit.stats.files + done.commit.stats.dirs - done.commit.stats.deleted;
+        const trip = this.#guard?.observe(
+          { seq: this.#seq, timeMs: done.commit.timeMs, removed: builder.removed, rewritten: builder.rewritten },
+          this.#entries,
+        );
+        if (trip !== undefined) this.#tripped(trip);
+        else if (this.#toPin.length > 0) this.#writePins();
         this.#checkpoints.committed(done.info.size ?? 0, this.#entries);
         if (this.#checkpoints.due()) {
           this.#entries = this.#db.count(name);
@@ -502,6 +528,31 @@ export class SourceRunner {
   }
 
   #renewing = false;
+
+  /** Pins the instant before a spike of removals and rewrites, so that retention keeps it until a person unpins it. */
+  #tripped(trip: GuardTrip): void {
+    this.guards.push(trip);
+    const what = `${trip.removed} files removed and ${trip.rewritten} rewritten within ${Math.round((this.config.guard ?? DEFAULT_GUARD).windowMs / 1000)} s`;
+    this.#events.warn(
+      `mass-change guard: ${what}; pinned the state before it (commit ${trip.seq}, phoenix restore --at ${new Date(trip.pinnedAtMs).toISOString()}); phoenix unpin --at ${new Date(trip.pinnedAtMs).toISOString()} releases it`,
+    );
+    this.#toPin.push({ trip, note: `mass-change guard: ${what}` });
+    this.#writePins();
+  }
+
+  /** Guard pins not written yet (the store failed): tried again after each commit. */
+  readonly #toPin: Array<{ trip: GuardTrip; note: string }> = [];
+
+  #writePins(): void {
+    for (const p of this.#toPin.splice(0)) {
+      const { trip } = p;
+      const guard = { timeMs: trip.timeMs, removed: trip.removed, rewritten: trip.rewritten, seq: trip.seq };
+      this.#repo.pin(this.config.name, trip.pinnedAtMs, p.note, guard).catch((err: unknown) => {
+        this.#toPin.push(p);
+        this.#events.warn(`mass-change guard: cannot write the pin yet (${(err as Error).message}); tried again after the next commit`);
+      });
+    }
+  }
 
   /**
    * The lease's renewal, and this writer's part in prune: a deletion plan not seen yet is

@@ -1,3 +1,4 @@
+import type { RetentionStatus } from './maintenance.js';
 import { chmodSync, unlinkSync } from 'node:fs';
 import { createConnection, createServer, type Server } from 'node:net';
 import { join } from 'node:path';
@@ -20,6 +21,10 @@ export interface Status {
   errors: Array<{ time: string; path: string | null; message: string }>;
   /** Commits are failing (of any source): since when, why, and the next try; null when they succeed. */
   failing: Failing | null;
+  /** The mass-change guard's trips (every source): each pinned the state before it, until a person unpins it. */
+  guards: Array<GuardStatus & { source: string }>;
+  /** Retention: each source's policy and oldest kept instant, the daemon's last forget and prune, what waits. */
+  retention: RetentionStatus | null;
   sources: Array<{
     name: string;
     path: string;
@@ -28,8 +33,18 @@ export interface Status {
     oldestPendingMs: number;
     lastCommit: { seq: number; time: string } | null;
     overflows: number;
+    guards: GuardStatus[];
     failing: Failing | null;
   }>;
+}
+
+export interface GuardStatus {
+  time: string;
+  removed: number;
+  rewritten: number;
+  /** The instant pinned (just before the spike): phoenix restore --at it gives the state before. */
+  pinnedAt: string;
+  seq: number;
 }
 
 export interface Failing {

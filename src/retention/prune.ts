@@ -25,6 +25,8 @@ export interface PrunePlan {
   parts: Census;
   /** Each source's journal as it was when the plan was made: what was written after it is read again before deleting. */
   heads: Map<string, { seq: number; checkpoints: Set<number> }>;
+  /** When the first unused object that is too young now may be deleted (store clock); undefined: none waits. */
+  eligibleAtMs: number | undefined;
   /** Keys to delete, packs first. */
   doomed: { packs: string[]; parts: string[] };
 }
@@ -106,6 +108,7 @@ export async function planPrune(repo: Repository, opts: PruneOptions): Promise<P
     heads.set(source, { seq: chain.at(-1)?.seq ?? 0, checkpoints: new Set(await repo.checkpointSeqs(source)) });
   }
   const used = await referenced(repo);
+  let eligibleAtMs: number | undefined;
   const census = (objects: ObjectInfo[], isUsed: (id: string) => boolean, doomed: string[]): Census => {
     const c: Census = { total: 0, bytes: 0, used: 0, usedBytes: 0, unused: 0, unusedBytes: 0, young: 0, youngBytes: 0 };
     for (const o of objects) {
@@ -116,6 +119,8 @@ export async function planPrune(repo: Repository, opts: PruneOptions): Promise<P
         c.used++;
         c.usedBytes += o.size;
       } else if (o.mtimeMs === undefined || now - o.mtimeMs < opts.minPackAgeMs) {
+        const at = (o.mtimeMs ?? now) + opts.minPackAgeMs;
+        eligibleAtMs = eligibleAtMs === undefined ? at : Math.min(eligibleAtMs, at);
         c.young++;
         c.youngBytes += o.size;
       } else {
@@ -129,7 +134,7 @@ export async function planPrune(repo: Repository, opts: PruneOptions): Promise<P
   const doomed = { packs: [] as string[], parts: [] as string[] };
   const packs = census(await listAll(repo.backend, 'data/'), (id) => used.packs.has(id), doomed.packs);
   const parts = census(await listAll(repo.backend, 'meta/'), (id) => used.parts.has(id), doomed.parts);
-  return { packs, parts, doomed, heads };
+  return { packs, parts, doomed, heads, eligibleAtMs };
 }
 
 /** What the commits and checkpoints written since `plan` was made refer to (taken back from the deletion). */

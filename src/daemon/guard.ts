@@ -1,0 +1,77 @@
+/**
+ * The mass-change guard: ransomware, a bad `rm -rf` or a sync tool gone wrong removes or
+ * rewrites many files at once, and retention would in time age the good copy out. When the
+ * commits of a short window remove or rewrite at least `files` files, or at least `fraction`
+ * of the tree (once at least MIN_FRACTION_FILES did), the guard trips once for that spike and
+ * names the instant just before it, which the daemon pins.
+ */
+export interface GuardOptions {
+  files: number;
+  fraction: number;
+  windowMs: number;
+}
+
+export const DEFAULT_GUARD: GuardOptions = { files: 1000, fraction: 0.25, windowMs: 60_000 };
+/** Below this many changes the fraction rule does not apply (a tree of 8 files losing 2 is no spike). */
+export const MIN_FRACTION_FILES = 100;
+
+export interface GuardTrip {
+  /** When it tripped (the commit that crossed the line). */
+  timeMs: number;
+  removed: number;
+  rewritten: number;
+  /** The instant pinned: just before the first commit of the spike. */
+  pinnedAtMs: number;
+  /** The commit current then (the last one before the spike). */
+  seq: number;
+}
+
+interface Seen {
+  seq: number;
+  timeMs: number;
+  removed: number;
+  rewritten: number;
+}
+
+export class MassChangeGuard {
+  readonly #window: Seen[] = [];
+  #tripped = false;
+  /** The last commit before the window's first (what a trip pins). */
+  #before: { seq: number; timeMs: number } | undefined;
+
+  constructor(
+    readonly opts: GuardOptions,
+    last?: { seq: number; timeMs: number },
+  ) {
+    this.#before = last;
+  }
+
+  /** A commit landed; `entries` is the tree's size after it. A trip when this commit makes a spike. */
+  observe(c: Seen, entries: number): GuardTrip | undefined {
+    while (this.#window.length > 0 && (this.#window[0] as Seen).timeMs < c.timeMs - this.opts.windowMs) {
+      const old = this.#window.shift() as Seen;
+      this.#before = { seq: old.seq, timeMs: old.timeMs };
+    }
+    // A spike is over once none of its commits is in the window any more.
+    if (!this.#window.some((s) => s.removed + s.rewritten > 0)) this.#tripped = false;
+    if (c.removed + c.rewritten === 0 && this.#window.length === 0) {
+      this.#before = { seq: c.seq, timeMs: c.timeMs };
+      return undefined;
+    }
+    this.#window.push(c);
+    const removed = this.#window.reduce((n, s) => n + s.removed, 0);
+    const rewritten = this.#window.reduce((n, s) => n + s.rewritten, 0);
+    const changed = removed + rewritten;
+    const treeBefore = entries + removed;
+    const spike =
+      changed >= this.opts.files || (changed >= MIN_FRACTION_FILES && treeBefore > 0 && changed >= this.opts.fraction * treeBefore);
+    if (!spike || this.#tripped) return undefined;
+    this.#tripped = true;
+    const first = this.#window.find((s) => s.removed + s.rewritten > 0) as Seen;
+    // The commit before the spike: the one before `first` in the window, or the one before the window.
+    const i = this.#window.indexOf(first);
+    const prev = i > 0 ? (this.#window[i - 1] as Seen) : this.#before;
+    if (prev === undefined) return undefined; // the spike is the first commit: nothing before it to keep
+    return { timeMs: c.timeMs, removed, rewritten, pinnedAtMs: first.timeMs - 1, seq: prev.seq };
+  }
+}
