@@ -68,8 +68,20 @@ describe('phoenix watch: configuration', () => {
     assert.equal(c.settings.repository, '/flag-wins');
     assert.deepEqual(c.settle, { closedMs: 5, openMs: 2000, maxDelayMs: 5000 });
     assert.deepEqual(c.sources, [
-      { name: join(dir.path, 'docs'), path: join(dir.path, 'docs'), exclude: ['*.o', '*.tmp'], oneFileSystem: false },
+      {
+        name: join(dir.path, 'docs'),
+        path: join(dir.path, 'docs'),
+        exclude: ['*.o', '*.tmp'],
+        oneFileSystem: false,
+        guard: { files: 1000, fraction: 0.25, windowMs: 60_000 },
+      },
     ]);
+    writeFileSync(file, 'guard: false\nsources:\n  - path: ./docs\n    retention: {policy: "hourly:2d", min-age: 30min}\n');
+    const g = await loadWatchConfig(undefined, { config: file, exclude: [] });
+    assert.equal(g.sources[0]?.guard, null);
+    assert.deepEqual(g.sources[0]?.retention, { policy: 'hourly:2d', minAge: '30min' });
+    writeFileSync(file, 'guard: {files: many}\nsources: [{path: ./docs}]\n');
+    await assert.rejects(() => loadWatchConfig(undefined, { config: file, exclude: [] }), /guard/);
   });
 
   it('the example configuration in contrib/ is valid', async () => {

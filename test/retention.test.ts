@@ -12,6 +12,7 @@ import { PhoenixError } from '../src/errors.js';
 import { applyChange, encodeRecord, stateAt, type FileRecord, type JournalChange, type TreeState } from '../src/repo/index.js';
 import { checkRepository } from '../src/repo/check.js';
 import { Repository } from '../src/repo/repository.js';
+import { compactJournal } from '../src/retention/compact.js';
 import { applyForget, planForget } from '../src/retention/forget.js';
 import { applyPrune, planPrune } from '../src/retention/prune.js';
 import { restore } from '../src/restore/restore.js';
@@ -170,71 +171,91 @@ const treeJson = (s: TreeState): string => JSON.stringify([...s.values()].map((x
 describe('forget', () => {
   it('keeps every kept instant exactly, and any other instant reads as the newest kept one before it', async () => {
     await fc.assert(
-      fc.asyncProperty(fc.integer({ min: 1, max: 2 ** 31 }), fc.integer({ min: 8, max: 40 }), fc.boolean(), async (seed, n, twice) => {
-        let x = seed;
-        const r = (): number => ((x = (Math.imul(x, 1103515245) + 12345) >>> 0) % 1e6) / 1e6;
-        const repo = await Repository.init(new MemoryBackend(), { insecureNoEncryption: true });
-        const t0 = Date.UTC(2026, 5, 1);
-        const state: TreeState = new Map();
-        const trees: Array<{ timeMs: number; tree: string }> = [];
-        for (let seq = 1; seq <= n; seq++) {
-          // Each change makes sense for the tree as it is when it applies.
-          const applied: JournalChange[] = [];
-          for (let i = 1 + Math.floor(r() * 3); i > 0; i--) {
-            const c = randomChange(state, r, seq * 10 + applied.length);
-            applied.push(c);
-            applyChange(state, c);
-          }
-          const timeMs = t0 + seq * 6e4 + Math.floor(r() * 5e4);
-          await repo.writeCommit({
-            source: 's',
-            seq,
-            timeMs,
-            packs: [],
-            stats: { files: 0, dirs: 0, deleted: 0, bytesUploaded: 0, bytesTotal: 0 },
-            changes: applied,
-          });
-          if (seq % 7 === 0)
-            await repo.writeCheckpoint(
-              's',
+      fc.asyncProperty(
+        fc.integer({ min: 1, max: 2 ** 31 }),
+        fc.integer({ min: 8, max: 40 }),
+        fc.boolean(),
+        fc.boolean(),
+        async (seed, n, twice, compact) => {
+          let x = seed;
+          const r = (): number => ((x = (Math.imul(x, 1103515245) + 12345) >>> 0) % 1e6) / 1e6;
+          const repo = await Repository.init(new MemoryBackend(), { insecureNoEncryption: true });
+          const t0 = Date.UTC(2026, 5, 1);
+          const state: TreeState = new Map();
+          const trees: Array<{ timeMs: number; tree: string }> = [];
+          for (let seq = 1; seq <= n; seq++) {
+            // Each change makes sense for the tree as it is when it applies.
+            const applied: JournalChange[] = [];
+            for (let i = 1 + Math.floor(r() * 3); i > 0; i--) {
+              const c = randomChange(state, r, seq * 10 + applied.length);
+              applied.push(c);
+              applyChange(state, c);
+            }
+            const timeMs = t0 + seq * 6e4 + Math.floor(r() * 5e4);
+            await repo.writeCommit({
+              source: 's',
               seq,
-              [...state.values()].sort((p, q) => (p.path < q.path ? -1 : 1)),
+              timeMs,
+              packs: [],
+              stats: { files: 0, dirs: 0, deleted: 0, bytesUploaded: 0, bytesTotal: 0 },
+              changes: applied,
+            });
+            if (seq % 7 === 0)
+              await repo.writeCheckpoint(
+                's',
+                seq,
+                [...state.values()].sort((p, q) => (p.path < q.path ? -1 : 1)),
+              );
+            trees.push({ timeMs, tree: treeJson(state) });
+          }
+          if (compact) {
+            // Lossless compaction first: the same instants, the same trees, fewer objects.
+            const before = (await repo.commitList('s')).map((c) => c.seq);
+            const objects = (await repo.journalObjects('s')).length;
+            const c = await compactJournal(repo, 's', { olderThanMs: 0, spanMs: 10 * 6e4 });
+            assert.deepEqual(
+              (await repo.commitList('s')).map((i) => i.seq),
+              before,
             );
-          trees.push({ timeMs, tree: treeJson(state) });
-        }
-        let policy = parsePolicy(twice ? 'all:3min 5min:12min' : '4min:1h', '0');
-        let plan = await planForget(repo, 's', policy);
-        const objects = (await repo.journalObjects('s')).length;
-        const done = await applyForget(repo, plan);
-        if (plan.dropped.length > 0) {
-          assert.ok(done.segment !== undefined && done.deleted.journal > 0, 'a segment replaced the thinned range');
-          assert.ok((await repo.journalObjects('s')).length < objects);
-        }
-        if (twice) {
-          // A second run over a history thinned once already (segments are widened and written again).
-          policy = parsePolicy('10min:1h', '0');
-          plan = await planForget(repo, 's', policy);
-          await applyForget(repo, plan);
-        }
-        const keptNow = await repo.commitList('s');
-        assert.deepEqual(
-          keptNow.map((c) => c.seq),
-          [...plan.kept.keys()].sort((p, q) => p - q),
-        );
-        // Every original instant: kept ones exactly, the others as the newest kept instant before.
-        for (const t of trees) {
-          const newestKept = [...keptNow].reverse().find((c) => c.timeMs <= t.timeMs);
-          if (newestKept === undefined) continue;
-          const want = trees.find((o) => o.timeMs === newestKept.timeMs)?.tree;
-          assert.equal(treeJson((await stateAt(repo, 's', t.timeMs)).state), want, `the tree at ${t.timeMs}`);
-        }
-        assert.equal(treeJson((await repo.loadState('s')).state), treeJson(state), 'the latest tree');
-        assert.deepEqual((await checkRepository(repo)).errors, []);
-        // Idempotent: a second run with the same policy changes nothing.
-        const again = await applyForget(repo, await planForget(repo, 's', policy));
-        assert.equal(again.segment, undefined);
-      }),
-      { numRuns: 60 },
+            assert.equal((await repo.journalObjects('s')).length, objects - c.commits + c.segments);
+            for (const t of trees) assert.equal(treeJson((await stateAt(repo, 's', t.timeMs)).state), t.tree, 'compaction is lossless');
+          }
+          let policy = parsePolicy(twice ? 'all:3min 5min:12min' : '4min:1h', '0');
+          let plan = await planForget(repo, 's', policy);
+          const objects = (await repo.journalObjects('s')).length;
+          const done = await applyForget(repo, plan);
+          if (plan.dropped.length > 0) {
+            assert.ok(done.segment !== undefined && done.deleted.journal > 0, 'a segment replaced the thinned range');
+            // Fewer objects; after a compaction, perhaps as many (a segment written again over a segment).
+            const now = (await repo.journalObjects('s')).length;
+            assert.ok(compact ? now <= objects : now < objects);
+          }
+          if (twice) {
+            // A second run over a history thinned once already (segments are widened and written again).
+            policy = parsePolicy('10min:1h', '0');
+            plan = await planForget(repo, 's', policy);
+            await applyForget(repo, plan);
+          }
+          const keptNow = await repo.commitList('s');
+          assert.deepEqual(
+            keptNow.map((c) => c.seq),
+            [...plan.kept.keys()].sort((p, q) => p - q),
+          );
+          // Every original instant: kept ones exactly, the others as the newest kept instant before.
+          for (const t of trees) {
+            const newestKept = [...keptNow].reverse().find((c) => c.timeMs <= t.timeMs);
+            if (newestKept === undefined) continue;
+            const want = trees.find((o) => o.timeMs === newestKept.timeMs)?.tree;
+            assert.equal(treeJson((await stateAt(repo, 's', t.timeMs)).state), want, `the tree at ${t.timeMs}`);
+          }
+          assert.equal(treeJson((await repo.loadState('s')).state), treeJson(state), 'the latest tree');
+          assert.deepEqual((await checkRepository(repo)).errors, []);
+          // Idempotent: a second run with the same policy changes nothing.
+          const again = await applyForget(repo, await planForget(repo, 's', policy));
+          assert.equal(again.segment, undefined);
+        },
+      ),
+      { numRuns: 60, verbose: 2 },
     );
   });
 });
@@ -512,7 +533,7 @@ describe('phoenix watch runs retention itself', () => {
       [
         'lease-renew: 200ms',
         'guard: {files: 50, window: 1m}',
-        'maintenance: {forget-every: 1s, prune-every: 1s, min-pack-age: 0}',
+        'maintenance: {compact-every: 1s, compact-after: 0, forget-every: 1s, prune-every: 1s, min-pack-age: 0}',
         'sources:',
         `  - path: ${src}`,
         '    retention: {policy: "1000d:2000d", min-age: "0"}',
@@ -554,6 +575,7 @@ describe('phoenix watch runs retention itself', () => {
       assert.deepEqual((await checkRepository(repo, { readData: true })).errors, []);
       const s = await daemon.status();
       assert.equal(s.retention?.sources[0]?.policy, '1000d:2000d');
+      assert.ok(s.retention?.lastCompact !== null, 'compaction ran');
       await repo.close();
       assert.equal(await daemon.stop(), 0);
     } finally {

@@ -55,7 +55,13 @@ export const configSchema = z.strictObject({
   guard: guardSchema.optional(),
   /** Retention run by the daemon: forget of its sources and prune of the repository, this often (0: never). */
   maintenance: z
-    .strictObject({ 'forget-every': duration.optional(), 'prune-every': duration.optional(), 'min-pack-age': duration.optional() })
+    .strictObject({
+      'compact-every': duration.optional(),
+      'compact-after': duration.optional(),
+      'forget-every': duration.optional(),
+      'prune-every': duration.optional(),
+      'min-pack-age': duration.optional(),
+    })
     .default({}),
   sources: z.array(sourceSchema).default([]),
 });

@@ -27,7 +27,7 @@ export interface WatchConfig {
   reconcileMs: number;
   shutdownTimeoutMs: number;
   leaseRenewMs: number;
-  maintenance: { forgetMs: number; pruneMs: number; minPackAgeMs: number };
+  maintenance: { compactMs: number; compactAfterMs: number; forgetMs: number; pruneMs: number; minPackAgeMs: number };
   sources: SourceConfig[];
 }
 
@@ -93,6 +93,8 @@ export async function loadWatchConfig(sourceArg: string | undefined, flags: Watc
     reconcileMs: file?.['reconcile-every'] ?? 3_600_000,
     shutdownTimeoutMs: file?.['shutdown-timeout'] ?? 30_000,
     maintenance: {
+      compactMs: file?.maintenance['compact-every'] ?? 3_600_000,
+      compactAfterMs: file?.maintenance['compact-after'] ?? 600_000,
       forgetMs: file?.maintenance['forget-every'] ?? 86_400_000,
       pruneMs: file?.maintenance['prune-every'] ?? 86_400_000,
       minPackAgeMs: file?.maintenance['min-pack-age'] ?? 86_400_000,

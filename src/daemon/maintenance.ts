@@ -1,12 +1,18 @@
 import type { Logger } from 'pino';
 import { PhoenixError } from '../errors.js';
 import type { Repository } from '../repo/index.js';
+import { compactJournal } from '../retention/compact.js';
 import { applyForget, effectivePolicy, planForget } from '../retention/forget.js';
 import { applyPrune, planPrune } from '../retention/prune.js';
+
+type Kind = 'compact' | 'forget' | 'prune';
+/** Commits are compacted an hour to a segment (once the hour is over and they are older than compact-after). */
+const COMPACT_SPAN_MS = 3_600_000;
 
 /** What `phoenix status --json` says about retention (fields are only ever added). */
 export interface RetentionStatus {
   sources: Array<{ name: string; policy: string | null; minAge: string | null; oldestKept: string | null; instants: number }>;
+  lastCompact: { time: string; segments: number } | null;
   lastForget: { time: string; dropped: number } | null;
   lastPrune: { time: string; deleted: number; takenBack: number } | null;
   /** Why something is not deleted yet: unused data too young, or a writer that has not acknowledged. */
@@ -21,7 +27,7 @@ export interface RetentionStatus {
  * does it instead: this one skips its turn). Runs in the background; commits go on meanwhile.
  */
 export class Maintainer {
-  readonly status: RetentionStatus = { sources: [], lastForget: null, lastPrune: null, waiting: [], maintainer: null };
+  readonly status: RetentionStatus = { sources: [], lastCompact: null, lastForget: null, lastPrune: null, waiting: [], maintainer: null };
   readonly #timers: NodeJS.Timeout[] = [];
   #running: Promise<void> = Promise.resolve();
   #stopped = false;
@@ -29,11 +35,12 @@ export class Maintainer {
   constructor(
     readonly repo: Repository,
     readonly sources: readonly string[],
-    readonly opts: { forgetMs: number; pruneMs: number; minPackAgeMs: number },
+    readonly opts: { compactMs: number; compactAfterMs: number; forgetMs: number; pruneMs: number; minPackAgeMs: number },
     readonly log: Logger,
   ) {}
 
   start(): void {
+    if (this.opts.compactMs > 0) this.#timers.push(setInterval(() => this.#run('compact'), this.opts.compactMs).unref());
     if (this.opts.forgetMs > 0) this.#timers.push(setInterval(() => this.#run('forget'), this.opts.forgetMs).unref());
     if (this.opts.pruneMs > 0) this.#timers.push(setInterval(() => this.#run('prune'), this.opts.pruneMs).unref());
     void this.refresh().catch(() => {});
@@ -63,11 +70,11 @@ export class Maintainer {
     await this.#running;
   }
 
-  #run(kind: 'forget' | 'prune'): void {
+  #run(kind: Kind): void {
     this.#running = this.#running.then(() => (this.#stopped ? undefined : this.#once(kind)));
   }
 
-  async #once(kind: 'forget' | 'prune'): Promise<void> {
+  async #once(kind: Kind): Promise<void> {
     let lease;
     try {
       lease = await this.repo.acquireMaintenanceLease();
@@ -83,7 +90,8 @@ export class Maintainer {
     }
     const renew = setInterval(() => void lease.renew().catch(() => {}), 60_000).unref();
     try {
-      if (kind === 'forget') await this.#forget();
+      if (kind === 'compact') await this.#compact();
+      else if (kind === 'forget') await this.#forget();
       else await this.#prune();
     } catch (err) {
       this.log.warn({ error: (err as Error).message }, `${kind} failed; tried again at its next turn`);
@@ -91,6 +99,17 @@ export class Maintainer {
       clearInterval(renew);
       await lease.release().catch(() => {});
     }
+  }
+
+  async #compact(): Promise<void> {
+    let segments = 0;
+    for (const name of this.sources) {
+      const r = await compactJournal(this.repo, name, { olderThanMs: this.opts.compactAfterMs, spanMs: COMPACT_SPAN_MS });
+      if (r.segments > 0) this.log.debug({ source: name, ...r }, `compaction: ${r.commits} commits into ${r.segments} segments`);
+      segments += r.segments;
+    }
+    this.status.lastCompact = { time: new Date().toISOString(), segments };
+    if (segments > 0) await this.refresh();
   }
 
   async #forget(): Promise<void> {

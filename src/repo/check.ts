@@ -70,7 +70,8 @@ export async function checkRepository(repo: Repository, opts: { readData?: boole
         if (c === undefined) break;
         for (const ch of c.changes) applyTracked(state, ch, digest);
         const step = infos[i]?.segment;
-        if (step !== undefined && (await repo.stepDigest(infos[i] as (typeof infos)[number])) !== digest.hex())
+        const want = step === undefined ? undefined : await repo.stepDigest(infos[i] as (typeof infos)[number]);
+        if (want !== undefined && want !== digest.hex())
           errors.push(`step ${c.seq} of segment ${infos[i]?.key} of ${JSON.stringify(source)} does not give the tree its digest says`);
         const cp = checkpoints.get(c.seq);
         if (cp !== undefined && !sameTree(state, cp))

@@ -66,22 +66,24 @@ export const leasePrefix = (source: string): string => `leases/${sourceDir(sourc
 
 /**
  * A segment (format 3) stands for commits `first`…`last` of a source: its key sorts with the
- * commit `last` it ends at, and names the time of that commit and the first seq it covers.
+ * commit `last` it ends at, and names the time of that commit, the first seq it covers, and
+ * its generation (a segment written again over the same commits has the next one).
  */
-export const segmentKey = (source: string, first: number, last: number, timeMs: number): string =>
-  `journal/${sourceDir(source)}/${pad(last)}-${timeMs}-${pad(first)}`;
+export const segmentKey = (source: string, first: number, last: number, timeMs: number, gen: number): string =>
+  `journal/${sourceDir(source)}/${pad(last)}-${timeMs}-${pad(first)}-${String(gen).padStart(4, '0')}`;
 export const policyKey = (source: string | undefined): string =>
   source === undefined ? 'policy/repository' : `policy/source/${sourceDir(source)}`;
 export const pinPrefix = (source: string): string => `pins/${sourceDir(source)}/`;
 export const pinKey = (source: string, atMs: number): string => `${pinPrefix(source)}${String(atMs).padStart(13, '0')}`;
 
-/** A journal object's name: a commit (`first` = `seq`) or a segment. */
-export function parseJournalKey(name: string): { first: number; seq: number; timeMs: number } | undefined {
-  const m = /^(\d{12})-(\d+)(?:-(\d{12}))?$/.exec(name);
+/** A journal object's name: a commit (`first` = `seq`, no generation) or a segment. */
+export function parseJournalKey(name: string): { first: number; seq: number; timeMs: number; gen: number; segment: boolean } | undefined {
+  const m = /^(\d{12})-(\d+)(?:-(\d{12})-(\d{4}))?$/.exec(name);
   if (!m) return undefined;
   const seq = Number(m[1]);
-  const first = m[3] === undefined ? seq : Number(m[3]);
-  return first >= 1 && first <= seq ? { first, seq, timeMs: Number(m[2]) } : undefined;
+  const segment = m[3] !== undefined;
+  const first = segment ? Number(m[3]) : seq;
+  return first >= 1 && first <= seq ? { first, seq, timeMs: Number(m[2]), gen: segment ? Number(m[4]) : -1, segment } : undefined;
 }
 
 // ---- JSON encoding (paths and link targets as base64 bytes, times as decimal strings) ------

@@ -68,6 +68,9 @@ export interface JournalObject {
   seq: number;
   timeMs: number;
   size: number;
+  segment: boolean;
+  /** A segment's generation (-1 for a commit): of two over the same commits, readers take the higher. */
+  gen: number;
 }
 
 /** One step of a segment: a commit kept, its changes from the step before, and the digest of the tree after it. */
@@ -75,14 +78,21 @@ export interface SegmentStep {
   seq: number;
   timeMs: number;
   stats: CommitStats;
-  /** treeDigest of the tree after this step (hex). */
-  digest: string;
+  /**
+   * TreeDigest of the tree after this step (hex). Steps of a thinned range have it; a lossless
+   * compaction copies commits as they were (proven equal when it was written) and may not.
+   */
+  digest?: string;
   host?: string;
   root?: string;
 }
 
+/** A segment's object: its steps (where each one's changes are), and where the changes are. */
 interface DecodedSegment {
-  steps: Array<SegmentStep & { changes: Array<Record<string, unknown>> }>;
+  source: string;
+  steps: Array<SegmentStep & { at: number; n: number }>;
+  parts: Array<[string, number]>;
+  inline: Array<Record<string, unknown>>;
 }
 
 /** A retention policy as stored in the repository (the text; src/retention/policy.ts reads it). */
@@ -250,7 +260,8 @@ export class Repository {
       const parsed = parseJournalKey(o.key.slice(prefix.length));
       if (parsed === undefined) continue;
       const cur = widest.get(parsed.first);
-      if (cur === undefined || cur.seq < parsed.seq) widest.set(parsed.first, { key: o.key, ...parsed, size: o.size });
+      if (cur === undefined || cur.seq < parsed.seq || (cur.seq === parsed.seq && cur.gen < parsed.gen))
+        widest.set(parsed.first, { key: o.key, ...parsed, size: o.size });
       end = Math.max(end, parsed.seq);
     }
     const chain: JournalObject[] = [];
@@ -275,7 +286,7 @@ export class Repository {
   async commitList(source: string): Promise<CommitInfo[]> {
     const out: CommitInfo[] = [];
     for (const o of await this.journalObjects(source)) {
-      if (o.first === o.seq) {
+      if (!o.segment) {
         out.push({ key: o.key, seq: o.seq, timeMs: o.timeMs, size: o.size });
         continue;
       }
@@ -308,7 +319,8 @@ export class Repository {
       const seg = await this.#segment(info.key);
       const st = seg.steps[info.segment.index];
       if (st === undefined || st.seq !== info.seq) throw corrupt(`segment ${info.key}`, `it has no step ${info.seq}`);
-      const { changes, digest: _digest, ...rest } = st;
+      const changes = (await this.#segmentChanges(info.key, seg)).slice(st.at, st.at + st.n);
+      const { digest: _digest, at: _at, n: _n, ...rest } = st;
       return { source: seg.source, ...rest, packs: [], parts: [], inline: changes };
     }
     const obj = await this.#getJson(info.key);
@@ -328,58 +340,57 @@ export class Repository {
     return (await this.#segment(info.key)).steps[info.segment.index]?.digest;
   }
 
-  /** Segments read lately (they are immutable): several readers of one segment share one read. */
-  readonly #segments = new Map<string, Promise<DecodedSegment & { source: string }>>();
+  /** Segment objects read (they are immutable, and small: their changes are apart); several readers share one read. */
+  readonly #segments = new Map<string, Promise<DecodedSegment>>();
+  /** The changes of the segments read last (a reader goes through one segment's steps in order). */
+  readonly #segmentLines = new Map<string, Promise<Array<Record<string, unknown>>>>();
 
-  #segment(key: string): Promise<DecodedSegment & { source: string }> {
-    let p = this.#segments.get(key);
-    if (p === undefined) {
-      p = this.#readSegment(key);
-      this.#segments.set(key, p);
-      p.catch(() => this.#segments.delete(key));
-      while (this.#segments.size > 4) this.#segments.delete(this.#segments.keys().next().value as string);
-    }
-    return p;
+  #segment(key: string): Promise<DecodedSegment> {
+    return cached(this.#segments, key, 256, () => this.#readSegment(key));
   }
 
-  async #readSegment(key: string): Promise<DecodedSegment & { source: string }> {
-    const obj = await this.#getJson(key);
-    const what = `segment ${key}`;
-    try {
-      if (obj.v !== 3 || obj.kind !== 'segment')
-        throw new Error(`unsupported segment version ${String(obj.v)} (this Phoenix reads 3: upgrade it)`);
-      if (!Array.isArray(obj.steps) || !Array.isArray(obj.changes)) throw new Error('its steps or changes are not lists');
+  #segmentChanges(key: string, seg: DecodedSegment): Promise<Array<Record<string, unknown>>> {
+    return cached(this.#segmentLines, key, 2, async () => {
       const all: Array<Record<string, unknown>> = [];
       for await (const o of readParts(
         this.backend,
         this.keys,
-        decodeParts(obj.parts).map(([id]) => id),
+        seg.parts.map(([id]) => id),
       ))
         all.push(o);
-      for (const o of obj.changes as Array<Record<string, unknown>>) all.push(o);
+      for (const o of seg.inline) all.push(o);
+      const n = seg.steps.reduce((k, st) => k + st.n, 0);
+      if (all.length !== n) throw corrupt(`segment ${key}`, `its steps account for ${n} changes, it holds ${all.length}`);
+      return all;
+    });
+  }
+
+  async #readSegment(key: string): Promise<DecodedSegment> {
+    const obj = await this.#getJson(key);
+    try {
+      if (obj.v !== 3 || obj.kind !== 'segment')
+        throw new Error(`unsupported segment version ${String(obj.v)} (this Phoenix reads 3: upgrade it)`);
+      if (!Array.isArray(obj.steps) || !Array.isArray(obj.changes)) throw new Error('its steps or changes are not lists');
+      const parts = decodeParts(obj.parts);
+      for (const [id, size] of parts) this.#parts.set(id, size); // a segment written again reuses what did not change
       let at = 0;
       let prev = Number(obj.first) - 1;
       const steps = (obj.steps as Array<Record<string, unknown>>).map((st) => {
         const n = Number(st.n);
         const seq = Number(st.seq);
-        if (!(seq > prev) || !(n >= 0) || at + n > all.length) throw new Error(`step ${String(st.seq)} is malformed`);
+        if (!(seq > prev) || !(n >= 0)) throw new Error(`step ${String(st.seq)} is malformed`);
         prev = seq;
-        const step: SegmentStep & { changes: Array<Record<string, unknown>> } = {
-          seq,
-          timeMs: Number(st.time),
-          stats: st.stats as CommitStats,
-          digest: String(st.digest),
-          changes: all.slice(at, at + n),
-        };
+        const step: SegmentStep & { at: number; n: number } = { seq, timeMs: Number(st.time), stats: st.stats as CommitStats, at, n };
+        if (typeof st.digest === 'string') step.digest = st.digest;
         if (typeof st.host === 'string') step.host = st.host;
         if (typeof st.root === 'string') step.root = st.root;
         at += n;
         return step;
       });
-      if (at !== all.length || steps.at(-1)?.seq !== Number(obj.last)) throw new Error('its steps do not account for its changes');
-      return { source: String(obj.source), steps };
+      if (steps.at(-1)?.seq !== Number(obj.last)) throw new Error('its last step is not its last commit');
+      return { source: String(obj.source), steps, parts, inline: obj.changes as Array<Record<string, unknown>> };
     } catch (err) {
-      throw corrupt(what, (err as Error).message);
+      throw corrupt(`segment ${key}`, (err as Error).message);
     }
   }
 
@@ -398,14 +409,18 @@ export class Repository {
     await this.#upgradeConfig(3);
     const heads: Array<Record<string, unknown>> = [];
     let lastTime = 0;
-    const lines = this.#lineWriter();
+    // Parts cut by content (each change's path) and named by it: a segment written again over
+    // the same history stores again only the parts around what changed.
+    const lines = this.#lineWriter(this.#parts);
     for await (const st of steps) {
       let n = 0;
       for (const ch of st.changes) {
-        await lines.add(encodeChange(ch));
+        const o = encodeChange(ch);
+        await lines.add(o, String(o.p));
         n++;
       }
-      const h: Record<string, unknown> = { seq: st.seq, time: st.timeMs, n, digest: st.digest, stats: st.stats };
+      const h: Record<string, unknown> = { seq: st.seq, time: st.timeMs, n, stats: st.stats };
+      if (st.digest !== undefined) h.digest = st.digest;
       if (st.host !== undefined) h.host = st.host;
       if (st.root !== undefined) h.root = st.root;
       heads.push(h);
@@ -414,28 +429,35 @@ export class Repository {
     }
     if (heads.at(-1)?.seq !== last) throw new PhoenixError('PHX_INTERNAL', `internal: a segment must end with its last step ${last}`);
     const { parts, inline, bytes } = await lines.finish();
-    const key = segmentKey(source, first, last, lastTime);
+    // The next generation over these commits: readers take it over any written before.
+    const prefix = `journal/${sourceDir(source)}/`;
+    let gen = 0;
+    for (const o of await listAll(this.backend, `${prefix}${String(last).padStart(12, '0')}-`)) {
+      const p = parseJournalKey(o.key.slice(prefix.length));
+      if (p?.segment && p.first === first) gen = Math.max(gen, p.gen + 1);
+    }
+    const key = segmentKey(source, first, last, lastTime, gen);
     const size = await this.#putJson(key, { v: 3, kind: 'segment', source, first, last, steps: heads, parts, changes: inline }, true);
     return { key, size: size + bytes };
   }
 
   /** Lines kept inline up to INLINE_BYTES, then all of them in parts (written as they fill). */
-  #lineWriter(): {
-    add(o: Record<string, unknown>): Promise<void>;
+  #lineWriter(known?: Map<string, number>): {
+    add(o: Record<string, unknown>, cutKey?: string): Promise<void>;
     finish(): Promise<{ parts: Array<[string, number]>; inline: Array<Record<string, unknown>>; bytes: number }>;
   } {
-    let inline: Array<{ o: Record<string, unknown>; line: string }> = [];
+    let inline: Array<{ o: Record<string, unknown>; line: string; cutKey: string | undefined }> = [];
     let inlineBytes = 0;
     let parts: PartWriter | undefined;
     return {
-      add: async (o) => {
+      add: async (o, cutKey) => {
         const line = JSON.stringify(o);
-        if (parts !== undefined) return parts.add(line);
-        inline.push({ o, line });
+        if (parts !== undefined) return parts.add(line, cutKey);
+        inline.push({ o, line, cutKey });
         inlineBytes += line.length;
         if (inlineBytes > INLINE_BYTES) {
-          parts = new PartWriter(this.backend, this.keys);
-          for (const x of inline) await parts.add(x.line);
+          parts = new PartWriter(this.backend, this.keys, known);
+          for (const x of inline) await parts.add(x.line, x.cutKey);
           inline = [];
         }
       },
@@ -970,6 +992,18 @@ export class ChunkWriter {
     await Promise.all(this.#uploads);
     if (this.#error !== undefined) throw this.#error;
   }
+}
+
+/** A bounded cache of promises (the oldest goes first); a rejected one is not kept. */
+function cached<T>(map: Map<string, Promise<T>>, key: string, max: number, make: () => Promise<T>): Promise<T> {
+  let p = map.get(key);
+  if (p === undefined) {
+    p = make();
+    map.set(key, p);
+    p.catch(() => map.delete(key));
+    while (map.size > max) map.delete(map.keys().next().value as string);
+  }
+  return p;
 }
 
 function processAlive(pid: number): boolean {

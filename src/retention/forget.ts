@@ -78,7 +78,7 @@ export async function applyForget(repo: Repository, plan: ForgetPlan): Promise<F
   for (let widened = true; widened;) {
     widened = false;
     for (const o of chain) {
-      if (o.first === o.seq || o.seq <= a || o.first - 1 >= b) continue;
+      if (!o.segment || o.seq <= a || o.first - 1 >= b) continue;
       if (o.first - 1 < a) [a, widened] = [o.first - 1, true];
       if (o.seq > b) [b, widened] = [o.seq, true];
     }
@@ -105,16 +105,17 @@ export async function applyForget(repo: Repository, plan: ForgetPlan): Promise<F
       run = run !== undefined && run.length === 0 ? c.changes : undefined;
       if (!kept.has(c.seq)) continue;
       const changes = run ?? netChanges(before, state);
+      const hex = digest.hex();
       const step: SegmentStep & { changes: JournalChange[] } = {
         seq: c.seq,
         timeMs: c.timeMs,
         stats: statsOf(changes, uploaded),
-        digest: digest.hex(),
+        digest: hex,
         changes,
       };
       if (c.host !== undefined) step.host = c.host;
       if (c.root !== undefined) step.root = c.root;
-      expected.push({ seq: c.seq, digest: step.digest });
+      expected.push({ seq: c.seq, digest: hex });
       yield step;
       before = new Map();
       run = [];
@@ -161,17 +162,18 @@ async function verify(
  * Deletes what the journal no longer reads: objects a wider one covers, and checkpoints at
  * instants that are not kept (a reader cannot start from those).
  */
-async function deleteSuperseded(
+export async function deleteSuperseded(
   repo: Repository,
   source: string,
   kept: ReadonlyMap<number, unknown>,
 ): Promise<{ journal: number; checkpoints: number }> {
   const chain = await repo.journalObjects(source);
   const used = new Set(chain.map((o) => o.key));
-  const covered = (first: number, seq: number): boolean => chain.some((o) => o.first <= first && seq <= o.seq && o.first !== o.seq);
+  const covered = (key: string, first: number, seq: number): boolean =>
+    chain.some((o) => o.segment && o.key !== key && o.first <= first && seq <= o.seq);
   let journal = 0;
   for (const o of await listJournal(repo, source)) {
-    if (used.has(o.key) || !covered(o.first, o.seq)) continue;
+    if (used.has(o.key) || !covered(o.key, o.first, o.seq)) continue;
     await repo.backend.delete(o.key);
     journal++;
   }
