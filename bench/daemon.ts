@@ -7,19 +7,17 @@
  * while watching a tree of 100,000 files.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { listAll } from '../src/backend/backend.js';
 import { openBackend } from '../src/backend/open.js';
-import { queryStatus, type Status } from '../src/daemon/status.js';
 import { startS3rver } from '../test/servers.js';
+import { PHOENIX, pct, WatchProcess } from './watch-process.js';
 
 const scale = Number(process.env.BENCH_SCALE ?? 1);
 const idleSeconds = Number(process.env.BENCH_IDLE_S ?? 60);
-const PHOENIX = fileURLToPath(new URL('../../bin/phoenix.js', import.meta.url));
 const PASSWORD = 'bench';
 const env = (): NodeJS.ProcessEnv => ({ ...process.env, PHOENIX_PASSWORD: PASSWORD });
 const work = mkdtempSync(join(tmpdir(), 'phx-bench-daemon-'));
@@ -30,54 +28,6 @@ interface Row {
   s3: string;
   lsyncd: string;
   lsyncd1s: string;
-}
-
-function pct(xs: number[], p: number): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] ?? NaN;
-}
-
-class Daemon {
-  readonly child: ChildProcess;
-  constructor(
-    readonly src: string,
-    readonly repo: string,
-    readonly state: string,
-  ) {
-    this.child = spawn(process.execPath, [PHOENIX, 'watch', src, '--repo', repo, '--state', state, '--log-level', 'warn'], {
-      env: env(),
-      stdio: ['ignore', 'ignore', 'inherit'],
-    });
-  }
-  status(): Promise<Status> {
-    return queryStatus(this.state);
-  }
-  async ready(): Promise<void> {
-    for (;;) {
-      const s = await this.status().catch(() => undefined);
-      if (s && s.state !== 'scanning' && s.pending === 0) return;
-      await sleep(20);
-    }
-  }
-  /** Polls until `done(status)`; returns the milliseconds since `t0`. */
-  async until(t0: number, done: (s: Status) => boolean): Promise<number> {
-    for (;;) {
-      const s = await this.status();
-      if (done(s)) return performance.now() - t0;
-    }
-  }
-  cpuMs(): number {
-    const f = readFileSync(`/proc/${this.child.pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-    return ((Number(f[11]) + Number(f[12])) * 1000) / 100; // utime + stime, in clock ticks of 10 ms
-  }
-  rssMiB(): number {
-    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${this.child.pid}/status`, 'utf8'));
-    return Number(m?.[1]) / 1024;
-  }
-  async stop(): Promise<void> {
-    this.child.kill('SIGTERM');
-    await new Promise((r) => this.child.once('exit', r));
-  }
 }
 
 async function objectCount(repo: string): Promise<number> {
@@ -95,7 +45,7 @@ async function measure(name: string, repo: string): Promise<Map<string, string>>
   mkdirSync(src, { recursive: true });
   const init = spawnSync(process.execPath, [PHOENIX, 'init', '--repo', repo], { env: env(), encoding: 'utf8' });
   if (init.status !== 0) throw new Error(init.stderr);
-  const d = new Daemon(src, repo, join(dir, 'state'));
+  const d = new WatchProcess(src, repo, join(dir, 'state'), env());
   await d.ready();
 
   // Single-file changes, one at a time: from the writer's close to the commit being durable.
@@ -145,7 +95,7 @@ async function measure(name: string, repo: string): Promise<Map<string, string>>
       writeFileSync(join(big, `d${Math.floor(i / 100)}`, `f${i}`), `file ${i}`);
     }
     const t = performance.now();
-    const b = new Daemon(big, repo, join(dir, 'state-big'));
+    const b = new WatchProcess(big, repo, join(dir, 'state-big'), env());
     await b.ready();
     out.set(`initial backup of ${files} files (s)`, ((performance.now() - t) / 1000).toFixed(1));
     await sleep(2000);

@@ -8,7 +8,7 @@
  * during one change a second on a 100,000-file tree, extrapolated to a day.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import {
   appendFileSync,
   closeSync,
@@ -16,7 +16,6 @@ import {
   mkdtempSync,
   openSync,
   readdirSync,
-  readFileSync,
   rmSync,
   statSync,
   writeFileSync,
@@ -24,13 +23,11 @@ import {
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { queryStatus, type Status } from '../src/daemon/status.js';
+import { PHOENIX, WatchProcess } from './watch-process.js';
 
 const FILES = Number(process.env.BENCH_FILES ?? 2_000_000);
 const META_S = Number(process.env.BENCH_META_S ?? 600);
 const skip = new Set((process.env.BENCH_SKIP ?? '').split(','));
-const PHOENIX = fileURLToPath(new URL('../../bin/phoenix.js', import.meta.url));
 const work = mkdtempSync(join(tmpdir(), 'phx-bench-scale-'));
 const env = { ...process.env, PHOENIX_PASSWORD: 'bench', RESTIC_PASSWORD: 'bench', RESTIC_CACHE_DIR: join(work, 'restic-cache') };
 const haveRestic = !skip.has('restic') && spawnSync('sh', ['-c', 'command -v restic']).status === 0;
@@ -87,50 +84,6 @@ function generate(root: string, files: number): void {
   }
 }
 
-class Watch {
-  readonly child: ChildProcess;
-  constructor(
-    readonly src: string,
-    readonly repo: string,
-    readonly state: string,
-  ) {
-    this.child = spawn(process.execPath, [PHOENIX, 'watch', src, '--repo', repo, '--state', state, '--log-level', 'warn'], {
-      env,
-      stdio: ['ignore', 'ignore', 'inherit'],
-    });
-  }
-  status(): Promise<Status> {
-    return queryStatus(this.state);
-  }
-  /** Until watching with nothing pending. */
-  async ready(): Promise<void> {
-    for (;;) {
-      const s = await this.status().catch(() => undefined);
-      if (s && s.state === 'watching' && s.pending === 0) return;
-      if (this.child.exitCode !== null) throw new Error(`phoenix watch exited with ${this.child.exitCode}`);
-      await sleep(50);
-    }
-  }
-  /** Until nothing is pending for a while; the last commit's seq. */
-  async settled(): Promise<number> {
-    let quiet = 0;
-    for (;;) {
-      const s = await this.status().catch(() => undefined);
-      quiet = s && s.pending === 0 ? quiet + 1 : 0;
-      if (quiet >= 10) return s?.sources[0]?.lastCommit?.seq ?? 0;
-      await sleep(50);
-    }
-  }
-  rssMiB(): number {
-    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${this.child.pid}/status`, 'utf8'));
-    return Number(m?.[1] ?? NaN) / 1024;
-  }
-  async stop(): Promise<void> {
-    this.child.kill('SIGTERM');
-    await new Promise((r) => this.child.once('exit', r));
-  }
-}
-
 const f1 = (n: number): string => (Number.isFinite(n) ? n.toFixed(1) : 'n/a');
 const ratio = (a: number, b: number): string => (Number.isFinite(a) && Number.isFinite(b) && a > 0 ? (b / a).toFixed(2) : 'n/a');
 
@@ -178,8 +131,8 @@ rows.push(['  peak RSS (MiB)', f1(pRestore.rssMiB), f1(rRestore?.rssMiB ?? NaN),
 
 async function watchStartup(src: string, repo: string, state: string): Promise<{ s: number; rss: number }> {
   const start = performance.now();
-  const w = new Watch(src, repo, state);
-  await w.ready();
+  const w = new WatchProcess(src, repo, state, env);
+  await w.ready(true);
   const s = (performance.now() - start) / 1000;
   await sleep(10_000); // steady: after the start-up's garbage is collected
   const rss = w.rssMiB();
@@ -208,8 +161,8 @@ rows.push(['  steady RSS (MiB)', f1(midWatch.rss), '—', '', '≤ 120 MiB']);
 
 // Metadata written by one change a second, for META_S seconds, extrapolated to a day.
 {
-  const w = new Watch(mid, midRepo, midState);
-  await w.ready();
+  const w = new WatchProcess(mid, midRepo, midState, env);
+  await w.ready(true);
   const before = metaBytes(midRepo);
   const end = Date.now() + META_S * 1000;
   for (let i = 0; Date.now() < end; i++) {
@@ -245,8 +198,8 @@ async function growth(
   const repo = join(work, `${name}-repo`);
   const state = join(work, `${name}-state`);
   spawnSync(process.execPath, [PHOENIX, 'init', '--repo', repo], { env });
-  const w = new Watch(dir, repo, state);
-  await w.ready();
+  const w = new WatchProcess(dir, repo, state, env);
+  await w.ready(true);
   let before = 0;
   let changed = 0;
   let seq0 = 0;

@@ -204,6 +204,7 @@ export async function applyDeletionPlans(repo: Repository, db: StateDb): Promise
     if (done.has(key)) continue;
     const plan = await repo.readDeletionPlan(key);
     db.purgePacks(key, plan.packs);
+    if (plan.moved.length > 0) db.relocate(plan.moved);
     repo.forgetParts(plan.parts);
     applied++;
   }

@@ -233,6 +233,8 @@ export async function main(argv: string[]): Promise<number> {
   repoCmd('prune', 'delete the packs and metadata that no kept instant needs')
     .option('-n, --dry-run', 'print what would be deleted and what stays; delete nothing')
     .option('--min-pack-age <DURATION>', 'never delete an unused pack younger than this (default 24h)')
+    .option('--max-unused <PERCENT>', 'repack mostly unused packs until at most this share of what stays is unused (default 5)')
+    .option('--max-repack-size <SIZE>', 'copy at most this much live data into new packs in one run (500M, 2G; default: no limit)')
     .addHelpText(
       'after',
       '\nRuns beside phoenix watch on any host: it waits for each live writer to acknowledge what it deletes (one lease renewal).',

@@ -151,6 +151,16 @@ async function forgetSource(repo: Repository, source: string, flags: ForgetFlags
 export interface PruneFlags extends RepoFlags {
   dryRun?: boolean;
   minPackAge?: string;
+  maxUnused?: string;
+  maxRepackSize?: string;
+}
+
+/** A size: a number of bytes, or with K, M, G or T (powers of 1024; `MiB`, `MB` and `m` say the same). */
+export function parseSize(text: string): number | undefined {
+  const m = /^(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?$/i.exec(text.trim());
+  if (!m) return undefined;
+  const exp = ' kmgt'.indexOf((m[2] ?? '').toLowerCase() || ' ');
+  return Math.round(Number(m[1]) * 1024 ** exp);
 }
 
 /** `phoenix prune`: deletes packs and metadata parts nothing kept refers to. */
@@ -162,10 +172,26 @@ export async function pruneCommand(flags: PruneFlags): Promise<void> {
       hint: 'for example 24h, 30min, or 0',
     });
   }
+  const maxUnusedPercent = flags.maxUnused === undefined ? undefined : Number(flags.maxUnused.replace(/%$/, ''));
+  if (maxUnusedPercent !== undefined && !(maxUnusedPercent >= 0 && maxUnusedPercent <= 100)) {
+    throw new PhoenixError('PHX_USAGE', `--max-unused ${JSON.stringify(flags.maxUnused)} is not a percentage`, {
+      hint: 'for example 5 or 5% (0 to 100)',
+    });
+  }
+  const maxRepackBytes = flags.maxRepackSize === undefined ? undefined : parseSize(flags.maxRepackSize);
+  if (flags.maxRepackSize !== undefined && maxRepackBytes === undefined) {
+    throw new PhoenixError('PHX_USAGE', `--max-repack-size ${JSON.stringify(flags.maxRepackSize)} is not a size`, {
+      hint: 'for example 500M, 2G or 1048576',
+    });
+  }
   return withRepo(flags, async (repo) => {
     const lease = await repo.acquireMaintenanceLease();
     try {
-      const plan = await planPrune(repo, { minPackAgeMs });
+      const plan = await planPrune(repo, {
+        minPackAgeMs,
+        ...(maxUnusedPercent !== undefined ? { maxUnusedPercent } : {}),
+        ...(maxRepackBytes !== undefined ? { maxRepackBytes } : {}),
+      });
       const line = (what: string, c: Census): string =>
         `${what}: ${c.total} (${mib(c.bytes)}); in use ${c.used} (${mib(c.usedBytes)}); to delete ${c.unused} (${mib(c.unusedBytes)}); unused but younger than ${text}: ${c.young} (${mib(c.youngBytes)}, kept)`;
       const done = flags.dryRun
@@ -181,8 +207,16 @@ export async function pruneCommand(flags: PruneFlags): Promise<void> {
       const taken = done?.takenBack ?? 0;
       print(
         flags,
-        { packs: plan.packs, parts: plan.parts, dryRun: flags.dryRun ?? false, plan: done?.key ?? null, takenBack: taken },
-        `${line('packs', plan.packs)}\n${line('metadata parts', plan.parts)}\n${flags.dryRun ? 'dry run: nothing was deleted' : `deleted ${plan.doomed.packs.length + plan.doomed.parts.length - taken} objects${taken > 0 ? ` (${taken} taken back: committed again meanwhile)` : ''}`}`,
+        {
+          packs: plan.packs,
+          parts: plan.parts,
+          repack: { packs: plan.repack.length, bytes: plan.repackBytes },
+          unusedAfter: plan.unusedAfter,
+          dryRun: flags.dryRun ?? false,
+          plan: done?.key ?? null,
+          takenBack: taken,
+        },
+        `${line('packs', plan.packs)}\n${line('metadata parts', plan.parts)}\nto repack: ${plan.repack.length} packs mostly unused (${mib(plan.repackBytes)} still in use, copied); unused in packs kept after: ${mib(plan.unusedAfter)}\n${flags.dryRun ? 'dry run: nothing was deleted' : `deleted ${plan.doomed.packs.length + plan.doomed.parts.length - taken} objects${taken > 0 ? ` (${taken} taken back: committed again meanwhile)` : ''}`}`,
       );
     } finally {
       await lease.release();

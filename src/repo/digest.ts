@@ -4,7 +4,8 @@ import { applyChange, encodeRecord, type FileRecord, type JournalChange, type Tr
 
 /**
  * The digest of a tree: the lane-wise sum (eight 32-bit lanes, modulo 2^32) of the chunk id
- * (HMAC-SHA-256 under the MAC key) of each record's JSON. A sum, so that it follows a tree
+ * (HMAC-SHA-256 under the MAC key) of each record's JSON, its chunk refs reduced to `[id, size]`
+ * (where a chunk is stored is not content: repacking moves it). A sum, so that it follows a tree
  * through its changes at the cost of the changes: remove the records a change replaces, add
  * the ones it makes. Segments store it after each step; compaction compares it before it
  * deletes anything, and `check` proves every kept instant with it.
@@ -21,7 +22,10 @@ export class TreeDigest {
   }
 
   #mix(r: FileRecord, sign: 1 | -1): void {
-    const h = this.keys.id(Buffer.from(JSON.stringify(encodeRecord(r))));
+    // The record's content: its chunks by id and size, not where they are stored (repacking moves them).
+    const o = encodeRecord(r);
+    if (o.c !== undefined) o.c = (o.c as unknown[][]).map((c) => [c[0], c[4] ?? null]);
+    const h = this.keys.id(Buffer.from(JSON.stringify(o)));
     for (let i = 0; i < 8; i++) this.#lanes[i] = ((this.#lanes[i] as number) + sign * h.readUInt32LE(i * 4)) >>> 0;
   }
 

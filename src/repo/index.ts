@@ -7,6 +7,6 @@ export { corrupt, Keys } from './crypto.js';
 export { affectedPaths, applyTracked, TreeDigest } from './digest.js';
 export * from './format.js';
 export * from './history.js';
-export { chunkWhat, openChunk } from './pack.js';
+export { chunkWhat, openChunk, parseHeader } from './pack.js';
 export * from './repository.js';
 export { partKey } from './meta.js';

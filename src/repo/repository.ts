@@ -472,9 +472,12 @@ export class Repository {
   /** The changes of a commit, in order, one part in memory at a time. */
   async *commitChanges(head: CommitHead): AsyncGenerator<JournalChange> {
     const what = `commit ${commitKey(head.source, head.seq, head.timeMs)}`;
+    const moved = await this.#moved();
     const decode = (o: Record<string, unknown>): JournalChange => {
       try {
-        return decodeChange(o);
+        const c = decodeChange(o);
+        if (c.op === 'put' && moved.size > 0) relocate(c, moved);
+        return c;
       } catch (err) {
         throw corrupt(what, (err as Error).message);
       }
@@ -592,9 +595,12 @@ export class Repository {
   async *checkpointRecords(source: string, seq: number): AsyncGenerator<FileRecord> {
     const head = await this.#checkpointHead(source, seq);
     for (const [id, size] of head.parts) this.#parts.set(id, size);
+    const moved = await this.#moved();
     const decode = (o: Record<string, unknown>): FileRecord => {
       try {
-        return decodeRecord(o);
+        const r = decodeRecord(o);
+        if (moved.size > 0) relocate(r, moved);
+        return r;
       } catch (err) {
         throw corrupt(`checkpoint ${head.key}`, (err as Error).message);
       }
@@ -773,6 +779,38 @@ export class Repository {
     return (await this.backend.stat(CLOCK_KEY)).mtimeMs ?? Date.now();
   }
 
+  // ---- relocations (repacking) ----------------------------------------------------------------
+
+  #relocations: Promise<Map<string, Map<string, ChunkRef>>> | undefined;
+
+  /** Where repacked chunks went: old pack → chunk id → where it is now. Read once per process. */
+  #moved(): Promise<Map<string, Map<string, ChunkRef>>> {
+    this.#relocations ??= (async () => {
+      const map = new Map<string, Map<string, ChunkRef>>();
+      for (const key of (await listAll(this.backend, 'relocations/')).map((o) => o.key).sort()) {
+        const obj = await this.#getJson(key);
+        if (!Array.isArray(obj.moves)) throw corrupt(`relocation ${key}`, 'it has no moves');
+        for (const m of obj.moves as unknown[][])
+          addMove(map, String(m[0]), { id: String(m[1]), pack: String(m[2]), offset: Number(m[3]), length: Number(m[4]) });
+      }
+      return map;
+    })();
+    this.#relocations.catch(() => (this.#relocations = undefined));
+    return this.#relocations;
+  }
+
+  /**
+   * Records that the chunks of old packs now live elsewhere (prune repacked them), before the
+   * old packs are doomed: every reader from then on finds them there, whatever record names them.
+   */
+  async writeRelocations(moves: ReadonlyArray<{ from: string; to: ChunkRef }>): Promise<string> {
+    const key = `relocations/${String(Date.now()).padStart(13, '0')}-${randomBytes(4).toString('hex')}`;
+    await this.#putJson(key, { v: 1, moves: moves.map((m) => [m.from, m.to.id, m.to.pack, m.to.offset, m.to.length]) });
+    const map = await this.#moved();
+    for (const m of moves) addMove(map, m.from, m.to);
+    return key;
+  }
+
   // ---- deletion plans ------------------------------------------------------------------------
 
   /**
@@ -780,9 +818,14 @@ export class Repository {
    * (or wakes with its lease run out) purges these packs from its deduplication index first,
    * so it never names a chunk in a pack that is gone.
    */
-  async writeDeletionPlan(packs: readonly string[], parts: readonly string[]): Promise<string> {
+  async writeDeletionPlan(
+    packs: readonly string[],
+    parts: readonly string[],
+    moved: ReadonlyArray<{ from: string; to: ChunkRef }> = [],
+  ): Promise<string> {
     const key = `deletions/${String(Date.now()).padStart(13, '0')}-${randomBytes(4).toString('hex')}`;
-    await this.#putJson(key, { v: 1, createdMs: Date.now(), host: hostname(), packs, parts });
+    const moves = moved.map((m) => [m.from, m.to.id, m.to.pack, m.to.offset, m.to.length]);
+    await this.#putJson(key, { v: 1, createdMs: Date.now(), host: hostname(), packs, parts, moves });
     return key;
   }
 
@@ -791,13 +834,20 @@ export class Repository {
     return (await listAll(this.backend, 'deletions/')).map((o) => o.key).sort();
   }
 
-  async readDeletionPlan(key: string): Promise<{ packs: string[]; parts: string[]; createdMs: number }> {
+  async readDeletionPlan(
+    key: string,
+  ): Promise<{ packs: string[]; parts: string[]; createdMs: number; moved: Array<{ from: string; to: ChunkRef }> }> {
     const obj = await this.#getJson(key);
     if (!Array.isArray(obj.packs)) throw corrupt(`deletion plan ${key}`, 'it has no pack list');
+    const moved = ((obj.moves as unknown[][] | undefined) ?? []).map((m) => ({
+      from: String(m[0]),
+      to: { id: String(m[1]), pack: String(m[2]), offset: Number(m[3]), length: Number(m[4]) },
+    }));
     return {
       packs: obj.packs.map(String),
       parts: ((obj.parts as unknown[] | undefined) ?? []).map(String),
       createdMs: Number(obj.createdMs),
+      moved,
     };
   }
 
@@ -992,6 +1042,25 @@ export class ChunkWriter {
     await Promise.all(this.#uploads);
     if (this.#error !== undefined) throw this.#error;
   }
+}
+
+function addMove(map: Map<string, Map<string, ChunkRef>>, from: string, to: ChunkRef): void {
+  let m = map.get(from);
+  if (m === undefined) map.set(from, (m = new Map()));
+  m.set(to.id, to);
+}
+
+/** Points the chunk refs of `r` at where repacking moved them (following moves of moves). */
+function relocate(r: FileRecord, moved: ReadonlyMap<string, ReadonlyMap<string, ChunkRef>>): void {
+  r.chunks = r.chunks.map((c) => {
+    let ref = c;
+    for (let hops = 0; hops < 64; hops++) {
+      const to = moved.get(ref.pack)?.get(ref.id);
+      if (to === undefined) break;
+      ref = { ...to, ...(c.size !== undefined ? { size: c.size } : {}) };
+    }
+    return ref;
+  });
 }
 
 /** A bounded cache of promises (the oldest goes first); a rejected one is not kept. */

@@ -1,7 +1,19 @@
 import { setTimeout } from 'node:timers/promises';
 import { listAll, type ObjectInfo } from '../backend/backend.js';
 import { PhoenixError } from '../errors.js';
-import { checkpointKey, mapLimited, packKey, partKey, type LiveWriter, type Repository } from '../repo/index.js';
+import {
+  checkpointKey,
+  chunkWhat,
+  ChunkWriter,
+  mapLimited,
+  openChunk,
+  packKey,
+  parseHeader,
+  partKey,
+  type ChunkRef,
+  type LiveWriter,
+  type Repository,
+} from '../repo/index.js';
 
 /**
  * Garbage collection: deletes the packs and metadata parts that nothing the repository keeps
@@ -18,7 +30,13 @@ import { checkpointKey, mapLimited, packKey, partKey, type LiveWriter, type Repo
  */
 export interface PruneOptions {
   minPackAgeMs: number;
+  /** Repack the most wasteful packs until the unused bytes in packs still in use are at most this share of them (restic's --max-unused). */
+  maxUnusedPercent?: number;
+  /** Repack at most this many bytes of packs in one run. */
+  maxRepackBytes?: number;
 }
+
+export const DEFAULT_MAX_UNUSED_PERCENT = 5;
 
 export interface PrunePlan {
   packs: Census;
@@ -29,6 +47,11 @@ export interface PrunePlan {
   eligibleAtMs: number | undefined;
   /** Keys to delete, packs first. */
   doomed: { packs: string[]; parts: string[] };
+  /** Packs still in use but mostly unused: their live chunks are copied to new packs, then they go too. */
+  repack: Array<{ pack: string; size: number; used: Map<string, number> }>;
+  /** Bytes of the live chunks to copy, and the unused bytes in packs still in use after this run. */
+  repackBytes: number;
+  unusedAfter: number;
 }
 
 export interface Census {
@@ -78,8 +101,13 @@ export async function waitForAcks(
 }
 
 /** What the repository keeps: every pack and part a kept commit, segment or checkpoint refers to. */
-async function referenced(repo: Repository): Promise<{ packs: Set<string>; parts: Set<string> }> {
-  const packs = new Set<string>();
+async function referenced(repo: Repository): Promise<{ packs: Map<string, Map<string, number>>; parts: Set<string> }> {
+  const packs = new Map<string, Map<string, number>>();
+  const use = (r: { id: string; pack: string; length: number }): void => {
+    let m = packs.get(r.pack);
+    if (m === undefined) packs.set(r.pack, (m = new Map()));
+    m.set(r.id, r.length);
+  };
   const parts = new Set<string>();
   for (const source of await repo.sources()) {
     const seen = new Set<string>();
@@ -89,12 +117,11 @@ async function referenced(repo: Repository): Promise<{ packs: Set<string>; parts
         for (const p of await repo.partsOf(info.key)) parts.add(p);
       }
       const c = await repo.readCommit(info);
-      for (const p of c.packs) packs.add(p);
-      for (const ch of c.changes) if (ch.op === 'put') for (const r of ch.chunks) packs.add(r.pack);
+      for (const ch of c.changes) if (ch.op === 'put') for (const r of ch.chunks) use(r);
     }
     for (const seq of await repo.checkpointSeqs(source)) {
       for (const p of await repo.partsOf(checkpointKey(source, seq))) parts.add(p);
-      for await (const r of repo.checkpointRecords(source, seq)) for (const c of r.chunks) packs.add(c.pack);
+      for await (const r of repo.checkpointRecords(source, seq)) for (const c of r.chunks) use(c);
     }
   }
   return { packs, parts };
@@ -132,9 +159,53 @@ export async function planPrune(repo: Repository, opts: PruneOptions): Promise<P
     return c;
   };
   const doomed = { packs: [] as string[], parts: [] as string[] };
-  const packs = census(await listAll(repo.backend, 'data/'), (id) => used.packs.has(id), doomed.packs);
+  const listed = await listAll(repo.backend, 'data/');
+  const packs = census(listed, (id) => used.packs.has(id), doomed.packs);
   const parts = census(await listAll(repo.backend, 'meta/'), (id) => used.parts.has(id), doomed.parts);
-  return { packs, parts, doomed, heads, eligibleAtMs };
+  // Repacking: of the packs in use (and old enough), the most wasteful first, until the unused
+  // share of what stays is at most maxUnusedPercent (or maxRepackBytes are copied).
+  const inUse = listed
+    .map((o) => {
+      const id = o.key.split('/').pop() as string;
+      const u = used.packs.get(id);
+      const usedBytes = u === undefined ? 0 : [...u.values()].reduce((n, l) => n + l, 0);
+      return { pack: id, size: o.size, used: u, usedBytes, old: o.mtimeMs !== undefined && now - o.mtimeMs >= opts.minPackAgeMs };
+    })
+    .filter((p) => p.used !== undefined);
+  const total = inUse.reduce((n, p) => n + p.size, 0);
+  // A pack's trailer (its header) is not waste: about 100 bytes per entry.
+  const waste = (p: (typeof inUse)[number]): number => Math.max(0, p.size - p.usedBytes - 100 * (p.used?.size ?? 0) - 4);
+  let unusedAfter = inUse.reduce((n, p) => n + waste(p), 0);
+  const limit = ((opts.maxUnusedPercent ?? DEFAULT_MAX_UNUSED_PERCENT) / 100) * total;
+  const repack: PrunePlan['repack'] = [];
+  let repackBytes = 0;
+  for (const p of inUse.filter((x) => x.old && waste(x) > 0).sort((a, b) => waste(b) - waste(a))) {
+    if (unusedAfter <= limit || repackBytes + p.usedBytes > (opts.maxRepackBytes ?? Infinity)) break;
+    repack.push({ pack: p.pack, size: p.size, used: p.used as Map<string, number> });
+    repackBytes += p.usedBytes;
+    unusedAfter -= waste(p);
+  }
+  return { packs, parts, doomed, heads, eligibleAtMs, repack, repackBytes, unusedAfter };
+}
+
+/** Copies the live chunks of `plan.repack` into new packs (each checked against its id first); where each went. */
+async function repackLive(repo: Repository, plan: PrunePlan): Promise<Array<{ from: string; to: ChunkRef }>> {
+  const writer = new ChunkWriter(repo);
+  const moves: Array<Promise<{ from: string; to: ChunkRef }>> = [];
+  for (const p of plan.repack) {
+    const bytes = await repo.backend.get(packKey(p.pack));
+    const len = bytes.readUInt32LE(bytes.length - 4);
+    const entries = parseHeader(repo.keys, bytes.subarray(bytes.length - 4 - len, bytes.length - 4), `pack ${packKey(p.pack)}`);
+    for (const e of entries) {
+      if (!p.used.has(e.id)) continue;
+      const blob = Buffer.from(bytes.subarray(e.offset, e.offset + e.length));
+      openChunk(repo.keys, e.id, blob, chunkWhat({ id: e.id, pack: p.pack })); // never copy a damaged chunk on
+      moves.push(writer.addSealed(e.id, blob).then((to) => ({ from: p.pack, to })));
+      await writer.backpressure();
+    }
+  }
+  await writer.flush();
+  return Promise.all(moves);
 }
 
 /** What the commits and checkpoints written since `plan` was made refer to (taken back from the deletion). */
@@ -166,16 +237,23 @@ export async function applyPrune(
   repo: Repository,
   plan: PrunePlan,
   opts: { ackTimeoutMs?: number; onWait?: (pending: LiveWriter[]) => void } = {},
-): Promise<{ key: string; takenBack: number } | undefined> {
-  if (plan.doomed.packs.length === 0 && plan.doomed.parts.length === 0) return undefined;
-  const key = await repo.writeDeletionPlan(plan.doomed.packs, plan.doomed.parts);
+): Promise<{ key: string; takenBack: number; repacked: number } | undefined> {
+  if (plan.doomed.packs.length === 0 && plan.doomed.parts.length === 0 && plan.repack.length === 0) return undefined;
+  // Repacked chunks are findable at their new place before their old pack is doomed.
+  const moved = plan.repack.length > 0 ? await repackLive(repo, plan) : [];
+  if (moved.length > 0) await repo.writeRelocations(moved);
+  // A pack repacking just wrote is never doomed, even when it has the name of one the plan saw
+  // unused (a run killed before it published the relocation left the same bytes behind).
+  const written = new Set(moved.map((m) => m.to.pack));
+  const doomedPacks = [...plan.doomed.packs, ...plan.repack.map((p) => p.pack)].filter((p) => !written.has(p));
+  const key = await repo.writeDeletionPlan(doomedPacks, plan.doomed.parts, moved);
   await waitForAcks(repo, key, opts.ackTimeoutMs ?? ACK_TIMEOUT_MS, opts.onWait);
   const since = await writtenSince(repo, plan);
-  const packs = plan.doomed.packs.filter((id) => !since.packs.has(id));
+  const packs = doomedPacks.filter((id) => !since.packs.has(id));
   const parts = plan.doomed.parts.filter((id) => !since.parts.has(id));
   await mapLimited(packs, 8, (id) => repo.backend.delete(packKey(id)));
   await mapLimited(parts, 8, (id) => repo.backend.delete(partKey(id)));
-  return { key, takenBack: plan.doomed.packs.length - packs.length + plan.doomed.parts.length - parts.length };
+  return { key, takenBack: doomedPacks.length - packs.length + plan.doomed.parts.length - parts.length, repacked: plan.repack.length };
 }
 
 /** How long prune waits for the writers' acknowledgements: two lease lifetimes. */

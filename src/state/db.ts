@@ -193,6 +193,37 @@ export class StateDb {
     return n;
   }
 
+  /**
+   * Points the cached records at where repacking moved their chunks (and the chunk index too),
+   * so that this writer's next checkpoints and commits name the new places.
+   */
+  relocate(moved: ReadonlyArray<{ from: string; to: ChunkRef }>): number {
+    const byPack = new Map<string, Map<string, ChunkRef>>();
+    for (const m of moved) {
+      let ids = byPack.get(m.from);
+      if (ids === undefined) byPack.set(m.from, (ids = new Map()));
+      ids.set(m.to.id, m.to);
+    }
+    let n = 0;
+    const rows = this.#db.prepare('SELECT source, path, rec FROM files WHERE instr(rec, ?) > 0').raw();
+    const update = this.#db.prepare('UPDATE files SET rec = ? WHERE source = ? AND path = ?');
+    this.#db.transaction(() => {
+      for (const [pack, ids] of byPack) {
+        for (const [source, path, text] of rows.all(pack) as Array<[string, Buffer, string]>) {
+          const o = JSON.parse(text) as { c?: unknown[][] };
+          o.c = (o.c ?? []).map((c) => {
+            const to = c[1] === pack ? ids.get(String(c[0])) : undefined;
+            return to === undefined ? c : [to.id, to.pack, to.offset, to.length, ...c.slice(4)];
+          });
+          update.run(JSON.stringify(o), source, path);
+          n++;
+        }
+      }
+      for (const m of moved) this.#putChunk.run(m.to.id, m.to.pack, m.to.offset, m.to.length);
+    })();
+    return n;
+  }
+
   addChunks(chunks: Iterable<ChunkRef>): void {
     this.#db.transaction(() => {
       for (const c of chunks) this.#putChunk.run(c.id, c.pack, c.offset, c.length);

@@ -1,0 +1,78 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+import { queryStatus, type Status } from '../src/daemon/status.js';
+
+export const PHOENIX = fileURLToPath(new URL('../../bin/phoenix.js', import.meta.url));
+
+/** A `phoenix watch` child for the benchmarks: its status, when it is ready or settled, its CPU and RSS. */
+export class WatchProcess {
+  readonly child: ChildProcess;
+
+  constructor(
+    readonly src: string,
+    readonly repo: string,
+    readonly state: string,
+    env: NodeJS.ProcessEnv,
+    args: string[] = [],
+  ) {
+    this.child = spawn(process.execPath, [PHOENIX, 'watch', src, '--repo', repo, '--state', state, '--log-level', 'warn', ...args], {
+      env,
+      stdio: ['ignore', 'ignore', 'inherit'],
+    });
+  }
+
+  status(): Promise<Status> {
+    return queryStatus(this.state);
+  }
+
+  /** Until the start-up scan is over with nothing pending (`watching`: until the state says so, too). */
+  async ready(watching = false): Promise<void> {
+    for (;;) {
+      const s = await this.status().catch(() => undefined);
+      if (s && s.pending === 0 && (watching ? s.state === 'watching' : s.state !== 'scanning')) return;
+      if (this.child.exitCode !== null) throw new Error(`phoenix watch exited with ${this.child.exitCode}`);
+      await sleep(20);
+    }
+  }
+
+  /** Polls until `done(status)`; returns the milliseconds since `t0`. */
+  async until(t0: number, done: (s: Status) => boolean): Promise<number> {
+    for (;;) {
+      const s = await this.status();
+      if (done(s)) return performance.now() - t0;
+    }
+  }
+
+  /** Until nothing is pending for a while; the last commit's seq. */
+  async settled(): Promise<number> {
+    let quiet = 0;
+    for (;;) {
+      const s = await this.status().catch(() => undefined);
+      quiet = s && s.pending === 0 ? quiet + 1 : 0;
+      if (quiet >= 10) return s?.sources[0]?.lastCommit?.seq ?? 0;
+      await sleep(50);
+    }
+  }
+
+  cpuMs(): number {
+    const f = (readFileSync(`/proc/${this.child.pid}/stat`, 'utf8').split(') ')[1] ?? '').split(' ');
+    return ((Number(f[11]) + Number(f[12])) * 1000) / 100; // utime + stime, in clock ticks of 10 ms
+  }
+
+  rssMiB(): number {
+    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${this.child.pid}/status`, 'utf8'));
+    return Number(m?.[1] ?? NaN) / 1024;
+  }
+
+  async stop(): Promise<void> {
+    this.child.kill('SIGTERM');
+    await new Promise((r) => this.child.once('exit', r));
+  }
+}
+
+export function pct(xs: number[], p: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] ?? NaN;
+}
