@@ -1,7 +1,8 @@
 /**
  * Retention benchmark: Phoenix beside restic (Debian package) where it has an equivalent, in one run.
  *   npm run bench:retention   (BENCH_SCALE=0.1 for a small prune tree; BENCH_DAYS, BENCH_COMMITS_PER_DAY,
- *                              BENCH_TREE for the simulated year; BENCH_RPO_N changes per RPO measurement)
+ *                              BENCH_TREE for the simulated year; BENCH_RPO_N changes per RPO measurement;
+ *                              BENCH_SKIP=prune,year,rpo to leave sections out)
  * Prints one table:
  *  1. prune after half of the bench:repo tree was deleted and forgotten: wall time, peak RSS and
  *     the repository's size after, beside `restic forget --keep-last 1 --prune` on the same data;
@@ -30,6 +31,7 @@ const DAYS = Number(process.env.BENCH_DAYS ?? 365);
 const PER_DAY = Number(process.env.BENCH_COMMITS_PER_DAY ?? 3000);
 const TREE = Number(process.env.BENCH_TREE ?? 100_000);
 const RPO_N = Number(process.env.BENCH_RPO_N ?? 200);
+const skip = new Set((process.env.BENCH_SKIP ?? '').split(','));
 const work = mkdtempSync(join(tmpdir(), 'phx-bench-retention-'));
 const env = { ...process.env, PHOENIX_PASSWORD: 'bench', RESTIC_PASSWORD: 'bench', RESTIC_CACHE_DIR: join(work, 'restic-cache') };
 const haveRestic = spawnSync('sh', ['-c', 'command -v restic']).status === 0;
@@ -301,12 +303,18 @@ async function rpoSection(): Promise<void> {
 
 async function main(): Promise<void> {
   try {
-    process.stderr.write('prune after half the tree was deleted…\n');
-    pruneSection();
-    process.stderr.write('a simulated year…\n');
-    await yearSection();
-    process.stderr.write('the RPO while prune runs…\n');
-    await rpoSection();
+    if (!skip.has('prune')) {
+      process.stderr.write('prune after half the tree was deleted…\n');
+      pruneSection();
+    }
+    if (!skip.has('year')) {
+      process.stderr.write('a simulated year…\n');
+      await yearSection();
+    }
+    if (!skip.has('rpo')) {
+      process.stderr.write('the RPO while prune runs…\n');
+      await rpoSection();
+    }
   } finally {
     rmSync(work, { recursive: true, force: true });
   }
