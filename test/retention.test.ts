@@ -647,3 +647,20 @@ describe('prune repacks', () => {
     }
   });
 });
+
+describe('the maintenance lease', () => {
+  it('lets one of two maintainers started together go on, and the other says who holds it', async () => {
+    const backend = new MemoryBackend();
+    await Repository.init(backend, { insecureNoEncryption: true });
+    const [a, b] = await Promise.all([Repository.open(backend, async () => undefined), Repository.open(backend, async () => undefined)]);
+    const results = await Promise.allSettled([a.acquireMaintenanceLease(), b.acquireMaintenanceLease()]);
+    const held = results.filter((r) => r.status === 'fulfilled');
+    assert.equal(held.length, 1, 'exactly one holds it');
+    const refused = results.find((r) => r.status === 'rejected');
+    assert.ok(
+      refused?.status === 'rejected' && /being maintained \(forget or prune\) by process \d+/.test((refused.reason as Error).message),
+    );
+    await (held[0] as PromiseFulfilledResult<Awaited<ReturnType<Repository['acquireMaintenanceLease']>>>).value.release();
+    await (await a.acquireMaintenanceLease()).release();
+  });
+});

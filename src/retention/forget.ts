@@ -24,8 +24,9 @@ export async function effectivePolicy(
   source: string,
   given?: { policy?: string | undefined; minAge?: string | undefined },
 ): Promise<{ policy: Policy; text: string; minAge: string; scope: 'given' | 'source' | 'repository' } | undefined> {
-  const stored = (await repo.storedPolicy(source)) ?? (await repo.storedPolicy(undefined));
-  const scope = given?.policy !== undefined ? 'given' : (await repo.storedPolicy(source)) !== undefined ? 'source' : 'repository';
+  const own = await repo.storedPolicy(source);
+  const stored = own ?? (await repo.storedPolicy(undefined));
+  const scope = given?.policy !== undefined ? 'given' : own !== undefined ? 'source' : 'repository';
   const text = given?.policy ?? stored?.policy;
   if (text === undefined) return undefined;
   const minAge = given?.minAge ?? stored?.minAge ?? '1h';
