@@ -88,3 +88,35 @@ describe('state cache', () => {
     }
   });
 });
+
+describe('StateDb.relocate and purgePacks', () => {
+  it('point the cached records and the chunk index at where repacking moved chunks, and forget deleted packs', () => {
+    const dir = tempDir('phx-state-reloc-');
+    const db = new StateDb(join(dir.path, 'db.sqlite'));
+    try {
+      const h = (n: number): string => n.toString(16).padStart(64, '0');
+      const chunks = [
+        { id: h(1), pack: h(100), offset: 0, length: 9, size: 5 },
+        { id: h(2), pack: h(200), offset: 9, length: 9, size: 5 },
+        { id: h(3), pack: h(100), offset: 18, length: 9, size: 5 },
+      ];
+      db.putRecords('s', [{ path: 'a', type: 'file', mode: 0o100644, uid: 0, gid: 0, mtimeNs: 1n, size: 15, chunks }]);
+      db.addChunks(chunks);
+      // Chunk 1 moved out of pack 100; chunk 3 (same pack) did not: it stays where it was.
+      assert.equal(db.relocate([{ from: h(100), to: { id: h(1), pack: h(300), offset: 7, length: 9 } }]), 1);
+      assert.deepEqual(db.known('s').get('a')?.rec.chunks, [
+        { id: h(1), pack: h(300), offset: 7, length: 9, size: 5 },
+        chunks[1],
+        chunks[2],
+      ]);
+      assert.equal(db.chunk(h(1))?.pack, h(300));
+      assert.equal(db.purgePacks('deletions/x', [h(100), h(200)]), 2, 'the chunks left in the deleted packs');
+      assert.equal(db.chunk(h(2)), undefined);
+      assert.equal(db.chunk(h(1))?.pack, h(300));
+      assert.ok(db.plansApplied().has('deletions/x'));
+    } finally {
+      db.close();
+      dir.cleanup();
+    }
+  });
+});

@@ -205,20 +205,25 @@ export class StateDb {
       ids.set(m.to.id, m.to);
     }
     let n = 0;
-    const rows = this.#db.prepare('SELECT source, path, rec FROM files WHERE instr(rec, ?) > 0').raw();
+    // One pass over the rows, whatever the number of packs moved: a row is parsed only when one
+    // of its chunk refs (`["id","pack"`) names a moved chunk.
+    const ref = /\["([0-9a-f]{64})","([0-9a-f]{64})"/g;
+    const changed: Array<[string, string, Buffer]> = [];
+    const rows = this.#db.prepare('SELECT source, path, rec FROM files').raw().iterate() as IterableIterator<[string, Buffer, string]>;
+    for (const [source, path, text] of rows) {
+      let hit = false;
+      for (const m of text.matchAll(ref)) if (byPack.get(m[2] as string)?.has(m[1] as string)) hit = true;
+      if (!hit) continue;
+      const o = JSON.parse(text) as { c?: unknown[][] };
+      o.c = (o.c ?? []).map((c) => {
+        const to = byPack.get(String(c[1]))?.get(String(c[0]));
+        return to === undefined ? c : [to.id, to.pack, to.offset, to.length, ...c.slice(4)];
+      });
+      changed.push([JSON.stringify(o), source, path]);
+    }
     const update = this.#db.prepare('UPDATE files SET rec = ? WHERE source = ? AND path = ?');
     this.#db.transaction(() => {
-      for (const [pack, ids] of byPack) {
-        for (const [source, path, text] of rows.all(pack) as Array<[string, Buffer, string]>) {
-          const o = JSON.parse(text) as { c?: unknown[][] };
-          o.c = (o.c ?? []).map((c) => {
-            const to = c[1] === pack ? ids.get(String(c[0])) : undefined;
-            return to === undefined ? c : [to.id, to.pack, to.offset, to.length, ...c.slice(4)];
-          });
-          update.run(JSON.stringify(o), source, path);
-          n++;
-        }
-      }
+      for (const row of changed) n += update.run(...row).changes;
       for (const m of moved) this.#putChunk.run(m.to.id, m.to.pack, m.to.offset, m.to.length);
     })();
     return n;
