@@ -664,3 +664,50 @@ describe('the maintenance lease', () => {
     await (await a.acquireMaintenanceLease()).release();
   });
 });
+
+describe('a writer stopped past its lease while prune runs', () => {
+  it('purges what prune deleted before its next commit, and content that came back is stored again', async () => {
+    const work = tempDir('phx-prune-sigstop-');
+    const src = join(work.path, 'src');
+    const repoDir = join(work.path, 'repo');
+    mkdirSync(src);
+    const config = join(work.path, 'phoenix.yaml');
+    writeFileSync(config, 'lease-renew: 200ms\nlease-ttl: 1s\nmaintenance: {compact-every: 0, forget-every: 0, prune-every: 0}\n');
+    const old = randomBytes(120_000);
+    writeFileSync(join(src, 'big'), old);
+    const init = await Repository.init(new LocalBackend(repoDir), { password: PASSWORD, kdfN: 1024 });
+    await init.close();
+    const daemon = new DaemonProcess({ src, repo: repoDir, state: join(work.path, 'state'), args: ['--config', config] });
+    try {
+      await daemon.ready();
+      await daemon.sync(src); // the old content is durable
+      writeFileSync(join(src, 'big'), randomBytes(120_000));
+      await daemon.sync(src);
+      const repo = await Repository.open(new LocalBackend(repoDir), async () => PASSWORD);
+      await applyForget(repo, await planForget(repo, src, parsePolicy('1000d:2000d', '0')));
+      // The daemon sleeps (a laptop lid closed) until its lease has run out; prune does not wait for it.
+      daemon.child.kill('SIGSTOP');
+      await new Promise((r) => setTimeout(r, 1500));
+      assert.deepEqual(await repo.liveWriters(), []);
+      const plan = await planPrune(repo, { minPackAgeMs: 0 });
+      assert.ok(plan.doomed.packs.length > 0, "the old content's pack is doomed");
+      await applyPrune(repo, plan, { ackTimeoutMs: 1000 });
+      // The old content comes back while it sleeps; it wakes, sees the change, and commits.
+      writeFileSync(join(src, 'big'), old);
+      daemon.child.kill('SIGCONT');
+      await daemon.sync(src);
+      assert.deepEqual((await checkRepository(repo, { readData: true })).errors, [], 'no commit names a deleted pack');
+      const out = join(work.path, 'out');
+      await restore(repo, (await repo.loadState(src)).state, out);
+      assert.ok(readFileSync(join(out, 'big')).equals(old));
+      await repo.close();
+      assert.equal(await daemon.stop(), 0);
+    } finally {
+      if (daemon.child.exitCode === null) {
+        daemon.child.kill('SIGCONT');
+        await daemon.kill9();
+      }
+      work.cleanup();
+    }
+  });
+});

@@ -51,6 +51,8 @@ export const configSchema = z.strictObject({
   'shutdown-timeout': duration.default(30_000),
   /** How often each writer renews its lease and looks for prune's deletion plans. */
   'lease-renew': duration.default(60_000),
+  /** How long a writer's lease lasts without a renewal (another writer may take over after it). */
+  'lease-ttl': duration.default(300_000),
   /** The mass-change guard (false: off). */
   guard: guardSchema.optional(),
   /** Retention run by the daemon: forget of its sources and prune of the repository, this often (0: never). */

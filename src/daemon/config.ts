@@ -27,6 +27,7 @@ export interface WatchConfig {
   reconcileMs: number;
   shutdownTimeoutMs: number;
   leaseRenewMs: number;
+  leaseTtlMs: number;
   maintenance: { compactMs: number; compactAfterMs: number; forgetMs: number; pruneMs: number; minPackAgeMs: number };
   sources: SourceConfig[];
 }
@@ -83,6 +84,13 @@ export async function loadWatchConfig(sourceArg: string | undefined, flags: Watc
       throw new PhoenixError('PHX_CONFIG', `two sources are named ${JSON.stringify(s.name)}`, { hint: 'give each source its own name:' });
     names.add(s.name);
   }
+  const renew = file?.['lease-renew'] ?? 60_000;
+  const ttl = file?.['lease-ttl'] ?? 300_000;
+  if (2 * renew > ttl) {
+    throw new PhoenixError('PHX_CONFIG', `lease-renew (${renew} ms) must be at most half of lease-ttl (${ttl} ms)`, {
+      hint: 'a lease must be renewed well before it runs out: shorten lease-renew or lengthen lease-ttl',
+    });
+  }
   return {
     settings,
     settle: {
@@ -99,6 +107,7 @@ export async function loadWatchConfig(sourceArg: string | undefined, flags: Watc
       pruneMs: file?.maintenance['prune-every'] ?? 86_400_000,
       minPackAgeMs: file?.maintenance['min-pack-age'] ?? 86_400_000,
     },
+    leaseTtlMs: Math.max(file?.['lease-ttl'] ?? 300_000, 1000),
     leaseRenewMs: Math.min(Math.max(file?.['lease-renew'] ?? 60_000, 100), 120_000),
     sources,
   };

@@ -59,6 +59,7 @@ export class Daemon {
           settle: config.settle,
           reconcileMs: config.reconcileMs,
           leaseRenewMs: config.leaseRenewMs,
+          leaseTtlMs: config.leaseTtlMs,
         });
         d.#runners.push(runner);
         log.info({ source: sc.name, path: sc.path }, 'starting');

@@ -8,7 +8,7 @@ import { messageOf, PhoenixError } from '../errors.js';
 import type { Change } from '../model/change.js';
 import { Filter } from '../model/filter.js';
 import { compareRaw, displayPath, isWithin, joinRaw, parentOf, toFsPath, type RawPath } from '../model/path.js';
-import { mapLimited, type Lease, type Repository } from '../repo/index.js';
+import { LEASE_TTL_MS, mapLimited, type Lease, type Repository } from '../repo/index.js';
 import { lstatEntry } from '../scanner/stat.js';
 import { entryStamp, type KnownFiles, type QueuedChange, type StateDb } from '../state/db.js';
 import { Watcher } from '../watcher/watcher.js';
@@ -53,6 +53,8 @@ export interface SourceOptions {
   maxBackoffMs?: number;
   /** How often the lease is renewed (and prune's deletion plans looked for). */
   leaseRenewMs?: number;
+  /** How long the lease lasts without a renewal. */
+  leaseTtlMs?: number;
 }
 
 export type SourceState = 'starting' | 'scanning' | 'watching' | 'degraded' | 'stopping' | 'stopped' | 'failed';
@@ -120,7 +122,7 @@ export class SourceRunner {
     this.#db = db;
     this.#pool = pool;
     this.#events = events;
-    this.#opts = { maxBatch: 5000, maxBackoffMs: 60_000, leaseRenewMs: 60_000, ...opts };
+    this.#opts = { maxBatch: 5000, maxBackoffMs: 60_000, leaseRenewMs: 60_000, leaseTtlMs: LEASE_TTL_MS, ...opts };
     this.#filter = new Filter(config);
     this.pending = new PendingChanges(opts.settle);
     this.#known = db.known(config.name);
@@ -151,7 +153,7 @@ export class SourceRunner {
    */
   async start(): Promise<void> {
     const name = this.config.name;
-    this.#lease = await this.#repo.acquireLease(name);
+    this.#lease = await this.#repo.acquireLease(name, this.#opts.leaseTtlMs);
     this.#renew = setInterval(() => {
       if (this.#renewing) return;
       this.#renewing = true;

@@ -748,8 +748,8 @@ export class Repository {
    * start together, the one that lists last sees the other's object (both may see each other:
    * then both step back and try again after a random pause).
    */
-  async acquireLease(source: string): Promise<Lease> {
-    return this.#acquire(leasePrefix(source), `source ${JSON.stringify(source)} is being written`, 'only one writer per source');
+  async acquireLease(source: string, ttlMs = LEASE_TTL_MS): Promise<Lease> {
+    return this.#acquire(leasePrefix(source), `source ${JSON.stringify(source)} is being written`, 'only one writer per source', ttlMs);
   }
 
   /** The maintenance lease (forget, prune): one host at a time maintains the repository. */
@@ -861,13 +861,13 @@ export class Repository {
     }
   }
 
-  async #acquire(prefix: string, busy: string, rule: string): Promise<Lease> {
+  async #acquire(prefix: string, busy: string, rule: string, ttlMs = LEASE_TTL_MS): Promise<Lease> {
     const me = { host: hostname(), pid: process.pid, token: randomBytes(8).toString('hex'), acquiredMs: Date.now() };
     const key = prefix + me.token;
     let expiresMs = 0;
     let notes: Record<string, unknown> = {};
     const write = (): Promise<void> => {
-      const next = Date.now() + LEASE_TTL_MS;
+      const next = Date.now() + ttlMs;
       return this.backend.put(key, Buffer.from(JSON.stringify({ ...notes, ...me, expiresMs: next }))).then(() => void (expiresMs = next));
     };
     for (let attempt = 1; ; attempt++) {
@@ -907,7 +907,7 @@ export class Repository {
         notes = { ...notes, ...fields };
       },
       fresh: async () => {
-        if (Date.now() < expiresMs - 30_000) return false;
+        if (Date.now() < expiresMs - Math.min(30_000, ttlMs / 4)) return false;
         // Our lease ran out (a laptop that slept, a store we could not reach): before we
         // commit, make sure nobody took over and take it again; the caller then looks for
         // deletion plans (prune did not wait for us: it saw no live lease).
