@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
@@ -18,8 +19,8 @@ import { applyPrune, planPrune } from '../src/retention/prune.js';
 import { restore } from '../src/restore/restore.js';
 import { StateDb } from '../src/state/db.js';
 import { MassChangeGuard } from '../src/daemon/guard.js';
-import { DaemonProcess, PASSWORD } from './daemon-helpers.js';
-import { tempDir } from './helpers.js';
+import { DaemonProcess, PASSWORD, phoenix, snapshot } from './daemon-helpers.js';
+import { PHOENIX, tempDir } from './helpers.js';
 import { floorBoundary, keptInstants, parsePolicy, type Instant } from '../src/retention/policy.js';
 
 const H = 36e5;
@@ -707,6 +708,108 @@ describe('a writer stopped past its lease while prune runs', () => {
         daemon.child.kill('SIGCONT');
         await daemon.kill9();
       }
+      work.cleanup();
+    }
+  });
+});
+
+describe('retention torture', () => {
+  it('phoenix watch maintaining itself and phoenix prune beside it, both killed at random moments on a churning tree: every pinned instant and the latest restore exactly', async () => {
+    const work = tempDir('phx-torture-');
+    const src = join(work.path, 'src');
+    const repoDir = join(work.path, 'repo');
+    const state = join(work.path, 'state');
+    mkdirSync(src);
+    const config = join(work.path, 'phoenix.yaml');
+    writeFileSync(
+      config,
+      [
+        'lease-renew: 200ms',
+        'lease-ttl: 2s',
+        'guard: false',
+        'maintenance: {compact-every: 1s, compact-after: 0, forget-every: 1s, prune-every: 2s, min-pack-age: 0}',
+        'sources:',
+        `  - path: ${src}`,
+        '    retention: {policy: "all:3s 1s:1min", min-age: "0"}',
+      ].join('\n'),
+    );
+    const init = await Repository.init(new LocalBackend(repoDir), { password: PASSWORD, kdfN: 1024 });
+    await init.close();
+    let x = 20261202;
+    const rnd = (n: number): number => (x = (Math.imul(x, 1103515245) + 12345) >>> 0) % n;
+    const pool = Array.from({ length: 6 }, (_, i) => randomBytes(30_000 + i * 7000)); // contents that come back
+    const skip = (rel: string): boolean => rel.startsWith('.phx-sync');
+    const start = (): DaemonProcess => new DaemonProcess({ src, repo: repoDir, state, args: ['--config', config], fromConfig: true });
+    let daemon = start();
+    const pins: Array<{ atMs: number; snap: Map<string, string> }> = [];
+    const env = { PHOENIX_PASSWORD: PASSWORD, PHOENIX_REPOSITORY: repoDir, XDG_STATE_HOME: join(work.path, 'cli-state') };
+    const prunes: Array<Promise<unknown>> = [];
+    try {
+      await daemon.ready();
+      const repo = await Repository.open(new LocalBackend(repoDir), async () => PASSWORD);
+      for (let round = 0; round < 8; round++) {
+        for (let op = 0; op < 25; op++) {
+          const d = `d${rnd(4)}`;
+          mkdirSync(join(src, d), { recursive: true });
+          const k = rnd(10);
+          const f = join(src, d, `f${rnd(8)}`);
+          if (k < 4) writeFileSync(f, pool[rnd(pool.length)] as Buffer);
+          else if (k < 6) writeFileSync(f, randomBytes(1000 + rnd(40_000)));
+          else if (k < 7) writeFileSync(f, `appended ${op}\n`, { flag: 'a' });
+          else if (k < 9) rmSync(f, { force: true });
+          else {
+            const to = `d${4 + rnd(3)}`;
+            rmSync(join(src, to), { recursive: true, force: true });
+            try {
+              renameSync(join(src, d), join(src, to)); // a whole directory moves
+            } catch {
+              // gone meanwhile
+            }
+          }
+        }
+        // prune from outside, killed at a random moment now and then
+        const child = spawn(process.execPath, [PHOENIX, 'prune', '--min-pack-age', '0'], {
+          env: { ...process.env, ...env },
+          stdio: 'ignore',
+        });
+        prunes.push(new Promise((r) => child.once('exit', r)));
+        if (round % 3 === 1) setTimeout(() => child.kill('SIGKILL'), rnd(400));
+        if (round % 3 === 2) {
+          await new Promise((r) => setTimeout(r, rnd(300)));
+          await daemon.kill9();
+          daemon = start();
+          await daemon.ready();
+        }
+        await daemon.sync(src);
+        if (round % 2 === 0) {
+          const snap = snapshot(src, skip);
+          const atMs = Date.now();
+          await repo.pin(src, atMs, `round ${round}`);
+          pins.push({ atMs, snap });
+          await new Promise((r) => setTimeout(r, 5));
+        }
+      }
+      await Promise.all(prunes);
+      await new Promise((r) => setTimeout(r, 2500)); // a forget and a prune of the daemon's own
+      await daemon.sync(src);
+      const final = snapshot(src, skip);
+      assert.equal(await daemon.stop(), 0);
+      const check = phoenix(env, 'check', '--read-data');
+      assert.equal(check.status, 0, check.stdout + check.stderr);
+      for (const [i, p] of pins.entries()) {
+        const out = join(work.path, `pin-${i}`);
+        const r = phoenix(env, 'restore', '--at', new Date(p.atMs).toISOString(), '--target', out);
+        assert.equal(r.status, 0, r.stderr);
+        assert.deepEqual(snapshot(out), p.snap, `the pinned instant of round ${i * 2}`);
+      }
+      const out = join(work.path, 'latest');
+      assert.equal(phoenix(env, 'restore', '--target', out).status, 0);
+      assert.deepEqual(snapshot(out), final, 'the latest');
+      assert.ok((await repo.commitList(src)).length < 8 * 25, 'the history was thinned');
+      await repo.close();
+    } finally {
+      if (daemon.child.exitCode === null) await daemon.kill9();
+      await Promise.all(prunes);
       work.cleanup();
     }
   });

@@ -6,6 +6,7 @@ import {
   checkpointKey,
   encodeRecord,
   parseJournalKey,
+  recordsInOrder,
   sourceDir,
   TreeDigest,
   type CommitInfo,
@@ -127,13 +128,17 @@ export async function applyForget(repo: Repository, plan: ForgetPlan): Promise<F
   result.segment = { key: written.key, first: a + 1, last: b, steps: expected.length, bytes: written.size };
 
   // Read it back as any reader would, and prove every kept instant before deleting anything.
-  const problem = await verify(repo, source, a, b, written.key, expected);
-  if (problem !== undefined) {
+  const proven = await verify(repo, source, a, b, written.key, expected);
+  if (typeof proven === 'string') {
     await repo.backend.delete(written.key);
-    throw new PhoenixError('PHX_INTERNAL', `forget of ${JSON.stringify(source)}: ${problem}; nothing was deleted`, {
+    throw new PhoenixError('PHX_INTERNAL', `forget of ${JSON.stringify(source)}: ${proven}; nothing was deleted`, {
       hint: 'the journal is as it was; please report this with phoenix check output',
     });
   }
+  // A base checkpoint at the segment's end: the checkpoints it replaced were at instants no
+  // longer kept, and the next run (and every reader) starts from here instead of commit 1.
+  const commits = await repo.commitList(source);
+  if ((await repo.usableCheckpoint(source, commits, b)) < b) await repo.writeCheckpoint(source, b, recordsInOrder(proven));
   return { ...result, deleted: await deleteSuperseded(repo, source, kept) };
 }
 
@@ -144,7 +149,7 @@ async function verify(
   b: number,
   key: string,
   expected: ReadonlyArray<{ seq: number; digest: string }>,
-): Promise<string | undefined> {
+): Promise<string | TreeState> {
   const now = (await repo.commitList(source)).filter((c) => c.seq > a && c.seq <= b);
   if (now.some((c) => c.key !== key)) return 'the segment written is not the one readers choose';
   if (now.map((c) => c.seq).join() !== expected.map((e) => e.seq).join()) return 'the segment does not hold the instants kept';
@@ -156,7 +161,7 @@ async function verify(
     if (digest.hex() !== want.digest) return `the tree at commit ${info.seq} read back from the segment differs from the original`;
     if ((await repo.stepDigest(info)) !== want.digest) return `the digest stored for commit ${info.seq} is not the original's`;
   }
-  return undefined;
+  return state;
 }
 
 /**
