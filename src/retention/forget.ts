@@ -139,7 +139,16 @@ export async function applyForget(repo: Repository, plan: ForgetPlan): Promise<F
   // longer kept, and the next run (and every reader) starts from here instead of commit 1.
   const commits = await repo.commitList(source);
   if ((await repo.usableCheckpoint(source, commits, b)) < b) await repo.writeCheckpoint(source, b, recordsInOrder(proven));
-  return { ...result, deleted: await deleteSuperseded(repo, source, kept) };
+  const deleted = await deleteSuperseded(repo, source, kept);
+  // Older checkpoints go: a reader of an instant before b replays the thinned history from its
+  // start (its first step is the whole tree then), so the metadata kept grows with the kept
+  // instants, not with one checkpoint a run.
+  for (const seq of await repo.checkpointSeqs(source)) {
+    if (seq >= b) continue;
+    await repo.backend.delete(checkpointKey(source, seq));
+    deleted.checkpoints++;
+  }
+  return { ...result, deleted };
 }
 
 async function verify(
