@@ -254,7 +254,7 @@ export async function checkCommand(flags: RepoFlags & { readData?: boolean }): P
     for (const e of errors) process.stderr.write(`phoenix: error: ${e}\n`);
     const loose =
       unreferenced.packs > 0
-        ? `; ${unreferenced.packs} packs (${mib(unreferenced.bytes)}) are named by nothing kept: left by an upload that was interrupted, a backup running now, or history that forget dropped. They are harmless; \`phoenix prune\` removes them`
+        ? `; ${unreferenced.packs} packs (${mib(unreferenced.bytes)}) are named by no commit kept: left by an upload that was interrupted, a backup running now, or history that forget dropped. They are harmless; \`phoenix prune\` removes them`
         : '';
     print(
       flags,
