@@ -86,8 +86,10 @@ export class Daemon {
    */
   async stop(deadlineMs: number): Promise<boolean> {
     this.#stopping = true;
-    await this.#maintainer?.stop();
+    // Maintenance stops beside the sources (a prune waiting for their acknowledgements gives up at once).
+    const maintenance = this.#maintainer?.stop();
     const results = await Promise.all(this.#runners.map((r) => r.stop(deadlineMs)));
+    await maintenance;
     for (const s of this.#summaries) s.flush();
     await new Promise<void>((r) => (this.#server ? this.#server.close(() => r()) : r()));
     await this.#pool.close();

@@ -31,6 +31,8 @@ export class Maintainer {
   readonly #timers: NodeJS.Timeout[] = [];
   #running: Promise<void> = Promise.resolve();
   #stopped = false;
+  /** Stops a prune waiting for acknowledgements when the daemon stops (its writers stop acknowledging). */
+  readonly #abort = new AbortController();
 
   constructor(
     readonly repo: Repository,
@@ -66,6 +68,7 @@ export class Maintainer {
 
   async stop(): Promise<void> {
     this.#stopped = true;
+    this.#abort.abort();
     for (const t of this.#timers) clearInterval(t);
     await this.#running;
   }
@@ -140,6 +143,7 @@ export class Maintainer {
     }
     this.status.waiting = waiting;
     const done = await applyPrune(this.repo, plan, {
+      signal: this.#abort.signal,
       onWait: (pending) => {
         this.status.waiting = [
           ...waiting,

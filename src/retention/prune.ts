@@ -77,9 +77,11 @@ export async function waitForAcks(
   key: string,
   timeoutMs: number,
   onWait?: (pending: LiveWriter[]) => void,
+  signal?: AbortSignal,
 ): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (let said = 0; ;) {
+    if (signal?.aborted) throw new PhoenixError('PHX_LOCKED', 'prune was stopped while it waited for the writers; nothing was deleted');
     const pending = (await repo.liveWriters()).filter((w) => w.acked === undefined || w.acked < key);
     if (pending.length === 0) return;
     if (Date.now() >= deadline) {
@@ -236,7 +238,7 @@ async function writtenSince(repo: Repository, plan: PrunePlan): Promise<{ packs:
 export async function applyPrune(
   repo: Repository,
   plan: PrunePlan,
-  opts: { ackTimeoutMs?: number; onWait?: (pending: LiveWriter[]) => void } = {},
+  opts: { ackTimeoutMs?: number; onWait?: (pending: LiveWriter[]) => void; signal?: AbortSignal } = {},
 ): Promise<{ key: string; takenBack: number; repacked: number } | undefined> {
   if (plan.doomed.packs.length === 0 && plan.doomed.parts.length === 0 && plan.repack.length === 0) return undefined;
   // Repacked chunks are findable at their new place before their old pack is doomed.
@@ -247,7 +249,7 @@ export async function applyPrune(
   const written = new Set(moved.map((m) => m.to.pack));
   const doomedPacks = [...plan.doomed.packs, ...plan.repack.map((p) => p.pack)].filter((p) => !written.has(p));
   const key = await repo.writeDeletionPlan(doomedPacks, plan.doomed.parts, moved);
-  await waitForAcks(repo, key, opts.ackTimeoutMs ?? ACK_TIMEOUT_MS, opts.onWait);
+  await waitForAcks(repo, key, opts.ackTimeoutMs ?? ACK_TIMEOUT_MS, opts.onWait, opts.signal);
   const since = await writtenSince(repo, plan);
   const packs = doomedPacks.filter((id) => !since.packs.has(id));
   const parts = plan.doomed.parts.filter((id) => !since.parts.has(id));
