@@ -165,10 +165,11 @@ export class SourceRunner {
         .finally(() => (this.#renewing = false));
     }, this.#opts.leaseRenewMs).unref();
     const commits = await syncCache(this.#repo, this.#db, name);
-    // Every deletion plan there is was applied by syncCache, and nothing is in flight yet.
-    const plans = await this.#repo.deletionPlans();
-    if (plans.length > 0) {
-      this.#lease.note({ acked: plans.at(-1) });
+    // Nothing is in flight yet: every plan applied (syncCache's, and any since) is acknowledged
+    // at once. Only what was applied: a plan listed now but not purged must not be.
+    const { latest } = await applyDeletionPlans(this.#repo, this.#db);
+    if (latest !== undefined) {
+      this.#lease.note({ acked: latest });
       await this.#lease.renew();
     }
     const last = commits.at(-1);
