@@ -258,7 +258,17 @@ export class Repository {
     let end = 0;
     for (const o of await listAll(this.backend, prefix)) {
       const parsed = parseJournalKey(o.key.slice(prefix.length));
-      if (parsed === undefined) continue;
+      // Never skipped: a journal object not understood could hold history, and prune would
+      // take what it names for garbage.
+      if (parsed === undefined) {
+        throw new PhoenixError(
+          'PHX_CORRUPT',
+          `the journal of source ${JSON.stringify(source)} holds ${o.key}, which this Phoenix cannot read`,
+          {
+            hint: "it may be from a newer Phoenix: upgrade; if it is not Phoenix's, move it out of the repository",
+          },
+        );
+      }
       const cur = widest.get(parsed.first);
       if (cur === undefined || cur.seq < parsed.seq || (cur.seq === parsed.seq && cur.gen < parsed.gen))
         widest.set(parsed.first, { key: o.key, ...parsed, size: o.size });
