@@ -5,7 +5,7 @@ import { openBackend } from '../backend/open.js';
 import { resolveSettings } from '../config/settings.js';
 import { PhoenixError } from '../errors.js';
 import { displayPath, type RawPath } from '../model/path.js';
-import { checkRepository, type CommitInfo, Repository } from '../repo/index.js';
+import { checkRepository, Repository } from '../repo/index.js';
 import type { StateDb } from '../state/db.js';
 import { iso, newPassword, warnAboutUrl, withRepo, openRepo, openState, pickSource, print, showTime, type RepoFlags } from './common.js';
 import { jsonPath, type Verbosity } from './output.js';
@@ -161,7 +161,8 @@ export async function sourcesCommand(flags: RepoFlags): Promise<void> {
     if (names.length === 0 && !flags.json) process.stderr.write('the repository is empty: no source has been backed up yet\n');
     for (const name of names) {
       const infos = await repo.commitList(name);
-      const last = infos.at(-1) as CommitInfo;
+      const last = infos.at(-1);
+      if (last === undefined) continue; // its journal is empty (being written for the first time)
       const commit = await repo.readCommit(last);
       const { state } = await repo.loadState(name, last.seq);
       let files = 0;
