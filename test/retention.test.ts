@@ -793,7 +793,10 @@ describe('retention torture', () => {
       await new Promise((r) => setTimeout(r, 2500)); // a forget and a prune of the daemon's own
       await daemon.sync(src);
       const final = snapshot(src, skip);
-      assert.equal(await daemon.stop(), 0);
+      // 1 when a file vanished or kept changing while read in the churn (it says which); the
+      // restores below are what must hold.
+      const code = await daemon.stop();
+      assert.ok(code === 0 || code === 1, `phoenix watch stopped with ${code}:\n${daemon.stderr.slice(-3000)}`);
       const check = phoenix(env, 'check', '--read-data');
       assert.equal(check.status, 0, check.stdout + check.stderr);
       for (const [i, p] of pins.entries()) {
