@@ -512,22 +512,34 @@ describe('prune beside a live phoenix watch', () => {
 });
 
 describe('mass-change guard', () => {
+  const files = (n: number, from = 0): string[] => Array.from({ length: n }, (_, i) => `f${from + i}`);
   it('trips once per spike of removals or rewrites, naming the commit before it', () => {
     const g = new MassChangeGuard({ files: 100, fraction: 0.25, windowMs: 60_000 }, { seq: 1, timeMs: 1000 });
     const t = 10_000_000;
-    assert.equal(g.observe({ seq: 2, timeMs: t, removed: 0, rewritten: 5 }, 10_000), undefined);
-    assert.equal(g.observe({ seq: 3, timeMs: t + 1000, removed: 60, rewritten: 0 }, 10_000), undefined);
-    const trip = g.observe({ seq: 4, timeMs: t + 2000, removed: 40, rewritten: 0 }, 10_000);
+    assert.equal(g.observe({ seq: 2, timeMs: t, removed: 0, rewritten: files(5) }, 10_000), undefined);
+    assert.equal(g.observe({ seq: 3, timeMs: t + 1000, removed: 60, rewritten: [] }, 10_000), undefined);
+    const trip = g.observe({ seq: 4, timeMs: t + 2000, removed: 40, rewritten: [] }, 10_000);
     assert.deepEqual(trip, { timeMs: t + 2000, removed: 100, rewritten: 5, pinnedAtMs: t - 1, seq: 1 });
-    assert.equal(g.observe({ seq: 5, timeMs: t + 3000, removed: 500, rewritten: 0 }, 10_000), undefined, 'the same spike trips once');
+    assert.equal(g.observe({ seq: 5, timeMs: t + 3000, removed: 500, rewritten: [] }, 10_000), undefined, 'the same spike trips once');
     // Quiet for a window: a new spike trips again, pinning the commit before it.
-    assert.equal(g.observe({ seq: 6, timeMs: t + 200_000, removed: 0, rewritten: 0 }, 9_000), undefined);
-    const again = g.observe({ seq: 7, timeMs: t + 201_000, removed: 0, rewritten: 150 }, 9_000);
+    assert.equal(g.observe({ seq: 6, timeMs: t + 200_000, removed: 0, rewritten: [] }, 9_000), undefined);
+    const again = g.observe({ seq: 7, timeMs: t + 201_000, removed: 0, rewritten: files(150) }, 9_000);
     assert.equal(again?.seq, 6);
     // The fraction rule: 30 % of a small tree (once at least 100 files changed).
     const small = new MassChangeGuard({ files: 1000, fraction: 0.25, windowMs: 60_000 }, { seq: 1, timeMs: 0 });
-    assert.equal(small.observe({ seq: 2, timeMs: t, removed: 50, rewritten: 0 }, 100), undefined, '50 of 150: fewer than 100 changed');
-    assert.equal(small.observe({ seq: 3, timeMs: t + 1, removed: 60, rewritten: 0 }, 40)?.removed, 110);
+    assert.equal(small.observe({ seq: 2, timeMs: t, removed: 50, rewritten: [] }, 100), undefined, '50 of 150: fewer than 100 changed');
+    assert.equal(small.observe({ seq: 3, timeMs: t + 1, removed: 60, rewritten: [] }, 40)?.removed, 110);
+  });
+
+  it('counts files, not commits: a log appended to 2,000 times a minute is one file rewritten', () => {
+    const g = new MassChangeGuard({ files: 1000, fraction: 0.25, windowMs: 60_000 }, { seq: 1, timeMs: 0 });
+    for (let i = 0; i < 2000; i++)
+      assert.equal(g.observe({ seq: 2 + i, timeMs: 1e6 + i * 30, removed: 0, rewritten: ['app.log'] }, 500), undefined);
+    // A thousand different files rewritten within the window do trip it.
+    let trip;
+    for (let i = 0; i < 10 && trip === undefined; i++)
+      trip = g.observe({ seq: 3000 + i, timeMs: 1.1e6 + i, removed: 0, rewritten: files(100, i * 100) }, 50_000);
+    assert.equal(trip?.rewritten, 1000);
   });
 });
 

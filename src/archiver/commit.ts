@@ -146,7 +146,7 @@ export class CommitBuilder {
     // A torn read is kept, but the cache does not vouch for it: the next look reads it again.
     this.#overlay.set(path, { rec, ino: entry.ino.toString(), ctimeNs: torn ? '' : entry.ctimeNs.toString() });
     if (before !== undefined && sameRecord(before.rec, rec)) return 'unchanged'; // only inode or ctime moved
-    if (before?.rec.type === 'file' && rec.type === 'file' && !this.#puts.has(path)) this.rewritten++;
+    if (before?.rec.type === 'file' && rec.type === 'file' && !this.#puts.has(path)) this.rewritten.push(path);
     this.#dropPut(path);
     this.#puts.set(path, rec);
     if (rec.type === 'dir') this.stats.dirs++;
@@ -222,7 +222,7 @@ export class CommitBuilder {
    * undefined when nothing changed (then only the cache rows are updated, under `seq - 1`).
    */
   /** Files that existed and were put again with other content or metadata (the mass-change guard counts them). */
-  rewritten = 0;
+  rewritten: RawPath[] = [];
   /** Entries removed, those below a removed directory included (stats.deleted counts journal deletes). */
   removed = 0;
 

@@ -30,11 +30,22 @@ interface Seen {
   seq: number;
   timeMs: number;
   removed: number;
+  /** Files rewritten by this commit that no commit of the window rewrote before. */
   rewritten: number;
+}
+
+/** A commit as the guard sees it: what it removed, and which files it rewrote. */
+export interface Observed {
+  seq: number;
+  timeMs: number;
+  removed: number;
+  rewritten: Iterable<string>;
 }
 
 export class MassChangeGuard {
   readonly #window: Seen[] = [];
+  /** The files rewritten within the window, by path, and when last: a log appended to 1,000 times is one file. */
+  readonly #rewrites = new Map<string, number>();
   #tripped = false;
   /** The last commit before the window's first (what a trip pins). */
   #before: { seq: number; timeMs: number } | undefined;
@@ -47,11 +58,22 @@ export class MassChangeGuard {
   }
 
   /** A commit landed; `entries` is the tree's size after it. A trip when this commit makes a spike. */
-  observe(c: Seen, entries: number): GuardTrip | undefined {
-    while (this.#window.length > 0 && (this.#window[0] as Seen).timeMs < c.timeMs - this.opts.windowMs) {
+  observe(o: Observed, entries: number): GuardTrip | undefined {
+    const since = o.timeMs - this.opts.windowMs;
+    while (this.#window.length > 0 && (this.#window[0] as Seen).timeMs < since) {
       const old = this.#window.shift() as Seen;
       this.#before = { seq: old.seq, timeMs: old.timeMs };
     }
+    for (const [p, t] of this.#rewrites) if (t < since) this.#rewrites.delete(p);
+    let fresh = 0;
+    for (const p of o.rewritten) {
+      if (!this.#rewrites.has(p)) {
+        if (this.#rewrites.size >= this.opts.files) break; // enough to trip: no need to hold more
+        fresh++;
+      }
+      this.#rewrites.set(p, o.timeMs);
+    }
+    const c: Seen = { seq: o.seq, timeMs: o.timeMs, removed: o.removed, rewritten: fresh };
     // A spike is over once none of its commits is in the window any more.
     if (!this.#window.some((s) => s.removed + s.rewritten > 0)) this.#tripped = false;
     if (c.removed + c.rewritten === 0 && this.#window.length === 0) {
@@ -60,7 +82,7 @@ export class MassChangeGuard {
     }
     this.#window.push(c);
     const removed = this.#window.reduce((n, s) => n + s.removed, 0);
-    const rewritten = this.#window.reduce((n, s) => n + s.rewritten, 0);
+    const rewritten = this.#rewrites.size;
     const changed = removed + rewritten;
     const treeBefore = entries + removed;
     const spike =
