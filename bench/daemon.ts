@@ -49,15 +49,7 @@ async function measure(name: string, repo: string): Promise<Map<string, string>>
   await d.ready();
 
   // Single-file changes, one at a time: from the writer's close to the commit being durable.
-  const lat: number[] = [];
-  const n = Math.max(20, Math.round(300 * scale));
-  for (let i = 0; i < n; i++) {
-    const before = (await d.status()).lastCommit?.seq ?? 0;
-    const t0 = performance.now();
-    writeFileSync(join(src, `single-${i % 50}`), `version ${i} ${'x'.repeat(i % 4000)}`);
-    lat.push(await d.until(t0, (s) => (s.lastCommit?.seq ?? 0) > before && s.pending === 0));
-    await sleep(5);
-  }
+  const lat = await d.closeToDurable(src, Math.max(20, Math.round(300 * scale)));
   out.set('close→durable p50 (ms)', pct(lat, 50).toFixed(1));
   out.set('close→durable p95 (ms)', pct(lat, 95).toFixed(1));
   out.set('close→durable p99 (ms)', pct(lat, 99).toFixed(1));

@@ -17,7 +17,6 @@ import { randomBytes } from 'node:crypto';
 import { closeSync, mkdirSync, mkdtempSync, openSync, readdirSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import type { Backend, Body, ByteRange, ObjectInfo } from '../src/backend/backend.js';
 import { MemoryBackend } from '../src/backend/memory.js';
 import { type FileRecord, type JournalChange, Repository } from '../src/repo/index.js';
@@ -266,23 +265,12 @@ async function rpoSection(): Promise<void> {
   timed('node', [PHOENIX, 'init', '--repo', repoDir]);
   const w = new WatchProcess(src, repoDir, join(dir, 'state'), env, ['--config', join(dir, 'phoenix.yaml')]);
   await w.ready(true);
-  const latencies = async (n: number): Promise<number[]> => {
-    const out: number[] = [];
-    for (let i = 0; i < n; i++) {
-      const before = (await w.status()).lastCommit?.seq ?? 0;
-      const t = performance.now();
-      writeFileSync(join(src, `single-${i % 50}`), `version ${i} ${'x'.repeat(i % 4000)}`);
-      out.push(await w.until(t, (s) => (s.lastCommit?.seq ?? 0) > before && s.pending === 0));
-      await sleep(5);
-    }
-    return out;
-  };
   // Garbage to prune: versions of a large file, forgotten.
   for (let i = 0; i < 20; i++) {
     writeRandom(join(src, 'big'), 4 * 2 ** 20);
     await w.settled();
   }
-  const idle = await latencies(RPO_N);
+  const idle = await w.closeToDurable(src, RPO_N);
   timed('node', [PHOENIX, 'forget', '--repo', repoDir, '--policy', '1000d:2000d', '--min-age', '0']);
   let pruning = true;
   let runs = 0;
@@ -294,7 +282,7 @@ async function rpoSection(): Promise<void> {
       runs++;
     }
   })();
-  const busy = await latencies(RPO_N);
+  const busy = await w.closeToDurable(src, RPO_N);
   pruning = false;
   await loop;
   await w.stop();

@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { queryStatus, type Status } from '../src/daemon/status.js';
@@ -43,6 +44,22 @@ export class WatchProcess {
       const s = await this.status();
       if (done(s)) return performance.now() - t0;
     }
+  }
+
+  /**
+   * Close→durable latency of `n` single-file changes under `dir`, one at a time: from the
+   * writer's close until a new commit holds it and nothing is pending (milliseconds each).
+   */
+  async closeToDurable(dir: string, n: number): Promise<number[]> {
+    const out: number[] = [];
+    for (let i = 0; i < n; i++) {
+      const before = (await this.status()).lastCommit?.seq ?? 0;
+      const t0 = performance.now();
+      writeFileSync(join(dir, `single-${i % 50}`), `version ${i} ${'x'.repeat(i % 4000)}`);
+      out.push(await this.until(t0, (s) => (s.lastCommit?.seq ?? 0) > before && s.pending === 0));
+      await sleep(5);
+    }
+    return out;
   }
 
   /** Until nothing is pending for a while; the last commit's seq. */
