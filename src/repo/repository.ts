@@ -252,26 +252,12 @@ export class Repository {
    * for), so objects that a segment superseded are invisible to readers even before they are
    * deleted. A commit missing from the chain is corruption.
    */
-  async journalObjects(source: string): Promise<JournalObject[]> {
-    const prefix = `journal/${sourceDir(source)}/`;
+  async journalObjects(source: string, listing?: readonly JournalObject[]): Promise<JournalObject[]> {
     const widest = new Map<number, JournalObject>();
     let end = 0;
-    for (const o of await listAll(this.backend, prefix)) {
-      const parsed = parseJournalKey(o.key.slice(prefix.length));
-      // Never skipped: a journal object not understood could hold history, and prune would
-      // take what it names for garbage.
-      if (parsed === undefined) {
-        throw new PhoenixError(
-          'PHX_CORRUPT',
-          `the journal of source ${JSON.stringify(source)} holds ${o.key}, which this Phoenix cannot read`,
-          {
-            hint: "it may be from a newer Phoenix: upgrade; if it is not Phoenix's, move it out of the repository",
-          },
-        );
-      }
+    for (const parsed of listing ?? (await this.journalListing(source))) {
       const cur = widest.get(parsed.first);
-      if (cur === undefined || cur.seq < parsed.seq || (cur.seq === parsed.seq && cur.gen < parsed.gen))
-        widest.set(parsed.first, { key: o.key, ...parsed, size: o.size });
+      if (cur === undefined || cur.seq < parsed.seq || (cur.seq === parsed.seq && cur.gen < parsed.gen)) widest.set(parsed.first, parsed);
       end = Math.max(end, parsed.seq);
     }
     const chain: JournalObject[] = [];
@@ -285,6 +271,28 @@ export class Repository {
       pos = o.seq;
     }
     return chain;
+  }
+
+  /** Every object of the journal of `source` as listed, those the chain leaves out (superseded) included. */
+  async journalListing(source: string): Promise<JournalObject[]> {
+    const prefix = `journal/${sourceDir(source)}/`;
+    const out: JournalObject[] = [];
+    for (const o of await listAll(this.backend, prefix)) {
+      const parsed = parseJournalKey(o.key.slice(prefix.length));
+      // Never skipped: a journal object not understood could hold history, and prune would
+      // take what it names for garbage.
+      if (parsed === undefined) {
+        throw new PhoenixError(
+          'PHX_CORRUPT',
+          `the journal of source ${JSON.stringify(source)} holds ${o.key}, which this Phoenix cannot read`,
+          {
+            hint: "it may be from a newer Phoenix: upgrade; if it is not Phoenix's, move it out of the repository",
+          },
+        );
+      }
+      out.push({ key: o.key, ...parsed, size: o.size });
+    }
+    return out;
   }
 
   /**

@@ -1,13 +1,10 @@
-import { listAll } from '../backend/backend.js';
 import { PhoenixError } from '../errors.js';
 import { compareRaw, parentOf, type RawPath } from '../model/path.js';
 import {
   applyTracked,
   checkpointKey,
   encodeRecord,
-  parseJournalKey,
   recordsInOrder,
-  sourceDir,
   TreeDigest,
   type CommitInfo,
   type CommitStats,
@@ -182,12 +179,13 @@ export async function deleteSuperseded(
   source: string,
   kept: ReadonlyMap<number, unknown>,
 ): Promise<{ journal: number; checkpoints: number }> {
-  const chain = await repo.journalObjects(source);
+  const listing = await repo.journalListing(source);
+  const chain = await repo.journalObjects(source, listing);
   const used = new Set(chain.map((o) => o.key));
   const covered = (key: string, first: number, seq: number): boolean =>
     chain.some((o) => o.segment && o.key !== key && o.first <= first && seq <= o.seq);
   let journal = 0;
-  for (const o of await listJournal(repo, source)) {
+  for (const o of listing) {
     if (used.has(o.key) || !covered(o.key, o.first, o.seq)) continue;
     await repo.backend.delete(o.key);
     journal++;
@@ -202,17 +200,6 @@ export async function deleteSuperseded(
     checkpoints++;
   }
   return { journal, checkpoints };
-}
-
-async function listJournal(repo: Repository, source: string): Promise<Array<{ key: string; first: number; seq: number }>> {
-  // Every object, the superseded included (journalObjects gives the chain only).
-  const prefix = `journal/${sourceDir(source)}/`;
-  const out: Array<{ key: string; first: number; seq: number }> = [];
-  for (const o of await listAll(repo.backend, prefix)) {
-    const p = parseJournalKey(o.key.slice(prefix.length));
-    if (p !== undefined) out.push({ key: o.key, first: p.first, seq: p.seq });
-  }
-  return out;
 }
 
 /** The changes that take the tree from what `before` recorded to `state`, for the paths it recorded. */
