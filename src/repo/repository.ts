@@ -871,6 +871,8 @@ export class Repository {
 
   /** The metadata parts an object of the journal or a checkpoint names (to tell prune what is still used). */
   async partsOf(key: string): Promise<string[]> {
+    const name = key.split('/').pop() ?? '';
+    if (key.startsWith('journal/') && parseJournalKey(name)?.segment) return (await this.#segment(key)).parts.map(([id]) => id);
     const obj = await this.#getJson(key);
     try {
       return decodeParts(obj.parts).map(([id]) => id);

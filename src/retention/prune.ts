@@ -102,8 +102,15 @@ export async function waitForAcks(
   }
 }
 
-/** What the repository keeps: every pack and part a kept commit, segment or checkpoint refers to. */
-async function referenced(repo: Repository): Promise<{ packs: Map<string, Map<string, number>>; parts: Set<string> }> {
+/**
+ * What the repository keeps: the chunks (by pack) and the parts every kept commit, segment and
+ * checkpoint refers to; with `since`, only those written after it (what prune takes back).
+ * `named`: packs that commits list as theirs (a commit's own uploads).
+ */
+async function referenced(
+  repo: Repository,
+  since?: PrunePlan['heads'],
+): Promise<{ packs: Map<string, Map<string, number>>; parts: Set<string>; named: Set<string> }> {
   const packs = new Map<string, Map<string, number>>();
   const use = (r: { id: string; pack: string; length: number }): void => {
     let m = packs.get(r.pack);
@@ -111,22 +118,28 @@ async function referenced(repo: Repository): Promise<{ packs: Map<string, Map<st
     m.set(r.id, r.length);
   };
   const parts = new Set<string>();
+  const named = new Set<string>();
   for (const source of await repo.sources()) {
+    const after = since?.get(source) ?? { seq: 0, checkpoints: new Set<number>() };
     const seen = new Set<string>();
     for (const info of await repo.commitList(source)) {
+      if (info.seq <= after.seq) continue;
+      // One read per commit: its head names its parts (a segment's are read once, with its head).
+      const head = await repo.readCommitHead(info);
       if (!seen.has(info.key)) {
         seen.add(info.key);
-        for (const p of await repo.partsOf(info.key)) parts.add(p);
+        for (const p of info.segment === undefined ? head.parts.map(([id]) => id) : await repo.partsOf(info.key)) parts.add(p);
       }
-      const c = await repo.readCommit(info);
-      for (const ch of c.changes) if (ch.op === 'put') for (const r of ch.chunks) use(r);
+      for (const p of head.packs) named.add(p);
+      for await (const ch of repo.commitChanges(head)) if (ch.op === 'put') for (const r of ch.chunks) use(r);
     }
     for (const seq of await repo.checkpointSeqs(source)) {
+      if (after.checkpoints.has(seq)) continue;
       for (const p of await repo.partsOf(checkpointKey(source, seq))) parts.add(p);
       for await (const r of repo.checkpointRecords(source, seq)) for (const c of r.chunks) use(c);
     }
   }
-  return { packs, parts };
+  return { packs, parts, named };
 }
 
 export async function planPrune(repo: Repository, opts: PruneOptions): Promise<PrunePlan> {
@@ -210,27 +223,6 @@ async function repackLive(repo: Repository, plan: PrunePlan): Promise<Array<{ fr
   return Promise.all(moves);
 }
 
-/** What the commits and checkpoints written since `plan` was made refer to (taken back from the deletion). */
-async function writtenSince(repo: Repository, plan: PrunePlan): Promise<{ packs: Set<string>; parts: Set<string> }> {
-  const packs = new Set<string>();
-  const parts = new Set<string>();
-  for (const source of await repo.sources()) {
-    const head = plan.heads.get(source) ?? { seq: 0, checkpoints: new Set<number>() };
-    for (const info of (await repo.commitList(source)).filter((c) => c.seq > head.seq)) {
-      for (const p of await repo.partsOf(info.key)) parts.add(p);
-      const c = await repo.readCommit(info);
-      for (const p of c.packs) packs.add(p);
-      for (const ch of c.changes) if (ch.op === 'put') for (const r of ch.chunks) packs.add(r.pack);
-    }
-    for (const seq of await repo.checkpointSeqs(source)) {
-      if (head.checkpoints.has(seq)) continue;
-      for (const p of await repo.partsOf(checkpointKey(source, seq))) parts.add(p);
-      for await (const r of repo.checkpointRecords(source, seq)) for (const c of r.chunks) packs.add(c.pack);
-    }
-  }
-  return { packs, parts };
-}
-
 /**
  * Publishes the plan, waits for the live writers' acknowledgements, takes back what was
  * committed meanwhile, then deletes. Returns the plan's key and what was taken back.
@@ -250,8 +242,8 @@ export async function applyPrune(
   const doomedPacks = [...plan.doomed.packs, ...plan.repack.map((p) => p.pack)].filter((p) => !written.has(p));
   const key = await repo.writeDeletionPlan(doomedPacks, plan.doomed.parts, moved);
   await waitForAcks(repo, key, opts.ackTimeoutMs ?? ACK_TIMEOUT_MS, opts.onWait, opts.signal);
-  const since = await writtenSince(repo, plan);
-  const packs = doomedPacks.filter((id) => !since.packs.has(id));
+  const since = await referenced(repo, plan.heads);
+  const packs = doomedPacks.filter((id) => !since.packs.has(id) && !since.named.has(id));
   const parts = plan.doomed.parts.filter((id) => !since.parts.has(id));
   await mapLimited(packs, 8, (id) => repo.backend.delete(packKey(id)));
   await mapLimited(parts, 8, (id) => repo.backend.delete(partKey(id)));
