@@ -808,8 +808,7 @@ export class Repository {
       for (const key of (await listAll(this.backend, 'relocations/')).map((o) => o.key).sort()) {
         const obj = await this.#getJson(key);
         if (!Array.isArray(obj.moves)) throw corrupt(`relocation ${key}`, 'it has no moves');
-        for (const m of obj.moves as unknown[][])
-          addMove(map, String(m[0]), { id: String(m[1]), pack: String(m[2]), offset: Number(m[3]), length: Number(m[4]) });
+        for (const m of decodeMoves(obj.moves)) addMove(map, m.from, m.to);
       }
       return map;
     })();
@@ -822,8 +821,8 @@ export class Repository {
    * old packs are doomed: every reader from then on finds them there, whatever record names them.
    */
   async writeRelocations(moves: ReadonlyArray<{ from: string; to: ChunkRef }>): Promise<string> {
-    const key = `relocations/${String(Date.now()).padStart(13, '0')}-${randomBytes(4).toString('hex')}`;
-    await this.#putJson(key, { v: 1, moves: moves.map((m) => [m.from, m.to.id, m.to.pack, m.to.offset, m.to.length]) });
+    const key = timedKey('relocations/');
+    await this.#putJson(key, { v: 1, moves: encodeMoves(moves) });
     const map = await this.#moved();
     for (const m of moves) addMove(map, m.from, m.to);
     return key;
@@ -841,9 +840,8 @@ export class Repository {
     parts: readonly string[],
     moved: ReadonlyArray<{ from: string; to: ChunkRef }> = [],
   ): Promise<string> {
-    const key = `deletions/${String(Date.now()).padStart(13, '0')}-${randomBytes(4).toString('hex')}`;
-    const moves = moved.map((m) => [m.from, m.to.id, m.to.pack, m.to.offset, m.to.length]);
-    await this.#putJson(key, { v: 1, createdMs: Date.now(), host: hostname(), packs, parts, moves });
+    const key = timedKey('deletions/');
+    await this.#putJson(key, { v: 1, createdMs: Date.now(), host: hostname(), packs, parts, moves: encodeMoves(moved) });
     return key;
   }
 
@@ -857,10 +855,7 @@ export class Repository {
   ): Promise<{ packs: string[]; parts: string[]; createdMs: number; moved: Array<{ from: string; to: ChunkRef }> }> {
     const obj = await this.#getJson(key);
     if (!Array.isArray(obj.packs)) throw corrupt(`deletion plan ${key}`, 'it has no pack list');
-    const moved = ((obj.moves as unknown[][] | undefined) ?? []).map((m) => ({
-      from: String(m[0]),
-      to: { id: String(m[1]), pack: String(m[2]), offset: Number(m[3]), length: Number(m[4]) },
-    }));
+    const moved = decodeMoves(obj.moves ?? []);
     return {
       packs: obj.packs.map(String),
       parts: ((obj.parts as unknown[] | undefined) ?? []).map(String),
@@ -1062,6 +1057,26 @@ export class ChunkWriter {
     await Promise.all(this.#uploads);
     if (this.#error !== undefined) throw this.#error;
   }
+}
+
+/** An object's key under `prefix` that sorts by the time it was written (and is unique). */
+function timedKey(prefix: string): string {
+  return `${prefix}${String(Date.now()).padStart(13, '0')}-${randomBytes(4).toString('hex')}`;
+}
+
+type Move = { from: string; to: ChunkRef };
+
+/** Moves as relocation objects and deletion plans store them: `[oldPack, chunkId, newPack, offset, length]`. */
+function encodeMoves(moves: readonly Move[]): unknown[][] {
+  return moves.map((m) => [m.from, m.to.id, m.to.pack, m.to.offset, m.to.length]);
+}
+
+function decodeMoves(v: unknown): Move[] {
+  if (!Array.isArray(v)) throw new PhoenixError('PHX_CORRUPT', 'a list of moves is not a list');
+  return (v as unknown[][]).map((m) => ({
+    from: String(m[0]),
+    to: { id: String(m[1]), pack: String(m[2]), offset: Number(m[3]), length: Number(m[4]) },
+  }));
 }
 
 function addMove(map: Map<string, Map<string, ChunkRef>>, from: string, to: ChunkRef): void {
