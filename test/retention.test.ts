@@ -829,3 +829,17 @@ describe('retention torture', () => {
     }
   });
 });
+
+describe('deletion plans', () => {
+  it('sort after every earlier plan whatever the clocks say (writers acknowledge the newest they applied)', async () => {
+    const backend = new MemoryBackend();
+    const repo = await Repository.init(backend, { insecureNoEncryption: true });
+    const first = await repo.writeDeletionPlan([], []);
+    // A plan written by a host whose clock runs a day ahead.
+    const ahead = `deletions/${String(Date.now() + 86_400_000).padStart(13, '0')}-00000000`;
+    await backend.put(ahead, await backend.get(first));
+    const next = await repo.writeDeletionPlan([], []);
+    assert.ok(next > ahead && ahead > first, `${next} sorts after ${ahead}`);
+    assert.deepEqual(await repo.deletionPlans(), [first, ahead, next]);
+  });
+});

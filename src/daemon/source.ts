@@ -165,9 +165,9 @@ export class SourceRunner {
         .finally(() => (this.#renewing = false));
     }, this.#opts.leaseRenewMs).unref();
     const commits = await syncCache(this.#repo, this.#db, name);
-    // Nothing is in flight yet: every plan applied (syncCache's, and any since) is acknowledged
-    // at once. Only what was applied: a plan listed now but not purged must not be.
-    const { latest } = await applyDeletionPlans(this.#repo, this.#db);
+    // Nothing is in flight yet: the newest plan syncCache applied is acknowledged at once (plans
+    // sort in the order they were written, so every one before it was applied too).
+    const latest = [...this.#db.plansApplied()].sort().at(-1);
     if (latest !== undefined) {
       this.#lease.note({ acked: latest });
       await this.#lease.renew();

@@ -840,7 +840,11 @@ export class Repository {
     parts: readonly string[],
     moved: ReadonlyArray<{ from: string; to: ChunkRef }> = [],
   ): Promise<string> {
-    const key = timedKey('deletions/');
+    // Writers acknowledge the newest plan they applied, so a new plan must sort after every one
+    // before it whatever the hosts' clocks: its time is the store's, and later than the last plan's.
+    const last = (await this.deletionPlans()).at(-1);
+    const lastMs = last === undefined ? 0 : Number(/^deletions\/(\d{13})-/.exec(last)?.[1] ?? 0);
+    const key = timedKey('deletions/', Math.max(await this.storeNow(), lastMs + 1));
     await this.#putJson(key, { v: 1, createdMs: Date.now(), host: hostname(), packs, parts, moves: encodeMoves(moved) });
     return key;
   }
@@ -1060,8 +1064,8 @@ export class ChunkWriter {
 }
 
 /** An object's key under `prefix` that sorts by the time it was written (and is unique). */
-function timedKey(prefix: string): string {
-  return `${prefix}${String(Date.now()).padStart(13, '0')}-${randomBytes(4).toString('hex')}`;
+function timedKey(prefix: string, timeMs = Date.now()): string {
+  return `${prefix}${String(timeMs).padStart(13, '0')}-${randomBytes(4).toString('hex')}`;
 }
 
 type Move = { from: string; to: ChunkRef };
