@@ -700,8 +700,7 @@ describe('a writer stopped past its lease while prune runs', () => {
       await applyForget(repo, await planForget(repo, src, parsePolicy('1000d:2000d', '0')));
       // The daemon sleeps (a laptop lid closed) until its lease has run out; prune does not wait for it.
       daemon.child.kill('SIGSTOP');
-      await new Promise((r) => setTimeout(r, 1500));
-      assert.deepEqual(await repo.liveWriters(), []);
+      while ((await repo.liveWriters()).length > 0) await new Promise((r) => setTimeout(r, 50));
       const plan = await planPrune(repo, { minPackAgeMs: 0 });
       assert.ok(plan.doomed.packs.length > 0, "the old content's pack is doomed");
       await applyPrune(repo, plan, { ackTimeoutMs: 1000 });
@@ -802,7 +801,13 @@ describe('retention torture', () => {
         }
       }
       await Promise.all(prunes);
-      await new Promise((r) => setTimeout(r, 2500)); // a forget and a prune of the daemon's own
+      // A forget and a prune of the daemon's own, begun after the last prune from outside ended.
+      const since = new Date().toISOString();
+      for (;;) {
+        const r = (await daemon.status()).retention;
+        if ((r?.lastForget?.time ?? '') > since && (r?.lastPrune?.time ?? '') > since) break;
+        await new Promise((res) => setTimeout(res, 100));
+      }
       await daemon.sync(src);
       const final = snapshot(src, skip);
       // 1 when a file vanished or kept changing while read in the churn (it says which); the
