@@ -45,9 +45,37 @@ export async function newPassword(settings: Pick<Settings, 'passwordFile'>): Pro
   const given = givenPassword(settings);
   if (given !== undefined) return given;
   if (!process.stdin.isTTY) return undefined;
-  process.stderr.write('Choose the password of the new repository. Without it the backup cannot be read: keep it safe.\n');
+  return askNewPassword(
+    'Choose the password of the new repository. Without it the backup cannot be read: keep it safe.',
+    'new repository password: ',
+  );
+}
+
+/**
+ * A new password from `file` (`--new-password-file`), or asked for twice on a terminal.
+ * Undefined when there is neither.
+ */
+export async function newPasswordFrom(file: string | undefined, intro: string): Promise<string | undefined> {
+  if (file !== undefined) {
+    let text: string;
+    try {
+      text = readFileSync(file, 'utf8').replace(/\r?\n$/, '');
+    } catch (err) {
+      throw new PhoenixError('PHX_USAGE', `cannot read the new password file ${file}: ${errnoCode(err) ?? (err as Error).message}`, {
+        hint: 'check the path given with --new-password-file',
+      });
+    }
+    if (text === '') throw new PhoenixError('PHX_USAGE', `the new password file ${file} is empty`, { hint: 'write the password into it' });
+    return text;
+  }
+  if (!process.stdin.isTTY) return undefined;
+  return askNewPassword(intro, 'new password: ');
+}
+
+async function askNewPassword(intro: string, label: string): Promise<string> {
+  process.stderr.write(`${intro}\n`);
   for (let attempt = 1; ; attempt++) {
-    const first = await prompt('new repository password: ');
+    const first = await prompt(label);
     if (first === '') {
       process.stderr.write('the password is empty; try again\n');
     } else if ((await prompt('the same again: ')) === first) {

@@ -240,6 +240,27 @@ export async function main(argv: string[]): Promise<number> {
       '\nRuns beside phoenix watch on any host: it waits for each live writer to acknowledge what it deletes (one lease renewal).',
     )
     .action((_o: unknown, c: Command) => run(retention().then((m) => m.pruneCommand(c.opts()))));
+  const keys = (): Promise<typeof import('./key-commands.js')> => import('./key-commands.js');
+  const key = program.command('key').description('the passwords (keys) that open the repository');
+  settingsOptions(key.command('list'))
+    .option('--json', 'print JSON (one object per line)')
+    .description('list the keys: id, when and by whom each was added; * marks the one used')
+    .action((_o: unknown, c: Command) => run(keys().then((m) => m.keyListCommand(c.opts()))));
+  settingsOptions(key.command('add'))
+    .option('--json', 'print JSON (one object per line)')
+    .option('--new-password-file <FILE>', 'read the new password from FILE (default: ask on the terminal)')
+    .description('add a password: the repository opens with it as well')
+    .action((_o: unknown, c: Command) => run(keys().then((m) => m.keyAddCommand(c.opts()))));
+  settingsOptions(key.command('remove'))
+    .option('--json', 'print JSON (one object per line)')
+    .argument('<ID>', 'the key (as phoenix key list shows it; a unique prefix will do)')
+    .description('remove a key: its password no longer opens the repository (not the last key, not the one in use)')
+    .action((id: string, _o: unknown, c: Command) => run(keys().then((m) => m.keyRemoveCommand(id, c.opts()))));
+  settingsOptions(key.command('passwd'))
+    .option('--json', 'print JSON (one object per line)')
+    .option('--new-password-file <FILE>', 'read the new password from FILE (default: ask on the terminal)')
+    .description('change the password used: a new key replaces the one that opened the repository')
+    .action((_o: unknown, c: Command) => run(keys().then((m) => m.keyPasswdCommand(c.opts()))));
   repoCmd('check', 'verify the repository: journals, checkpoints, every chunk reference; --read-data re-hashes every byte')
     .option('--read-data', 'also read every pack and verify every chunk')
     .action((_o: unknown, c: Command) => run(repo().then((m) => m.checkCommand(c.opts()))));

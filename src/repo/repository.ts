@@ -5,7 +5,8 @@ import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import { isNotFound, listAll, type Backend } from '../backend/backend.js';
 import { PhoenixError } from '../errors.js';
 import { DEFAULT_CHUNKER, type ChunkerParams } from './chunker.js';
-import { corrupt, deriveKey, Keys, newKdf, open, seal, type KdfParams } from './crypto.js';
+import { corrupt, deriveKey, Keys, newKdf, seal, type KdfParams } from './crypto.js';
+import { addKey, configKeyId, keyCandidates, lastKey, moveConfigKey, removeKey, unlock, type KeyInfo } from './keyring.js';
 import {
   applyChange,
   checkpointKey,
@@ -40,13 +41,17 @@ import { PACK_TARGET, PackBuilder, parseHeader, type PackEntry } from './pack.js
 
 /** The `config` object (JSON, not encrypted: it holds what is needed to open the rest). */
 export interface RepoConfig {
-  /** 3: may hold segments (thinned or compacted journal); 2: format-2 commits and checkpoints (metadata in parts); 1: builds before 2026-12. */
-  phoenix: 1 | 2 | 3;
+  /**
+   * 4: the keys are `keys/` objects (the config holds none); 3: may hold segments (thinned or
+   * compacted journal); 2: format-2 commits and checkpoints (metadata in parts); 1: builds
+   * before 2026-12.
+   */
+  phoenix: 1 | 2 | 3 | 4;
   id: string;
   chunker: ChunkerParams;
   encryption: 'aes-256-gcm' | 'none';
   kdf?: KdfParams;
-  /** The 64-byte master key, sealed under the password's key (base64). */
+  /** The 64-byte master key, sealed under the password's key (base64): the one key of repositories from before `keys/` (format < 4). */
   masterKey?: string;
 }
 
@@ -130,6 +135,8 @@ export class Repository {
     readonly backend: Backend,
     readonly config: RepoConfig,
     readonly keys: Keys,
+    /** The id of the key (password) the repository was opened with; undefined when it is not encrypted. */
+    readonly keyId?: string,
   ) {}
 
   static async init(backend: Backend, opts: { password?: string; insecureNoEncryption?: boolean; kdfN?: number }): Promise<Repository> {
@@ -150,7 +157,7 @@ export class Repository {
       keys = Keys.fromMaster(master);
     }
     await backend.put(CONFIG_KEY, Buffer.from(`${JSON.stringify(config, null, 2)}\n`), { createOnly: true });
-    return new Repository(backend, config, keys);
+    return new Repository(backend, config, keys, config.masterKey !== undefined ? configKeyId(config.masterKey) : undefined);
   }
 
   /** Opens a repository; `password` is asked for only when the repository is encrypted. */
@@ -180,10 +187,10 @@ export class Repository {
     } catch {
       throw corrupt(`${backend.location}/config`, 'it is not JSON');
     }
-    if (config.phoenix !== 1 && config.phoenix !== 2 && config.phoenix !== 3) {
+    if (config.phoenix !== 1 && config.phoenix !== 2 && config.phoenix !== 3 && config.phoenix !== 4) {
       throw new PhoenixError(
         'PHX_CORRUPT',
-        `${backend.location}/config has format version ${String(config.phoenix)}, this Phoenix reads versions 1 to 3`,
+        `${backend.location}/config has format version ${String(config.phoenix)}, this Phoenix reads versions 1 to 4`,
         {
           hint: 'upgrade Phoenix',
         },
@@ -193,25 +200,101 @@ export class Repository {
       whileDeriving?.(config);
       return new Repository(backend, config, Keys.none());
     }
-    const pw = await password();
+    const [pw, { candidates, damaged }] = await Promise.all([password(), keyCandidates(backend, config)]);
     if (pw === undefined || pw === '') throw noPassword();
-    const deriving = deriveKey(pw, config.kdf as KdfParams);
+    if (candidates.length === 0) {
+      throw (
+        damaged[0] ?? corrupt(`${backend.location}/config`, 'the repository is encrypted but has no key (no keys/ object, none in config)')
+      );
+    }
+    const unlocking = unlock(candidates, pw, config.id, backend.location);
     try {
       whileDeriving?.(config);
     } catch (err) {
-      deriving.catch(() => {});
+      unlocking.catch(() => {});
       throw err;
     }
-    const key = await deriving;
-    let master: Buffer;
-    try {
-      master = open(key, Buffer.from(config.masterKey ?? '', 'base64'), 'config');
-    } catch {
-      throw new PhoenixError('PHX_WRONG_PASSWORD', `wrong password for the repository at ${backend.location}`, {
+    const found = await unlocking;
+    if (found === undefined) {
+      const tried = candidates.length === 1 ? '' : ` (it opens none of the ${candidates.length} keys)`;
+      const bad = damaged.length === 0 ? '' : `; ${damaged.length} damaged key object(s) could not be tried: ${damaged[0]?.message}`;
+      throw new PhoenixError('PHX_WRONG_PASSWORD', `wrong password for the repository at ${backend.location}${tried}${bad}`, {
         hint: 'check PHOENIX_PASSWORD or the file given with --password-file',
       });
     }
-    return new Repository(backend, config, Keys.fromMaster(master));
+    return new Repository(backend, config, Keys.fromMaster(found.master), found.id);
+  }
+
+  // ---- keys (passwords) ------------------------------------------------------------------
+
+  /** Every key of the repository; `current` marks the one this process opened it with. */
+  async keyList(): Promise<KeyInfo[]> {
+    this.#needKeys();
+    const { candidates } = await keyCandidates(this.backend, await this.#storedConfig());
+    return candidates.map((c) => ({
+      id: c.id,
+      createdMs: c.object?.createdMs ?? null,
+      host: c.object?.host ?? '',
+      user: c.object?.user ?? '',
+      current: c.id === this.keyId,
+    }));
+  }
+
+  /** Adds a key for `password` (a copy of the master key sealed under it); returns its id. */
+  async addKey(password: string, opts: { kdfN?: number } = {}): Promise<string> {
+    const master = this.#needKeys();
+    if (password === '') throw noPassword();
+    await moveConfigKey(this.backend, master);
+    this.config.phoenix = 4;
+    delete this.config.masterKey;
+    delete this.config.kdf;
+    return addKey(this.backend, this.config.id, master, password, opts);
+  }
+
+  /**
+   * Removes key `id` (a unique prefix will do). Refuses the last key, and the key in use
+   * unless `evenCurrent` (key passwd, which has just added its replacement).
+   */
+  async removeKey(id: string, opts: { evenCurrent?: boolean } = {}): Promise<string> {
+    const master = this.#needKeys();
+    const keys = await this.keyList();
+    const matches = keys.filter((k) => k.id.startsWith(id.toLowerCase()));
+    if (id === '' || matches.length !== 1) {
+      throw new PhoenixError(
+        'PHX_USAGE',
+        matches.length === 0 ? `the repository has no key ${JSON.stringify(id)}` : `${JSON.stringify(id)} names ${matches.length} keys`,
+        { hint: `its keys: ${keys.map((k) => k.id).join(', ')} (phoenix key list)` },
+      );
+    }
+    const target = matches[0] as KeyInfo;
+    if (target.current && opts.evenCurrent !== true) {
+      throw new PhoenixError('PHX_USAGE', `key ${target.id} is the one this command opened the repository with`, {
+        hint: 'open it with another password to remove this key, or change this password with phoenix key passwd',
+      });
+    }
+    if (keys.length === 1) throw lastKey();
+    await moveConfigKey(this.backend, master);
+    await removeKey(this.backend, target.id);
+    return target.id;
+  }
+
+  #needKeys(): Buffer {
+    const master = this.keys.toShared();
+    if (master === null) {
+      throw new PhoenixError('PHX_USAGE', `the repository at ${this.backend.location} is not encrypted: it has no keys`, {
+        hint: 'keys (passwords) exist only for encrypted repositories',
+      });
+    }
+    return Buffer.from(master);
+  }
+
+  async #storedConfig(): Promise<RepoConfig> {
+    try {
+      return JSON.parse((await this.backend.get(CONFIG_KEY)).toString()) as RepoConfig;
+    } catch (err) {
+      if (err instanceof SyntaxError) throw corrupt(`${this.backend.location}/config`, 'it is not JSON');
+      throw err;
+    }
   }
 
   /** Closes the backend (its connections). */
@@ -531,8 +614,13 @@ export class Repository {
   /** The config says format `version` before the first object of that format is written, so that older builds refuse it clearly. */
   async #upgradeConfig(version: 2 | 3): Promise<void> {
     if (this.config.phoenix >= version) return;
-    await this.backend.put(CONFIG_KEY, Buffer.from(`${JSON.stringify({ ...this.config, phoenix: version }, null, 2)}\n`));
-    this.config.phoenix = version;
+    // As stored, not as this process read it at open: another process may have moved the key
+    // out of it since (key add), and writing the old one back would bring a removed key back.
+    const stored = await this.#storedConfig();
+    if (stored.phoenix < version) {
+      await this.backend.put(CONFIG_KEY, Buffer.from(`${JSON.stringify({ ...stored, phoenix: version }, null, 2)}\n`));
+    }
+    this.config.phoenix = Math.max(version, stored.phoenix) as RepoConfig['phoenix'];
   }
 
   /**
