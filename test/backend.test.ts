@@ -9,7 +9,8 @@ import { FaultyBackend, LimitBackend, RetryBackend } from '../src/backend/wrappe
 import { PhoenixError } from '../src/errors.js';
 import { backendConformance } from './backend-suite.js';
 import { tempDir } from './helpers.js';
-import { startS3rver, startSwift } from './servers.js';
+import { AZURITE_ACCOUNT, AZURITE_KEY, startAzurite, startS3rver, startSwift } from './servers.js';
+import { AzureBackend } from '../src/backend/azure.js';
 
 backendConformance('memory', async () => ({ backend: new MemoryBackend() }));
 
@@ -45,6 +46,20 @@ backendConformance('S3 (OpenStack Swift s3api)', async () => {
     credentials: server.credentials,
     multipartThreshold: threshold,
     partSize: 5 * 2 ** 20,
+  });
+  return { backend, multipartThreshold: threshold, cleanup: () => server.stop() };
+});
+
+backendConformance('Azure Blob (Azurite)', async () => {
+  const server = await startAzurite();
+  const threshold = 4 * 2 ** 20;
+  const backend = new AzureBackend({
+    container: server.container,
+    prefix: 'suite',
+    endpoint: server.endpoint,
+    credentials: { account: AZURITE_ACCOUNT, key: AZURITE_KEY },
+    singleShotLimit: threshold,
+    blockSize: 2 ** 20,
   });
   return { backend, multipartThreshold: threshold, cleanup: () => server.stop() };
 });
@@ -93,10 +108,70 @@ describe('backend wrappers and URLs', () => {
         () => parseUrl(url),
         (e) => e instanceof PhoenixError && e.code === 'PHX_BAD_URL' && re.test(e.message),
       );
+    const az = parseUrl('azure://my-container/some/prefix?endpoint=http://127.0.0.1:10000/devstoreaccount1');
+    assert.ok(az instanceof AzureBackend);
+    assert.equal(az.location, 'azure://my-container/some/prefix');
+    assert.ok(az.capabilities.createOnly, 'Azure enforces If-None-Match: *');
+    const gs = parseUrl('gs://bucket/p');
+    assert.ok(gs instanceof S3Backend);
+    assert.equal(gs.location, 'gs://bucket/p');
+    bad('azure://Not_Valid/x', /not a valid container name/);
+    bad('azure://c0ntainer/x?region=x', /unknown option region \(known: endpoint\)/);
+    bad('gs://b/x?path-style=true', /unknown option path-style/);
     bad('ftp://host/x', /scheme ftp: is not supported/);
     bad('s3:///prefix', /bucket is missing|does not parse/);
     bad('s3://b/p?colour=blue', /unknown option colour/);
     bad('', /empty/);
+  });
+
+  it('Azure: a missing container, a wrong key, no credentials and a refused connection are clear errors', async () => {
+    const server = await startAzurite();
+    try {
+      const open = (
+        container: string,
+        credentials?: ConstructorParameters<typeof AzureBackend>[0]['credentials'],
+        endpoint = server.endpoint,
+      ) => new AzureBackend({ container, prefix: '', endpoint, ...(credentials ? { credentials } : {}) });
+      const good = { account: AZURITE_ACCOUNT, key: AZURITE_KEY };
+      await assert.rejects(
+        open('no-such-container', good).put('x', Buffer.from('x')),
+        (e) =>
+          e instanceof PhoenixError &&
+          /container no-such-container does not exist/.test(e.message) &&
+          !isTransient(e) &&
+          /create it/.test(e.hint ?? ''),
+      );
+      const wrongKey = { account: AZURITE_ACCOUNT, key: Buffer.alloc(64, 7).toString('base64') };
+      await assert.rejects(
+        open(server.container, wrongKey).stat('x'),
+        (e) =>
+          e instanceof PhoenixError &&
+          /refused the credentials/.test(e.message) &&
+          !isTransient(e) &&
+          /AZURE_STORAGE_KEY/.test(e.hint ?? ''),
+      );
+      const saved = { ...process.env };
+      for (const k of ['AZURE_STORAGE_CONNECTION_STRING', 'AZURE_STORAGE_ACCOUNT', 'AZURE_STORAGE_KEY', 'AZURE_STORAGE_SAS_TOKEN'])
+        delete process.env[k];
+      try {
+        await assert.rejects(
+          open(server.container).stat('x'),
+          (e) =>
+            e instanceof PhoenixError &&
+            /no Azure credentials were found/.test(e.message) &&
+            /AZURE_STORAGE_CONNECTION_STRING/.test(e.hint ?? ''),
+        );
+        process.env.AZURE_STORAGE_CONNECTION_STRING = server.connectionString;
+        const viaEnv = open(server.container);
+        await viaEnv.put('env/x', Buffer.from('from the connection string'));
+        assert.equal((await viaEnv.get('env/x')).toString(), 'from the connection string');
+      } finally {
+        process.env = saved;
+      }
+      await assert.rejects(open(server.container, good, 'http://127.0.0.1:1/devstoreaccount1').stat('x'), (e) => isTransient(e));
+    } finally {
+      await server.stop();
+    }
   });
 
   it('S3: a missing bucket and refused credentials are clear, permanent errors', async () => {

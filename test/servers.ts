@@ -122,3 +122,49 @@ export async function startSwift(): Promise<(S3Server & { credentials: typeof SW
     },
   };
 }
+
+/** Azurite's well-known development account (documented by Microsoft; not a secret). */
+export const AZURITE_ACCOUNT = 'devstoreaccount1';
+export const AZURITE_KEY = 'Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==';
+
+export interface AzuriteServer {
+  /** The blob service URL, for `?endpoint=` and AZURE_STORAGE_ENDPOINT. */
+  endpoint: string;
+  container: string;
+  connectionString: string;
+  stop(): Promise<void>;
+}
+
+/** Starts Azurite's blob service (the npm dev dependency) in a child process on 127.0.0.1 and a free port, its data on disk in a temporary directory, with container `phoenix-test`. */
+export async function startAzurite(): Promise<AzuriteServer> {
+  const dir = tempDir('phx-azurite-');
+  const main = fileURLToPath(new URL('../../node_modules/azurite/dist/src/blob/main.js', import.meta.url));
+  const child = spawn(
+    process.execPath,
+    [main, '--blobHost', '127.0.0.1', '--blobPort', '0', '--location', dir.path, '--skipApiVersionCheck', '--disableProductStyleUrl'],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  const port = await new Promise<number>((resolve, reject) => {
+    child.on('exit', (c) => reject(new Error(`azurite exited with ${c}`)));
+    createInterface({ input: child.stdout! }).on('line', (l) => {
+      const m = /successfully listens on http:\/\/127\.0\.0\.1:(\d+)/.exec(l);
+      if (m) resolve(Number(m[1]));
+    });
+  });
+  const endpoint = `http://127.0.0.1:${port}/${AZURITE_ACCOUNT}`;
+  const connectionString = `DefaultEndpointsProtocol=http;AccountName=${AZURITE_ACCOUNT};AccountKey=${AZURITE_KEY};BlobEndpoint=${endpoint};`;
+  const { BlobServiceClient } = await import('@azure/storage-blob');
+  await BlobServiceClient.fromConnectionString(connectionString).getContainerClient('phoenix-test').create();
+  return {
+    endpoint,
+    container: 'phoenix-test',
+    connectionString,
+    stop: async () => {
+      if (child.exitCode === null) {
+        child.kill('SIGTERM');
+        await new Promise((r) => child.once('exit', r));
+      }
+      dir.cleanup();
+    },
+  };
+}

@@ -1,6 +1,7 @@
 import { resolve } from 'node:path';
 import { PhoenixError } from '../errors.js';
 import type { Backend } from './backend.js';
+import { AzureBackend } from './azure.js';
 import { LocalBackend } from './local.js';
 import { MemoryBackend } from './memory.js';
 import { S3Backend } from './s3.js';
@@ -16,13 +17,34 @@ export interface OpenOptions {
  * Opens a repository URL:
  *   /path or local:/path                a local directory
  *   s3://bucket[/prefix][?endpoint=URL&region=R&path-style=true|false]
+ *   gs://bucket[/prefix]                Google Cloud Storage through its S3-compatible XML API (HMAC keys)
+ *   azure://container[/prefix][?endpoint=URL]
  *   memory:                             in memory (tests)
  * wrapped in retry (transient errors) and a concurrency limit.
  */
 export function openBackend(url: string, opts: OpenOptions = {}): Backend {
   const raw = parseUrl(url);
-  return new RetryBackend(new LimitBackend(raw, opts.connections ?? (raw instanceof S3Backend ? 8 : 4)), opts.retry);
+  const remote = raw instanceof S3Backend || raw instanceof AzureBackend;
+  return new RetryBackend(new LimitBackend(raw, opts.connections ?? (remote ? 8 : 4)), opts.retry);
 }
+
+/** The URL's bucket (container) and prefix, and its query checked against the options it may have. */
+function objectStoreUrl(url: string, form: string, known: string[]): { bucket: string; prefix: string; q: URLSearchParams } {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    throw badUrl(url, `it does not parse as ${form}`);
+  }
+  if (u.hostname === '') throw badUrl(url, `the ${form.startsWith('azure') ? 'container' : 'bucket'} is missing`);
+  const q = u.searchParams;
+  for (const k of q.keys()) {
+    if (!known.includes(k)) throw badUrl(url, `unknown option ${k} (${known.length > 0 ? `known: ${known.join(', ')}` : 'it takes none'})`);
+  }
+  return { bucket: u.hostname, prefix: decodeURIComponent(u.pathname.replace(/^\/+|\/+$/g, '')), q };
+}
+
+const GCS_ENDPOINT = 'https://storage.googleapis.com';
 
 export function parseUrl(url: string): Backend {
   if (url === '') throw badUrl(url, 'it is empty');
@@ -32,29 +54,46 @@ export function parseUrl(url: string): Backend {
   if (url.startsWith('local:')) return new LocalBackend(resolve(url.slice('local:'.length)));
   if (url === 'memory:') return new MemoryBackend();
   if (url.startsWith('s3://')) {
-    let u: URL;
-    try {
-      u = new URL(url);
-    } catch {
-      throw badUrl(url, 'it does not parse as s3://bucket/prefix');
-    }
-    if (u.hostname === '') throw badUrl(url, 'the bucket is missing');
-    const q = u.searchParams;
-    const known = new Set(['endpoint', 'region', 'path-style']);
-    for (const k of q.keys()) if (!known.has(k)) throw badUrl(url, `unknown option ${k} (known: ${[...known].join(', ')})`);
+    const { bucket, prefix, q } = objectStoreUrl(url, 's3://bucket/prefix', ['endpoint', 'region', 'path-style']);
     const pathStyle = q.get('path-style');
     if (pathStyle !== null && pathStyle !== 'true' && pathStyle !== 'false') throw badUrl(url, 'path-style must be true or false');
     return new S3Backend({
-      bucket: u.hostname,
-      prefix: decodeURIComponent(u.pathname.replace(/^\/+|\/+$/g, '')),
+      bucket,
+      prefix,
       ...(q.get('endpoint') !== null ? { endpoint: q.get('endpoint') as string } : {}),
       ...(q.get('region') !== null ? { region: q.get('region') as string } : {}),
       ...(pathStyle !== null ? { pathStyle: pathStyle === 'true' } : {}),
     });
   }
+  if (url.startsWith('gs://')) {
+    // GCS's XML API speaks S3 with HMAC keys: GS_ACCESS_KEY_ID / GS_SECRET_ACCESS_KEY (boto's
+    // names), else the AWS_* pair. `endpoint` is for a private or test endpoint.
+    const { bucket, prefix, q } = objectStoreUrl(url, 'gs://bucket/prefix', ['endpoint']);
+    const id = process.env.GS_ACCESS_KEY_ID;
+    const secret = process.env.GS_SECRET_ACCESS_KEY;
+    return new S3Backend({
+      bucket,
+      prefix,
+      scheme: 'gs',
+      endpoint: q.get('endpoint') ?? GCS_ENDPOINT,
+      region: 'auto',
+      ...(id && secret ? { credentials: { accessKeyId: id, secretAccessKey: secret } } : {}),
+    });
+  }
+  if (url.startsWith('azure://')) {
+    const { bucket, prefix, q } = objectStoreUrl(url, 'azure://container/prefix', ['endpoint']);
+    if (!/^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$/.test(bucket)) {
+      throw badUrl(url, `${JSON.stringify(bucket)} is not a valid container name (3 to 63 lowercase letters, digits and single hyphens)`);
+    }
+    const endpoint = q.get('endpoint') ?? process.env.AZURE_STORAGE_ENDPOINT;
+    return new AzureBackend({ container: bucket, prefix, ...(endpoint ? { endpoint } : {}) });
+  }
   const scheme = /^([a-z][a-z0-9+.-]*):/i.exec(url)?.[1];
   if (scheme !== undefined) {
-    throw badUrl(url, `the scheme ${scheme}: is not supported (supported: a local path, local:PATH, s3://BUCKET/PREFIX)`);
+    throw badUrl(
+      url,
+      `the scheme ${scheme}: is not supported (supported: a local path, local:PATH, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, azure://CONTAINER/PREFIX)`,
+    );
   }
   return new LocalBackend(resolve(url));
 }

@@ -30,6 +30,8 @@ export interface S3Options {
   partSize?: number;
   /** Explicit credentials; the SDK's default chain (environment, profile, role) when absent. */
   credentials?: { accessKeyId: string; secretAccessKey: string };
+  /** How the location is written in messages: `gs` for Google Cloud Storage's S3-compatible API. */
+  scheme?: 's3' | 'gs';
 }
 
 /**
@@ -49,11 +51,13 @@ export class S3Backend implements Backend {
   readonly #threshold: number;
   readonly #partSize: number;
   #conditionalPuts = true;
+  readonly #gcs: boolean;
 
   constructor(opts: S3Options) {
     this.#bucket = opts.bucket;
     this.#prefix = opts.prefix === '' ? '' : `${opts.prefix.replace(/^\/+|\/+$/g, '')}/`;
-    this.location = `s3://${opts.bucket}/${opts.prefix}`.replace(/\/$/, '');
+    this.#gcs = opts.scheme === 'gs';
+    this.location = `${opts.scheme ?? 's3'}://${opts.bucket}/${opts.prefix}`.replace(/\/$/, '');
     this.#threshold = opts.multipartThreshold ?? 64 * 2 ** 20;
     this.#partSize = Math.max(5 * 2 ** 20, opts.partSize ?? 16 * 2 ** 20);
     const endpoint = opts.endpoint ?? process.env.AWS_ENDPOINT_URL_S3 ?? process.env.AWS_ENDPOINT_URL;
@@ -69,7 +73,7 @@ export class S3Backend implements Backend {
     // Off AWS there are no instance roles: with no credentials anywhere, say so at once instead
     // of after the SDK's chain has timed out on the instance metadata service.
     else if (endpoint !== undefined && !credentialsConfigured()) {
-      config.credentials = () => Promise.reject(noCredentials(this.location));
+      config.credentials = () => Promise.reject(noCredentials(this.location, this.#gcs));
     }
     this.#config = config;
   }
@@ -216,7 +220,7 @@ export class S3Backend implements Backend {
     if (err instanceof BackendError) return err;
     const status = statusOf(err);
     const name = (err as { name?: string }).name ?? '';
-    if (name === 'CredentialsProviderError') return noCredentials(this.location, err);
+    if (name === 'CredentialsProviderError') return noCredentials(this.location, this.#gcs, err);
     if (status === 404 && name === 'NoSuchBucket') {
       return new BackendError('PHX_BACKEND', `${this.location}: bucket ${this.#bucket} does not exist`, {
         key,
@@ -228,7 +232,9 @@ export class S3Backend implements Backend {
     if (status === 401 || status === 403) {
       return new BackendError('PHX_BACKEND', `${this.location}: the store refused the credentials (${op} ${key}: HTTP ${status} ${name})`, {
         key,
-        hint: 'check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and the bucket policy',
+        hint: this.#gcs
+          ? 'check GS_ACCESS_KEY_ID / GS_SECRET_ACCESS_KEY (an HMAC key of a service account with access to the bucket)'
+          : 'check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and the bucket policy',
         cause: err,
       });
     }
@@ -255,9 +261,11 @@ function credentialsConfigured(): boolean {
   return existsSync(env.AWS_SHARED_CREDENTIALS_FILE ?? join(aws, 'credentials')) || existsSync(env.AWS_CONFIG_FILE ?? join(aws, 'config'));
 }
 
-function noCredentials(location: string, cause?: unknown): BackendError {
-  return new BackendError('PHX_BACKEND', `${location}: no S3 credentials were found`, {
-    hint: 'set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE with ~/.aws/credentials)',
+function noCredentials(location: string, gcs: boolean, cause?: unknown): BackendError {
+  return new BackendError('PHX_BACKEND', `${location}: no ${gcs ? 'Google Cloud Storage HMAC' : 'S3'} credentials were found`, {
+    hint: gcs
+      ? 'create an HMAC key (Cloud Storage → Settings → Interoperability) and set GS_ACCESS_KEY_ID and GS_SECRET_ACCESS_KEY'
+      : 'set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE with ~/.aws/credentials)',
     cause,
   });
 }
