@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { describe, it } from 'node:test';
+import { after, describe, it } from 'node:test';
 import { isTransient } from '../src/backend/backend.js';
 import { LocalBackend } from '../src/backend/local.js';
 import { MemoryBackend } from '../src/backend/memory.js';
@@ -9,7 +9,10 @@ import { FaultyBackend, LimitBackend, RetryBackend } from '../src/backend/wrappe
 import { PhoenixError } from '../src/errors.js';
 import { backendConformance } from './backend-suite.js';
 import { tempDir } from './helpers.js';
-import { AZURITE_ACCOUNT, AZURITE_KEY, startAzurite, startS3rver, startSwift } from './servers.js';
+import { AZURITE_ACCOUNT, AZURITE_KEY, startAzurite, startS3rver, startSshd, startSwift, type SshServer } from './servers.js';
+import { SftpBackend } from '../src/backend/sftp.js';
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { AzureBackend } from '../src/backend/azure.js';
 
 backendConformance('memory', async () => ({ backend: new MemoryBackend() }));
@@ -62,6 +65,31 @@ backendConformance('Azure Blob (Azurite)', async () => {
     blockSize: 2 ** 20,
   });
   return { backend, multipartThreshold: threshold, cleanup: () => server.stop() };
+});
+
+/** An sshd for every SFTP test of this file (started once). */
+let sshd: Promise<SshServer | string> | undefined;
+const sshServer = (): Promise<SshServer | string> => (sshd ??= startSshd());
+after(async () => {
+  const s = await sshd;
+  if (typeof s === 'object') await s.stop();
+});
+const sftpUrl = (s: SshServer, user: string, path: string, query = `key=${s.keyFile}&known-hosts=${s.knownHosts}`): string =>
+  `sftp://${user}@${s.host}:${s.port}${path}?${query}`;
+
+backendConformance('SFTP (OpenSSH sshd, as root)', async () => {
+  const s = await sshServer();
+  if (typeof s === 'string') return s;
+  return { backend: parseUrl(sftpUrl(s, 'root', `${s.dir}/root-repo`)) };
+});
+
+backendConformance('SFTP (OpenSSH sshd, as the unprivileged user nobody)', async () => {
+  const s = await sshServer();
+  if (typeof s === 'string') return s;
+  const dir = `${s.dir}/nobody-repo`;
+  mkdirSync(dir);
+  spawnSync('chown', ['nobody', dir]);
+  return { backend: parseUrl(sftpUrl(s, 'nobody', dir)) };
 });
 
 backendConformance('retry(limit(faulty(memory))) with transient faults', async () => {
@@ -118,6 +146,14 @@ describe('backend wrappers and URLs', () => {
     bad('azure://Not_Valid/x', /not a valid container name/);
     bad('azure://c0ntainer/x?region=x', /unknown option region \(known: endpoint\)/);
     bad('gs://b/x?path-style=true', /unknown option path-style/);
+    const sftp = parseUrl('sftp://me@example.org:2222//srv/backup?key=/k');
+    assert.ok(sftp instanceof SftpBackend);
+    assert.equal(sftp.location, 'sftp://me@example.org:2222/srv/backup', "restic's //absolute is absolute");
+    assert.equal(parseUrl('sftp://me@example.org/srv/backup').location, 'sftp://me@example.org/srv/backup');
+    assert.equal(parseUrl('sftp://me@example.org/~/backup').location, 'sftp://me@example.org/~/backup');
+    bad('sftp://me:secret@example.org/x', /holds a password/);
+    bad('sftp://example.org/x?host-key=MD5:aa', /host-key must be a SHA-256 fingerprint/);
+    bad('sftp://example.org/', /path is missing/);
     bad('ftp://host/x', /scheme ftp: is not supported/);
     bad('s3:///prefix', /bucket is missing|does not parse/);
     bad('s3://b/p?colour=blue', /unknown option colour/);
@@ -171,6 +207,96 @@ describe('backend wrappers and URLs', () => {
       await assert.rejects(open(server.container, good, 'http://127.0.0.1:1/devstoreaccount1').stat('x'), (e) => isTransient(e));
     } finally {
       await server.stop();
+    }
+  });
+
+  it('SFTP: unknown and changed host keys, refused logins and connections, permission denied and a full disk are clear errors', async (t) => {
+    const s = await sshServer();
+    if (typeof s === 'string') return t.skip(s);
+    const fails = async (url: string, re: RegExp, hint: RegExp, transient = false): Promise<void> => {
+      const b = parseUrl(url);
+      await assert.rejects(
+        b.put('x', Buffer.from('x')),
+        (e) => e instanceof PhoenixError && re.test(e.message) && hint.test(e.hint ?? '') && isTransient(e) === transient,
+        url,
+      );
+      await b.close();
+    };
+    const repo = `${s.dir}/errors`;
+    // Unknown: the fingerprint, and how to accept it; never accepted silently.
+    await fails(
+      sftpUrl(s, 'root', repo, `key=${s.keyFile}&known-hosts=/dev/null`),
+      new RegExp(`host key is unknown: ssh-ed25519 ${s.fingerprint.replace(/[+/]/g, '\\$&')}`),
+      /ssh-keyscan -p \d+ 127\.0\.0\.1 >> ~\/\.ssh\/known_hosts.*host-key=SHA256:/,
+    );
+    // Accepted explicitly by its fingerprint ('+' unencoded, as people paste it).
+    const pinned = parseUrl(sftpUrl(s, 'root', repo, `key=${s.keyFile}&known-hosts=/dev/null&host-key=${s.fingerprint}`));
+    await pinned.put('pinned', Buffer.from('ok'));
+    await pinned.close();
+    // Changed: known_hosts has another key for this host.
+    const other = `${s.dir}/other-host-key`;
+    spawnSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', other]);
+    const otherPub = spawnSync('cat', [`${other}.pub`], { encoding: 'utf8' }).stdout.split(/\s+/);
+    const changed = `${s.dir}/changed_known_hosts`;
+    writeFileSync(changed, `# a comment\nexample.org ${otherPub[0]} ${otherPub[1]}\n[127.0.0.1]:${s.port} ${otherPub[0]} ${otherPub[1]}\n`);
+    await fails(
+      sftpUrl(s, 'root', repo, `key=${s.keyFile}&known-hosts=${changed}`),
+      /THE HOST KEY HAS CHANGED/,
+      /man in the middle.*ssh-keygen -R/,
+    );
+    // A hashed known_hosts line (ssh-keygen -H) is matched too.
+    const hashed = `${s.dir}/hashed_known_hosts`;
+    spawnSync('cp', [s.knownHosts, hashed]);
+    spawnSync('ssh-keygen', ['-H', '-f', hashed]);
+    const viaHashed = parseUrl(sftpUrl(s, 'root', repo, `key=${s.keyFile}&known-hosts=${hashed}`));
+    await viaHashed.put('hashed', Buffer.from('ok'));
+    await viaHashed.close();
+    // A key the server does not accept.
+    await fails(
+      sftpUrl(s, 'root', repo, `key=${other}&known-hosts=${s.knownHosts}`),
+      /refused to log root in \(tried .*other-host-key\)/,
+      /authorized_keys/,
+    );
+    // Nobody listens.
+    await fails(`sftp://root@127.0.0.1:1/x?key=${s.keyFile}`, /refused the connection/, /SSH server running/, true);
+    // The unprivileged user cannot write root's directory.
+    await fails(sftpUrl(s, 'nobody', `${s.dir}/root-only`), /permission denied \(put x\)/, /nobody needs to be able to write/);
+    // The server's disk is full (a 1 MiB tmpfs, where this machine can mount one).
+    const tiny = `${s.dir}/tiny`;
+    mkdirSync(tiny);
+    if (spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', tiny]).status === 0) {
+      try {
+        const b = parseUrl(sftpUrl(s, 'root', tiny));
+        await assert.rejects(
+          b.put('big', Buffer.alloc(4 * 2 ** 20, 1)),
+          (e) => e instanceof PhoenixError && /disk is full/.test(e.message),
+        );
+        await b.close();
+      } finally {
+        spawnSync('umount', [tiny]);
+      }
+    }
+    // The SSH agent, where there is one: no key named, the agent's key logs in.
+    if (spawnSync('sh', ['-c', 'command -v ssh-agent']).status === 0) {
+      const sock = `${s.dir}/agent.sock`;
+      const agent = spawnSync('ssh-agent', ['-a', sock], { encoding: 'utf8' });
+      const pid = /SSH_AGENT_PID=(\d+)/.exec(agent.stdout)?.[1];
+      try {
+        assert.equal(spawnSync('ssh-add', [s.keyFile], { env: { ...process.env, SSH_AUTH_SOCK: sock } }).status, 0);
+        const saved = process.env.SSH_AUTH_SOCK;
+        process.env.SSH_AUTH_SOCK = sock;
+        try {
+          const viaAgent = new SftpBackend({ host: s.host, port: s.port, user: 'root', path: repo, knownHosts: [s.knownHosts] });
+          await viaAgent.put('agent', Buffer.from('ok'));
+          assert.equal((await viaAgent.get('agent')).toString(), 'ok');
+          await viaAgent.close();
+        } finally {
+          if (saved === undefined) delete process.env.SSH_AUTH_SOCK;
+          else process.env.SSH_AUTH_SOCK = saved;
+        }
+      } finally {
+        if (pid !== undefined) process.kill(Number(pid));
+      }
     }
   });
 

@@ -161,10 +161,103 @@ export async function startAzurite(): Promise<AzuriteServer> {
     connectionString,
     stop: async () => {
       if (child.exitCode === null) {
-        child.kill('SIGTERM');
+        // Azurite waits for idle keep-alive connections before it exits (minutes): its data is
+        // a temporary directory, so it need not close cleanly.
+        child.kill('SIGKILL');
         await new Promise((r) => child.once('exit', r));
       }
       dir.cleanup();
+    },
+  };
+}
+
+export interface SshServer {
+  host: string;
+  port: number;
+  /** The directory sshd's files are in; `home` a directory for repositories that every test user can write. */
+  dir: string;
+  /** A private key every user of the server accepts (in OpenSSH's format). */
+  keyFile: string;
+  /** A known_hosts file that holds the server's host key. */
+  knownHosts: string;
+  /** The host key's SHA-256 fingerprint, as ssh-keygen -l prints it. */
+  fingerprint: string;
+  stop(): Promise<void>;
+}
+
+/**
+ * OpenSSH's sshd (Debian openssh-server) on 127.0.0.1 and a free port, with a generated host
+ * key and a generated user key, SFTP through internal-sftp. Or the reason it cannot run here.
+ */
+export async function startSshd(): Promise<SshServer | string> {
+  const sshd = ['/usr/sbin/sshd', '/usr/bin/sshd'].find((p) => spawnSync('test', ['-x', p]).status === 0);
+  if (sshd === undefined || !have('ssh-keygen')) return 'skipped: OpenSSH is not installed (apt-get install openssh-server)';
+  if (process.getuid?.() !== 0) return 'skipped: sshd on a test port needs root here';
+  const made = tempDir('phx-sshd-');
+  const dir = made.path;
+  const keygen = (file: string): void => {
+    const r = spawnSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'phoenix-test', '-f', file]);
+    if (r.status !== 0) throw new Error(`ssh-keygen failed: ${r.stderr}`);
+  };
+  keygen(`${dir}/host_ed25519`);
+  keygen(`${dir}/user_ed25519`);
+  spawnSync('cp', [`${dir}/user_ed25519.pub`, `${dir}/authorized_keys`]);
+  spawnSync('chmod', ['755', dir]);
+  spawnSync('chmod', ['644', `${dir}/authorized_keys`]);
+  spawnSync('mkdir', ['-p', '/run/sshd']); // the privilege separation directory
+  const port = await freePort();
+  const config = [
+    `Port ${port}`,
+    'ListenAddress 127.0.0.1',
+    `HostKey ${dir}/host_ed25519`,
+    `PidFile ${dir}/sshd.pid`,
+    `AuthorizedKeysFile ${dir}/authorized_keys`,
+    'StrictModes no',
+    'UsePAM no',
+    'PasswordAuthentication no',
+    'KbdInteractiveAuthentication no',
+    'PubkeyAuthentication yes',
+    'PermitRootLogin prohibit-password',
+    'Subsystem sftp internal-sftp',
+    'LogLevel ERROR',
+    '',
+  ].join('\n');
+  const { writeFileSync, readFileSync } = await import('node:fs');
+  writeFileSync(`${dir}/sshd_config`, config);
+  // Its stderr stays quiet: the readiness probe below makes it log a closed connection.
+  const child = spawn(sshd, ['-D', '-e', '-f', `${dir}/sshd_config`], { stdio: 'ignore' });
+  // Ready once it answers with its banner.
+  const { connect } = await import('node:net');
+  for (let attempt = 1; ; attempt++) {
+    const banner = await new Promise<boolean>((resolve) => {
+      const s = connect(port, '127.0.0.1');
+      s.once('data', (d) => {
+        s.destroy();
+        resolve(d.toString().startsWith('SSH-'));
+      });
+      s.once('error', () => resolve(false));
+    });
+    if (banner) break;
+    if (child.exitCode !== null || attempt > 200) throw new Error(`sshd did not start (exit ${child.exitCode})`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const pub = readFileSync(`${dir}/host_ed25519.pub`, 'utf8').trim().split(/\s+/);
+  writeFileSync(`${dir}/known_hosts`, `[127.0.0.1]:${port} ${pub[0]} ${pub[1]}\n`);
+  const fp =
+    spawnSync('ssh-keygen', ['-l', '-E', 'sha256', '-f', `${dir}/host_ed25519.pub`], { encoding: 'utf8' }).stdout.split(/\s+/)[1] ?? '';
+  return {
+    host: '127.0.0.1',
+    port,
+    dir,
+    keyFile: `${dir}/user_ed25519`,
+    knownHosts: `${dir}/known_hosts`,
+    fingerprint: fp,
+    stop: async () => {
+      if (child.exitCode === null) {
+        child.kill('SIGTERM');
+        await new Promise((r) => child.once('exit', r));
+      }
+      made.cleanup();
     },
   };
 }

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { DaemonProcess, isExcluded, phoenix, snapshot, Workload, WORKLOAD_EXCLUDES } from './daemon-helpers.js';
 import { tempDir, treeDiff } from './helpers.js';
-import { startAzurite, startS3rver } from './servers.js';
+import { startAzurite, startS3rver, startSshd } from './servers.js';
 
 const excludeArgs = WORKLOAD_EXCLUDES.flatMap((p) => ['--exclude', p]);
 
@@ -51,6 +51,17 @@ describe('phoenix watch on every store: a live workload, then restore equals the
       `azure://${server.container}/daemon?endpoint=${encodeURIComponent(server.endpoint)}`,
       { AZURE_STORAGE_ACCOUNT: AZURITE_ACCOUNT, AZURE_STORAGE_KEY: AZURITE_KEY },
       11,
+    );
+  });
+
+  it('sftp:// (OpenSSH sshd), the key named by PHOENIX_SFTP_KEY, the host key from known_hosts', async (t) => {
+    const s = await startSshd();
+    if (typeof s === 'string') return t.skip(s);
+    after(() => s.stop());
+    await daemonRoundTrip(
+      `sftp://root@127.0.0.1:${s.port}${s.dir}/daemon-repo?known-hosts=${s.knownHosts}`,
+      { PHOENIX_SFTP_KEY: s.keyFile },
+      13,
     );
   });
 

@@ -5,6 +5,8 @@ import { AzureBackend } from './azure.js';
 import { LocalBackend } from './local.js';
 import { MemoryBackend } from './memory.js';
 import { S3Backend } from './s3.js';
+import { SftpBackend } from './sftp.js';
+import { userInfo } from 'node:os';
 import { LimitBackend, RetryBackend, type RetryOptions } from './wrappers.js';
 
 export interface OpenOptions {
@@ -24,7 +26,7 @@ export interface OpenOptions {
  */
 export function openBackend(url: string, opts: OpenOptions = {}): Backend {
   const raw = parseUrl(url);
-  const remote = raw instanceof S3Backend || raw instanceof AzureBackend;
+  const remote = raw instanceof S3Backend || raw instanceof AzureBackend || raw instanceof SftpBackend;
   return new RetryBackend(new LimitBackend(raw, opts.connections ?? (remote ? 8 : 4)), opts.retry);
 }
 
@@ -88,14 +90,53 @@ export function parseUrl(url: string): Backend {
     const endpoint = q.get('endpoint') ?? process.env.AZURE_STORAGE_ENDPOINT;
     return new AzureBackend({ container: bucket, prefix, ...(endpoint ? { endpoint } : {}) });
   }
+  if (url.startsWith('sftp://')) return sftpBackend(url);
   const scheme = /^([a-z][a-z0-9+.-]*):/i.exec(url)?.[1];
   if (scheme !== undefined) {
     throw badUrl(
       url,
-      `the scheme ${scheme}: is not supported (supported: a local path, local:PATH, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, azure://CONTAINER/PREFIX)`,
+      `the scheme ${scheme}: is not supported (supported: a local path, local:PATH, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, azure://CONTAINER/PREFIX, sftp://USER@HOST/PATH)`,
     );
   }
   return new LocalBackend(resolve(url));
+}
+
+/**
+ * `sftp://[USER@]HOST[:PORT]/PATH[?key=FILE&known-hosts=FILE&host-key=SHA256:…]`. PATH is
+ * absolute (`//PATH`, restic's spelling, too); `/~/PATH` is relative to the login directory.
+ */
+function sftpBackend(url: string): SftpBackend {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    throw badUrl(url, 'it does not parse as sftp://USER@HOST:PORT/PATH');
+  }
+  const host = u.hostname.replace(/^\[|\]$/g, '');
+  if (host === '') throw badUrl(url, 'the host is missing');
+  const known = ['key', 'known-hosts', 'host-key'];
+  for (const k of u.searchParams.keys()) if (!known.includes(k)) throw badUrl(url, `unknown option ${k} (known: ${known.join(', ')})`);
+  if (u.password !== '') throw badUrl(url, 'it holds a password: Phoenix logs in with SSH keys (the agent, ~/.ssh, or ?key=FILE)');
+  let path = decodeURIComponent(u.pathname);
+  if (path === '/~' || path.startsWith('/~/')) path = path.slice(3) || '.';
+  else path = `/${path.replace(/^\/+/, '')}`;
+  if (path === '/') throw badUrl(url, 'the path is missing (sftp://HOST/srv/backup, or /~/backup below the login directory)');
+  // A fingerprint's '+' reads as a space in a query: base64 has no spaces, so turn them back.
+  const hostKey = u.searchParams.get('host-key')?.replace(/ /g, '+') ?? null;
+  if (hostKey !== null && !/^SHA256:[A-Za-z0-9+/]{43}$/.test(hostKey)) {
+    throw badUrl(url, 'host-key must be a SHA-256 fingerprint as ssh-keygen -lf prints it (SHA256: and 43 characters)');
+  }
+  const keyFile = u.searchParams.get('key') ?? (process.env.PHOENIX_SFTP_KEY || undefined);
+  const knownHosts = u.searchParams.get('known-hosts');
+  return new SftpBackend({
+    host,
+    port: u.port === '' ? 22 : Number(u.port),
+    user: decodeURIComponent(u.username) || process.env.USER || userInfo().username,
+    path,
+    ...(keyFile !== undefined ? { keyFile: keyFile.replace(/^~(?=\/|$)/, process.env.HOME ?? '~') } : {}),
+    ...(knownHosts !== null ? { knownHosts: [knownHosts] } : {}),
+    ...(hostKey !== null ? { hostKey } : {}),
+  });
 }
 
 function badUrl(url: string, why: string): PhoenixError {

@@ -57,6 +57,11 @@ export async function main(argv: string[]): Promise<number> {
     .showHelpAfterError('(phoenix --help lists the commands; phoenix help COMMAND explains one)')
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+  // --sftp-key reaches the SFTP backend the way PHOENIX_SFTP_KEY does.
+  program.hook('preAction', (_p, action) => {
+    const key = action.opts<{ sftpKey?: string }>().sftpKey;
+    if (key !== undefined) process.env.PHOENIX_SFTP_KEY = key;
+  });
   const verbosity = (c: Command): Verbosity => {
     const g = c.optsWithGlobals<{ verbose: number; quiet?: boolean }>();
     return { verbosity: g.quiet ? 0 : 1 + g.verbose };
@@ -301,7 +306,8 @@ function settingsOptions(c: Command): Command {
       'read the password from FILE (default: $PHOENIX_PASSWORD_FILE, password-file: in the configuration; or $PHOENIX_PASSWORD)',
     )
     .option('--config <FILE>', 'configuration file (default: $PHOENIX_CONFIG, or ~/.config/phoenix/phoenix.yaml when it exists)')
-    .option('--state <DIR>', 'local state directory (default: state: in the configuration, or $XDG_STATE_HOME/phoenix)');
+    .option('--state <DIR>', 'local state directory (default: state: in the configuration, or $XDG_STATE_HOME/phoenix)')
+    .option('--sftp-key <FILE>', 'the SSH private key for an sftp:// repository (default: $PHOENIX_SFTP_KEY, the agent, ~/.ssh/id_*)');
 }
 
 function excludeOption(): Option {
