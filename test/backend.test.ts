@@ -9,8 +9,20 @@ import { FaultyBackend, LimitBackend, RetryBackend } from '../src/backend/wrappe
 import { PhoenixError } from '../src/errors.js';
 import { backendConformance } from './backend-suite.js';
 import { tempDir } from './helpers.js';
-import { AZURITE_ACCOUNT, AZURITE_KEY, startAzurite, startS3rver, startSshd, startSwift, type SshServer } from './servers.js';
+import {
+  AZURITE_ACCOUNT,
+  AZURITE_KEY,
+  startApacheWebDav,
+  startAzurite,
+  startRcloneWebDav,
+  startS3rver,
+  startSshd,
+  startSwift,
+  type SshServer,
+  type WebDavServer,
+} from './servers.js';
 import { SftpBackend } from '../src/backend/sftp.js';
+import { WebDavBackend } from '../src/backend/webdav.js';
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { AzureBackend } from '../src/backend/azure.js';
@@ -92,6 +104,15 @@ backendConformance('SFTP (OpenSSH sshd, as the unprivileged user nobody)', async
   return { backend: parseUrl(sftpUrl(s, 'nobody', dir)) };
 });
 
+const webDav = (name: string, start: () => Promise<WebDavServer | string>): void =>
+  backendConformance(`WebDAV (${name})`, async () => {
+    const s = await start();
+    if (typeof s === 'string') return s;
+    return { backend: parseUrl(s.url), cleanup: () => s.stop() };
+  });
+webDav('rclone serve webdav', startRcloneWebDav);
+webDav('Apache mod_dav', startApacheWebDav);
+
 backendConformance('retry(limit(faulty(memory))) with transient faults', async () => {
   const faulty = new FaultyBackend(new MemoryBackend());
   faulty.add({ kind: 'error-before', times: 40 }).add({ op: 'put', kind: 'error-after', times: 10 });
@@ -154,6 +175,10 @@ describe('backend wrappers and URLs', () => {
     bad('sftp://me:secret@example.org/x', /holds a password/);
     bad('sftp://example.org/x?host-key=MD5:aa', /host-key must be a SHA-256 fingerprint/);
     bad('sftp://example.org/', /path is missing/);
+    const dav = parseUrl('webdavs://user:secret@cloud.example.org/remote.php/dav/files/user/backup');
+    assert.ok(dav instanceof WebDavBackend);
+    assert.equal(dav.location, 'webdavs://cloud.example.org/remote.php/dav/files/user/backup', 'no password in messages');
+    bad('webdav://host/x?depth=1', /takes no options/);
     bad('ftp://host/x', /scheme ftp: is not supported/);
     bad('s3:///prefix', /bucket is missing|does not parse/);
     bad('s3://b/p?colour=blue', /unknown option colour/);
@@ -297,6 +322,41 @@ describe('backend wrappers and URLs', () => {
       } finally {
         if (pid !== undefined) process.kill(Number(pid));
       }
+    }
+  });
+
+  it('WebDAV: a refused login and a refused connection are clear errors', async (t) => {
+    const s = await startRcloneWebDav();
+    if (typeof s === 'string') return t.skip(s);
+    try {
+      const saved = { ...process.env };
+      try {
+        delete process.env.PHOENIX_WEBDAV_USER;
+        const anonymous = parseUrl(s.bare);
+        await assert.rejects(
+          anonymous.put('x', Buffer.from('x')),
+          (e) =>
+            e instanceof PhoenixError && /refused the login/.test(e.message) && !isTransient(e) && /PHOENIX_WEBDAV_USER/.test(e.hint ?? ''),
+        );
+        await anonymous.close();
+        // The same credentials from the variables.
+        process.env.PHOENIX_WEBDAV_USER = s.user;
+        process.env.PHOENIX_WEBDAV_PASSWORD = s.password;
+        const viaEnv = parseUrl(s.bare);
+        await viaEnv.put('env/x', Buffer.from('from the variables'));
+        assert.equal((await viaEnv.get('env/x')).toString(), 'from the variables');
+        await viaEnv.close();
+      } finally {
+        process.env = saved;
+      }
+      const refused = parseUrl('webdav://u:p@127.0.0.1:1/x');
+      await assert.rejects(
+        refused.stat('x'),
+        (e) => e instanceof PhoenixError && /refused the connection/.test(e.message) && isTransient(e),
+      );
+      await refused.close();
+    } finally {
+      await s.stop();
     }
   });
 

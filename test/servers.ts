@@ -261,3 +261,120 @@ export async function startSshd(): Promise<SshServer | string> {
     },
   };
 }
+
+export interface WebDavServer {
+  /** `webdav://USER:PASS@127.0.0.1:PORT/PATH` of an empty collection. */
+  url: string;
+  /** The same without credentials (they are then in PHOENIX_WEBDAV_USER / PHOENIX_WEBDAV_PASSWORD). */
+  bare: string;
+  user: string;
+  password: string;
+  stop(): Promise<void>;
+}
+
+const WEBDAV_USER = 'phoenix';
+const WEBDAV_PASSWORD = 'pass word+%';
+
+/** `rclone serve webdav` (Debian rclone) over a temporary directory, with basic auth, on 127.0.0.1 and a free port. */
+export async function startRcloneWebDav(): Promise<WebDavServer | string> {
+  if (!have('rclone')) return 'skipped: rclone is not installed (apt-get install rclone)';
+  const dir = tempDir('phx-rclone-');
+  const child = spawn(
+    'rclone',
+    ['serve', 'webdav', dir.path, '--addr', '127.0.0.1:0', '--user', WEBDAV_USER, '--pass', WEBDAV_PASSWORD, '--config', '/dev/null'],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  const port = await new Promise<number>((resolve, reject) => {
+    child.on('exit', (c) => reject(new Error(`rclone exited with ${c}`)));
+    createInterface({ input: child.stderr! }).on('line', (l) => {
+      const m = /Server started on .*http:\/\/127\.0\.0\.1:(\d+)\//.exec(l);
+      if (m) resolve(Number(m[1]));
+    });
+  });
+  return webDavServer(port, '/repo', async () => {
+    child.kill('SIGTERM');
+    await new Promise((r) => child.once('exit', r));
+    dir.cleanup();
+  });
+}
+
+function webDavServer(port: number, path: string, stop: () => Promise<void>): WebDavServer {
+  const cred = `${encodeURIComponent(WEBDAV_USER)}:${encodeURIComponent(WEBDAV_PASSWORD)}`;
+  return {
+    url: `webdav://${cred}@127.0.0.1:${port}${path}`,
+    bare: `webdav://127.0.0.1:${port}${path}`,
+    user: WEBDAV_USER,
+    password: WEBDAV_PASSWORD,
+    stop,
+  };
+}
+
+/** Apache httpd with mod_dav_fs (Debian apache2) on 127.0.0.1 and a free port, basic auth from an htpasswd file. */
+export async function startApacheWebDav(): Promise<WebDavServer | string> {
+  const httpd = '/usr/sbin/apache2';
+  if (spawnSync('test', ['-x', httpd]).status !== 0 || !have('htpasswd')) {
+    return 'skipped: Apache is not installed (apt-get install apache2 apache2-utils)';
+  }
+  const made = tempDir('phx-apache-');
+  const dir = made.path;
+  const port = await freePort();
+  const { mkdirSync, writeFileSync } = await import('node:fs');
+  mkdirSync(`${dir}/dav`);
+  mkdirSync(`${dir}/lock`);
+  const hp = spawnSync('htpasswd', ['-b', '-c', `${dir}/htpasswd`, WEBDAV_USER, WEBDAV_PASSWORD]);
+  if (hp.status !== 0) throw new Error(`htpasswd failed: ${hp.stderr}`);
+  const user = process.getuid?.() === 0 ? 'nobody' : undefined;
+  if (user !== undefined) {
+    spawnSync('chown', ['-R', user, `${dir}/dav`, `${dir}/lock`]);
+    spawnSync('chmod', ['755', dir]); // the server's user reaches its directories
+  }
+  const mods = ['mpm_event', 'authn_core', 'authn_file', 'authz_core', 'authz_user', 'auth_basic', 'dav', 'dav_fs', 'alias'];
+  writeFileSync(
+    `${dir}/httpd.conf`,
+    [
+      `ServerRoot ${dir}`,
+      'ServerName 127.0.0.1',
+      `Listen 127.0.0.1:${port}`,
+      ...mods.map((m) => `LoadModule ${m}_module /usr/lib/apache2/modules/mod_${m}.so`),
+      ...(user !== undefined ? [`User ${user}`, 'Group nogroup'] : []),
+      `PidFile ${dir}/httpd.pid`,
+      `ErrorLog ${dir}/error.log`,
+      `Mutex file:${dir}/lock default`,
+      `DavLockDB ${dir}/lock/davlock`,
+      'LimitRequestBody 0',
+      // Keep-alive connections are not closed under a client that reuses them (a reset request).
+      'MaxKeepAliveRequests 0',
+      'KeepAliveTimeout 60',
+      `Alias /repo ${dir}/dav`,
+      `<Directory ${dir}/dav>`,
+      '  Dav On',
+      '  AuthType Basic',
+      '  AuthName phoenix',
+      `  AuthUserFile ${dir}/htpasswd`,
+      '  Require valid-user',
+      '</Directory>',
+      '',
+    ].join('\n'),
+  );
+  const child = spawn(httpd, ['-X', '-f', `${dir}/httpd.conf`], { stdio: ['ignore', 'ignore', 'inherit'] });
+  const { connect } = await import('node:net');
+  for (let attempt = 1; ; attempt++) {
+    const up = await new Promise<boolean>((resolve) => {
+      const s = connect(port, '127.0.0.1', () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.once('error', () => resolve(false));
+    });
+    if (up) break;
+    if (child.exitCode !== null || attempt > 200) throw new Error(`apache did not start (exit ${child.exitCode})`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return webDavServer(port, '/repo', async () => {
+    if (child.exitCode === null) {
+      child.kill('SIGTERM');
+      await new Promise((r) => child.once('exit', r));
+    }
+    made.cleanup();
+  });
+}

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { DaemonProcess, isExcluded, phoenix, snapshot, Workload, WORKLOAD_EXCLUDES } from './daemon-helpers.js';
 import { tempDir, treeDiff } from './helpers.js';
-import { startAzurite, startS3rver, startSshd } from './servers.js';
+import { startApacheWebDav, startAzurite, startRcloneWebDav, startS3rver, startSshd } from './servers.js';
 
 const excludeArgs = WORKLOAD_EXCLUDES.flatMap((p) => ['--exclude', p]);
 
@@ -63,6 +63,20 @@ describe('phoenix watch on every store: a live workload, then restore equals the
       { PHOENIX_SFTP_KEY: s.keyFile },
       13,
     );
+  });
+
+  it('webdav:// (rclone serve webdav), credentials in the URL', async (t) => {
+    const s = await startRcloneWebDav();
+    if (typeof s === 'string') return t.skip(s);
+    after(() => s.stop());
+    await daemonRoundTrip(s.url, {}, 14);
+  });
+
+  it('webdav:// (Apache mod_dav), credentials from PHOENIX_WEBDAV_USER and PHOENIX_WEBDAV_PASSWORD', async (t) => {
+    const s = await startApacheWebDav();
+    if (typeof s === 'string') return t.skip(s);
+    after(() => s.stop());
+    await daemonRoundTrip(s.bare, { PHOENIX_WEBDAV_USER: s.user, PHOENIX_WEBDAV_PASSWORD: s.password }, 15);
   });
 
   it('gs:// (through the S3-compatible API; s3rver stands in for storage.googleapis.com), keys from GS_ACCESS_KEY_ID', async () => {

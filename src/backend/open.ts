@@ -6,6 +6,7 @@ import { LocalBackend } from './local.js';
 import { MemoryBackend } from './memory.js';
 import { S3Backend } from './s3.js';
 import { SftpBackend } from './sftp.js';
+import { WebDavBackend } from './webdav.js';
 import { userInfo } from 'node:os';
 import { LimitBackend, RetryBackend, type RetryOptions } from './wrappers.js';
 
@@ -26,7 +27,7 @@ export interface OpenOptions {
  */
 export function openBackend(url: string, opts: OpenOptions = {}): Backend {
   const raw = parseUrl(url);
-  const remote = raw instanceof S3Backend || raw instanceof AzureBackend || raw instanceof SftpBackend;
+  const remote = raw instanceof S3Backend || raw instanceof AzureBackend || raw instanceof SftpBackend || raw instanceof WebDavBackend;
   return new RetryBackend(new LimitBackend(raw, opts.connections ?? (remote ? 8 : 4)), opts.retry);
 }
 
@@ -91,11 +92,28 @@ export function parseUrl(url: string): Backend {
     return new AzureBackend({ container: bucket, prefix, ...(endpoint ? { endpoint } : {}) });
   }
   if (url.startsWith('sftp://')) return sftpBackend(url);
+  if (url.startsWith('webdav://') || url.startsWith('webdavs://')) {
+    let u: URL;
+    try {
+      u = new URL(url);
+    } catch {
+      throw badUrl(url, 'it does not parse as webdav://HOST/PATH');
+    }
+    if (u.hostname === '') throw badUrl(url, 'the host is missing');
+    if ([...u.searchParams.keys()].length > 0) throw badUrl(url, 'a webdav:// URL takes no options');
+    const env = process.env;
+    const username = u.username !== '' ? decodeURIComponent(u.username) : env.PHOENIX_WEBDAV_USER || undefined;
+    const password = u.password !== '' ? decodeURIComponent(u.password) : env.PHOENIX_WEBDAV_PASSWORD;
+    return new WebDavBackend({
+      url: `${u.protocol === 'webdavs:' ? 'https' : 'http'}://${u.host}${u.pathname}`,
+      ...(username !== undefined ? { username, password: password ?? '' } : {}),
+    });
+  }
   const scheme = /^([a-z][a-z0-9+.-]*):/i.exec(url)?.[1];
   if (scheme !== undefined) {
     throw badUrl(
       url,
-      `the scheme ${scheme}: is not supported (supported: a local path, local:PATH, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, azure://CONTAINER/PREFIX, sftp://USER@HOST/PATH)`,
+      `the scheme ${scheme}: is not supported (supported: a local path, local:PATH, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, azure://CONTAINER/PREFIX, sftp://USER@HOST/PATH, webdav://HOST/PATH, webdavs://HOST/PATH)`,
     );
   }
   return new LocalBackend(resolve(url));
