@@ -8,12 +8,24 @@ import { S3Backend } from './s3.js';
 import { SftpBackend } from './sftp.js';
 import { WebDavBackend } from './webdav.js';
 import { userInfo } from 'node:os';
-import { LimitBackend, RetryBackend, type RetryOptions } from './wrappers.js';
+import { LimitBackend, RateLimiter, RetryBackend, ThrottleBackend, type RetryOptions } from './wrappers.js';
 
 export interface OpenOptions {
   retry?: RetryOptions;
   /** Operations in flight at once. */
   connections?: number;
+  /** Bytes per second for uploads and downloads, shared by every backend of the process with the same limit. */
+  limits?: { upload?: number | undefined; download?: number | undefined };
+}
+
+/** One budget per direction and rate for the whole process: every connection shares it. */
+const limiters = new Map<string, RateLimiter>();
+function limiter(direction: 'upload' | 'download', rate: number | undefined): RateLimiter | undefined {
+  if (rate === undefined || rate <= 0) return undefined;
+  const key = `${direction} ${rate}`;
+  let l = limiters.get(key);
+  if (l === undefined) limiters.set(key, (l = new RateLimiter(rate)));
+  return l;
 }
 
 /**
@@ -28,7 +40,12 @@ export interface OpenOptions {
 export function openBackend(url: string, opts: OpenOptions = {}): Backend {
   const raw = parseUrl(url);
   const remote = raw instanceof S3Backend || raw instanceof AzureBackend || raw instanceof SftpBackend || raw instanceof WebDavBackend;
-  return new RetryBackend(new LimitBackend(raw, opts.connections ?? (remote ? 8 : 4)), opts.retry);
+  const limited: Backend = new LimitBackend(raw, opts.connections ?? (remote ? 8 : 4));
+  // Outside the concurrency limit: a transfer waiting for its budget holds no connection, so a small commit never waits for a slot behind it.
+  const up = limiter('upload', opts.limits?.upload);
+  const down = limiter('download', opts.limits?.download);
+  const throttled = up !== undefined || down !== undefined ? new ThrottleBackend(limited, up, down) : limited;
+  return new RetryBackend(throttled, opts.retry);
 }
 
 /** The URL's bucket (container) and prefix, and its query checked against the options it may have. */

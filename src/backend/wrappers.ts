@@ -167,3 +167,142 @@ export class FaultyBackend extends Wrapper {
     yield* await this.around('list', prefix, () => listAll(this.inner, prefix));
   }
 }
+
+/** Objects up to this size (commits, leases, a small change's pack) go in the small lane. */
+export const SMALL_TRANSFER = 64 * 1024;
+
+/**
+ * A byte budget per second shared by every connection of the process that uses it: a token
+ * bucket that bulk transfers may overdraw (a pack is charged whole when it starts, and later
+ * transfers wait until the debt is paid), so the average is the limit. Small transfers have
+ * a lane of their own (a tenth of the rate, at least 64 KiB/s, bursts of 256 KiB): they are
+ * charged to the budget too, so bulk slows down for them, but they never wait behind bulk
+ * debt. A lone change of the daemon goes out at once.
+ */
+export class RateLimiter {
+  #level: number;
+  #small: number;
+  #last: number;
+  #queue: Promise<void> = Promise.resolve();
+  readonly #burst: number;
+  readonly #smallRate: number;
+  readonly #smallBurst = 256 * 1024;
+
+  /** `clock`: the time and the wait (a test's virtual clock; real time by default). */
+  constructor(
+    readonly bytesPerSec: number,
+    readonly clock: { now(): number; sleep(ms: number, signal?: AbortSignal): Promise<void> } = { now: () => performance.now(), sleep },
+  ) {
+    this.#last = clock.now();
+    this.#burst = Math.max(SMALL_TRANSFER, bytesPerSec / 10);
+    this.#level = this.#burst;
+    this.#smallRate = Math.max(64 * 1024, bytesPerSec / 10);
+    this.#small = this.#smallBurst;
+  }
+
+  #refill(): void {
+    const now = this.clock.now();
+    const dt = (now - this.#last) / 1000;
+    this.#last = now;
+    this.#level = Math.min(this.#burst, this.#level + dt * this.bytesPerSec);
+    this.#small = Math.min(this.#smallBurst, this.#small + dt * this.#smallRate);
+  }
+
+  /**
+   * Waits until `bytes` may be transferred; `bulk` (default: above SMALL_TRANSFER) waits
+   * behind the debt of earlier bulk transfers. Returns when, on the clock, this transfer's
+   * own debt is paid: `until` waits for it, so that a transfer does not count as done
+   * before the budget has covered it (the last pack of a backup included).
+   */
+  async take(bytes: number, bulk = bytes > SMALL_TRANSFER, signal?: AbortSignal): Promise<number> {
+    if (!bulk) {
+      for (;;) {
+        this.#refill();
+        if (this.#small >= bytes) {
+          this.#small -= bytes;
+          this.#level -= bytes;
+          return this.clock.now();
+        }
+        await this.clock.sleep(((bytes - this.#small) / this.#smallRate) * 1000, signal);
+      }
+    }
+    // Bulk transfers in the order they came: each waits for the debt before it.
+    const turn = this.#queue.then(async () => {
+      for (;;) {
+        this.#refill();
+        if (this.#level >= 0) {
+          this.#level -= bytes;
+          return this.#paidAt();
+        }
+        await this.clock.sleep((-this.#level / this.bytesPerSec) * 1000, signal);
+      }
+    });
+    this.#queue = turn.then(
+      () => {},
+      () => {},
+    );
+    return turn;
+  }
+
+  /** Charges bytes already transferred (a download whose size was not known before); returns when they are paid for. */
+  charge(bytes: number): number {
+    this.#refill();
+    this.#level -= bytes;
+    return this.#paidAt();
+  }
+
+  /** Waits until `at` on the clock (take's and charge's answer). */
+  async until(at: number, signal?: AbortSignal): Promise<void> {
+    const wait = at - this.clock.now();
+    if (wait > 0) await this.clock.sleep(wait, signal);
+  }
+
+  #paidAt(): number {
+    return this.clock.now() + (Math.max(0, -this.#level) / this.bytesPerSec) * 1000;
+  }
+}
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const t = setTimeout(resolve, Math.max(1, Math.ceil(ms)));
+    signal?.addEventListener('abort', () => {
+      clearTimeout(t);
+      resolve();
+    });
+  });
+}
+
+/** Upload and download budgets (RateLimiter) applied to a backend's puts and gets. */
+export class ThrottleBackend extends Wrapper {
+  constructor(
+    inner: Backend,
+    readonly upload: RateLimiter | undefined,
+    readonly download: RateLimiter | undefined,
+  ) {
+    super(inner);
+  }
+
+  override async put(key: string, data: Body, opts?: { createOnly?: boolean }): Promise<void> {
+    if (this.upload === undefined) return this.inner.put(key, data, opts);
+    const size = data instanceof Uint8Array ? data.length : data.reduce((n, p) => n + p.length, 0);
+    const paid = await this.upload.take(size);
+    await this.inner.put(key, data, opts);
+    await this.upload.until(paid);
+  }
+
+  override async get(key: string, range?: ByteRange): Promise<Buffer> {
+    if (this.download === undefined) return this.inner.get(key, range);
+    if (range !== undefined) {
+      const paid = await this.download.take(range.length);
+      const part = await this.inner.get(key, range);
+      await this.download.until(paid);
+      return part;
+    }
+    // The size is known only afterwards: wait for the debt as bulk does, then charge what came.
+    await this.download.take(0, true);
+    const data = await this.inner.get(key);
+    if (data.length > SMALL_TRANSFER) await this.download.until(this.download.charge(data.length));
+    else this.download.charge(data.length);
+    return data;
+  }
+}

@@ -116,7 +116,10 @@ export async function openRepo(
   opts: { whileDeriving?: (config: RepoConfig) => void; password?: string; backend?: OpenOptions } = {},
 ): Promise<Repository> {
   warnAboutUrl(settings.repository);
-  const backend = openBackend(settings.repository, opts.backend);
+  const backend = openBackend(settings.repository, {
+    ...opts.backend,
+    limits: { upload: settings.limitUpload, download: settings.limitDownload },
+  });
   try {
     return await Repository.open(
       backend,

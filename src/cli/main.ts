@@ -84,7 +84,7 @@ export async function main(argv: string[]): Promise<number> {
       run(m.eventsCommand(source, c.opts<{ json?: boolean; exclude: string[]; oneFileSystem?: boolean }>()));
     });
 
-  settingsOptions(program.command('watch'))
+  limitOptions(settingsOptions(program.command('watch')))
     .description('back SOURCE up continuously: every change durable in the repository within a fraction of a second')
     .argument('[SOURCE]', 'directory to watch (or the sources: of the configuration)')
     .option('--source <NAME>', "the source's name in the repository (default: its absolute path)")
@@ -132,7 +132,7 @@ export async function main(argv: string[]): Promise<number> {
       '\nExample:\n  phoenix init --repo /mnt/backup/phoenix\n  phoenix init --repo "s3://bucket/phoenix?endpoint=https://s3.example.com"',
     )
     .action((_o: unknown, c: Command) => run(repo().then((m) => m.initCommand(c.opts()))));
-  withSource(repoCmd('backup', 'back SOURCE up now: upload what changed since the last commit, as one commit'))
+  limitOptions(withSource(repoCmd('backup', 'back SOURCE up now: upload what changed since the last commit, as one commit')))
     .argument('<SOURCE>', 'directory to back up')
     .addOption(excludeOption())
     .option('--one-file-system', 'do not cross file system boundaries')
@@ -175,7 +175,7 @@ export async function main(argv: string[]): Promise<number> {
     .action((t1: string, t2: string, path: string | undefined, _o: unknown, c: Command) =>
       run(browse().then((m) => m.diffCommand(t1, t2 === 'now' ? new Date().toISOString() : t2, path, c.opts()))),
     );
-  withSource(atOption(repoCmd('restore', 'restore a source (or PATHs of it) into DIR as it was at TIME')))
+  limitOptions(withSource(atOption(repoCmd('restore', 'restore a source (or PATHs of it) into DIR as it was at TIME'))))
     .argument('[PATH...]', 'only these paths')
     .requiredOption('--target <DIR>', 'where to write (created if missing)')
     .addOption(
@@ -266,7 +266,7 @@ export async function main(argv: string[]): Promise<number> {
     .option('--new-password-file <FILE>', 'read the new password from FILE (default: ask on the terminal)')
     .description('change the password used: a new key replaces the one that opened the repository')
     .action((_o: unknown, c: Command) => run(keys().then((m) => m.keyPasswdCommand(c.opts()))));
-  repoCmd('check', 'verify the repository: journals, checkpoints, every chunk reference; --read-data re-hashes every byte')
+  limitOptions(repoCmd('check', 'verify the repository: journals, checkpoints, every chunk reference; --read-data re-hashes every byte'))
     .option('--read-data', 'also read every pack and verify every chunk')
     .action((_o: unknown, c: Command) => run(repo().then((m) => m.checkCommand(c.opts()))));
 
@@ -308,6 +308,16 @@ function settingsOptions(c: Command): Command {
     .option('--config <FILE>', 'configuration file (default: $PHOENIX_CONFIG, or ~/.config/phoenix/phoenix.yaml when it exists)')
     .option('--state <DIR>', 'local state directory (default: state: in the configuration, or $XDG_STATE_HOME/phoenix)')
     .option('--sftp-key <FILE>', 'the SSH private key for an sftp:// repository (default: $PHOENIX_SFTP_KEY, the agent, ~/.ssh/id_*)');
+}
+
+/** Bandwidth limits, for the commands that move data (README: Bandwidth limits). */
+function limitOptions(c: Command): Command {
+  return c
+    .option(
+      '--limit-upload <RATE>',
+      'at most RATE of uploads, all connections together: 2MiB/s, 500KiB/s, or KiB/s as in restic (default: limit-upload: in the configuration)',
+    )
+    .option('--limit-download <RATE>', 'at most RATE of downloads (default: limit-download: in the configuration)');
 }
 
 function excludeOption(): Option {

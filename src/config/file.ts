@@ -46,6 +46,15 @@ export const configSchema = z.strictObject({
   'password-file': z.string().min(1).optional(),
   state: z.string().min(1).optional(),
   'log-level': z.enum(LOG_LEVELS).optional(),
+  /** Bandwidth limits (checked by rateOption when the settings are resolved: the message names the key). */
+  'limit-upload': z
+    .union([z.string().min(1), z.number().nonnegative()])
+    .transform(String)
+    .optional(),
+  'limit-download': z
+    .union([z.string().min(1), z.number().nonnegative()])
+    .transform(String)
+    .optional(),
   settle: z.strictObject({ closed: duration.optional(), open: duration.optional(), 'max-delay': duration.optional() }).default({}),
   'reconcile-every': duration.default(3_600_000),
   'shutdown-timeout': duration.default(30_000),

@@ -3,6 +3,7 @@ import { homedir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { PhoenixError } from '../errors.js';
 import type { ConfigFile } from './file.js';
+import { rateOption } from '../util/rate.js';
 
 /**
  * Where every command finds its repository, password, state directory and configuration:
@@ -16,6 +17,8 @@ export interface SettingsFlags {
   state?: string | undefined;
   config?: string | undefined;
   logLevel?: string | undefined;
+  limitUpload?: string | undefined;
+  limitDownload?: string | undefined;
 }
 
 export interface Settings {
@@ -26,6 +29,9 @@ export interface Settings {
   passwordFile: string | undefined;
   stateDir: string;
   logLevel: string;
+  /** Bandwidth limits in bytes per second (--limit-upload / --limit-download, or limit-upload: / limit-download: in the file). */
+  limitUpload: number | undefined;
+  limitDownload: number | undefined;
   /** The configuration file that was read, and what it holds. */
   configPath: string | undefined;
   file: ConfigFile | undefined;
@@ -63,6 +69,14 @@ export async function resolveSettings(flags: SettingsFlags, env: NodeJS.ProcessE
     passwordFile: passwordFile === undefined ? undefined : expandHome(passwordFile),
     stateDir: expandHome(flags.state ?? (file?.state === undefined ? defaultStateDir(env) : fromFile(file.state))),
     logLevel: flags.logLevel ?? nonEmpty(env, 'PHOENIX_LOG_LEVEL') ?? file?.['log-level'] ?? 'info',
+    limitUpload:
+      flags.limitUpload !== undefined
+        ? rateOption(flags.limitUpload, '--limit-upload')
+        : rateOption(file?.['limit-upload'], `${configPath}: limit-upload`),
+    limitDownload:
+      flags.limitDownload !== undefined
+        ? rateOption(flags.limitDownload, '--limit-download')
+        : rateOption(file?.['limit-download'], `${configPath}: limit-download`),
     configPath,
     file,
     fromFile,
