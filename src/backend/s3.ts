@@ -238,6 +238,31 @@ export class S3Backend implements Backend {
         cause: err,
       });
     }
+    const sys = `${(err as { code?: string }).code ?? ''} ${(err as Error).message ?? ''}`;
+    if (status === undefined && /ENOTFOUND|EAI_AGAIN/.test(sys)) {
+      return new BackendError(
+        'PHX_BACKEND',
+        `${this.location}: cannot resolve the store's host name (${op} ${key}: ${(err as Error).message})`,
+        {
+          key,
+          transient: true,
+          hint: 'check the endpoint (?endpoint=URL, AWS_ENDPOINT_URL_S3), the bucket name (virtual-hosted style puts it in the host name) and the network',
+          cause: err,
+        },
+      );
+    }
+    if (status === undefined && /ECONNREFUSED/.test(sys)) {
+      return new BackendError(
+        'PHX_BACKEND',
+        `${this.location}: the store refused the connection (${op} ${key}: ${(err as Error).message})`,
+        {
+          key,
+          transient: true,
+          hint: "is the server running, and are the endpoint's host and port right?",
+          cause: err,
+        },
+      );
+    }
     // No HTTP status: the request never got an answer (refused, reset, timed out).
     const transient = status === undefined || status >= 500 || status === 429 || status === 408;
     const what = status === undefined ? (err as Error).message : `HTTP ${status} ${name}`;
