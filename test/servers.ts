@@ -171,10 +171,33 @@ export async function startAzurite(): Promise<AzuriteServer> {
   };
 }
 
+/** Waits until `port` on 127.0.0.1 accepts connections (and sends `banner` first, when given); fails when `child` exits or after 10 s. */
+async function listening(port: number, child: ChildProcess, what: string, banner?: string): Promise<void> {
+  const { connect } = await import('node:net');
+  for (let attempt = 1; ; attempt++) {
+    const up = await new Promise<boolean>((resolve) => {
+      const s = connect(port, '127.0.0.1', () => {
+        if (banner === undefined) {
+          s.destroy();
+          resolve(true);
+        }
+      });
+      s.once('data', (d) => {
+        s.destroy();
+        resolve(d.toString().startsWith(banner ?? ''));
+      });
+      s.once('error', () => resolve(false));
+    });
+    if (up) return;
+    if (child.exitCode !== null || attempt > 200) throw new Error(`${what} did not start (exit ${child.exitCode})`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
 export interface SshServer {
   host: string;
   port: number;
-  /** The directory sshd's files are in; `home` a directory for repositories that every test user can write. */
+  /** The directory sshd's files are in (readable by every user: tests make repositories below it). */
   dir: string;
   /** A private key every user of the server accepts (in OpenSSH's format). */
   keyFile: string;
@@ -226,21 +249,7 @@ export async function startSshd(): Promise<SshServer | string> {
   writeFileSync(`${dir}/sshd_config`, config);
   // Its stderr stays quiet: the readiness probe below makes it log a closed connection.
   const child = spawn(sshd, ['-D', '-e', '-f', `${dir}/sshd_config`], { stdio: 'ignore' });
-  // Ready once it answers with its banner.
-  const { connect } = await import('node:net');
-  for (let attempt = 1; ; attempt++) {
-    const banner = await new Promise<boolean>((resolve) => {
-      const s = connect(port, '127.0.0.1');
-      s.once('data', (d) => {
-        s.destroy();
-        resolve(d.toString().startsWith('SSH-'));
-      });
-      s.once('error', () => resolve(false));
-    });
-    if (banner) break;
-    if (child.exitCode !== null || attempt > 200) throw new Error(`sshd did not start (exit ${child.exitCode})`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  await listening(port, child, 'sshd', 'SSH-'); // ready once it answers with its banner
   const pub = readFileSync(`${dir}/host_ed25519.pub`, 'utf8').trim().split(/\s+/);
   writeFileSync(`${dir}/known_hosts`, `[127.0.0.1]:${port} ${pub[0]} ${pub[1]}\n`);
   const fp =
@@ -357,19 +366,7 @@ export async function startApacheWebDav(): Promise<WebDavServer | string> {
     ].join('\n'),
   );
   const child = spawn(httpd, ['-X', '-f', `${dir}/httpd.conf`], { stdio: ['ignore', 'ignore', 'inherit'] });
-  const { connect } = await import('node:net');
-  for (let attempt = 1; ; attempt++) {
-    const up = await new Promise<boolean>((resolve) => {
-      const s = connect(port, '127.0.0.1', () => {
-        s.destroy();
-        resolve(true);
-      });
-      s.once('error', () => resolve(false));
-    });
-    if (up) break;
-    if (child.exitCode !== null || attempt > 200) throw new Error(`apache did not start (exit ${child.exitCode})`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  await listening(port, child, 'apache');
   return webDavServer(port, '/repo', async () => {
     if (child.exitCode === null) {
       child.kill('SIGTERM');

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { PhoenixError } from '../errors.js';
 
 /**
@@ -104,6 +105,26 @@ export function checkRange(location: string, key: string, size: number, range: B
     throw new BackendError('PHX_BACKEND', `${location}: invalid range ${JSON.stringify(range)} for ${key}`, { key });
   }
   if (range.offset + range.length > size) throw pastEnd(location, key, range, size);
+}
+
+/** Where a put writes before it renames into place (file-system-like stores): never a valid key, and left out of listings. */
+export const TMP_PREFIX = '.tmp-';
+
+/** A temporary name for a put into `dir`. */
+export function tmpName(dir: string): string {
+  return `${dir}/${TMP_PREFIX}${randomBytes(8).toString('hex')}`;
+}
+
+/**
+ * Checks a key for stores that map keys to paths (a directory, SFTP, WebDAV): no empty,
+ * `.` or `..` segment, no leading '/', no temporary name. Keys come from Phoenix itself,
+ * but a bad one must never reach outside the repository.
+ */
+export function checkKey(location: string, key: string): string {
+  if (key === '' || key.startsWith('/') || key.split('/').some((s) => s === '' || s === '.' || s === '..' || s.startsWith(TMP_PREFIX))) {
+    throw new BackendError('PHX_BACKEND', `${location}: invalid object key ${JSON.stringify(key)}`, { key });
+  }
+  return key;
 }
 
 /** Collects a listing (for callers that need it whole). */

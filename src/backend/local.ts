@@ -1,11 +1,20 @@
-import { randomBytes } from 'node:crypto';
 import { constants, promises as fs } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { errnoCode } from '../errors.js';
 import { native } from '../native.js';
-import { BackendError, checkRange, exists, notFound, type Backend, type Body, type ByteRange, type ObjectInfo } from './backend.js';
-
-const TMP = '.tmp-';
+import {
+  BackendError,
+  checkRange,
+  exists,
+  notFound,
+  type Backend,
+  type Body,
+  type ByteRange,
+  type ObjectInfo,
+  checkKey,
+  tmpName,
+  TMP_PREFIX,
+} from './backend.js';
 
 /** Objects from this size on are dropped from the page cache once durable, and reads this large once read (packs; not small metadata). */
 const DROP_CACHE_FROM = 1024 * 1024;
@@ -35,16 +44,13 @@ export class LocalBackend implements Backend {
   }
 
   #path(key: string): string {
-    if (key === '' || key.startsWith('/') || key.split('/').some((s) => s === '' || s === '.' || s === '..' || s.startsWith(TMP))) {
-      throw new BackendError('PHX_BACKEND', `${this.location}: invalid object key ${JSON.stringify(key)}`, { key });
-    }
-    return join(this.#root, key);
+    return join(this.#root, checkKey(this.location, key));
   }
 
   async put(key: string, data: Body, opts: { createOnly?: boolean } = {}): Promise<void> {
     const path = this.#path(key);
     const dir = dirname(path);
-    const tmp = join(dir, `${TMP}${randomBytes(8).toString('hex')}`);
+    const tmp = tmpName(dir);
     try {
       await fs.mkdir(dir, { recursive: true });
       const fh = await fs.open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
@@ -127,7 +133,7 @@ export class LocalBackend implements Backend {
         throw this.#error(err, rel, 'list');
       }
       for (const e of entries) {
-        if (e.name.startsWith(TMP)) continue;
+        if (e.name.startsWith(TMP_PREFIX)) continue;
         const key = rel === '' ? e.name : `${rel}/${e.name}`;
         if (e.isDirectory()) {
           if (prefix.startsWith(`${key}/`) || key.startsWith(prefix)) stack.push(key);

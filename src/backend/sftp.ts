@@ -1,4 +1,4 @@
-import { createHash, createHmac, randomBytes } from 'node:crypto';
+import { createHash, createHmac } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
@@ -13,9 +13,11 @@ import {
   type Body,
   type ByteRange,
   type ObjectInfo,
+  checkKey,
+  tmpName,
+  TMP_PREFIX,
 } from './backend.js';
 
-const TMP = '.tmp-';
 /** One SFTP read or write request (OpenSSH's packet limit is 256 KiB). */
 const IO_SLICE = 255 * 1024;
 /** Requests in flight for one object: SFTP is request/response, so one at a time would wait a round trip per slice. */
@@ -68,9 +70,7 @@ export class SftpBackend implements Backend {
   }
 
   #path(key: string): string {
-    if (key === '' || key.startsWith('/') || key.split('/').some((s) => s === '' || s === '.' || s === '..' || s.startsWith(TMP))) {
-      throw new BackendError('PHX_BACKEND', `${this.location}: invalid object key ${JSON.stringify(key)}`, { key });
-    }
+    checkKey(this.location, key);
     return `${this.#root}/${key}`;
   }
 
@@ -208,7 +208,7 @@ export class SftpBackend implements Backend {
   async put(key: string, body: Body, opts: { createOnly?: boolean } = {}): Promise<void> {
     const path = this.#path(key);
     const dir = path.slice(0, path.lastIndexOf('/'));
-    const tmp = `${dir}/${TMP}${randomBytes(8).toString('hex')}`;
+    const tmp = tmpName(dir);
     const data = bodyBytes(body);
     const sftp = await this.#sftp();
     try {
@@ -336,7 +336,7 @@ export class SftpBackend implements Backend {
         throw await this.#error(err, prefix, 'list', sftp);
       }
       for (const e of entries) {
-        if (e.filename === '.' || e.filename === '..' || e.filename.startsWith(TMP)) continue;
+        if (e.filename === '.' || e.filename === '..' || e.filename.startsWith(TMP_PREFIX)) continue;
         const key = rel === '' ? e.filename : `${rel}/${e.filename}`;
         const isDir = (e.attrs.mode & 0o170000) === 0o040000;
         if (isDir) {

@@ -1,4 +1,3 @@
-import { randomBytes } from 'node:crypto';
 import { Agent as HttpAgent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
 import type { FileStat, ResponseDataDetailed, WebDAVClient } from 'webdav';
@@ -13,9 +12,10 @@ import {
   type Body,
   type ByteRange,
   type ObjectInfo,
+  checkKey,
+  tmpName,
+  TMP_PREFIX,
 } from './backend.js';
-
-const TMP = '.tmp-';
 
 export interface WebDavOptions {
   /** The collection the repository lives in: `http(s)://HOST[:PORT]/PATH`, without credentials. */
@@ -69,16 +69,14 @@ export class WebDavBackend implements Backend {
   }
 
   #path(key: string): string {
-    if (key === '' || key.startsWith('/') || key.split('/').some((s) => s === '' || s === '.' || s === '..' || s.startsWith(TMP))) {
-      throw new BackendError('PHX_BACKEND', `${this.location}: invalid object key ${JSON.stringify(key)}`, { key });
-    }
+    checkKey(this.location, key);
     return `${this.#base}/${key}`;
   }
 
   async put(key: string, body: Body, opts: { createOnly?: boolean } = {}): Promise<void> {
     const path = this.#path(key);
     const dir = path.slice(0, path.lastIndexOf('/'));
-    const tmp = `${dir}/${TMP}${randomBytes(8).toString('hex')}`;
+    const tmp = tmpName(dir);
     const data = bodyBytes(body);
     const dav = await this.#dav();
     try {
@@ -186,7 +184,7 @@ export class WebDavBackend implements Backend {
         throw this.#error(err, prefix, 'list');
       }
       for (const e of entries) {
-        if (e.basename === '' || e.basename.startsWith(TMP)) continue;
+        if (e.basename === '' || e.basename.startsWith(TMP_PREFIX)) continue;
         const key = rel === '' ? e.basename : `${rel}/${e.basename}`;
         if (e.type === 'directory') {
           if (`${key}/`.startsWith(prefix) || prefix.startsWith(`${key}/`)) pending.push(key);
