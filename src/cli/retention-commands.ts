@@ -140,11 +140,23 @@ async function forgetSource(repo: Repository, source: string, flags: ForgetFlags
     return;
   }
   const r = await applyForget(repo, plan);
-  const json = { source, kept: plan.kept.size, dropped: plan.dropped.length, segment: r.segment ?? null, deleted: r.deleted };
+  // `segment`: all that was written, as one range (earlier builds wrote one segment); `segments`: each piece.
+  const s = r.segments;
+  const total =
+    s.length === 0
+      ? null
+      : {
+          key: (s.at(-1) as (typeof s)[number]).key,
+          first: Math.min(...s.map((x) => x.first)),
+          last: Math.max(...s.map((x) => x.last)),
+          steps: s.reduce((n, x) => n + x.steps, 0),
+          bytes: s.reduce((n, x) => n + x.bytes, 0),
+        };
+  const json = { source, kept: plan.kept.size, dropped: plan.dropped.length, segment: total, segments: s, deleted: r.deleted };
   print(
     flags,
     { summary: true, ...json },
-    `${summary}, dropped ${plan.dropped.length}${r.segment ? ` (one segment of ${r.segment.steps} steps, ${mib(r.segment.bytes)}, replaces ${r.deleted.journal} journal objects)` : ''}; phoenix prune deletes the data nothing needs now`,
+    `${summary}, dropped ${plan.dropped.length}${total ? ` (${s.length} segment${s.length === 1 ? '' : 's'} of ${total.steps} steps, ${mib(total.bytes)}, replace ${r.deleted.journal} journal objects)` : ''}; phoenix prune deletes the data nothing needs now`,
   );
 }
 

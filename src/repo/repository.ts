@@ -336,18 +336,30 @@ export class Repository {
    * deleted. A commit missing from the chain is corruption.
    */
   async journalObjects(source: string, listing?: readonly JournalObject[]): Promise<JournalObject[]> {
-    const widest = new Map<number, JournalObject>();
+    // At each position the object of the highest generation, then the widest, of those from
+    // which the chain can still reach the end: a forget that wrote only some of its pieces
+    // (killed between them) leaves the older, wider segment in charge.
+    const byStart = new Map<number, JournalObject[]>();
     let end = 0;
     for (const parsed of listing ?? (await this.journalListing(source))) {
-      const cur = widest.get(parsed.first);
-      if (cur === undefined || cur.seq < parsed.seq || (cur.seq === parsed.seq && cur.gen < parsed.gen)) widest.set(parsed.first, parsed);
+      const at = byStart.get(parsed.first);
+      if (at === undefined) byStart.set(parsed.first, [parsed]);
+      else at.push(parsed);
       end = Math.max(end, parsed.seq);
+    }
+    const best = new Map<number, JournalObject>();
+    for (const start of [...byStart.keys()].sort((x, y) => y - x)) {
+      for (const o of byStart.get(start) as JournalObject[]) {
+        if (o.seq !== end && !best.has(o.seq + 1)) continue;
+        const cur = best.get(start);
+        if (cur === undefined || o.gen > cur.gen || (o.gen === cur.gen && o.seq > cur.seq)) best.set(start, o);
+      }
     }
     const chain: JournalObject[] = [];
     for (let pos = 0; pos < end;) {
-      const o = widest.get(pos + 1);
+      const o = best.get(pos + 1);
       if (o === undefined) {
-        const next = Math.min(...[...widest.keys()].filter((k) => k > pos));
+        const next = Math.min(...[...byStart.keys()].filter((k) => k > pos));
         throw corrupt(`the journal of source ${JSON.stringify(source)}`, `commit ${pos + 1} is missing (the journal goes on at ${next})`);
       }
       chain.push(o);
@@ -506,6 +518,7 @@ export class Repository {
     first: number,
     last: number,
     steps: Iterable<SegmentStep & { changes: Iterable<JournalChange> }> | AsyncIterable<SegmentStep & { changes: Iterable<JournalChange> }>,
+    opts: { gen?: number } = {},
   ): Promise<{ key: string; size: number }> {
     await this.#upgradeConfig(3);
     const heads: Array<Record<string, unknown>> = [];
@@ -532,7 +545,7 @@ export class Repository {
     const { parts, inline, bytes } = await lines.finish();
     // The next generation over these commits: readers take it over any written before.
     const prefix = `journal/${sourceDir(source)}/`;
-    let gen = 0;
+    let gen = opts.gen ?? 0;
     for (const o of await listAll(this.backend, `${prefix}${String(last).padStart(12, '0')}-`)) {
       const p = parseJournalKey(o.key.slice(prefix.length));
       if (p?.segment && p.first === first) gen = Math.max(gen, p.gen + 1);

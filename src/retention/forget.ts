@@ -48,104 +48,213 @@ export async function planForget(repo: Repository, source: string, policy: Polic
 }
 
 export interface ForgetResult {
-  /** The segment written in place of the range that held dropped instants, if any. */
-  segment?: { key: string; first: number; last: number; steps: number; bytes: number };
-  /** Journal objects and checkpoints deleted after the segment was verified. */
+  /** The segments written in place of the ranges that held dropped instants (none when nothing was dropped). */
+  segments: Array<{ key: string; first: number; last: number; steps: number; bytes: number }>;
+  /** Journal objects and checkpoints deleted after the segments were verified. */
   deleted: { journal: number; checkpoints: number };
 }
 
+const DAY = 86_400_000;
+
 /**
- * Applies a plan: the range of the journal from the kept instant before the first dropped one
- * to the kept instant after the last one (widened to cover any segment it overlaps) is written
- * again as one segment holding only the kept instants, each as the net change from the kept
- * one before. The segment is read back and replayed, and each step's tree digest compared with
- * the original's, before any object it supersedes is deleted: a bug here stops the run with
- * the original history intact. Readers prefer the segment as soon as it exists, so the
- * deletions that follow are invisible to them. A run killed at any point leaves a journal
- * that reads the same; the next run finishes the job.
+ * How much history one segment written by forget holds: a day for the last week (where the
+ * tiers drop most), a week up to 100 days, four weeks beyond. A later run rewrites only the
+ * pieces that hold an instant it drops, so its cost follows what it drops, not what is kept.
+ */
+function pieceOf(timeMs: number, latestMs: number): string {
+  const age = latestMs - timeMs;
+  const span = age < 8 * DAY ? DAY : age < 100 * DAY ? 7 * DAY : 28 * DAY;
+  return `${span}:${Math.floor(timeMs / span)}`;
+}
+
+/**
+ * The ranges (a, b] of the journal to write again: around each dropped instant, from the
+ * kept instant before it to the kept one after it, widened to whole pieces of time (so that
+ * the journal stays a few objects per piece, not one per range) and to cover any segment
+ * they overlap (a segment is replaced whole or not at all), and merged where they overlap.
+ */
+function regions(
+  instants: readonly CommitInfo[],
+  kept: ReadonlyMap<number, unknown>,
+  chain: ReadonlyArray<{ first: number; seq: number; segment: boolean }>,
+): Array<[number, number]> {
+  const latestMs = (instants.at(-1) as CommitInfo).timeMs;
+  const keptList = instants.filter((c) => kept.has(c.seq));
+  const pieceAt = new Map(keptList.map((c) => [c.seq, pieceOf(c.timeMs, latestMs)]));
+  /** [a, b] widened so that the kept instants in (a, b] are whole pieces. */
+  const wholePieces = (r: [number, number]): boolean => {
+    let i = keptList.findIndex((c) => c.seq > r[0]);
+    let j = keptList.findIndex((c) => c.seq >= r[1]);
+    const first = pieceAt.get((keptList[i] as CommitInfo).seq);
+    const last = pieceAt.get((keptList[j] as CommitInfo).seq);
+    while (i > 0 && pieceAt.get((keptList[i - 1] as CommitInfo).seq) === first) i--;
+    while (j < keptList.length - 1 && pieceAt.get((keptList[j + 1] as CommitInfo).seq) === last) j++;
+    const a = i === 0 ? Math.min(r[0], 0) : Math.min(r[0], (keptList[i - 1] as CommitInfo).seq);
+    const b = Math.max(r[1], (keptList[j] as CommitInfo).seq);
+    const changed = a !== r[0] || b !== r[1];
+    [r[0], r[1]] = [a, b];
+    return changed;
+  };
+  const keptAfter = (seq: number): number => {
+    const i = instants.findIndex((c) => c.seq >= seq && kept.has(c.seq));
+    return (instants[i] as CommitInfo).seq; // the latest instant is always kept
+  };
+  const out: Array<[number, number]> = [];
+  let prevKept = 0;
+  for (const c of instants) {
+    if (kept.has(c.seq)) {
+      prevKept = c.seq;
+      continue;
+    }
+    const last = out.at(-1);
+    if (last !== undefined && last[1] > prevKept) continue; // inside the range already
+    out.push([prevKept, keptAfter(c.seq)]);
+  }
+  // Widen over segments, merging ranges that come to overlap, until nothing changes.
+  for (let changed = true; changed;) {
+    changed = false;
+    for (const r of out) {
+      if (wholePieces(r)) changed = true;
+      for (const o of chain) {
+        if (!o.segment || o.seq <= r[0] || o.first - 1 >= r[1]) continue;
+        if (o.first - 1 < r[0]) [r[0], changed] = [o.first - 1, true];
+        if (o.seq > r[1]) [r[1], changed] = [keptAfter(o.seq), true];
+      }
+    }
+    out.sort((x, y) => x[0] - y[0]);
+    for (let i = 1; i < out.length; i++) {
+      const [p, q] = [out[i - 1] as [number, number], out[i] as [number, number]];
+      if (q[0] < p[1]) {
+        p[1] = Math.max(p[1], q[1]);
+        out.splice(i--, 1);
+        changed = true;
+      }
+    }
+  }
+  return out;
+}
+
+/**
+ * Applies a plan. Each range of the journal that holds dropped instants (from the kept
+ * instant before to the kept one after, widened to whole segments) is written again as
+ * segments holding only the kept instants, each as the net change from the kept one before,
+ * cut into pieces by age (pieceOf) and of a generation above every segment they replace.
+ * Ranges without a dropped instant are left as they are. The pieces of a range are read back
+ * and replayed, and each step's tree digest compared with the original's, before any object
+ * they supersede is deleted: a bug here stops the run with the original history intact.
+ * Readers prefer the pieces as soon as all of a range's exist, so the deletions that follow
+ * are invisible to them. A run killed at any point leaves a journal that reads the same;
+ * the next run finishes the job.
  */
 export async function applyForget(repo: Repository, plan: ForgetPlan): Promise<ForgetResult> {
   const { source, instants, kept } = plan;
-  const result: ForgetResult = { deleted: { journal: 0, checkpoints: 0 } };
-  const firstDrop = instants.findIndex((c) => !kept.has(c.seq));
-  if (firstDrop < 0) return { ...result, deleted: await deleteSuperseded(repo, source, kept) };
-  let lastDrop = instants.length - 1;
-  while (kept.has((instants[lastDrop] as CommitInfo).seq)) lastDrop--;
-  let a = firstDrop === 0 ? 0 : (instants[firstDrop - 1] as CommitInfo).seq;
-  let b = (instants[lastDrop + 1] as CommitInfo).seq; // the latest instant is always kept
+  const result: ForgetResult = { segments: [], deleted: { journal: 0, checkpoints: 0 } };
+  if (plan.dropped.length === 0) return { ...result, deleted: await deleteSuperseded(repo, source, kept) };
   const chain = await repo.journalObjects(source);
-  for (let widened = true; widened;) {
-    widened = false;
-    for (const o of chain) {
-      if (!o.segment || o.seq <= a || o.first - 1 >= b) continue;
-      if (o.first - 1 < a) [a, widened] = [o.first - 1, true];
-      if (o.seq > b) [b, widened] = [o.seq, true];
-    }
-    // b must be an instant kept.
-    let i = instants.findIndex((c) => c.seq === b);
-    while (!kept.has((instants[i] as CommitInfo).seq)) i++;
-    if ((instants[i] as CommitInfo).seq !== b) [b, widened] = [(instants[i] as CommitInfo).seq, true];
-  }
-  const range = instants.filter((c) => c.seq > a && c.seq <= b);
-  const expected: Array<{ seq: number; digest: string }> = [];
-
-  // The kept instants of the range, computed from the original journal one commit at a time.
-  async function* steps(): AsyncGenerator<SegmentStep & { changes: JournalChange[] }> {
-    const state: TreeState = a > 0 ? (await repo.loadState(source, a)).state : new Map();
-    const digest = TreeDigest.of(repo.keys, state);
-    let before = new Map<RawPath, FileRecord | null>();
-    let run: JournalChange[] | undefined = [];
-    let uploaded = 0;
-    for (const info of range) {
-      const c = await repo.readCommit(info);
-      for (const ch of c.changes) applyTracked(state, ch, digest, before);
-      uploaded += c.stats.bytesUploaded;
-      // A kept commit right after a kept one keeps its changes as they are (moves stay moves).
-      run = run !== undefined && run.length === 0 ? c.changes : undefined;
+  const latestMs = (instants.at(-1) as CommitInfo).timeMs;
+  let proven: TreeState | undefined;
+  let lastB = 0;
+  for (const [a, b] of regions(instants, kept, chain)) {
+    const gen = 1 + Math.max(-1, ...chain.filter((o) => o.segment && o.seq > a && o.first - 1 < b).map((o) => o.gen));
+    const range = instants.filter((c) => c.seq > a && c.seq <= b);
+    // The pieces: consecutive kept instants of one piece of time; the commits dropped before a
+    // kept instant go with it.
+    const pieces: Array<{ first: number; last: number }> = [];
+    let from = a + 1;
+    let current: string | undefined;
+    for (const c of range) {
       if (!kept.has(c.seq)) continue;
-      const changes = run ?? netChanges(before, state);
-      const hex = digest.hex();
-      const step: SegmentStep & { changes: JournalChange[] } = {
-        seq: c.seq,
-        timeMs: c.timeMs,
-        stats: statsOf(changes, uploaded),
-        digest: hex,
-        changes,
-      };
-      if (c.host !== undefined) step.host = c.host;
-      if (c.root !== undefined) step.root = c.root;
-      expected.push({ seq: c.seq, digest: hex });
-      yield step;
-      before = new Map();
-      run = [];
-      uploaded = 0;
+      const piece = pieceOf(c.timeMs, latestMs);
+      const open = pieces.at(-1);
+      if (open !== undefined && piece === current) open.last = c.seq;
+      else pieces.push({ first: from, last: c.seq });
+      current = piece;
+      from = c.seq + 1;
     }
+    const expected: Array<{ seq: number; digest: string }> = [];
+    const steps = keptSteps(repo, source, a, range, kept, expected)[Symbol.asyncIterator]();
+    const keys: string[] = [];
+    for (const piece of pieces) {
+      async function* upTo(): AsyncGenerator<SegmentStep & { changes: JournalChange[] }> {
+        for (;;) {
+          const n = await steps.next();
+          if (n.done === true) return;
+          yield n.value;
+          if (n.value.seq === piece.last) return;
+        }
+      }
+      const written = await repo.writeSegment(source, piece.first, piece.last, upTo(), { gen });
+      keys.push(written.key);
+      const n = expected.filter((e) => e.seq >= piece.first && e.seq <= piece.last).length;
+      result.segments.push({ key: written.key, first: piece.first, last: piece.last, steps: n, bytes: written.size });
+    }
+    // Read them back as any reader would, and prove every kept instant before deleting anything.
+    const verified = await verify(repo, source, a, b, new Set(keys), expected);
+    if (typeof verified === 'string') {
+      for (const key of keys) await repo.backend.delete(key);
+      throw new PhoenixError('PHX_INTERNAL', `forget of ${JSON.stringify(source)}: ${verified}; nothing was deleted`, {
+        hint: 'the journal is as it was; please report this with phoenix check output',
+      });
+    }
+    proven = verified;
+    lastB = b;
   }
-  const written = await repo.writeSegment(source, a + 1, b, steps());
-  result.segment = { key: written.key, first: a + 1, last: b, steps: expected.length, bytes: written.size };
-
-  // Read it back as any reader would, and prove every kept instant before deleting anything.
-  const proven = await verify(repo, source, a, b, written.key, expected);
-  if (typeof proven === 'string') {
-    await repo.backend.delete(written.key);
-    throw new PhoenixError('PHX_INTERNAL', `forget of ${JSON.stringify(source)}: ${proven}; nothing was deleted`, {
-      hint: 'the journal is as it was; please report this with phoenix check output',
-    });
-  }
-  // A base checkpoint at the segment's end: the checkpoints it replaced were at instants no
+  // A base checkpoint at the last range's end: the checkpoints it replaced were at instants no
   // longer kept, and the next run (and every reader) starts from here instead of commit 1.
   const commits = await repo.commitList(source);
-  if ((await repo.usableCheckpoint(source, commits, b)) < b) await repo.writeCheckpoint(source, b, recordsInOrder(proven));
+  if (proven !== undefined && (await repo.usableCheckpoint(source, commits, lastB)) < lastB) {
+    await repo.writeCheckpoint(source, lastB, recordsInOrder(proven));
+  }
   const deleted = await deleteSuperseded(repo, source, kept);
-  // Older checkpoints go: a reader of an instant before b replays the thinned history from its
-  // start (its first step is the whole tree then), so the metadata kept grows with the kept
-  // instants, not with one checkpoint a run.
+  // Older checkpoints go: a reader of an instant before it replays the thinned history from
+  // its start (its first step is the whole tree then), so the metadata kept grows with the
+  // kept instants, not with one checkpoint a run.
   for (const seq of await repo.checkpointSeqs(source)) {
-    if (seq >= b) continue;
+    if (seq >= lastB) continue;
     await repo.backend.delete(checkpointKey(source, seq));
     deleted.checkpoints++;
   }
   return { ...result, deleted };
+}
+
+/** The kept instants of `range` (after commit `a`), computed from the original journal one commit at a time; `expected` gets each one's digest. */
+async function* keptSteps(
+  repo: Repository,
+  source: string,
+  a: number,
+  range: readonly CommitInfo[],
+  kept: ReadonlyMap<number, unknown>,
+  expected: Array<{ seq: number; digest: string }>,
+): AsyncGenerator<SegmentStep & { changes: JournalChange[] }> {
+  const state: TreeState = a > 0 ? (await repo.loadState(source, a)).state : new Map();
+  const digest = TreeDigest.of(repo.keys, state);
+  let before = new Map<RawPath, FileRecord | null>();
+  let run: JournalChange[] | undefined = [];
+  let uploaded = 0;
+  for (const info of range) {
+    const c = await repo.readCommit(info);
+    for (const ch of c.changes) applyTracked(state, ch, digest, before);
+    uploaded += c.stats.bytesUploaded;
+    // A kept commit right after a kept one keeps its changes as they are (moves stay moves).
+    run = run !== undefined && run.length === 0 ? c.changes : undefined;
+    if (!kept.has(c.seq)) continue;
+    const changes = run ?? netChanges(before, state);
+    const hex = digest.hex();
+    const step: SegmentStep & { changes: JournalChange[] } = {
+      seq: c.seq,
+      timeMs: c.timeMs,
+      stats: statsOf(changes, uploaded),
+      digest: hex,
+      changes,
+    };
+    if (c.host !== undefined) step.host = c.host;
+    if (c.root !== undefined) step.root = c.root;
+    expected.push({ seq: c.seq, digest: hex });
+    yield step;
+    before = new Map();
+    run = [];
+    uploaded = 0;
+  }
 }
 
 async function verify(
@@ -153,11 +262,11 @@ async function verify(
   source: string,
   a: number,
   b: number,
-  key: string,
+  keys: ReadonlySet<string>,
   expected: ReadonlyArray<{ seq: number; digest: string }>,
 ): Promise<string | TreeState> {
   const now = (await repo.commitList(source)).filter((c) => c.seq > a && c.seq <= b);
-  if (now.some((c) => c.key !== key)) return 'the segment written is not the one readers choose';
+  if (now.some((c) => !keys.has(c.key))) return 'the segments written are not the ones readers choose';
   if (now.map((c) => c.seq).join() !== expected.map((e) => e.seq).join()) return 'the segment does not hold the instants kept';
   const state: TreeState = a > 0 ? (await repo.loadState(source, a)).state : new Map();
   const digest = TreeDigest.of(repo.keys, state);
