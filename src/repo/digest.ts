@@ -37,6 +37,13 @@ export class TreeDigest {
     this.#mix(r, -1);
   }
 
+  /** An independent copy (the same sum), to follow two copies of a tree. */
+  clone(): TreeDigest {
+    const d = new TreeDigest(this.keys);
+    d.#lanes.set(this.#lanes);
+    return d;
+  }
+
   hex(): string {
     return Buffer.from(this.#lanes.buffer.slice(0)).toString('hex');
   }

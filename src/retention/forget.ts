@@ -154,6 +154,22 @@ export async function applyForget(repo: Repository, plan: ForgetPlan): Promise<F
   const latestMs = (instants.at(-1) as CommitInfo).timeMs;
   let proven: TreeState | undefined;
   let lastB = 0;
+  // The tree (and its digest) at the start of the next range, carried from the end of the one
+  // before: each range starts from there, not from a checkpoint and a replay of all before it.
+  let base: { seq: number; state: TreeState; digest: TreeDigest } | undefined;
+  const baseAt = async (a: number): Promise<{ state: TreeState; digest: TreeDigest }> => {
+    if (base === undefined || base.seq > a) {
+      const state: TreeState = a > 0 ? (await repo.loadState(source, a)).state : new Map();
+      base = { seq: a, state, digest: TreeDigest.of(repo.keys, state) };
+    } else if (base.seq < a) {
+      // The commits between are outside every range: as they are on the chain now.
+      for (const info of (await repo.commitList(source)).filter((c) => c.seq > (base as { seq: number }).seq && c.seq <= a)) {
+        for (const ch of (await repo.readCommit(info)).changes) applyTracked(base.state, ch, base.digest);
+      }
+      base.seq = a;
+    }
+    return { state: new Map(base.state), digest: base.digest.clone() };
+  };
   for (const [a, b] of regions(instants, kept, chain)) {
     const gen = 1 + Math.max(-1, ...chain.filter((o) => o.segment && o.seq > a && o.first - 1 < b).map((o) => o.gen));
     const range = instants.filter((c) => c.seq > a && c.seq <= b);
@@ -172,7 +188,7 @@ export async function applyForget(repo: Repository, plan: ForgetPlan): Promise<F
       from = c.seq + 1;
     }
     const expected: Array<{ seq: number; digest: string }> = [];
-    const steps = keptSteps(repo, source, a, range, kept, expected)[Symbol.asyncIterator]();
+    const steps = keptSteps(repo, await baseAt(a), range, kept, expected)[Symbol.asyncIterator]();
     const keys: string[] = [];
     for (const piece of pieces) {
       async function* upTo(): AsyncGenerator<SegmentStep & { changes: JournalChange[] }> {
@@ -189,14 +205,15 @@ export async function applyForget(repo: Repository, plan: ForgetPlan): Promise<F
       result.segments.push({ key: written.key, first: piece.first, last: piece.last, steps: n, bytes: written.size });
     }
     // Read them back as any reader would, and prove every kept instant before deleting anything.
-    const verified = await verify(repo, source, a, b, new Set(keys), expected);
+    const verified = await verify(repo, source, a, b, await baseAt(a), new Set(keys), expected);
     if (typeof verified === 'string') {
       for (const key of keys) await repo.backend.delete(key);
       throw new PhoenixError('PHX_INTERNAL', `forget of ${JSON.stringify(source)}: ${verified}; nothing was deleted`, {
         hint: 'the journal is as it was; please report this with phoenix check output',
       });
     }
-    proven = verified;
+    proven = verified.state;
+    base = { seq: b, ...verified };
     lastB = b;
   }
   // A base checkpoint at the last range's end: the checkpoints it replaced were at instants no
@@ -220,14 +237,12 @@ export async function applyForget(repo: Repository, plan: ForgetPlan): Promise<F
 /** The kept instants of `range` (after commit `a`), computed from the original journal one commit at a time; `expected` gets each one's digest. */
 async function* keptSteps(
   repo: Repository,
-  source: string,
-  a: number,
+  start: { state: TreeState; digest: TreeDigest },
   range: readonly CommitInfo[],
   kept: ReadonlyMap<number, unknown>,
   expected: Array<{ seq: number; digest: string }>,
 ): AsyncGenerator<SegmentStep & { changes: JournalChange[] }> {
-  const state: TreeState = a > 0 ? (await repo.loadState(source, a)).state : new Map();
-  const digest = TreeDigest.of(repo.keys, state);
+  const { state, digest } = start;
   let before = new Map<RawPath, FileRecord | null>();
   let run: JournalChange[] | undefined = [];
   let uploaded = 0;
@@ -262,21 +277,21 @@ async function verify(
   source: string,
   a: number,
   b: number,
+  start: { state: TreeState; digest: TreeDigest },
   keys: ReadonlySet<string>,
   expected: ReadonlyArray<{ seq: number; digest: string }>,
-): Promise<string | TreeState> {
+): Promise<string | { state: TreeState; digest: TreeDigest }> {
   const now = (await repo.commitList(source)).filter((c) => c.seq > a && c.seq <= b);
   if (now.some((c) => !keys.has(c.key))) return 'the segments written are not the ones readers choose';
   if (now.map((c) => c.seq).join() !== expected.map((e) => e.seq).join()) return 'the segment does not hold the instants kept';
-  const state: TreeState = a > 0 ? (await repo.loadState(source, a)).state : new Map();
-  const digest = TreeDigest.of(repo.keys, state);
+  const { state, digest } = start;
   for (const [i, info] of now.entries()) {
     for (const ch of (await repo.readCommit(info)).changes) applyTracked(state, ch, digest);
     const want = expected[i] as { seq: number; digest: string };
     if (digest.hex() !== want.digest) return `the tree at commit ${info.seq} read back from the segment differs from the original`;
     if ((await repo.stepDigest(info)) !== want.digest) return `the digest stored for commit ${info.seq} is not the original's`;
   }
-  return state;
+  return { state, digest };
 }
 
 /**
