@@ -503,11 +503,21 @@ describe('first contact: honest reports', () => {
     let stderr = '';
     child.stderr?.on('data', (b: Buffer) => (stderr += b.toString()));
     const exited = new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
+    let status;
     for (const deadline = Date.now() + 60_000; ; await sleep(50)) {
       const s = await queryStatus(state).catch(() => undefined);
-      if (s !== undefined && s.state !== 'scanning' && s.pending === 0 && s.lastCommit !== null) break;
+      if (s !== undefined && s.state !== 'scanning' && s.pending === 0 && s.lastCommit !== null) {
+        status = s;
+        break;
+      }
       assert.ok(Date.now() < deadline && child.exitCode === null, stderr);
     }
+    // The file that could not be read: its errno code and what to do, in status --json.
+    const unreadable = status.errors.find((e) => e.path?.endsWith('secret.txt'));
+    assert.ok(
+      unreadable !== undefined && unreadable.code === 'EACCES' && /read access/.test(unreadable.hint ?? ''),
+      JSON.stringify(status.errors),
+    );
     child.kill('SIGTERM');
     assert.equal(await exited, 1, stderr);
     assert.doesNotMatch(stderr, /watch limit/);

@@ -17,7 +17,8 @@ import type { SealPool } from './seal-pool.js';
 
 export interface CommitBuilderOptions {
   /** A path that could not be backed up (it keeps its last version). */
-  onProblem?: (path: RawPath, message: string) => void;
+  /** `code`: the errno code of a read that failed (EACCES, EIO …), when there is one. */
+  onProblem?: (path: RawPath, message: string, code?: string) => void;
   /** Bytes of file content read. */
   onBytes?: (n: number) => void;
   /** The directory backed up, recorded in the commit with the host name (phoenix sources shows them). */
@@ -117,7 +118,7 @@ export class CommitBuilder {
       const read = await readFile(this.pool, fsPath, e, previous, this.#refFor, this.#writer, (n) => this.opts.onBytes?.(n), how);
       if (read.status === 'vanished') return 'vanished';
       if (read.status === 'error') {
-        this.opts.onProblem?.(path, read.message);
+        this.opts.onProblem?.(path, read.message, read.code);
         return 'error';
       }
       torn = read.torn;

@@ -14,7 +14,7 @@ export interface PendingChunk {
 export type ReadResult =
   | { status: 'ok'; entry: Entry; chunks: PendingChunk[]; torn: boolean; fine: boolean; inPlace: boolean }
   | { status: 'vanished' }
-  | { status: 'error'; message: string };
+  | { status: 'error'; message: string; code?: string };
 
 /**
  * Reads and chunks one file on a worker thread. The file's size, mtime and ctime are compared

@@ -38,7 +38,7 @@ export type JobEnd =
   | { status: 'ok'; size: number; st: ReadStat; torn: boolean; fine: boolean; inPlace: boolean }
   | { status: 'vanished' }
   | { status: 'cancelled' }
-  | { status: 'error'; message: string };
+  | { status: 'error'; message: string; code?: string };
 
 /**
  * Worker → main, in order per job: `chunk`s (with the sealed blob unless its id is one of `prev`),

@@ -154,6 +154,12 @@ function heldStill(a: BigIntStats, b: BigIntStats): boolean {
   return a.size === b.size && a.mtimeNs === b.mtimeNs && a.ctimeNs === b.ctimeNs;
 }
 
+/** A read that failed, with its errno code (EACCES, EIO …) kept for the status and the hint. */
+function failed(what: string, err: unknown): { status: 'error'; message: string; code?: string } {
+  const code = (err as NodeJS.ErrnoException).code;
+  return { status: 'error', message: `${what}: ${(err as Error).message}`, ...(typeof code === 'string' ? { code } : {}) };
+}
+
 function readFileJob(m: FileJob): void {
   const known = new Set(m.prev.map(([id]) => id));
   for (let attempt = 1; ; attempt++) {
@@ -163,7 +169,7 @@ function readFileJob(m: FileJob): void {
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       if (code === 'ENOENT' || code === 'ELOOP' || code === 'ENOTDIR') post({ job: m.job, type: 'done', end: { status: 'vanished' } });
-      else post({ job: m.job, type: 'done', end: { status: 'error', message: `cannot open: ${(err as Error).message}` } });
+      else post({ job: m.job, type: 'done', end: failed('cannot open', err) });
       return;
     }
     try {
@@ -184,7 +190,7 @@ function readFileJob(m: FileJob): void {
       post({ job: m.job, type: 'restart' });
     } catch (err) {
       if (err instanceof Cancelled) post({ job: m.job, type: 'done', end: { status: 'cancelled' } });
-      else post({ job: m.job, type: 'done', end: { status: 'error', message: `cannot read: ${(err as Error).message}` } });
+      else post({ job: m.job, type: 'done', end: failed('cannot read', err) });
       return;
     } finally {
       closeSync(fd);

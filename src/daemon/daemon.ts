@@ -15,6 +15,16 @@ import { serveStatus, type GuardStatus, type Status } from './status.js';
 
 const MAX_ERRORS = 50;
 
+/** What to do about a file that could not be read, by its errno code (status --json: `hint`). */
+const READ_HINTS: Record<string, string> = {
+  EACCES:
+    'Phoenix may not read it: give its user read access (chmod, setfacl), or run phoenix watch as a user who can; retried at its next change',
+  EPERM: 'the system refuses the read (an immutable or protected file?); retried at its next change',
+  EIO: 'the disk reported an I/O error reading it: check the disk (dmesg, smartctl); the last version backed up is kept',
+  ENXIO: 'a special file that cannot be opened for reading; exclude it',
+  EWOULDBLOCK: 'a mandatory lock held by another program; retried at its next change',
+};
+
 /**
  * `phoenix watch`: one process, one repository, one or more sources. Wires each source's
  * watcher, durable queue and committer to the repository, and serves the status socket.
@@ -153,8 +163,15 @@ export class Daemon {
   }
 
   /** The last MAX_ERRORS problems, for status. */
-  #remember(path: string | undefined, message: string): void {
-    this.#errors.push({ time: new Date().toISOString(), path: path ?? null, message });
+  #remember(path: string | undefined, message: string, code?: string): void {
+    const hint = code === undefined ? undefined : READ_HINTS[code];
+    this.#errors.push({
+      time: new Date().toISOString(),
+      path: path ?? null,
+      message,
+      ...(code !== undefined ? { code } : {}),
+      ...(hint !== undefined ? { hint } : {}),
+    });
     if (this.#errors.length > MAX_ERRORS) this.#errors.shift();
   }
 
@@ -171,9 +188,9 @@ export class Daemon {
       info: (msg, fields) => log.info(fields ?? {}, msg),
       warn: (msg, fields) => log.warn(fields ?? {}, msg),
       trace: log.isLevelEnabled('trace') ? (msg, fields) => log.trace(fields, msg) : undefined,
-      problem: (path, message) => {
-        log.warn(path === undefined ? {} : { path }, message);
-        this.#remember(path, message);
+      problem: (path, message, code) => {
+        log.warn({ ...(path === undefined ? {} : { path }), ...(code !== undefined ? { code } : {}) }, message);
+        this.#remember(path, message, code);
       },
       committed: (c) => {
         this.uploaded.bytes += c.bytes;

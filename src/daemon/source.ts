@@ -34,7 +34,7 @@ export interface SourceEvents {
   /** Every change, batch and read, when tracing (undefined otherwise: costs nothing). */
   trace?: ((msg: string, fields: Record<string, unknown>) => void) | undefined;
   /** A path that could not be backed up, or a commit that failed. */
-  problem(path: string | undefined, message: string): void;
+  problem(path: string | undefined, message: string, code?: string): void;
   /** `oldestMs`: how long the oldest change of the commit waited to be durable. */
   committed(c: { seq: number; timeMs: number; files: number; bytes: number; changes: number; oldestMs: number | undefined }): void;
   /** Bytes of file content read. */
@@ -390,9 +390,9 @@ export class SourceRunner {
       const builder = new CommitBuilder(this.#repo, this.#db, this.#pool, name, this.#known, {
         root: this.config.path,
         inPlace: this.#inPlace,
-        onProblem: (p, m) => {
+        onProblem: (p, m, code) => {
           this.#skipped.set(p, m);
-          this.#events.problem(displayPath(p), m);
+          this.#events.problem(displayPath(p), m, code);
         },
         onBytes: (n) => this.#events.bytesRead(n),
       });

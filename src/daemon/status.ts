@@ -18,7 +18,7 @@ export interface Status {
   watches: { used: number; limit: number | null };
   uploaded: { bytes: number; files: number; commits: number };
   /** Recent problems, newest last. */
-  errors: Array<{ time: string; path: string | null; message: string }>;
+  errors: Array<{ time: string; path: string | null; message: string; code?: string; hint?: string }>;
   /** Commits are failing (of any source): since when, why, and the next try; null when they succeed. */
   failing: Failing | null;
   /** The mass-change guard's trips (every source): each pinned the state before it, until a person unpins it. */
