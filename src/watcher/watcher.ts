@@ -383,7 +383,7 @@ export class Watcher {
     if (old === undefined) return this.#appeared(path, false);
     const e = lstatEntry(toFsPath(this.root, path));
     if (e === undefined) {
-      this.#otherLinks(path, old); // written through this name, gone by now: its other names changed
+      this.#otherLinks(path, old, true); // written through this name, gone by now: its other names changed
       return this.#markStale(path, old); // deleted (IN_DELETE follows) or a parent moved on
     }
     this.#tree.set(path, e);
@@ -407,17 +407,21 @@ export class Watcher {
    * Its other names in the tree changed as well: report them too (a walk of the tree, done
    * only for files with several links).
    */
-  #otherLinks(path: RawPath, e: Entry): void {
-    this.#linksOutside(path, [e]);
+  #otherLinks(path: RawPath, e: Entry, gone = false): void {
+    this.#linksOutside(path, [e], gone);
   }
 
   /**
    * Files found by listing `scope` (a directory that was not watched yet, or rescanned) may have
    * been written before their events could be seen: their names outside the scope are checked.
    */
-  #linksOutside(scope: RawPath, found: Iterable<Entry>): void {
+  #linksOutside(scope: RawPath, found: Iterable<Entry>, gone = false): void {
     const files = new Set<string>();
-    for (const e of found) if (e.kind === 'file' && e.nlink > 1) files.add(`${e.dev}:${e.ino}`);
+    // A name that is gone may have had more links than the tree says: a link made in a
+    // directory that was listed (not watched) when it was made does not update the other
+    // name's entry, and the IN_ATTRIB of the link merges with a chmod's right after it. Its
+    // inode is then looked for among the files the tree knows to have several names.
+    for (const e of found) if (e.kind === 'file' && (e.nlink > 1 || gone)) files.add(`${e.dev}:${e.ino}`);
     if (files.size === 0) return;
     for (const p of [...this.#tree.linked()]) {
       const other = this.#tree.get(p) as Entry;
@@ -439,7 +443,7 @@ export class Watcher {
     if (old === undefined) return this.#appeared(path, false);
     const e = lstatEntry(toFsPath(this.root, path));
     if (e === undefined) {
-      this.#otherLinks(path, old);
+      this.#otherLinks(path, old, true);
       return this.#markStale(path, old);
     }
     if (e.kind !== old.kind) return this.#appeared(path, e.kind === 'dir');
