@@ -81,6 +81,8 @@ function regions(
   const latestMs = (instants.at(-1) as CommitInfo).timeMs;
   const keptList = instants.filter((c) => kept.has(c.seq));
   const pieceAt = new Map(keptList.map((c) => [c.seq, pieceOf(c.timeMs, latestMs)]));
+  const young = (seq: number): boolean =>
+    ((kept.get(seq) as KeepReason[] | undefined) ?? []).some((r) => r.by === 'min-age' || r.by === 'latest');
   /** [a, b] widened so that the kept instants in (a, b] are whole pieces. */
   const wholePieces = (r: [number, number]): boolean => {
     let i = keptList.findIndex((c) => c.seq > r[0]);
@@ -88,7 +90,13 @@ function regions(
     const first = pieceAt.get((keptList[i] as CommitInfo).seq);
     const last = pieceAt.get((keptList[j] as CommitInfo).seq);
     while (i > 0 && pieceAt.get((keptList[i - 1] as CommitInfo).seq) === first) i--;
-    while (j < keptList.length - 1 && pieceAt.get((keptList[j + 1] as CommitInfo).seq) === last) j++;
+    // Never into the minimum-age window (where a daemon is writing) for the sake of a piece.
+    while (
+      j < keptList.length - 1 &&
+      pieceAt.get((keptList[j + 1] as CommitInfo).seq) === last &&
+      !young((keptList[j + 1] as CommitInfo).seq)
+    )
+      j++;
     const a = i === 0 ? Math.min(r[0], 0) : Math.min(r[0], (keptList[i - 1] as CommitInfo).seq);
     const b = Math.max(r[1], (keptList[j] as CommitInfo).seq);
     const changed = a !== r[0] || b !== r[1];
