@@ -398,12 +398,20 @@ export class Repository {
    */
   async commitList(source: string): Promise<CommitInfo[]> {
     const out: CommitInfo[] = [];
-    for (const o of await this.journalObjects(source)) {
+    const chain = await this.journalObjects(source);
+    // The segments' heads, eight at a time: a journal thinned over years is a few hundred of them.
+    const heads = new Map<string, DecodedSegment>();
+    await mapLimited(
+      chain.filter((o) => o.segment),
+      8,
+      async (o) => heads.set(o.key, await this.#segment(o.key)),
+    );
+    for (const o of chain) {
       if (!o.segment) {
         out.push({ key: o.key, seq: o.seq, timeMs: o.timeMs, size: o.size });
         continue;
       }
-      const seg = await this.#segment(o.key);
+      const seg = heads.get(o.key) as DecodedSegment;
       seg.steps.forEach((st, index) =>
         out.push({
           key: o.key,
@@ -459,7 +467,7 @@ export class Repository {
   readonly #segmentLines = new Map<string, Promise<Array<Record<string, unknown>>>>();
 
   #segment(key: string): Promise<DecodedSegment> {
-    return cached(this.#segments, key, 256, () => this.#readSegment(key));
+    return cached(this.#segments, key, 1024, () => this.#readSegment(key));
   }
 
   #segmentChanges(key: string, seg: DecodedSegment): Promise<Array<Record<string, unknown>>> {
