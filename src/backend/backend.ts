@@ -127,6 +127,41 @@ export function checkKey(location: string, key: string): string {
   return key;
 }
 
+/** One entry of a directory of a path-like store, for listByDirectory: `info` for a file when the listing gives its size. */
+export interface DirEntry {
+  name: string;
+  dir: boolean;
+  info?: { size: number; mtimeMs?: number };
+}
+
+/**
+ * The listing of `prefix` for stores that keep keys as paths (a directory, SFTP, WebDAV):
+ * only the directories the prefix can reach are read, one at a time, and temporary names are
+ * left out. `readDir(rel)` lists one directory ('' is the root), undefined when it does not
+ * exist; `statFile` gives a file's size where the listing does not (undefined: it is gone).
+ */
+export async function* listByDirectory(
+  prefix: string,
+  readDir: (rel: string) => Promise<DirEntry[] | undefined>,
+  statFile?: (key: string) => Promise<{ size: number; mtimeMs?: number } | undefined>,
+): AsyncIterable<ObjectInfo> {
+  const cut = prefix.lastIndexOf('/');
+  const pending = [cut < 0 ? '' : prefix.slice(0, cut)];
+  while (pending.length > 0) {
+    const rel = pending.pop() as string;
+    for (const e of (await readDir(rel)) ?? []) {
+      if (e.name === '' || e.name === '.' || e.name === '..' || e.name.startsWith(TMP_PREFIX)) continue;
+      const key = rel === '' ? e.name : `${rel}/${e.name}`;
+      if (e.dir) {
+        if (`${key}/`.startsWith(prefix) || prefix.startsWith(`${key}/`)) pending.push(key);
+      } else if (key.startsWith(prefix)) {
+        const info = e.info ?? (await statFile?.(key));
+        if (info !== undefined) yield { key, ...info };
+      }
+    }
+  }
+}
+
 /** Collects a listing (for callers that need it whole). */
 export async function listAll(b: Backend, prefix: string): Promise<ObjectInfo[]> {
   const out: ObjectInfo[] = [];

@@ -12,8 +12,8 @@ import {
   type ByteRange,
   type ObjectInfo,
   checkKey,
+  listByDirectory,
   tmpName,
-  TMP_PREFIX,
 } from './backend.js';
 
 /** Objects from this size on are dropped from the page cache once durable, and reads this large once read (packs; not small metadata). */
@@ -118,31 +118,24 @@ export class LocalBackend implements Backend {
     }
   }
 
-  async *list(prefix: string): AsyncIterable<ObjectInfo> {
-    // Walk only the directory the prefix names; filter the rest by string.
-    const slash = prefix.lastIndexOf('/');
-    const base = slash < 0 ? '' : prefix.slice(0, slash);
-    const stack = [base];
-    while (stack.length > 0) {
-      const rel = stack.pop() as string;
-      let entries;
-      try {
-        entries = await fs.readdir(join(this.#root, rel), { withFileTypes: true });
-      } catch (err) {
-        if (errnoCode(err) === 'ENOENT' || errnoCode(err) === 'ENOTDIR') continue;
-        throw this.#error(err, rel, 'list');
-      }
-      for (const e of entries) {
-        if (e.name.startsWith(TMP_PREFIX)) continue;
-        const key = rel === '' ? e.name : `${rel}/${e.name}`;
-        if (e.isDirectory()) {
-          if (prefix.startsWith(`${key}/`) || key.startsWith(prefix)) stack.push(key);
-        } else if (e.isFile() && key.startsWith(prefix)) {
-          const st = await fs.stat(join(this.#root, key)).catch(() => undefined);
-          if (st !== undefined) yield { key, size: st.size, mtimeMs: st.mtimeMs };
+  list(prefix: string): AsyncIterable<ObjectInfo> {
+    return listByDirectory(
+      prefix,
+      async (rel) => {
+        let entries;
+        try {
+          entries = await fs.readdir(join(this.#root, rel), { withFileTypes: true });
+        } catch (err) {
+          if (errnoCode(err) === 'ENOENT' || errnoCode(err) === 'ENOTDIR') return undefined;
+          throw this.#error(err, rel, 'list');
         }
-      }
-    }
+        return entries.filter((e) => e.isDirectory() || e.isFile()).map((e) => ({ name: e.name, dir: e.isDirectory() }));
+      },
+      async (key) => {
+        const st = await fs.stat(join(this.#root, key)).catch(() => undefined);
+        return st === undefined ? undefined : { size: st.size, mtimeMs: st.mtimeMs };
+      },
+    );
   }
 
   async delete(key: string): Promise<void> {

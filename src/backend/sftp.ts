@@ -14,8 +14,8 @@ import {
   type ByteRange,
   type ObjectInfo,
   checkKey,
+  listByDirectory,
   tmpName,
-  TMP_PREFIX,
 } from './backend.js';
 
 /** One SFTP read or write request (OpenSSH's packet limit is 256 KiB). */
@@ -323,29 +323,20 @@ export class SftpBackend implements Backend {
 
   async *list(prefix: string): AsyncIterable<ObjectInfo> {
     const sftp = await this.#sftp();
-    const cut = prefix.lastIndexOf('/');
-    const start = cut < 0 ? '' : prefix.slice(0, cut);
-    const pending = [start];
-    while (pending.length > 0) {
-      const rel = pending.pop() as string;
+    yield* listByDirectory(prefix, async (rel) => {
       let entries;
       try {
         entries = await readdirAll(sftp, rel === '' ? this.#root : `${this.#root}/${rel}`);
       } catch (err) {
-        if (statusCode(err) === FX.NO_SUCH_FILE) continue;
+        if (statusCode(err) === FX.NO_SUCH_FILE) return undefined;
         throw await this.#error(err, prefix, 'list', sftp);
       }
-      for (const e of entries) {
-        if (e.filename === '.' || e.filename === '..' || e.filename.startsWith(TMP_PREFIX)) continue;
-        const key = rel === '' ? e.filename : `${rel}/${e.filename}`;
-        const isDir = (e.attrs.mode & 0o170000) === 0o040000;
-        if (isDir) {
-          if (`${key}/`.startsWith(prefix) || prefix.startsWith(`${key}/`)) pending.push(key);
-        } else if (key.startsWith(prefix)) {
-          yield { key, size: e.attrs.size, mtimeMs: e.attrs.mtime * 1000 };
-        }
-      }
-    }
+      return entries.map((e) => ({
+        name: e.filename,
+        dir: (e.attrs.mode & 0o170000) === 0o040000,
+        info: { size: e.attrs.size, mtimeMs: e.attrs.mtime * 1000 },
+      }));
+    });
   }
 
   async delete(key: string): Promise<void> {

@@ -13,8 +13,8 @@ import {
   type ByteRange,
   type ObjectInfo,
   checkKey,
+  listByDirectory,
   tmpName,
-  TMP_PREFIX,
 } from './backend.js';
 
 export interface WebDavOptions {
@@ -170,29 +170,20 @@ export class WebDavBackend implements Backend {
 
   async *list(prefix: string): AsyncIterable<ObjectInfo> {
     const dav = await this.#dav();
-    const cut = prefix.lastIndexOf('/');
-    const pending = [cut < 0 ? '' : prefix.slice(0, cut)];
-    const at = (rel: string): string => (rel === '' ? this.#base || '/' : `${this.#base}/${rel}`);
-    while (pending.length > 0) {
-      const rel = pending.pop() as string;
+    yield* listByDirectory(prefix, async (rel) => {
       let entries: FileStat[];
       try {
         // Depth 1, one collection at a time: many servers refuse Depth: infinity.
-        entries = (await dav.getDirectoryContents(at(rel))) as FileStat[];
+        entries = (await dav.getDirectoryContents(rel === '' ? this.#base || '/' : `${this.#base}/${rel}`)) as FileStat[];
       } catch (err) {
-        if (status(err) === 404) continue;
+        if (status(err) === 404) return undefined;
         throw this.#error(err, prefix, 'list');
       }
-      for (const e of entries) {
-        if (e.basename === '' || e.basename.startsWith(TMP_PREFIX)) continue;
-        const key = rel === '' ? e.basename : `${rel}/${e.basename}`;
-        if (e.type === 'directory') {
-          if (`${key}/`.startsWith(prefix) || prefix.startsWith(`${key}/`)) pending.push(key);
-        } else if (key.startsWith(prefix)) {
-          yield info(key, e);
-        }
-      }
-    }
+      return entries.map((e) => {
+        const { key: _key, ...sized } = info(e.basename, e);
+        return { name: e.basename, dir: e.type === 'directory', info: sized };
+      });
+    });
   }
 
   async delete(key: string): Promise<void> {
