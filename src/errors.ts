@@ -25,6 +25,7 @@ export type ErrorCode =
   | 'PHX_NOT_IN_REPO' // a path or source is not in the repository
   | 'PHX_CONFIG' // the configuration file is missing, unreadable or invalid
   | 'PHX_NOT_RUNNING' // phoenix status found no daemon
+  | 'PHX_LISTEN' // the dashboard or WebDAV server cannot listen on its address
   | 'PHX_INTERNAL'; // an unexpected exception: a bug (the stack goes to the log, not to the user)
 
 export class PhoenixError extends Error {

@@ -8,7 +8,15 @@ import { S3Backend } from './s3.js';
 import { SftpBackend } from './sftp.js';
 import { WebDavBackend } from './webdav.js';
 import { userInfo } from 'node:os';
-import { LimitBackend, RateLimiter, RetryBackend, ThrottleBackend, type RetryOptions } from './wrappers.js';
+import {
+  LimitBackend,
+  ObserveBackend,
+  RateLimiter,
+  RetryBackend,
+  ThrottleBackend,
+  type BackendObserver,
+  type RetryOptions,
+} from './wrappers.js';
 
 export interface OpenOptions {
   retry?: RetryOptions;
@@ -16,6 +24,8 @@ export interface OpenOptions {
   connections?: number;
   /** Bytes per second for uploads and downloads, shared by every backend of the process with the same limit. */
   limits?: { upload?: number | undefined; download?: number | undefined };
+  /** Told of every request to the store (the daemon's metrics). */
+  observe?: BackendObserver;
 }
 
 /** One budget per direction and rate for the whole process: every connection shares it. */
@@ -38,8 +48,10 @@ function limiter(direction: 'upload' | 'download', rate: number | undefined): Ra
  * wrapped in retry (transient errors) and a concurrency limit.
  */
 export function openBackend(url: string, opts: OpenOptions = {}): Backend {
-  const raw = parseUrl(url);
-  const remote = raw instanceof S3Backend || raw instanceof AzureBackend || raw instanceof SftpBackend || raw instanceof WebDavBackend;
+  const parsed = parseUrl(url);
+  const raw = opts.observe !== undefined ? new ObserveBackend(parsed, opts.observe) : parsed;
+  const remote =
+    parsed instanceof S3Backend || parsed instanceof AzureBackend || parsed instanceof SftpBackend || parsed instanceof WebDavBackend;
   const limited: Backend = new LimitBackend(raw, opts.connections ?? (remote ? 8 : 4));
   // Outside the concurrency limit: a transfer waiting for its budget holds no connection, so a small commit never waits for a slot behind it.
   const up = limiter('upload', opts.limits?.upload);

@@ -127,6 +127,40 @@ export class LimitBackend extends Wrapper {
   }
 }
 
+/** What a request to the store came to: for metrics. */
+export type BackendObserver = (op: BackendOp, result: 'ok' | 'not_found' | 'error') => void;
+
+/** Reports every request (each attempt, below the retries) to an observer. */
+export class ObserveBackend extends Wrapper {
+  constructor(
+    inner: Backend,
+    readonly observe: BackendObserver,
+  ) {
+    super(inner);
+  }
+
+  protected override async around<T>(op: BackendOp, _key: string, fn: () => Promise<T>): Promise<T> {
+    try {
+      const v = await fn();
+      this.observe(op, 'ok');
+      return v;
+    } catch (err) {
+      this.observe(op, err instanceof BackendError && err.code === 'PHX_NOT_FOUND' ? 'not_found' : 'error');
+      throw err;
+    }
+  }
+
+  override async *list(prefix: string): AsyncIterable<ObjectInfo> {
+    try {
+      yield* this.inner.list(prefix);
+      this.observe('list', 'ok');
+    } catch (err) {
+      this.observe('list', 'error');
+      throw err;
+    }
+  }
+}
+
 export interface Fault {
   /** Which calls to hit; all when absent. */
   op?: BackendOp;

@@ -90,6 +90,16 @@ export async function main(argv: string[]): Promise<number> {
     .option('--source <NAME>', "the source's name in the repository (default: its absolute path)")
     .addOption(excludeOption())
     .option('--one-file-system', 'do not cross file system boundaries')
+    .option(
+      '--ui-listen <ADDR>',
+      'where the dashboard and /metrics listen: HOST:PORT, 127.0.0.1:0 for a free port, or off (default: ui.listen, or 127.0.0.1:8467)',
+    )
+    .option(
+      '--webdav-listen <ADDR>',
+      'where the read-only WebDAV server of the past listens, or off (default: webdav.listen, or 127.0.0.1:8468)',
+    )
+    .option('--metrics-listen <ADDR>', 'also serve /metrics without a token here (default: metrics.listen, or nowhere)')
+    .option('--ui-public', 'allow listening beyond loopback (anyone reaching it with the token reads every backed-up file)')
     .addOption(
       new Option(
         '--log-level <LEVEL>',
@@ -107,6 +117,21 @@ export async function main(argv: string[]): Promise<number> {
       // The daemon's modules (pino, zod, yaml) load only for the commands that need them.
       run(import('./watch.js').then((m) => m.watchCommand(source, o)));
     });
+  program
+    .command('ui')
+    .description("print a one-time login link to the running daemon's dashboard, and open it in a browser")
+    .option('--state <DIR>', 'the state directory the daemon uses (default: $XDG_STATE_HOME/phoenix)')
+    .option('--config <FILE>', 'read the state directory from this configuration')
+    .option('--no-open', 'only print the link')
+    .action((_o: unknown, c: Command) => run(import('./ui-commands.js').then((m) => m.uiCommand(c.opts()))));
+  settingsOptions(program.command('serve'))
+    .description('serve the dashboard (browse, history, restore) and WebDAV from a repository, with no daemon running')
+    .option('--ui-listen <ADDR>', 'where the dashboard listens (default: ui.listen, or 127.0.0.1:8467), or off')
+    .option('--webdav-listen <ADDR>', 'where WebDAV listens (default: webdav.listen, or 127.0.0.1:8468), or off')
+    .option('--ui-public', 'allow listening beyond loopback')
+    .option('--open', 'open the login link in a browser')
+    .addHelpText('after', '\nExample:\n  phoenix serve --repo s3://bucket/phoenix --ui-listen 127.0.0.1:0')
+    .action((_o: unknown, c: Command) => run(import('./ui-commands.js').then((m) => m.serveCommand(c.opts()))));
   program
     .command('status')
     .description('what the running phoenix watch is doing: state, pending changes, last commit, errors')

@@ -4,6 +4,7 @@ import { dirname, join } from 'node:path';
 import { pino, type Logger } from 'pino';
 import pretty from 'pino-pretty';
 import { openBackend } from '../backend/open.js';
+import type { BackendObserver } from '../backend/wrappers.js';
 import { defaultPasswordFile, resolveSettings, type Settings } from '../config/settings.js';
 import { loadWatchConfig, type WatchFlags } from '../daemon/config.js';
 import { Daemon } from '../daemon/daemon.js';
@@ -18,11 +19,14 @@ import { mib } from './format.js';
 export async function watchCommand(source: string | undefined, flags: WatchFlags): Promise<number> {
   const config = await loadWatchConfig(source, flags);
   const log = createLogger(config.settings.logLevel);
-  const repo = await openOrCreate(config.settings, log);
+  // Requests to the store are counted for /metrics once the daemon is there.
+  let observe: Daemon['backendObserver'] | undefined;
+  const repo = await openOrCreate(config.settings, log, (op, result) => observe?.(op, result));
   const url = config.settings.repository;
   let daemon: Daemon;
   try {
     daemon = await Daemon.start(config, repo, url, log);
+    observe = daemon.backendObserver;
   } catch (err) {
     await repo.backend.close();
     throw err;
@@ -107,6 +111,8 @@ export async function statusCommand(flags: { state?: string; json?: boolean; con
         `  retention ${r.name}: ${r.policy ?? 'none (everything kept)'}; ${r.instants} instants kept, the oldest ${r.oldestKept ?? '-'}`,
     ),
     ...(s.retention?.waiting ?? []).map((w) => `  retention: ${w}`),
+    ...(s.ui ? [`dashboard: ${s.ui.url} (phoenix ui logs you in)`] : []),
+    ...(s.webdav ? [`WebDAV: ${s.webdav.url} (user phoenix, the password is the token in ui-token)`] : []),
     ...s.errors.slice(-5).map((e) => `  error ${e.time}: ${e.path !== null ? `${e.path}: ` : ''}${e.message}`),
   ];
   process.stdout.write(`${lines.join('\n')}\n`);
@@ -119,7 +125,7 @@ export async function statusCommand(flags: { state?: string; json?: boolean; con
  * usual places, is chosen on a terminal, or, failing those, is generated into
  * $XDG_CONFIG_HOME/phoenix/password.
  */
-async function openOrCreate(settings: Settings, log: Logger): Promise<Repository> {
+async function openOrCreate(settings: Settings, log: Logger, observe: BackendObserver): Promise<Repository> {
   let pw: string | undefined;
   if (settings.repositoryIsDefault && !existsSync(join(settings.repository, 'config'))) {
     pw = await newPassword(settings);
@@ -134,7 +140,7 @@ async function openOrCreate(settings: Settings, log: Logger): Promise<Repository
         'generated a password for the new repository: keep a copy of this file somewhere else, without it the backup cannot be read',
       );
     }
-    const created = await Repository.init(openBackend(settings.repository), { password: pw });
+    const created = await Repository.init(openBackend(settings.repository, { observe }), { password: pw });
     await created.setPolicy(undefined, DEFAULT_POLICY, DEFAULT_MIN_AGE);
     await created.close();
     log.info(
@@ -142,7 +148,10 @@ async function openOrCreate(settings: Settings, log: Logger): Promise<Repository
       'created a repository (no --repo given): every phoenix command finds it there; phoenix policy set changes its retention',
     );
   }
-  return openRepo(settings, { backend: { retry: { attempts: 4, maxDelayMs: 5000 } }, ...(pw !== undefined ? { password: pw } : {}) });
+  return openRepo(settings, {
+    backend: { retry: { attempts: 4, maxDelayMs: 5000 }, observe },
+    ...(pw !== undefined ? { password: pw } : {}),
+  });
 }
 
 /** JSON lines on stderr; readable lines when stderr is a terminal. */

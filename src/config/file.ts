@@ -74,6 +74,21 @@ export const configSchema = z.strictObject({
       'min-pack-age': duration.optional(),
     })
     .default({}),
+  /** The dashboard (and /metrics): where it listens ("off": nowhere), and whether beyond loopback. */
+  ui: z
+    .strictObject({
+      listen: z.union([z.string(), z.literal(false)]).optional(),
+      public: z.boolean().default(false),
+      /** More Host names the dashboard answers to (a reverse proxy's name). */
+      hosts: z.array(z.string().min(1)).default([]),
+      /** Exposure above this colours the RPO gauge red. */
+      'rpo-target': duration.optional(),
+    })
+    .default({ public: false, hosts: [] }),
+  /** The read-only WebDAV server of the past. */
+  webdav: z.strictObject({ listen: z.union([z.string(), z.literal(false)]).optional() }).default({}),
+  /** /metrics without a token, on a listener of its own (loopback unless ui.public). */
+  metrics: z.strictObject({ listen: z.union([z.string(), z.literal(false)]).optional() }).default({}),
   sources: z.array(sourceSchema).default([]),
 });
 

@@ -5,6 +5,7 @@ import { DEFAULT_SETTLE, type SettleTimes } from './pending.js';
 import { parsePolicy, DEFAULT_MIN_AGE } from '../retention/policy.js';
 import { DEFAULT_GUARD } from './guard.js';
 import type { SourceConfig } from './source.js';
+import { webConfig, type WebConfig, type WebFlags } from '../web/config.js';
 
 /** A source's retention: from the file, checked now (an error names the key). */
 function retentionOf(r: string | { policy: string; 'min-age'?: string | undefined }, key: string): { policy: string; minAge: string } {
@@ -29,10 +30,12 @@ export interface WatchConfig {
   leaseRenewMs: number;
   leaseTtlMs: number;
   maintenance: { compactMs: number; compactAfterMs: number; forgetMs: number; pruneMs: number; minPackAgeMs: number };
+  /** The dashboard, WebDAV and metrics listeners. */
+  web: WebConfig;
   sources: SourceConfig[];
 }
 
-export interface WatchFlags {
+export interface WatchFlags extends WebFlags {
   config?: string;
   repo?: string;
   passwordFile?: string;
@@ -99,6 +102,7 @@ export async function loadWatchConfig(sourceArg: string | undefined, flags: Watc
       maxDelayMs: file?.settle['max-delay'] ?? DEFAULT_SETTLE.maxDelayMs,
     },
     reconcileMs: file?.['reconcile-every'] ?? 3_600_000,
+    web: webConfig(file, flags),
     shutdownTimeoutMs: file?.['shutdown-timeout'] ?? 30_000,
     maintenance: {
       compactMs: file?.maintenance['compact-every'] ?? 3_600_000,

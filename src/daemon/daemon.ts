@@ -12,6 +12,17 @@ import { SourceRunner, type SourceEvents } from './source.js';
 import type { GuardTrip } from './guard.js';
 import { Maintainer } from './maintenance.js';
 import { serveStatus, type GuardStatus, type Status } from './status.js';
+import type { BackendOp } from '../backend/wrappers.js';
+import { Auth, loadToken } from '../web/auth.js';
+import { Catalog } from '../web/catalog.js';
+import { DavServer } from '../web/dav.js';
+import { Hub } from '../web/hub.js';
+import { LiveState } from '../web/live.js';
+import { Metrics } from '../web/metrics.js';
+import { WebServer } from '../web/server.js';
+import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
+import { hostReason, allowedHosts, listenOn } from '../web/http.js';
+import { hostname } from 'node:os';
 
 const MAX_ERRORS = 50;
 
@@ -43,6 +54,12 @@ export class Daemon {
   bytesRead = 0;
   #server: Server | undefined;
   #maintainer: Maintainer | undefined;
+  readonly #hub = new Hub();
+  readonly #metrics: Metrics;
+  readonly #live: LiveState;
+  #web: WebServer | undefined;
+  #dav: DavServer | undefined;
+  #metricsServer: HttpServer | undefined;
   #stopping = false;
   #failed = 0;
   /** Resolves when every source has failed (the daemon has nothing left to do). */
@@ -57,13 +74,100 @@ export class Daemon {
     this.#db = new StateDb(join(config.settings.stateDir, `${repo.config.id}.sqlite`));
     this.#pool = new SealPool(repo.keys);
     this.allFailed = new Promise((r) => (this.#resolveAllFailed = r));
+    const names = config.sources.map((s) => s.name);
+    this.#metrics = new Metrics({ sources: () => this.#live.gauges(), watchLimit }, packageVersion(), names);
+    this.#live = new LiveState(
+      () =>
+        this.#runners.map((r) => ({
+          name: r.config.name,
+          path: r.config.path,
+          state: r.state,
+          pending: r.pending.size,
+          inFlight: r.pending.inFlight,
+          oldestPendingMs: r.pending.oldestMs(),
+          lastCommit: r.lastCommit,
+          watches: r.watches,
+          unwatched: r.unwatched,
+          failing: r.failing,
+        })),
+      this.#hub,
+      this.#metrics,
+      () => ({
+        watchLimit: watchLimit(),
+        errors: [...this.#errors],
+        leaseHolder: `${hostname()} pid ${process.pid}`,
+        repository: this.#repoUrl,
+        rpoTargetMs: this.#config.web.rpoTargetMs,
+      }),
+    );
   }
+
+  /** Told of every request to the store (the metrics). */
+  backendObserver = (op: BackendOp, result: 'ok' | 'not_found' | 'error'): void => this.#live.backend(op, result);
+
+  /** The dashboard, the WebDAV server and the metrics listener, as configured. */
+  async #serveWeb(): Promise<void> {
+    const web = this.#config.web;
+    if (web.ui === undefined && web.webdav === undefined && web.metrics === undefined) return;
+    const auth = new Auth(loadToken(this.#config.settings.stateDir));
+    const catalog = new Catalog(this.#repo);
+    this.#catalog = catalog;
+    if (web.ui !== undefined) {
+      this.#web = new WebServer({
+        catalog,
+        repoUrl: this.#repoUrl,
+        live: {
+          sourcePath: (name) => this.#config.sources.find((s) => s.name === name)?.path,
+          overview: () => this.#live.overview(),
+        },
+        auth,
+        hub: this.#hub,
+        metrics: this.#metrics,
+        hosts: web.hosts,
+      });
+      const url = await this.#web.listen(web.ui);
+      this.#log.info({ url }, `dashboard on ${url} (phoenix ui opens it)`);
+    }
+    if (web.webdav !== undefined) {
+      this.#dav = new DavServer(catalog, auth, web.hosts);
+      const url = await this.#dav.listen(web.webdav);
+      this.#log.info({ url }, `the past as a WebDAV folder on ${url} (user phoenix, the password is in ui-token)`);
+    }
+    if (web.metrics !== undefined) {
+      // /metrics only, without a token: for a Prometheus on this host.
+      const server = createHttpServer((req, res) => {
+        const why = hostReason(req, hosts);
+        if (why !== undefined || (req.url ?? '/').split('?')[0] !== '/metrics') {
+          res.writeHead(why !== undefined ? 403 : 404, { 'Content-Type': 'text/plain' }).end(`${why ?? 'only /metrics is here'}\n`);
+          return;
+        }
+        this.#metrics.text().then(
+          (t) => res.writeHead(200, { 'Content-Type': this.#metrics.contentType }).end(t),
+          (err: Error) => res.writeHead(500).end(err.message),
+        );
+      });
+      this.#metricsServer = server;
+      const url = await listenOn(server, web.metrics, 'http');
+      const hosts = allowedHosts(url, web.hosts);
+      this.#metricsUrl = url;
+      this.#log.info({ url: `${url}metrics` }, 'metrics without a token');
+    }
+  }
+
+  #catalog: Catalog | undefined;
+  #metricsUrl: string | undefined;
 
   /** Starts serving status, then each source (lease, reconcile, watch). Throws if any cannot start. */
   static async start(config: WatchConfig, repo: Repository, repoUrl: string, log: Logger): Promise<Daemon> {
     const d = new Daemon(config, repo, repoUrl, log);
     try {
-      d.#server = await serveStatus(config.settings.stateDir, () => d.status());
+      d.#server = await serveStatus(config.settings.stateDir, () => d.status(), {
+        login: () => {
+          if (d.#web === undefined) throw new Error('the dashboard is off (ui.listen / --ui-listen)');
+          return { url: d.#web.loginLink() };
+        },
+      });
+      await d.#serveWeb();
       for (const sc of config.sources) {
         const runner = new SourceRunner(sc, repo, d.#db, d.#pool, d.#eventsFor(sc.name), {
           settle: config.settle,
@@ -101,6 +205,16 @@ export class Daemon {
     const results = await Promise.all(this.#runners.map((r) => r.stop(deadlineMs)));
     await maintenance;
     for (const s of this.#summaries) s.flush();
+    this.#live.close();
+    await Promise.all([
+      this.#web?.close(),
+      this.#dav?.close(),
+      new Promise<void>((r) => {
+        this.#metricsServer?.closeAllConnections();
+        if (this.#metricsServer) this.#metricsServer.close(() => r());
+        else r();
+      }),
+    ]);
     await new Promise<void>((r) => (this.#server ? this.#server.close(() => r()) : r()));
     await this.#pool.close();
     this.#db.close();
@@ -158,6 +272,9 @@ export class Daemon {
       failing: sources.map((x) => x.failing).reduce<Status['failing']>((a, f) => (f && (!a || f.since < a.since) ? f : a), null),
       guards: this.#runners.flatMap((r) => r.guards.map((g) => ({ source: r.config.name, ...guardJson(g) }))),
       retention: this.#maintainer?.status ?? null,
+      ui: this.#web ? { url: this.#web.url } : null,
+      webdav: this.#dav ? { url: this.#dav.url } : null,
+      ...(this.#metricsUrl !== undefined ? { metrics: { url: `${this.#metricsUrl}metrics` } } : {}),
       sources,
     };
   }
@@ -188,7 +305,9 @@ export class Daemon {
       info: (msg, fields) => log.info(fields ?? {}, msg),
       warn: (msg, fields) => log.warn(fields ?? {}, msg),
       trace: log.isLevelEnabled('trace') ? (msg, fields) => log.trace(fields, msg) : undefined,
+      seen: (c, timeMs) => this.#live.seen(source, c, timeMs),
       problem: (path, message, code) => {
+        this.#live.problem(code);
         log.warn({ ...(path === undefined ? {} : { path }), ...(code !== undefined ? { code } : {}) }, message);
         this.#remember(path, message, code);
       },
@@ -198,11 +317,17 @@ export class Daemon {
         this.uploaded.commits++;
         log.debug({ seq: c.seq, changes: c.changes, files: c.files, bytes: c.bytes, oldestMs: c.oldestMs }, 'committed');
         summary.add(c);
+        this.#catalog?.invalidate(source);
+        this.#live.committed(source, c);
       },
-      bytesRead: (n) => (this.bytesRead += n),
+      bytesRead: (n) => {
+        this.bytesRead += n;
+        this.#live.read(source, n);
+      },
       fatal: (err: PhoenixError) => {
         log.error({ code: err.code, hint: err.hint, cause: (err.cause as Error | undefined)?.stack }, err.message);
         this.#remember(undefined, err.message);
+        this.#live.problem(err.code);
         if (++this.#failed === this.#config.sources.length) this.#resolveAllFailed();
       },
     };
@@ -217,6 +342,14 @@ function guardJson(g: GuardTrip): GuardStatus {
     pinnedAt: new Date(g.pinnedAtMs).toISOString(),
     seq: g.seq,
   };
+}
+
+function packageVersion(): string {
+  try {
+    return (JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+  } catch {
+    return 'unknown';
+  }
 }
 
 function watchLimit(): number | null {

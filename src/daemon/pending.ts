@@ -66,6 +66,11 @@ export class PendingChanges {
     return this.#items.size + this.#moves.length;
   }
 
+  /** Paths and moves in the commit being made. */
+  get inFlight(): number {
+    return this.#taken.length + this.#movesInFlight;
+  }
+
   /** When the oldest change not yet durable was seen (undefined when none). */
   oldestMs(): number | undefined {
     let min = this.#moves[0]?.ms;

@@ -35,8 +35,18 @@ export interface SourceEvents {
   trace?: ((msg: string, fields: Record<string, unknown>) => void) | undefined;
   /** A path that could not be backed up, or a commit that failed. */
   problem(path: string | undefined, message: string, code?: string): void;
-  /** `oldestMs`: how long the oldest change of the commit waited to be durable. */
-  committed(c: { seq: number; timeMs: number; files: number; bytes: number; changes: number; oldestMs: number | undefined }): void;
+  /** `oldestMs`: how long the oldest change of the commit waited to be durable; `kinds`: its journal entries by op. */
+  committed(c: {
+    seq: number;
+    timeMs: number;
+    files: number;
+    bytes: number;
+    changes: number;
+    oldestMs: number | undefined;
+    kinds: { put: number; delete: number; move: number };
+  }): void;
+  /** Every change the watcher reports, rescans included (the dashboard's timeline, the metrics). */
+  seen?(c: Change, timeMs: number): void;
   /** Bytes of file content read. */
   bytesRead(n: number): void;
   /** The source cannot go on (its directory is gone, or another writer took the lease). */
@@ -135,6 +145,11 @@ export class SourceRunner {
 
   get watches(): number {
     return this.#watcher?.stats().watches ?? 0;
+  }
+
+  /** Directories the watch limit left unwatched (rescanned periodically instead). */
+  get unwatched(): number {
+    return this.#watcher?.stats().unwatched ?? 0;
   }
 
   get seq(): number {
@@ -272,6 +287,7 @@ export class SourceRunner {
 
   #onChange(c: Change): void {
     this.#events.trace?.('change', { change: c });
+    this.#events.seen?.(c, Date.now());
     if (c.type === 'rescan') {
       if (c.reason === 'overflow') {
         this.overflows++;
@@ -472,7 +488,10 @@ export class SourceRunner {
         this.#seq = done.commit.seq;
         this.lastCommit = { seq: done.commit.seq, timeMs: done.commit.timeMs };
         const s = done.commit.stats;
+        const kinds = { put: 0, delete: 0, move: 0 };
+        for (const ch of done.commit.changes) kinds[ch.op]++;
         this.#events.committed({
+          kinds,
           seq: this.#seq,
           timeMs: done.commit.timeMs,
           files: s.files,

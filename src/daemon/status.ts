@@ -25,6 +25,12 @@ export interface Status {
   guards: Array<GuardStatus & { source: string }>;
   /** Retention: each source's policy and oldest kept instant, the daemon's last forget and prune, what waits. */
   retention: RetentionStatus | null;
+  /** The dashboard (and /metrics), where it was bound; null when it is off. */
+  ui: { url: string } | null;
+  /** The read-only WebDAV server of the past; null when it is off. */
+  webdav: { url: string } | null;
+  /** /metrics without a token, when metrics.listen / --metrics-listen is set. */
+  metrics?: { url: string };
   sources: Array<{
     name: string;
     path: string;
@@ -56,11 +62,18 @@ export interface Failing {
 
 export const socketPath = (stateDir: string): string => join(stateDir, 'phoenix.sock');
 
+/** Requests other than the status, by name (`login`: a one-time link to the dashboard). */
+export type Requests = Record<string, () => unknown>;
+
+/** A client that sends nothing gets the status after this long (clients of earlier builds send nothing). */
+const REQUEST_WAIT_MS = 100;
+
 /**
- * Serves the status on a Unix socket in the state directory (mode 0600): each connection gets
- * one JSON document and is closed. Refuses to start when another daemon answers there.
+ * Serves the status on a Unix socket in the state directory (mode 0600): a client sends one
+ * line naming what it wants (`status`, or a name of `requests`), gets one JSON document, and
+ * the connection is closed. Refuses to start when another daemon answers there.
  */
-export async function serveStatus(stateDir: string, status: () => Status): Promise<Server> {
+export async function serveStatus(stateDir: string, status: () => Status, requests: Requests = {}): Promise<Server> {
   const path = socketPath(stateDir);
   const other = await queryStatus(stateDir).catch(() => undefined);
   if (other !== undefined) {
@@ -75,7 +88,29 @@ export async function serveStatus(stateDir: string, status: () => Status): Promi
   }
   const server = createServer((conn) => {
     conn.on('error', () => {});
-    conn.end(`${JSON.stringify(status())}\n`);
+    let line = '';
+    let answered = false;
+    const answer = (name: string): void => {
+      if (answered) return;
+      answered = true;
+      clearTimeout(timer);
+      const fn = requests[name];
+      let body: unknown;
+      try {
+        body = name === 'status' || name === '' ? status() : fn !== undefined ? fn() : { error: `unknown request ${JSON.stringify(name)}` };
+      } catch (err) {
+        body = { error: (err as Error).message };
+      }
+      conn.end(`${JSON.stringify(body)}\n`);
+    };
+    const timer = setTimeout(() => answer('status'), REQUEST_WAIT_MS);
+    conn.setEncoding('utf8');
+    conn.on('data', (d: string) => {
+      line += d;
+      const nl = line.indexOf('\n');
+      if (nl >= 0) answer(line.slice(0, nl).trim());
+      else if (line.length > 256) answer('');
+    });
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
@@ -87,15 +122,21 @@ export async function serveStatus(stateDir: string, status: () => Status): Promi
 
 /** Asks the daemon of `stateDir` for its status; PHX_NOT_RUNNING when none answers. */
 export function queryStatus(stateDir: string): Promise<Status> {
+  return askDaemon<Status>(stateDir, 'status');
+}
+
+/** Sends one request to the daemon of `stateDir` and reads its answer. */
+export function askDaemon<T>(stateDir: string, request: string): Promise<T> {
   const path = socketPath(stateDir);
   return new Promise((resolve, reject) => {
     const conn = createConnection(path);
+    conn.on('connect', () => conn.write(`${request}\n`));
     let data = '';
     conn.setEncoding('utf8');
     conn.on('data', (d: string) => (data += d));
     conn.on('end', () => {
       try {
-        resolve(JSON.parse(data) as Status);
+        resolve(JSON.parse(data) as T);
       } catch (err) {
         reject(new PhoenixError('PHX_IO', `the daemon at ${path} sent an unreadable status: ${(err as Error).message}`));
       }
