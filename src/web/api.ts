@@ -10,7 +10,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { once } from 'node:events';
 import { structuredPatch } from 'diff';
 import { baseName, displayPath, isWithin, joinRaw, parentOf, rawFromUtf8, toFsPath, type RawPath } from '../model/path.js';
-import { pathHistory, seqAt, treeDiff, type FileRecord, type TreeState } from '../repo/index.js';
+import { mapLimited, pathHistory, seqAt, treeDiff, type FileRecord, type JournalChange, type TreeState } from '../repo/index.js';
 import { restore } from '../restore/restore.js';
 import { padding, TAR_END, tarHeader } from '../restore/tar.js';
 import { parseTime } from '../util/duration.js';
@@ -21,6 +21,9 @@ import { checkedPath, requestPath } from './paths.js';
 
 /** Text diffs compare versions up to this size. */
 export const TEXT_MAX = 512 * 1024;
+const PREVIEW_MAX = 64 * 1024;
+/** Commits looked through for the previous or next change under a folder. */
+const TOUCH_SCAN = 5000;
 
 /** What a live daemon adds: its sources' directories (in-place restores) and the overview. */
 export interface Live {
@@ -293,6 +296,58 @@ export const API: Record<string, { method: 'GET' | 'POST'; handler: Handler }> =
           restoreAt: iso(d.restoreAtMs),
         })),
       });
+    },
+  },
+  '/api/preview': {
+    method: 'GET',
+    handler: async (ctx, q, _req, res) => {
+      // A file's start as text, for the dashboard to show as text (never as markup).
+      const source = await sourceOf(ctx, q);
+      const p = requestPath(q);
+      const snap = await snapshotOf(ctx, source, q);
+      const r = recordOf(snap, p);
+      if (r.type !== 'file') throw new HttpError(400, 'PHX_USAGE', `${displayPath(p)} is a ${r.type}`);
+      const parts: Buffer[] = [];
+      let n = 0;
+      for await (const b of ctx.catalog.content(r, 0, Math.min(r.size, PREVIEW_MAX))) {
+        parts.push(Buffer.from(b));
+        n += b.length;
+      }
+      const data = Buffer.concat(parts, n);
+      if (data.includes(0)) sendJson(res, 200, { binary: true, size: r.size });
+      else sendJson(res, 200, { text: data.toString('utf8'), truncated: r.size > PREVIEW_MAX, size: r.size });
+    },
+  },
+  '/api/touching': {
+    method: 'GET',
+    handler: async (ctx, q, _req, res) => {
+      // The commit before (or after) `at` that changed something at or below `path`.
+      const source = await sourceOf(ctx, q);
+      const p = requestPath(q);
+      const commits = await ctx.catalog.commits(source);
+      const at = timeParam(q, 'at') ?? Number.MAX_SAFE_INTEGER;
+      const next = q.get('direction') === 'next';
+      const current = seqAt(commits, at) ?? 0;
+      const order = next ? commits.filter((c) => c.seq > current) : commits.filter((c) => c.seq < current).reverse();
+      const touches = (ch: JournalChange): boolean =>
+        isWithin(ch.path, p) || isWithin(p, ch.path) || (ch.op === 'move' && (isWithin(ch.from, p) || isWithin(p, ch.from)));
+      let found: { seq: number; timeMs: number } | undefined;
+      // The current commit itself counts when going back: the state before it is "the previous change".
+      const candidates = next ? order : [...commits.filter((c) => c.seq === current), ...order];
+      for (let i = 0; i < candidates.length && i < TOUCH_SCAN && found === undefined; i += 16) {
+        const slice = candidates.slice(i, i + 16);
+        const read = await mapLimited(slice, 8, (c) => ctx.catalog.repo.readCommit(c));
+        const hit = read.find((c) => c.changes.some(touches));
+        if (hit !== undefined) found = hit;
+      }
+      if (found === undefined) {
+        sendJson(res, 200, { time: null, seq: null });
+        return;
+      }
+      // Back: the instant just before the change; forward: the change itself.
+      const idx = commits.findIndex((c) => c.seq === found.seq);
+      const target = next ? found : (commits[idx - 1] ?? found);
+      sendJson(res, 200, { seq: target.seq, time: iso(target.timeMs), change: { seq: found.seq, time: iso(found.timeMs) } });
     },
   },
   '/api/file': {
