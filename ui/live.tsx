@@ -37,6 +37,7 @@ export interface LiveOverview {
   repository: string;
   rpoTargetMs: number;
   leaseHolder: string;
+  lastCheck: { time: string; ok: boolean } | null;
   eventLoopLagMs: number;
   store: { lastSuccess: string | null; lastFailure: { time: string; op: string } | null };
   watches: { used: number; limit: number | null };
@@ -204,6 +205,14 @@ export function Overview({
                 <tr>
                   <th>lease holder</th>
                   <td>{live.leaseHolder}</td>
+                </tr>
+                <tr>
+                  <th>last check</th>
+                  <td>
+                    {live.lastCheck
+                      ? `${fmtTime(live.lastCheck.time)}: ${live.lastCheck.ok ? 'no errors' : 'ERRORS FOUND'}`
+                      : 'none on record from this host (phoenix check)'}
+                  </td>
                 </tr>
               </tbody>
             </table>

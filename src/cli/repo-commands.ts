@@ -7,6 +7,7 @@ import { PhoenixError } from '../errors.js';
 import { displayPath, type RawPath } from '../model/path.js';
 import { checkRepository, Repository } from '../repo/index.js';
 import type { StateDb } from '../state/db.js';
+import { writeLastCheck } from '../state/last-check.js';
 import { iso, newPassword, warnAboutUrl, withRepo, openRepo, openState, pickSource, print, showTime, type RepoFlags } from './common.js';
 import { jsonPath, type Verbosity } from './output.js';
 import { mib } from './format.js';
@@ -252,6 +253,8 @@ const sum = (xs: Iterable<number>): number => {
 export async function checkCommand(flags: RepoFlags & { readData?: boolean }): Promise<number> {
   return withRepo(flags, async (repo) => {
     const { errors, packs, chunkRefs, blobsRead, unreferenced } = await checkRepository(repo, { readData: flags.readData ?? false });
+    const { stateDir } = await resolveSettings(flags);
+    writeLastCheck(stateDir, repo.config.id, { timeMs: Date.now(), ok: errors.length === 0, readData: flags.readData ?? false, errors: errors.length });
     for (const e of errors) process.stderr.write(`phoenix: error: ${e}\n`);
     const loose =
       unreferenced.packs > 0

@@ -23,6 +23,7 @@ import { WebServer } from '../web/server.js';
 import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
 import { hostReason, allowedHosts, listenOn } from '../web/http.js';
 import { hostname } from 'node:os';
+import { readLastCheck } from '../state/last-check.js';
 
 const MAX_ERRORS = 50;
 
@@ -75,7 +76,8 @@ export class Daemon {
     this.#pool = new SealPool(repo.keys);
     this.allFailed = new Promise((r) => (this.#resolveAllFailed = r));
     const names = config.sources.map((s) => s.name);
-    this.#metrics = new Metrics({ sources: () => this.#live.gauges(), watchLimit }, packageVersion(), names);
+    const lastCheck = (): { timeMs: number; ok: boolean } | undefined => readLastCheck(config.settings.stateDir, repo.config.id);
+    this.#metrics = new Metrics({ sources: () => this.#live.gauges(), watchLimit, lastCheck }, packageVersion(), names);
     this.#live = new LiveState(
       () =>
         this.#runners.map((r) => ({
@@ -98,6 +100,7 @@ export class Daemon {
         leaseHolder: `${hostname()} pid ${process.pid}`,
         repository: this.#repoUrl,
         rpoTargetMs: this.#config.web.rpoTargetMs,
+        lastCheck: lastCheck(),
       }),
     );
   }

@@ -82,7 +82,14 @@ export class LiveState {
     readonly views: () => SourceView[],
     readonly hub: Hub,
     readonly metrics: Metrics,
-    readonly extra: () => { watchLimit: number | null; errors: unknown[]; leaseHolder: string; repository: string; rpoTargetMs: number },
+    readonly extra: () => {
+      watchLimit: number | null;
+      errors: unknown[];
+      leaseHolder: string;
+      repository: string;
+      rpoTargetMs: number;
+      lastCheck: { timeMs: number; ok: boolean } | undefined;
+    },
   ) {
     for (const v of views()) this.#sources.set(v.name, new SourceLive());
     this.#loop.enable();
@@ -207,6 +214,7 @@ export class LiveState {
       repository: x.repository,
       rpoTargetMs: x.rpoTargetMs,
       leaseHolder: x.leaseHolder,
+      lastCheck: x.lastCheck ? { time: iso(x.lastCheck.timeMs), ok: x.lastCheck.ok } : null,
       eventLoopLagMs: Math.round(this.#loopLagMs),
       store: {
         lastSuccess: iso(this.backendLastSuccessMs),

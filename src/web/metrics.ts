@@ -20,6 +20,8 @@ export interface SourceGauges {
 export interface MetricsView {
   sources(): SourceGauges[];
   watchLimit(): number | null;
+  /** The last `phoenix check` from this host, if one is on record. */
+  lastCheck(): { timeMs: number; ok: boolean } | undefined;
 }
 
 export const SOURCE_STATES = ['starting', 'scanning', 'watching', 'degraded', 'stopping', 'stopped', 'failed'] as const;
@@ -106,6 +108,22 @@ export class Metrics {
       registers,
       collect() {
         this.set(lastSuccess());
+      },
+    });
+    new Gauge({
+      name: 'phoenix_last_check_timestamp_seconds',
+      help: 'When phoenix check last ran on this host against the repository (0: never).',
+      registers,
+      collect() {
+        this.set((view.lastCheck()?.timeMs ?? 0) / 1000);
+      },
+    });
+    new Gauge({
+      name: 'phoenix_last_check_success',
+      help: '1 when the last phoenix check found no errors, 0 when it found some or none is on record.',
+      registers,
+      collect() {
+        this.set(view.lastCheck()?.ok === true ? 1 : 0);
       },
     });
     this.commits = new Counter({ name: 'phoenix_commits_total', help: 'Commits made.', labelNames: ['source'], registers });
