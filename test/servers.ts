@@ -375,3 +375,68 @@ export async function startApacheWebDav(): Promise<WebDavServer | string> {
     made.cleanup();
   });
 }
+
+export interface PrometheusServer {
+  url: string;
+  /** Runs an instant query; the result vector. */
+  query(q: string): Promise<Array<{ metric: Record<string, string>; value: [number, string] }>>;
+  stop(): Promise<void>;
+}
+
+/** Debian's Prometheus on 127.0.0.1 and a free port, scraping `target` (HOST:PORT) every second with a bearer token. */
+export async function startPrometheus(target: string, token: string): Promise<PrometheusServer | string> {
+  if (!have('prometheus')) return 'skipped: prometheus is not installed (apt-get install prometheus)';
+  const dir = tempDir('phx-prom-');
+  const { writeFileSync } = await import('node:fs');
+  writeFileSync(`${dir.path}/token`, token, { mode: 0o600 });
+  writeFileSync(
+    `${dir.path}/prometheus.yml`,
+    [
+      'global: {scrape_interval: 1s, evaluation_interval: 1s}',
+      'scrape_configs:',
+      '  - job_name: phoenix',
+      `    authorization: {type: Bearer, credentials_file: ${dir.path}/token}`,
+      `    static_configs: [{targets: ['${target}']}]`,
+      '',
+    ].join('\n'),
+  );
+  const port = await freePort();
+  const child = spawn(
+    'prometheus',
+    [
+      `--config.file=${dir.path}/prometheus.yml`,
+      `--storage.tsdb.path=${dir.path}/data`,
+      `--web.listen-address=127.0.0.1:${port}`,
+      '--log.level=warn',
+    ],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  let stderr = '';
+  child.stderr?.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-5000)));
+  const url = `http://127.0.0.1:${port}`;
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    if (child.exitCode !== null) return `prometheus exited (${child.exitCode}): ${stderr}`;
+    const ok = await fetch(`${url}/-/ready`).then(
+      (r) => r.ok,
+      () => false,
+    );
+    if (ok) break;
+    if (Date.now() > deadline) throw new Error(`prometheus not ready: ${stderr}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return {
+    url,
+    async query(q) {
+      const r = (await (await fetch(`${url}/api/v1/query?query=${encodeURIComponent(q)}`)).json()) as {
+        data: { result: Array<{ metric: Record<string, string>; value: [number, string] }> };
+      };
+      return r.data.result;
+    },
+    async stop() {
+      child.kill('SIGTERM');
+      await new Promise((r) => (child.exitCode !== null ? r(null) : child.once('exit', r)));
+      dir.cleanup();
+    },
+  };
+}
