@@ -254,7 +254,12 @@ export async function checkCommand(flags: RepoFlags & { readData?: boolean }): P
   return withRepo(flags, async (repo) => {
     const { errors, packs, chunkRefs, blobsRead, unreferenced } = await checkRepository(repo, { readData: flags.readData ?? false });
     const { stateDir } = await resolveSettings(flags);
-    writeLastCheck(stateDir, repo.config.id, { timeMs: Date.now(), ok: errors.length === 0, readData: flags.readData ?? false, errors: errors.length });
+    writeLastCheck(stateDir, repo.config.id, {
+      timeMs: Date.now(),
+      ok: errors.length === 0,
+      readData: flags.readData ?? false,
+      errors: errors.length,
+    });
     for (const e of errors) process.stderr.write(`phoenix: error: ${e}\n`);
     const loose =
       unreferenced.packs > 0
