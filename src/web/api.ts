@@ -478,7 +478,9 @@ export const API: Record<string, { method: 'GET' | 'POST'; handler: Handler }> =
         ...(inPlace && !preview ? { undo: { at: iso(startedMs - 1), paths: selected.map((p) => jsonPath(p)) } } : {}),
         command:
           command(ctx, 'restore', source, flags) +
-          (mode === 'keep-both' ? '   # keep both: phoenix puts the backed-up version beside a changed file' : ''),
+          (besides.length > 0
+            ? `   # and each of the ${besides.length} changed since: phoenix dump --at ${at} PATH > 'NAME (restored …)'`
+            : ''),
       });
     },
   },
