@@ -93,7 +93,12 @@ describe('the dashboard, its API, metrics and WebDAV', { timeout: 600_000 }, () 
     writeFileSync(join(src, 'evil.html'), '<script>document.title="pwned"</script>');
     writeFileSync(Buffer.concat([Buffer.from(`${src}/`), NOT_UTF8]), 'bytes');
     assert.equal(phoenix({}, 'init', '--repo', repo).status, 0);
-    d = new DaemonProcess({ src, repo, state, args: ['--source', 'web', '--ui-listen', '127.0.0.1:0', '--webdav-listen', '127.0.0.1:0'] });
+    d = new DaemonProcess({
+      src,
+      repo,
+      state,
+      args: ['--source', 'web', '--ui-listen', '127.0.0.1:0', '--webdav-listen', '127.0.0.1:0', '--metrics-listen', '127.0.0.1:0'],
+    });
     const s = await d.ready();
     assert.ok(s.ui && s.webdav, JSON.stringify(s));
     ui = s.ui.url;
@@ -111,10 +116,28 @@ describe('the dashboard, its API, metrics and WebDAV', { timeout: 600_000 }, () 
     work.cleanup();
   });
 
-  it('keeps its token in ui-token (0600) and says where it listens in status --json', () => {
+  it('keeps its token in ui-token (0600) and says where it listens in status --json', async () => {
     assert.equal(statSync(join(state, 'ui-token')).mode & 0o777, 0o600);
     assert.match(ui, /^http:\/\/127\.0\.0\.1:\d+\/$/);
     assert.match(dav, /^http:\/\/127\.0\.0\.1:\d+\/$/);
+    // --metrics-listen: /metrics without a token, and nothing else; the Host is still checked.
+    const m = (await d.status()).metrics?.url ?? '';
+    assert.match(m, /^http:\/\/127\.0\.0\.1:\d+\/metrics$/);
+    const open = await http(m);
+    assert.equal(open.status, 200);
+    assert.match(open.body.toString(), /^# HELP /m);
+    assert.equal((await http(m.replace(/metrics$/, 'api/overview'))).status, 404);
+    assert.equal((await http(m, { headers: { Host: 'evil.example' } })).status, 403);
+  });
+
+  it('refuses to listen beyond loopback without --ui-public, and says why', () => {
+    const r = phoenix({}, 'watch', src, '--repo', repo, '--state', join(work.path, 'other-state'), '--ui-listen', '0.0.0.0:0');
+    assert.equal(r.status, 2, r.stderr);
+    assert.match(r.stderr, /--ui-listen 0\.0\.0\.0:0: 0\.0\.0\.0 is not a loopback address/);
+    assert.match(r.stderr, /--ui-public/);
+    const bad = phoenix({}, 'watch', src, '--repo', repo, '--state', join(work.path, 'other-state'), '--webdav-listen', 'here');
+    assert.equal(bad.status, 2);
+    assert.match(bad.stderr, /--webdav-listen "here" is not an address to listen on/);
   });
 
   it('refuses what is not logged in (401), a wrong Host (403), cross-site requests (403) and bad paths (400)', async () => {

@@ -138,6 +138,7 @@ export class Daemon {
     }
     if (web.metrics !== undefined) {
       // /metrics only, without a token: for a Prometheus on this host.
+      let hosts = new Set<string>();
       const server = createHttpServer((req, res) => {
         const why = hostReason(req, hosts);
         if (why !== undefined || (req.url ?? '/').split('?')[0] !== '/metrics') {
@@ -151,7 +152,7 @@ export class Daemon {
       });
       this.#metricsServer = server;
       const url = await listenOn(server, web.metrics, 'http');
-      const hosts = allowedHosts(url, web.hosts);
+      hosts = allowedHosts(url, web.hosts);
       this.#metricsUrl = url;
       this.#log.info({ url: `${url}metrics` }, 'metrics without a token');
     }

@@ -560,6 +560,5 @@ async function removeInside(root: string, rel: RawPath): Promise<void> {
     if (st === undefined) return;
     if (!st.isDirectory()) throw new HttpError(409, 'PHX_USAGE', `${displayPath(cur)} is no longer a folder: not removing below it`);
   }
-  if (!isWithin(rel, parentOf(rel))) return;
   await fs.rm(toFsPath(rawFromUtf8(root), rel), { recursive: true, force: true });
 }

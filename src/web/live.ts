@@ -93,9 +93,10 @@ export class LiveState {
   ) {
     for (const v of views()) this.#sources.set(v.name, new SourceLive());
     this.#loop.enable();
-    // Exposure is watched every 250 ms (its worst kept per 5 s); outages become timeline markers.
+    // Exposure is looked at every second (the worst kept per 5 s: finding the oldest pending change
+    // walks the pending set); outages become timeline markers.
     this.#timers.push(
-      setInterval(() => this.#tick(), 250),
+      setInterval(() => this.#tick(), 1000),
       setInterval(() => {
         const now = Date.now();
         for (const s of this.#sources.values()) s.sample(now);
