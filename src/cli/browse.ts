@@ -15,7 +15,7 @@ import {
   treeDiff,
 } from '../repo/index.js';
 import { ChunkFetcher } from '../restore/fetch.js';
-import { padding, TAR_END, tarHeader } from '../restore/tar.js';
+import { padding, recordHeader, TAR_END } from '../restore/tar.js';
 import { parseTime } from '../util/duration.js';
 import { sourcePath } from './args.js';
 import { iso, withRepo, pickSource, print, showTime, type RepoFlags } from './common.js';
@@ -189,18 +189,7 @@ export async function dumpCommand(path: string | undefined, flags: PathFlags): P
       repo,
       rows,
       async (r) => {
-        await write(
-          tarHeader({
-            path: r.path,
-            type: r.type as 'file' | 'dir' | 'symlink',
-            mode: r.mode,
-            uid: r.uid,
-            gid: r.gid,
-            mtimeSec: mtimeMs(r) / 1000,
-            size: r.size,
-            ...(r.target !== undefined ? { target: r.target } : {}),
-          }),
-        );
+        await write(recordHeader(r, r.path));
       },
       true,
     );

@@ -27,6 +27,17 @@ export interface SourceConfig {
   retention?: { policy: string; minAge: string };
 }
 
+/** A commit made: `oldestMs`, how long its oldest change waited to be durable; `kinds`, its journal entries by op. */
+export interface CommitReport {
+  seq: number;
+  timeMs: number;
+  files: number;
+  bytes: number;
+  changes: number;
+  oldestMs: number | undefined;
+  kinds: { put: number; delete: number; move: number };
+}
+
 /** What a source reports to the daemon (logs, status). */
 export interface SourceEvents {
   info(msg: string, fields?: Record<string, unknown>): void;
@@ -35,16 +46,7 @@ export interface SourceEvents {
   trace?: ((msg: string, fields: Record<string, unknown>) => void) | undefined;
   /** A path that could not be backed up, or a commit that failed. */
   problem(path: string | undefined, message: string, code?: string): void;
-  /** `oldestMs`: how long the oldest change of the commit waited to be durable; `kinds`: its journal entries by op. */
-  committed(c: {
-    seq: number;
-    timeMs: number;
-    files: number;
-    bytes: number;
-    changes: number;
-    oldestMs: number | undefined;
-    kinds: { put: number; delete: number; move: number };
-  }): void;
+  committed(c: CommitReport): void;
   /** Every change the watcher reports, rescans included (the dashboard's timeline, the metrics). */
   seen?(c: Change, timeMs: number): void;
   /** Bytes of file content read. */

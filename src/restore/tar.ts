@@ -42,6 +42,23 @@ export function tarHeader(e: TarEntry): Buffer {
   return Buffer.concat(out);
 }
 
+/** The header of a backed-up entry (a file, directory or symlink) stored under `name`. */
+export function recordHeader(
+  r: { type: string; mode: number; uid: number; gid: number; mtimeNs: bigint; size: number; target?: RawPath | undefined },
+  name: RawPath,
+): Buffer {
+  return tarHeader({
+    path: name,
+    type: r.type as TarEntry['type'],
+    mode: r.mode,
+    uid: r.uid,
+    gid: r.gid,
+    mtimeSec: Number(r.mtimeNs / 1_000_000n) / 1000,
+    size: r.size,
+    ...(r.target !== undefined ? { target: r.target } : {}),
+  });
+}
+
 /** Zero bytes that fill the last block of `size` bytes of content. */
 export function padding(size: number): Buffer {
   return Buffer.alloc((BLOCK - (size % BLOCK)) % BLOCK);

@@ -12,7 +12,7 @@ import { structuredPatch } from 'diff';
 import { baseName, displayPath, isWithin, joinRaw, parentOf, rawFromUtf8, toFsPath, type RawPath } from '../model/path.js';
 import { mapLimited, pathHistory, seqAt, treeDiff, type FileRecord, type JournalChange, type TreeState } from '../repo/index.js';
 import { restore } from '../restore/restore.js';
-import { padding, TAR_END, tarHeader } from '../restore/tar.js';
+import { padding, recordHeader, TAR_END } from '../restore/tar.js';
 import { parseTime } from '../util/duration.js';
 import { jsonPath } from '../cli/output.js';
 import type { Catalog, Snapshot } from './catalog.js';
@@ -119,6 +119,17 @@ function recordOf(snap: Snapshot, p: RawPath): FileRecord {
     );
   }
   return r;
+}
+
+/** The file a request names: source, path, instant and its record (400 for a folder: /api/tar has those). */
+async function fileOf(ctx: ApiContext, q: URLSearchParams): Promise<{ source: string; p: RawPath; snap: Snapshot; r: FileRecord }> {
+  const source = await sourceOf(ctx, q);
+  const p = requestPath(q);
+  const snap = await snapshotOf(ctx, source, q);
+  const r = recordOf(snap, p);
+  if (r.type !== 'file')
+    throw new HttpError(400, 'PHX_USAGE', `${displayPath(p)} is a ${r.type}, not a file`, 'a folder downloads with /api/tar');
+  return { source, p, snap, r };
 }
 
 type Handler = (ctx: ApiContext, q: URLSearchParams, req: IncomingMessage, res: ServerResponse) => Promise<void>;
@@ -302,11 +313,7 @@ export const API: Record<string, { method: 'GET' | 'POST'; handler: Handler }> =
     method: 'GET',
     handler: async (ctx, q, _req, res) => {
       // A file's start as text, for the dashboard to show as text (never as markup).
-      const source = await sourceOf(ctx, q);
-      const p = requestPath(q);
-      const snap = await snapshotOf(ctx, source, q);
-      const r = recordOf(snap, p);
-      if (r.type !== 'file') throw new HttpError(400, 'PHX_USAGE', `${displayPath(p)} is a ${r.type}`);
+      const { r } = await fileOf(ctx, q);
       const parts: Buffer[] = [];
       let n = 0;
       for await (const b of ctx.catalog.content(r, 0, Math.min(r.size, PREVIEW_MAX))) {
@@ -353,11 +360,7 @@ export const API: Record<string, { method: 'GET' | 'POST'; handler: Handler }> =
   '/api/file': {
     method: 'GET',
     handler: async (ctx, q, _req, res) => {
-      const source = await sourceOf(ctx, q);
-      const p = requestPath(q);
-      const snap = await snapshotOf(ctx, source, q);
-      const r = recordOf(snap, p);
-      if (r.type !== 'file') throw new HttpError(400, 'PHX_USAGE', `${displayPath(p)} is a ${r.type}: download a folder with /api/tar`);
+      const { source, p, snap, r } = await fileOf(ctx, q);
       hostileContent(res, displayPath(baseName(p)));
       res.setHeader('Content-Length', r.size);
       res.setHeader('X-Phoenix-Command', encodeURI(command(ctx, 'dump', source, `--at ${iso(snap.timeMs)} ${pathArg(p)}`)));
@@ -383,18 +386,7 @@ export const API: Record<string, { method: 'GET' | 'POST'; handler: Handler }> =
       };
       for (const r of rows) {
         const name = strip === '' ? r.path : r.path.slice(strip.length + 1);
-        await put(
-          tarHeader({
-            path: name,
-            type: r.type as 'file' | 'dir' | 'symlink',
-            mode: r.mode,
-            uid: r.uid,
-            gid: r.gid,
-            mtimeSec: mtimeMs(r) / 1000,
-            size: r.size,
-            ...(r.target !== undefined ? { target: r.target } : {}),
-          }),
-        );
+        await put(recordHeader(r, name));
         if (r.type !== 'file') continue;
         for await (const b of ctx.catalog.content(r)) await put(b);
         await put(padding(r.size));

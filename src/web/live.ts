@@ -8,6 +8,7 @@ import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
 import type { Change } from '../model/change.js';
 import { jsonPath } from '../cli/output.js';
 import type { BackendOp } from '../backend/wrappers.js';
+import type { CommitReport } from '../daemon/source.js';
 import type { Hub } from './hub.js';
 import type { Metrics, SourceGauges } from './metrics.js';
 
@@ -153,18 +154,7 @@ export class LiveState {
     });
   }
 
-  committed(
-    source: string,
-    c: {
-      seq: number;
-      timeMs: number;
-      files: number;
-      bytes: number;
-      changes: number;
-      oldestMs: number | undefined;
-      kinds: Record<'put' | 'delete' | 'move', number>;
-    },
-  ): void {
+  committed(source: string, c: CommitReport): void {
     const s = this.#of(source);
     s.commits++;
     s.committedChanges += c.changes;
