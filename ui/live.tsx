@@ -12,6 +12,7 @@ export interface LiveSource {
   why: string[];
   exposure: Array<[number, number]>;
   lastCommit: { seq: number; time: string } | null;
+  backlog: { total: number; done: number; secondsLeft: number | null } | null;
   pipeline: {
     seen: number;
     pending: number;
@@ -150,6 +151,12 @@ export function Overview({
                   <li>{w}</li>
                 ))}
               </ul>
+            )}
+            {s.backlog && (
+              <div class="backlog" id="backlog">
+                <progress max={s.backlog.total} value={s.backlog.done} /> backlog: {s.backlog.done} of {s.backlog.total} changes committed
+                {s.backlog.secondsLeft !== null ? `, about ${s.backlog.secondsLeft} s left` : ''}
+              </div>
             )}
             <ExposureChart points={s.exposure} target={live.rpoTargetMs} />
             <div class="pipeline">

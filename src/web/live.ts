@@ -27,6 +27,8 @@ export interface SourceView {
 }
 
 const HOUR_SAMPLES = 720; // one every 5 s
+/** Pending changes above which the overview shows a backlog with its progress and time left. */
+const BACKLOG = 100;
 const SAMPLE_MS = 5000;
 
 class SourceLive {
@@ -42,6 +44,8 @@ class SourceLive {
   readonly exposure: Array<[number, number]> = [];
   #worst = 0;
   failingSince: number | undefined;
+  /** A backlog (more than BACKLOG pending): the most pending since it began. */
+  backlogPeak = 0;
   /** Rates, per second, over the last sample. */
   rates = { seen: 0, committed: 0, readBytes: 0, uploadedBytes: 0 };
   #last = { seen: 0, committed: 0, readBytes: 0, uploadedBytes: 0, ms: Date.now() };
@@ -119,6 +123,7 @@ export class LiveState {
     for (const v of this.views()) {
       const s = this.#of(v.name);
       s.observe(v.oldestPendingMs === undefined ? 0 : now - v.oldestPendingMs);
+      s.backlogPeak = v.pending > BACKLOG ? Math.max(s.backlogPeak, v.pending) : 0;
       if (v.failing !== undefined && s.failingSince === undefined) {
         s.failingSince = v.failing.sinceMs;
         this.hub.publish({ type: 'outage', timeMs: v.failing.sinceMs, source: v.name, error: v.failing.error });
@@ -233,6 +238,15 @@ export class LiveState {
           why,
           exposure: s.exposure.map(([t, ms]) => [t, ms]),
           lastCommit: v.lastCommit ? { seq: v.lastCommit.seq, time: iso(v.lastCommit.timeMs) } : null,
+          // The start-up backlog (or a burst): how far along, and the time left at the last 5 s's rate.
+          backlog:
+            s.backlogPeak > 0
+              ? {
+                  total: s.backlogPeak,
+                  done: s.backlogPeak - v.pending,
+                  secondsLeft: s.rates.committed > 0 ? Math.round(v.pending / s.rates.committed) : null,
+                }
+              : null,
           pipeline: {
             seen: s.seen,
             pending: Math.max(0, v.pending - v.inFlight),
