@@ -1,13 +1,14 @@
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { createInterface } from 'node:readline';
 import { createHash } from 'node:crypto';
 import { mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync, lstatSync } from 'node:fs';
 import { request } from 'node:http';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { DaemonProcess, phoenix } from './daemon-helpers.js';
-import { tempDir } from './helpers.js';
+import { DaemonProcess, PASSWORD, phoenix } from './daemon-helpers.js';
+import { PHOENIX, tempDir } from './helpers.js';
 import { have, startPrometheus } from './servers.js';
 
 /** Name → sha256 of every file below `root` (names as raw latin1 strings). */
@@ -305,6 +306,54 @@ describe('the dashboard, its API, metrics and WebDAV', { timeout: 600_000 }, () 
     );
     assert.equal(readFileSync(join(src, 'notes.txt'), 'utf8'), 'one\nTWO\nthree\nfour\n');
     await d.sync('web');
+  });
+
+  it('restores a selection to a new folder, and never in place without the daemon: phoenix serve', async () => {
+    const target = join(work.path, 'to-folder');
+    const r = await post<{ files: number; target: string }>('/api/restore', { source: 'web', at: t1, paths: ['docs'], target });
+    assert.equal(r.files, 1);
+    assert.equal(readFileSync(join(target, 'docs', 'a.md'), 'utf8'), '# a\n');
+    // phoenix serve: the repository alone (its own state directory, token and login link).
+    const serveState = join(work.path, 'serve-state');
+    const child = spawn(
+      process.execPath,
+      [PHOENIX, 'serve', '--repo', repo, '--state', serveState, '--ui-listen', '127.0.0.1:0', '--webdav-listen', '127.0.0.1:0'],
+      {
+        env: { ...process.env, PHOENIX_PASSWORD: PASSWORD },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
+    try {
+      const link = await new Promise<string>((resolve, reject) => {
+        child.on('exit', (c) => reject(new Error(`phoenix serve exited with ${c}`)));
+        createInterface({ input: child.stdout as NodeJS.ReadableStream }).on('line', (l) => resolve(l.trim()));
+      });
+      const base = new URL(link).origin;
+      const t = readFileSync(join(serveState, 'ui-token'), 'utf8').trim();
+      assert.notEqual(t, token, 'a state directory of its own, a token of its own');
+      const h = { Authorization: `Bearer ${t}` };
+      const ls = await http(`${base}/api/ls?source=web&path=docs&at=${encodeURIComponent(t1)}`, { headers: h });
+      assert.equal(ls.status, 200, ls.body.toString());
+      assert.equal((JSON.parse(ls.body.toString()) as { entries: unknown[] }).entries.length, 1);
+      const ov = JSON.parse((await http(`${base}/api/overview`, { headers: h })).body.toString()) as { live: unknown };
+      assert.equal(ov.live, null);
+      assert.equal((await http(`${base}/api/events`, { headers: h })).status, 404);
+      assert.equal((await http(`${base}/metrics`, { headers: h })).status, 404);
+      const inPlace = await http(`${base}/api/restore`, {
+        method: 'POST',
+        headers: { ...h, 'Content-Type': 'application/json', 'X-Phoenix-Request': '1' },
+        body: JSON.stringify({ source: 'web', at: t1, paths: ['docs'], inPlace: true }),
+      });
+      assert.equal(inPlace.status, 400);
+      assert.match(inPlace.body.toString(), /needs the daemon/);
+      // phoenix ui finds phoenix serve when no daemon uses the state directory.
+      const again = phoenix({}, 'ui', '--state', serveState, '--no-open');
+      assert.equal(again.status, 0, again.stderr);
+      assert.match(again.stdout, /^http:\/\/127\.0\.0\.1:\d+\/login#code=/);
+    } finally {
+      child.kill('SIGTERM');
+      await new Promise((r) => child.once('exit', r));
+    }
   });
 
   it('streams changes as events, and resumes after Last-Event-ID without losing or repeating any', async () => {
