@@ -76,11 +76,15 @@ export interface Deletion {
 
 const COMMITS_FRESH_MS = 1000;
 const SNAPSHOTS_KEPT = 4;
+/** Entries kept loaded at most over those trees (about 1 KiB each); the tree asked for last always stays. */
+const ENTRIES_KEPT = 1_000_000;
 
 export class Catalog {
   readonly #commits = new Map<string, { at: number; list: Promise<CommitInfo[]> }>();
   /** Loaded trees, most recently used last. */
   readonly #snapshots = new Map<string, Promise<Snapshot>>();
+  /** Entries of the loaded trees, by key. */
+  readonly #sizes = new Map<string, number>();
 
   constructor(readonly repo: Repository) {}
 
@@ -126,11 +130,26 @@ export class Catalog {
       this.#snapshots.set(key, p);
       return p;
     }
-    p = this.repo.loadState(source, seq).then(({ state }) => new Snapshot(source, seq, info.timeMs, state));
+    p = this.repo.loadState(source, seq).then(({ state }) => {
+      this.#sizes.set(key, state.size);
+      this.#evict(key);
+      return new Snapshot(source, seq, info.timeMs, state);
+    });
     this.#snapshots.set(key, p);
     p.catch(() => this.#snapshots.delete(key));
-    while (this.#snapshots.size > SNAPSHOTS_KEPT) this.#snapshots.delete(this.#snapshots.keys().next().value as string);
+    this.#evict(key);
     return p;
+  }
+
+  /** Drops the least recently used trees beyond SNAPSHOTS_KEPT or ENTRIES_KEPT, never `keep`. */
+  #evict(keep: string): void {
+    const total = (): number => [...this.#snapshots.keys()].reduce((n, k) => n + (this.#sizes.get(k) ?? 0), 0);
+    for (const k of [...this.#snapshots.keys()]) {
+      if (this.#snapshots.size <= 1 || (this.#snapshots.size <= SNAPSHOTS_KEPT && total() <= ENTRIES_KEPT)) break;
+      if (k === keep) continue;
+      this.#snapshots.delete(k);
+      this.#sizes.delete(k);
+    }
   }
 
   /**
