@@ -4,7 +4,6 @@
  * daemon reports to it; it never reaches into the daemon's parts.
  */
 
-import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
 import type { Change } from '../model/change.js';
 import { jsonPath } from '../cli/output.js';
 import type { BackendOp } from '../backend/wrappers.js';
@@ -77,9 +76,13 @@ class SourceLive {
 
 export class LiveState {
   readonly #sources = new Map<string, SourceLive>();
-  readonly #timers: NodeJS.Timeout[] = [];
-  readonly #loop: IntervalHistogram = monitorEventLoopDelay({ resolution: 20 });
+  /** The once-a-second look, running only while there is something to see (idle costs nothing). */
+  #timer: NodeJS.Timeout | undefined;
+  #ticks = 0;
+  #expectedMs = 0;
+  /** How late the last seconds' ticks fired: the event loop's lag, while it is looked at. */
   #loopLagMs = 0;
+  #worstLagMs = 0;
   backendLastSuccessMs: number | undefined;
   backendLastFailure: { timeMs: number; op: string } | undefined;
 
@@ -97,19 +100,18 @@ export class LiveState {
     },
   ) {
     for (const v of views()) this.#sources.set(v.name, new SourceLive());
-    this.#loop.enable();
-    // Exposure is looked at every second (the worst kept per 5 s: finding the oldest pending change
-    // walks the pending set); outages become timeline markers.
-    this.#timers.push(
-      setInterval(() => this.#tick(), 1000),
-      setInterval(() => {
-        const now = Date.now();
-        for (const s of this.#sources.values()) s.sample(now);
-        this.#loopLagMs = this.#loop.max / 1e6;
-        this.#loop.reset();
-      }, SAMPLE_MS),
-    );
-    for (const t of this.#timers) t.unref();
+  }
+
+  /**
+   * Starts the once-a-second look (exposure, its worst per 5 s, outages as timeline markers, the
+   * event loop's lag) on a change, a commit or a dashboard asking; it stops itself once nothing
+   * is pending, nothing fails and no event stream is connected.
+   */
+  wake(): void {
+    if (this.#timer !== undefined) return;
+    this.#expectedMs = Date.now() + 1000;
+    this.#timer = setInterval(() => this.#tick(), 1000);
+    this.#timer.unref();
   }
 
   #of(source: string): SourceLive {
@@ -120,7 +122,16 @@ export class LiveState {
 
   #tick(): void {
     const now = Date.now();
+    this.#worstLagMs = Math.max(this.#worstLagMs, now - this.#expectedMs);
+    this.#expectedMs = now + 1000;
+    let busy = this.hub.clients > 0;
+    const sample = ++this.#ticks % (SAMPLE_MS / 1000) === 0;
+    if (sample) {
+      this.#loopLagMs = this.#worstLagMs;
+      this.#worstLagMs = 0;
+    }
     for (const v of this.views()) {
+      busy ||= v.pending > 0 || v.failing !== undefined;
       const s = this.#of(v.name);
       s.observe(v.oldestPendingMs === undefined ? 0 : now - v.oldestPendingMs);
       s.backlogPeak = v.pending > BACKLOG ? Math.max(s.backlogPeak, v.pending) : 0;
@@ -131,10 +142,18 @@ export class LiveState {
         this.hub.publish({ type: 'recovered', timeMs: now, source: v.name, downMs: now - s.failingSince });
         s.failingSince = undefined;
       }
+      if (sample) s.sample(now);
+    }
+    if (!busy) {
+      clearInterval(this.#timer);
+      this.#timer = undefined;
+      this.#loopLagMs = 0;
+      for (const s of this.#sources.values()) s.sample(now); // a last point: the rates fall to zero
     }
   }
 
   seen(source: string, c: Change, timeMs: number): void {
+    this.wake();
     const s = this.#of(source);
     if (c.type === 'rescan') {
       s.rescans[c.reason] = (s.rescans[c.reason] ?? 0) + 1;
@@ -160,6 +179,7 @@ export class LiveState {
   }
 
   committed(source: string, c: CommitReport): void {
+    this.wake();
     const s = this.#of(source);
     s.commits++;
     s.committedChanges += c.changes;
@@ -202,6 +222,7 @@ export class LiveState {
 
   /** The dashboard's overview: per source, exposure and why, the pipeline, health. */
   overview(): unknown {
+    this.wake();
     const now = Date.now();
     const x = this.extra();
     const iso = (ms: number | undefined): string | null => (ms === undefined ? null : new Date(ms).toISOString());
@@ -273,7 +294,7 @@ export class LiveState {
   }
 
   close(): void {
-    for (const t of this.#timers) clearInterval(t);
-    this.#loop.disable();
+    clearInterval(this.#timer);
+    this.#timer = undefined;
   }
 }

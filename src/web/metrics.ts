@@ -44,10 +44,6 @@ export class Metrics {
 
   constructor(view: MetricsView, version: string, sources: readonly string[]) {
     const registers = [this.registry];
-    collectDefaultMetrics({ register: this.registry });
-    // Gauges that prom-client names *_total: promtool rightly objects; the per-type gauges stay.
-    for (const n of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total'])
-      this.registry.removeSingleMetric(n);
     new Gauge({
       name: 'phoenix_build_info',
       help: 'Always 1; the version of phoenix and of Node.js as labels.',
@@ -180,9 +176,23 @@ export class Metrics {
     if (result !== 'error') this.#lastBackendSuccessMs = Date.now();
   }
 
+  /**
+   * The metrics as text. Node's default metrics are registered at the first scrape: their
+   * event-loop-lag histogram keeps a timer running (here once a second, not prom-client's 10 ms),
+   * and a daemon nobody scrapes should not wake at all.
+   */
   text(): Promise<string> {
+    if (!this.#defaults) {
+      this.#defaults = true;
+      collectDefaultMetrics({ register: this.registry, eventLoopMonitoringPrecision: 1000 });
+      // Gauges that prom-client names *_total: promtool rightly objects; the per-type gauges stay.
+      for (const n of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total'])
+        this.registry.removeSingleMetric(n);
+    }
     return this.registry.metrics();
   }
+
+  #defaults = false;
 
   get contentType(): string {
     return this.registry.contentType;
