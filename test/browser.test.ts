@@ -23,6 +23,8 @@ describe(
     // playwright-core is loaded only when the browser is there.
     let context: import('playwright-core').BrowserContext;
     let page: import('playwright-core').Page;
+    /** Uncaught errors in the dashboard's pages: there must be none. */
+    const errors: string[] = [];
 
     before(async () => {
       mkdirSync(src);
@@ -53,6 +55,7 @@ describe(
         viewport: { width: 1280, height: 900 },
       });
       page = context.pages()[0] ?? (await context.newPage());
+      page.on('pageerror', (e) => errors.push(e.message));
     });
     after(async () => {
       await context?.close();
@@ -133,6 +136,33 @@ describe(
       await page.click('#undo-restore');
       await page.locator('#undo-result', { hasText: '1 removed' }).waitFor();
       assert.equal(existsSync(join(src, 'gone.txt')), false);
+    });
+
+    it('moves between changes with [ and ], shows what changed, and a live timeline', async () => {
+      // At the latest commit, "[" goes to the instant before the last change under the root, where notes.txt was older.
+      await page.goto(`${new URL(page.url()).origin}/?view=browse`);
+      await page.locator('#listing').waitFor();
+      const latest = await page.locator('#browse-at').innerText();
+      await page.keyboard.press('[');
+      for (const deadline = Date.now() + 10_000; (await page.locator('#browse-at').innerText()) === latest; await sleep(50)) {
+        assert.ok(Date.now() < deadline, '[ did not move to an earlier change');
+      }
+      await page.keyboard.press(']');
+      await page.locator('#browse-at', { hasText: /commit \d+/ }).waitFor();
+      await page.click('#nav-changes');
+      await page.locator('#changes tr', { hasText: 'notes.txt' }).waitFor();
+      await page.screenshot({ path: join(ARTIFACTS, 'changes.png'), fullPage: true });
+      await page.click('#nav-timeline');
+      await page.locator('#timeline').waitFor({ state: 'attached' });
+      writeFileSync(join(src, 'timeline.txt'), 'seen live\n');
+      const row = page.locator('#timeline tr.change', { hasText: 'timeline.txt' }).first();
+      await row.waitFor({ timeout: 30_000 });
+      await page.screenshot({ path: join(ARTIFACTS, 'timeline.png'), fullPage: true });
+      await d.sync('home');
+      await row.locator('a').click();
+      await page.locator('#history tbody tr').first().waitFor();
+      assert.match(await page.locator('h2').innerText(), /timeline\.txt/);
+      assert.deepEqual(errors, []);
     });
 
     it('never renders a backed-up HTML file as a page of its origin', async () => {
