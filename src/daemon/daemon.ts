@@ -21,7 +21,7 @@ import { LiveState } from '../web/live.js';
 import { Metrics } from '../web/metrics.js';
 import { WebServer } from '../web/server.js';
 import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
-import { hostReason, allowedHosts, listenOn } from '../web/http.js';
+import { hostReason, allowedHosts, listenOn, type ListenSpec } from '../web/http.js';
 import { hostname } from 'node:os';
 import { readLastCheck } from '../state/last-check.js';
 
@@ -128,13 +128,15 @@ export class Daemon {
         metrics: this.#metrics,
         hosts: web.hosts,
       });
-      const url = await this.#web.listen(web.ui);
-      this.#log.info({ url }, `dashboard on ${url} (phoenix ui opens it)`);
+      const url = await this.#optional('the dashboard', web.ui.fallback, () => (this.#web as WebServer).listen(web.ui as ListenSpec));
+      if (url === undefined) this.#web = undefined;
+      else this.#log.info({ url }, `dashboard on ${url} (phoenix ui opens it)`);
     }
     if (web.webdav !== undefined) {
       this.#dav = new DavServer(catalog, auth, web.hosts);
-      const url = await this.#dav.listen(web.webdav);
-      this.#log.info({ url }, `the past as a WebDAV folder on ${url} (user phoenix, the password is in ui-token)`);
+      const url = await this.#optional('WebDAV', web.webdav.fallback, () => (this.#dav as DavServer).listen(web.webdav as ListenSpec));
+      if (url === undefined) this.#dav = undefined;
+      else this.#log.info({ url }, `the past as a WebDAV folder on ${url} (user phoenix, the password is in ui-token)`);
     }
     if (web.metrics !== undefined) {
       // /metrics only, without a token: for a Prometheus on this host.
@@ -160,6 +162,20 @@ export class Daemon {
 
   #catalog: Catalog | undefined;
   #metricsUrl: string | undefined;
+
+  /**
+   * Starts a listener. One the user asked for fails the start (its message says why); one that
+   * is on by default only logs a warning: backups never wait for a dashboard.
+   */
+  async #optional(what: string, byDefault: boolean, listen: () => Promise<string>): Promise<string | undefined> {
+    try {
+      return await listen();
+    } catch (err) {
+      if (!byDefault) throw err;
+      this.#log.warn({ error: (err as Error).message }, `${what} is not served: ${(err as Error).message}`);
+      return undefined;
+    }
+  }
 
   /** Starts serving status, then each source (lease, reconcile, watch). Throws if any cannot start. */
   static async start(config: WatchConfig, repo: Repository, repoUrl: string, log: Logger): Promise<Daemon> {
