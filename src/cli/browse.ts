@@ -2,20 +2,8 @@ import { once } from 'node:events';
 import picomatch from 'picomatch';
 import { PhoenixError } from '../errors.js';
 import { baseName, displayPath, isWithin, type RawPath } from '../model/path.js';
-import {
-  chunkWhat,
-  type FileRecord,
-  findNames,
-  type HistoryEvent,
-  openChunk,
-  pathHistory,
-  type Repository,
-  seqAt,
-  stateAt,
-  treeDiff,
-} from '../repo/index.js';
-import { ChunkFetcher } from '../restore/fetch.js';
-import { padding, recordHeader, TAR_END } from '../restore/tar.js';
+import { type FileRecord, findNames, type HistoryEvent, pathHistory, type Repository, seqAt, stateAt, treeDiff } from '../repo/index.js';
+import { streamRecords } from '../restore/stream.js';
 import { parseTime } from '../util/duration.js';
 import { sourcePath } from './args.js';
 import { iso, withRepo, pickSource, print, showTime, type RepoFlags } from './common.js';
@@ -177,7 +165,7 @@ export async function dumpCommand(path: string | undefined, flags: PathFlags): P
         throw new PhoenixError('PHX_USAGE', 'dump writes the file to stdout, which is a terminal', {
           hint: `redirect it: phoenix dump ${path ?? ''} > FILE`,
         });
-      await writeContent(repo, [top], () => Promise.resolve());
+      await streamRecords(repo, [top], write);
       return;
     }
     if (process.stdout.isTTY)
@@ -185,39 +173,8 @@ export async function dumpCommand(path: string | undefined, flags: PathFlags): P
         hint: `pipe it: phoenix dump ${path ?? ''} | tar tv`,
       });
     const rows = [...state.values()].filter((r) => isWithin(r.path, p) && r.type !== 'other').sort((x, y) => (x.path < y.path ? -1 : 1));
-    await writeContent(
-      repo,
-      rows,
-      async (r) => {
-        await write(recordHeader(r, r.path));
-      },
-      true,
-    );
-    await write(TAR_END);
+    await streamRecords(repo, rows, write, { name: (r) => r.path });
   });
-}
-
-/** Writes each record's content to stdout (after `before(r)`), in tar blocks when `tar`. */
-async function writeContent(repo: Repository, rows: FileRecord[], before: (r: FileRecord) => Promise<void>, tar = false): Promise<void> {
-  const fetcher = new ChunkFetcher(
-    repo,
-    rows.flatMap((r) => r.chunks),
-  );
-  for (const r of rows) {
-    await before(r);
-    if (r.type !== 'file') continue;
-    let n = 0;
-    for (const ref of r.chunks) {
-      const data = openChunk(repo.keys, ref.id, await fetcher.get(ref), chunkWhat(ref));
-      n += data.length;
-      await write(data);
-    }
-    if (n !== r.size)
-      throw new PhoenixError('PHX_CORRUPT', `${displayPath(r.path)}: its chunks hold ${n} bytes, the record says ${r.size}`, {
-        hint: 'run phoenix check --read-data',
-      });
-    if (tar) await write(padding(r.size));
-  }
 }
 
 async function write(b: Uint8Array): Promise<void> {

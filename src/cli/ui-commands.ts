@@ -1,12 +1,11 @@
 /** `phoenix ui` (a login link to the running daemon's dashboard) and `phoenix serve` (the dashboard and WebDAV from a repository alone). */
 
 import { spawn, spawnSync } from 'node:child_process';
-import { chmodSync, unlinkSync } from 'node:fs';
-import { createServer } from 'node:net';
+import type { Server } from 'node:net';
 import { join } from 'node:path';
 import { resolveSettings, type SettingsFlags } from '../config/settings.js';
-import { askDaemon } from '../daemon/status.js';
-import { errnoCode, PhoenixError } from '../errors.js';
+import { askDaemon, serveRequests } from '../daemon/status.js';
+import { PhoenixError } from '../errors.js';
 import { Auth, loadToken } from '../web/auth.js';
 import { Catalog } from '../web/catalog.js';
 import { webConfig, type WebFlags } from '../web/config.js';
@@ -24,7 +23,7 @@ export async function uiCommand(flags: { state?: string; config?: string; open?:
     answer = await askDaemon(stateDir, 'login');
   } catch (err) {
     if (!(err instanceof PhoenixError && err.code === 'PHX_NOT_RUNNING')) throw err;
-    answer = await askSocket(join(stateDir, SERVE_SOCKET)).catch(() => {
+    answer = await askDaemon<{ url?: string; error?: string }>(stateDir, 'login', SERVE_SOCKET).catch(() => {
       throw new PhoenixError('PHX_NOT_RUNNING', `no phoenix watch or phoenix serve is running with the state directory ${stateDir}`, {
         hint: 'start phoenix watch (its dashboard is on by default), or phoenix serve --repo URL to browse a repository alone',
       });
@@ -38,26 +37,6 @@ export async function uiCommand(flags: { state?: string; config?: string; open?:
   process.stdout.write(`${answer.url}\n`);
   if (flags.open !== false) openBrowser(answer.url);
   return 0;
-}
-
-function askSocket(path: string): Promise<{ url?: string; error?: string }> {
-  return new Promise((resolve, reject) => {
-    import('node:net').then(({ createConnection }) => {
-      const c = createConnection(path);
-      let data = '';
-      c.setEncoding('utf8');
-      c.on('connect', () => c.write('login\n'));
-      c.on('data', (d: string) => (data += d));
-      c.on('end', () => {
-        try {
-          resolve(JSON.parse(data) as { url?: string });
-        } catch (err) {
-          reject(err as Error);
-        }
-      });
-      c.on('error', reject);
-    }, reject);
-  });
 }
 
 /** Opens the link where there is a desktop to open it on (xdg-open); says so on stderr either way. */
@@ -91,23 +70,14 @@ export async function serveCommand(flags: SettingsFlags & WebFlags & { open?: bo
     new WebServer({ catalog, repoUrl: settings.repository, live: undefined, auth, hub: undefined, metrics: undefined, hosts: web.hosts });
   const dav = web.webdav && new DavServer(catalog, auth, web.hosts);
   const sock = join(settings.stateDir, SERVE_SOCKET);
-  const control = createServer((c) => {
-    c.on('error', () => {});
-    c.end(`${JSON.stringify(ui ? { url: ui.loginLink() } : { error: 'the dashboard is off' })}\n`);
-  });
+  let control: Server | undefined;
   try {
     if (ui) process.stderr.write(`phoenix serve: dashboard on ${await ui.listen(web.ui as NonNullable<typeof web.ui>)}\n`);
     if (dav)
       process.stderr.write(
         `phoenix serve: WebDAV on ${await dav.listen(web.webdav as NonNullable<typeof web.webdav>)} (user phoenix, password: the token in ${join(settings.stateDir, 'ui-token')})\n`,
       );
-    try {
-      unlinkSync(sock);
-    } catch (err) {
-      if (errnoCode(err) !== 'ENOENT') throw err;
-    }
-    await new Promise<void>((r) => control.listen(sock, () => r()));
-    chmodSync(sock, 0o600);
+    control = await serveRequests(sock, () => (ui ? { url: ui.loginLink() } : { error: 'the dashboard is off' }));
     if (ui) {
       const link = ui.loginLink();
       process.stdout.write(`${link}\n`);
@@ -119,7 +89,7 @@ export async function serveCommand(flags: SettingsFlags & WebFlags & { open?: bo
       process.once('SIGTERM', resolve);
     });
   } finally {
-    await Promise.all([ui?.close(), dav?.close(), new Promise<void>((r) => control.close(() => r()))]);
+    await Promise.all([ui?.close(), dav?.close(), new Promise<void>((r) => (control ? control.close(() => r()) : r()))]);
     await repo.close();
   }
   return 0;

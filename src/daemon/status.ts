@@ -81,6 +81,18 @@ export async function serveStatus(stateDir: string, status: () => Status, reques
       hint: 'stop it first, or give this one its own --state DIR',
     });
   }
+  return serveRequests(path, (name) => {
+    const fn = requests[name];
+    return name === 'status' || name === '' ? status() : fn !== undefined ? fn() : { error: `unknown request ${JSON.stringify(name)}` };
+  });
+}
+
+/**
+ * Answers one-line requests on the Unix socket `path` (mode 0600; one left by a process that
+ * was killed is replaced): `answer(name)` as one JSON line, then the connection is closed. A
+ * client that sends nothing is answered as for `''` after a moment.
+ */
+export async function serveRequests(path: string, answerOf: (name: string) => unknown): Promise<Server> {
   try {
     unlinkSync(path); // a socket left by a daemon that was killed
   } catch (err) {
@@ -94,16 +106,15 @@ export async function serveStatus(stateDir: string, status: () => Status, reques
       if (answered) return;
       answered = true;
       clearTimeout(timer);
-      const fn = requests[name];
       let body: unknown;
       try {
-        body = name === 'status' || name === '' ? status() : fn !== undefined ? fn() : { error: `unknown request ${JSON.stringify(name)}` };
+        body = answerOf(name);
       } catch (err) {
         body = { error: (err as Error).message };
       }
       conn.end(`${JSON.stringify(body)}\n`);
     };
-    const timer = setTimeout(() => answer('status'), REQUEST_WAIT_MS);
+    const timer = setTimeout(() => answer(''), REQUEST_WAIT_MS);
     conn.setEncoding('utf8');
     conn.on('data', (d: string) => {
       line += d;
@@ -125,9 +136,9 @@ export function queryStatus(stateDir: string): Promise<Status> {
   return askDaemon<Status>(stateDir, 'status');
 }
 
-/** Sends one request to the daemon of `stateDir` and reads its answer. */
-export function askDaemon<T>(stateDir: string, request: string): Promise<T> {
-  const path = socketPath(stateDir);
+/** Sends one request to the daemon of `stateDir` (on its socket, or on `socket` there) and reads its answer. */
+export function askDaemon<T>(stateDir: string, request: string, socket?: string): Promise<T> {
+  const path = socket === undefined ? socketPath(stateDir) : join(stateDir, socket);
   return new Promise((resolve, reject) => {
     const conn = createConnection(path);
     conn.on('connect', () => conn.write(`${request}\n`));

@@ -12,12 +12,12 @@ import { structuredPatch } from 'diff';
 import { baseName, displayPath, isWithin, joinRaw, parentOf, rawFromUtf8, toFsPath, type RawPath } from '../model/path.js';
 import { mapLimited, pathHistory, seqAt, treeDiff, type FileRecord, type JournalChange, type TreeState } from '../repo/index.js';
 import { restore } from '../restore/restore.js';
-import { padding, recordHeader, TAR_END } from '../restore/tar.js';
+import { streamRecords } from '../restore/stream.js';
 import { parseTime } from '../util/duration.js';
 import { jsonPath } from '../cli/output.js';
 import type { Catalog, Snapshot } from './catalog.js';
 import { HttpError, hostileContent, readJson, sendJson } from './http.js';
-import { checkedPath, requestPath } from './paths.js';
+import { pathFrom, requestPath } from './paths.js';
 
 /** Text diffs compare versions up to this size. */
 export const TEXT_MAX = 512 * 1024;
@@ -121,11 +121,15 @@ function recordOf(snap: Snapshot, p: RawPath): FileRecord {
   return r;
 }
 
-/** The file a request names: source, path, instant and its record (400 for a folder: /api/tar has those). */
-async function fileOf(ctx: ApiContext, q: URLSearchParams): Promise<{ source: string; p: RawPath; snap: Snapshot; r: FileRecord }> {
+/** What a request names: its source, its path, and the tree at its instant. */
+async function placeOf(ctx: ApiContext, q: URLSearchParams): Promise<{ source: string; p: RawPath; snap: Snapshot }> {
   const source = await sourceOf(ctx, q);
-  const p = requestPath(q);
-  const snap = await snapshotOf(ctx, source, q);
+  return { source, p: requestPath(q), snap: await snapshotOf(ctx, source, q) };
+}
+
+/** The file a request names, with its record (400 for a folder: /api/tar has those). */
+async function fileOf(ctx: ApiContext, q: URLSearchParams): Promise<{ source: string; p: RawPath; snap: Snapshot; r: FileRecord }> {
+  const { source, p, snap } = await placeOf(ctx, q);
   const r = recordOf(snap, p);
   if (r.type !== 'file')
     throw new HttpError(400, 'PHX_USAGE', `${displayPath(p)} is a ${r.type}, not a file`, 'a folder downloads with /api/tar');
@@ -173,15 +177,8 @@ export const API: Record<string, { method: 'GET' | 'POST'; handler: Handler }> =
   '/api/ls': {
     method: 'GET',
     handler: async (ctx, q, _req, res) => {
-      const source = await sourceOf(ctx, q);
-      const p = requestPath(q);
-      const snap = await snapshotOf(ctx, source, q);
-      if (!snap.isDir(p)) {
-        const r = snap.get(p);
-        if (r === undefined)
-          throw new HttpError(404, 'PHX_NOT_IN_REPO', `${displayPath(p)} is not in commit ${snap.seq} (${iso(snap.timeMs)})`);
-        throw new HttpError(400, 'PHX_USAGE', `${displayPath(p)} is a ${r.type}, not a folder`);
-      }
+      const { source, p, snap } = await placeOf(ctx, q);
+      if (!snap.isDir(p)) throw new HttpError(400, 'PHX_USAGE', `${displayPath(p)} is a ${recordOf(snap, p).type}, not a folder`);
       const at = iso(snap.timeMs);
       sendJson(res, 200, {
         source,
@@ -314,13 +311,7 @@ export const API: Record<string, { method: 'GET' | 'POST'; handler: Handler }> =
     handler: async (ctx, q, _req, res) => {
       // A file's start as text, for the dashboard to show as text (never as markup).
       const { r } = await fileOf(ctx, q);
-      const parts: Buffer[] = [];
-      let n = 0;
-      for await (const b of ctx.catalog.content(r, 0, Math.min(r.size, PREVIEW_MAX))) {
-        parts.push(Buffer.from(b));
-        n += b.length;
-      }
-      const data = Buffer.concat(parts, n);
+      const data = await ctx.catalog.head(r, PREVIEW_MAX);
       if (data.includes(0)) sendJson(res, 200, { binary: true, size: r.size });
       else sendJson(res, 200, { text: data.toString('utf8'), truncated: r.size > PREVIEW_MAX, size: r.size });
     },
@@ -372,26 +363,21 @@ export const API: Record<string, { method: 'GET' | 'POST'; handler: Handler }> =
   '/api/tar': {
     method: 'GET',
     handler: async (ctx, q, _req, res) => {
-      const source = await sourceOf(ctx, q);
-      const p = requestPath(q);
-      const snap = await snapshotOf(ctx, source, q);
+      const { p, snap } = await placeOf(ctx, q);
       if (p !== '') recordOf(snap, p);
       const rows = snap.below(p).filter((r) => r.type !== 'other');
       const strip = p === '' ? '' : `${parentOf(p)}`;
       hostileContent(res, `${p === '' ? 'source' : displayPath(baseName(p))}.tar`);
       res.setHeader('Content-Type', 'application/x-tar');
       res.writeHead(200);
-      const put = async (b: Uint8Array): Promise<void> => {
-        if (!res.write(b)) await once(res, 'drain');
-      };
-      for (const r of rows) {
-        const name = strip === '' ? r.path : r.path.slice(strip.length + 1);
-        await put(recordHeader(r, name));
-        if (r.type !== 'file') continue;
-        for await (const b of ctx.catalog.content(r)) await put(b);
-        await put(padding(r.size));
-      }
-      await put(TAR_END);
+      await streamRecords(
+        ctx.catalog.repo,
+        rows,
+        async (b) => {
+          if (!res.write(b)) await once(res, 'drain');
+        },
+        { name: (r) => (strip === '' ? r.path : r.path.slice(strip.length + 1)) },
+      );
       res.end();
     },
   },
@@ -491,12 +477,8 @@ export const API: Record<string, { method: 'GET' | 'POST'; handler: Handler }> =
       const snap = await snapshotOf(ctx, source, q);
       const paths = pathsOf(body.paths).filter((p) => p !== '');
       const back = paths.filter((p) => snap.get(p) !== undefined);
-      const removed: RawPath[] = [];
-      for (const p of paths) {
-        if (snap.get(p) !== undefined) continue;
-        await removeInside(dir, p);
-        removed.push(p);
-      }
+      const removed = paths.filter((p) => snap.get(p) === undefined);
+      for (const p of removed) await removeInside(dir, p);
       const r =
         back.length > 0
           ? await restore(ctx.catalog.repo, snap.state, dir, { paths: back, overwrite: 'if-changed', delete: true })
@@ -524,11 +506,11 @@ export const API: Record<string, { method: 'GET' | 'POST'; handler: Handler }> =
 function pathsOf(v: unknown): RawPath[] {
   if (!Array.isArray(v) || v.length === 0) throw new HttpError(400, 'PHX_USAGE', 'give paths: a list of {path} or {pathBase64}');
   return v.map((x: unknown) => {
-    if (typeof x === 'string') return checkedPath(rawFromUtf8(x));
+    if (typeof x === 'string') return pathFrom(x, undefined);
     if (typeof x === 'object' && x !== null) {
       const o = x as Record<string, unknown>;
-      if (typeof o.pathBase64 === 'string') return checkedPath(Buffer.from(o.pathBase64, 'base64').toString('latin1'));
-      if (typeof o.path === 'string') return checkedPath(rawFromUtf8(o.path));
+      if (typeof o.pathBase64 === 'string') return pathFrom('', o.pathBase64);
+      if (typeof o.path === 'string') return pathFrom(o.path, undefined);
     }
     throw new HttpError(400, 'PHX_USAGE', 'each path is a string, {path} or {pathBase64}');
   });

@@ -182,12 +182,16 @@ export class Catalog {
     }
   }
 
-  /** A whole file, when it is at most `max` bytes. */
-  async bytes(r: FileRecord, max: number): Promise<Buffer | undefined> {
-    if (r.size > max) return undefined;
+  /** A file's first `end` bytes, in one buffer. */
+  async head(r: FileRecord, end: number): Promise<Buffer> {
     const parts: Buffer[] = [];
-    for await (const b of this.content(r)) parts.push(Buffer.from(b));
+    for await (const b of this.content(r, 0, Math.min(end, r.size))) parts.push(Buffer.from(b));
     return Buffer.concat(parts);
+  }
+
+  /** A whole file, when it is at most `max` bytes. */
+  bytes(r: FileRecord, max: number): Promise<Buffer | undefined> {
+    return r.size > max ? Promise.resolve(undefined) : this.head(r, r.size);
   }
 
   /** What was deleted (removed, not moved) between `fromMs` and `toMs`, newest first. */
@@ -222,10 +226,10 @@ export class Catalog {
       prevMs = c.timeMs;
     }
     // Deleted and not there again at the end of the period.
+    const seen = new Set<RawPath>();
     return out
-      .filter((d) => !state.has(d.path))
       .reverse()
-      .filter((d, i, a) => a.findIndex((x) => x.path === d.path) === i)
+      .filter((d) => !state.has(d.path) && !seen.has(d.path) && seen.add(d.path))
       .slice(0, limit);
   }
 }

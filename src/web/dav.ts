@@ -111,12 +111,10 @@ export class DavServer {
       res.end(method === 'HEAD' ? undefined : body);
       return;
     }
-    const rec = target.record as FileRecord;
-    const snap = target.snapshot as Snapshot;
-    await this.#file(req, res, rec, snap, target.entry);
+    await this.#file(req, res, target.record as FileRecord, target.entry);
   }
 
-  async #file(req: IncomingMessage, res: ServerResponse, rec: FileRecord, _snap: Snapshot, e: DavEntry): Promise<void> {
+  async #file(req: IncomingMessage, res: ServerResponse, rec: FileRecord, e: DavEntry): Promise<void> {
     const headers: Record<string, string | number> = {
       'Content-Type': 'application/octet-stream',
       'Accept-Ranges': 'bytes',
@@ -151,9 +149,7 @@ export class DavServer {
   }
 
   /** What a URL names: the entry for PROPFIND, its children, and the record for a file. */
-  async #resolve(
-    segs: RawPath[],
-  ): Promise<{ entry: DavEntry; children: () => Promise<DavEntry[]>; record?: FileRecord; snapshot?: Snapshot }> {
+  async #resolve(segs: RawPath[]): Promise<{ entry: DavEntry; children: () => Promise<DavEntry[]>; record?: FileRecord }> {
     const href = (parts: RawPath[], collection: boolean): string =>
       `/${parts.map(encodeSegment).join('/')}${collection && parts.length > 0 ? '/' : ''}`;
     const folder = (parts: RawPath[], mtimeMs = 0): DavEntry => ({
@@ -233,15 +229,13 @@ export class DavServer {
       };
     };
     const shown = (r: FileRecord): boolean => r.type === 'file' || r.type === 'dir';
-    if (path === '')
-      return { entry: folder(base, snap.timeMs), children: async () => snap.children('').filter(shown).map(entryOf), snapshot: snap };
+    if (path === '') return { entry: folder(base, snap.timeMs), children: async () => snap.children('').filter(shown).map(entryOf) };
     const rec = snap.get(path);
     if (rec === undefined || !shown(rec)) throw new HttpError(404, 'PHX_NOT_FOUND', 'not in that commit');
     return {
       entry: entryOf(rec),
       children: async () => snap.children(path).filter(shown).map(entryOf),
       record: rec,
-      snapshot: snap,
     };
   }
 }

@@ -225,6 +225,7 @@ export class LiveState {
     this.wake();
     const now = Date.now();
     const x = this.extra();
+    const views = this.views();
     const iso = (ms: number | undefined): string | null => (ms === undefined ? null : new Date(ms).toISOString());
     return {
       time: iso(now),
@@ -237,9 +238,9 @@ export class LiveState {
         lastSuccess: iso(this.backendLastSuccessMs),
         lastFailure: this.backendLastFailure ? { time: iso(this.backendLastFailure.timeMs), op: this.backendLastFailure.op } : null,
       },
-      watches: { used: this.views().reduce((n, v) => n + v.watches, 0), limit: x.watchLimit },
+      watches: { used: views.reduce((n, v) => n + v.watches, 0), limit: x.watchLimit },
       errors: x.errors,
-      sources: this.views().map((v) => {
+      sources: views.map((v) => {
         const s = this.#of(v.name);
         const exposedMs = v.oldestPendingMs === undefined ? 0 : Math.max(0, now - v.oldestPendingMs);
         const why: string[] = [];

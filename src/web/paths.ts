@@ -9,12 +9,16 @@ import { HttpError } from './http.js';
  * `.` or `/` is the source's root.
  */
 export function requestPath(q: URLSearchParams, key = 'path'): RawPath {
-  const b64 = q.get(`${key}Base64`);
-  if (b64 !== null) {
-    if (!/^[A-Za-z0-9+/_-]*={0,2}$/.test(b64)) throw new HttpError(400, 'PHX_USAGE', `${key}Base64 is not base64`);
-    return checkedPath(rawFromBuffer(Buffer.from(b64, 'base64')));
+  return pathFrom(q.get(key) ?? '', q.get(`${key}Base64`) ?? undefined, key);
+}
+
+/** The same from a request body's `{path}` or `{pathBase64}`. */
+export function pathFrom(utf8: string, base64: string | undefined, key = 'path'): RawPath {
+  if (base64 !== undefined) {
+    if (!/^[A-Za-z0-9+/_-]*={0,2}$/.test(base64)) throw new HttpError(400, 'PHX_USAGE', `${key}Base64 is not base64`);
+    return checkedPath(rawFromBuffer(Buffer.from(base64, 'base64')));
   }
-  return checkedPath(rawFromUtf8(q.get(key) ?? ''));
+  return checkedPath(rawFromUtf8(utf8));
 }
 
 export function checkedPath(raw: RawPath): RawPath {
