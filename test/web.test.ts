@@ -358,8 +358,14 @@ describe('the dashboard, its API, metrics and WebDAV', { timeout: 600_000 }, () 
 
   it('streams changes as events, and resumes after Last-Event-ID without losing or repeating any', async () => {
     type Ev = { id: number; path?: string };
-    const read = (until: (e: Ev) => boolean, lastId?: string): Promise<{ events: Ev[]; lastId: string; close: () => void }> =>
-      new Promise((resolve, reject) => {
+    /** A stream: `connected` once its first status message came, `done` once an event satisfies `until`. */
+    const read = (
+      until: (e: Ev) => boolean,
+      lastId?: string,
+    ): { connected: Promise<void>; done: Promise<{ events: Ev[]; lastId: string; close: () => void }> } => {
+      let onConnected = (): void => {};
+      const connected = new Promise<void>((r) => (onConnected = r));
+      const done = new Promise<{ events: Ev[]; lastId: string; close: () => void }>((resolve, reject) => {
         const u = new URL(`${ui}api/events`);
         const req = request(
           { host: u.hostname, port: u.port, path: u.pathname, headers: { ...auth(), ...(lastId ? { 'Last-Event-ID': lastId } : {}) } },
@@ -375,6 +381,7 @@ describe('the dashboard, its API, metrics and WebDAV', { timeout: 600_000 }, () 
                 buf = buf.slice(i + 2);
                 const id = /^id: (\d+)$/m.exec(msg)?.[1];
                 const data = /^data: (.*)$/m.exec(msg)?.[1];
+                if (/^event: status$/m.test(msg)) onConnected();
                 if (/^event: feed$/m.test(msg) && data !== undefined && id !== undefined) {
                   events.push(...(JSON.parse(data) as Ev[]));
                   if (events.some(until)) resolve({ events, lastId: id, close: () => req.destroy() });
@@ -386,18 +393,21 @@ describe('the dashboard, its API, metrics and WebDAV', { timeout: 600_000 }, () 
         req.on('error', (e) => (e.message.includes('aborted') || e.message.includes('socket hang up') ? undefined : reject(e)));
         req.end();
       });
+      return { connected, done };
+    };
     const first = read((e) => e.path === 'feed-1.txt');
-    await sleep(200);
+    await first.connected;
     writeFileSync(join(src, 'feed-1.txt'), '1');
-    const a = await first;
+    const a = await first.done;
     a.close();
     assert.ok(
       a.events.some((e) => e.path === 'feed-1.txt'),
       JSON.stringify(a.events),
     );
+    // Written while no stream is connected: committed (so seen and in the feed) before the reconnect.
     writeFileSync(join(src, 'feed-2.txt'), '2');
-    await sleep(300);
-    const b = await read((e) => e.path === 'feed-2.txt', a.lastId);
+    await d.sync('web');
+    const b = await read((e) => e.path === 'feed-2.txt', a.lastId).done;
     b.close();
     assert.ok(
       b.events.some((e) => e.path === 'feed-2.txt'),
