@@ -15,7 +15,7 @@ export function diff(previous: Tree, current: Tree, scope: RawPath = ''): Change
   const changed: Change[] = [];
   const gone = new Set<RawPath>();
 
-  for (const p of previous.subtree(scope)) {
+  for (const p of previous.walk(scope)) {
     const old = previous.get(p);
     if (old === undefined) continue;
     const cur = current.get(p);
@@ -37,7 +37,7 @@ export function diff(previous: Tree, current: Tree, scope: RawPath = ''): Change
   }
   removed.sort((a, b) => b.path.length - a.path.length);
 
-  for (const p of current.subtree(scope)) {
+  for (const p of current.walk(scope)) {
     const cur = current.get(p);
     if (cur === undefined || !isWithin(p, scope)) continue;
     const old = previous.get(p);
@@ -49,6 +49,6 @@ export function diff(previous: Tree, current: Tree, scope: RawPath = ''): Change
       changed.push({ type: 'attributes', path: p, kind: cur.kind });
     }
   }
-  // subtree() lists parents before children, so creations apply in order.
+  // walk() lists parents before children, so creations apply in order.
   return [...removed, ...created, ...changed];
 }

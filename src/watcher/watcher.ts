@@ -359,14 +359,15 @@ export class Watcher {
     });
     for (const p of result.problems) this.#warn(p.code, `${displayPath(p.path)}: ${p.message}`);
     const found: Entry[] = [];
-    for (const p of result.tree.subtree(path)) {
+    for (const p of result.tree.walk(path)) {
       if (p === path) continue;
       const e = result.tree.get(p) as Entry;
       if (!this.#tree.has(p.slice(0, p.lastIndexOf('/')))) continue; // parent vanished meanwhile
       this.#tree.set(p, e);
       this.#emit({ type: 'created', path: p, kind: e.kind });
-      found.push(e);
+      if (e.kind === 'file' && e.nlink > 1) found.push(e);
     }
+    result.tree.close();
     this.#linksOutside(path, found);
     this.#warnWatchLimit();
   }
@@ -590,17 +591,19 @@ export class Watcher {
     } else {
       this.#tree.delete(scope);
       // The scope itself may be gone by now (moved on or removed while it was scanned).
-      for (const p of result.tree.subtree(scope)) {
+      for (const p of result.tree.walk(scope)) {
         const e = result.tree.get(p);
         if (e !== undefined) this.#tree.set(p, e);
       }
     }
     for (const c of changes) this.#emit(c);
-    if (scope !== '')
+    if (scope !== '') {
       this.#linksOutside(
         scope,
         changes.flatMap((c) => result.tree.get(c.path) ?? []),
       );
+      result.tree.close();
+    }
     this.#warnWatchLimit();
   }
 
