@@ -175,6 +175,8 @@ export class Tree {
   /** Directories whose files are in memory, least recently used first. */
   readonly #hot = new Set<DirNode>();
   #hotFiles = 0;
+  /** The directory used last (its place in #hot needs no update). */
+  #last: DirNode | undefined;
   readonly #budget: number;
   readonly #keepDirs: number;
   #store: SpillStore | undefined;
@@ -408,15 +410,18 @@ export class Tree {
   #filesOf(node: DirNode): Map<RawPath, FileSlot> {
     let files = node.files;
     if (files !== undefined) {
-      if (this.#spilling) {
+      if (this.#spilling && this.#last !== node) {
         this.#hot.delete(node);
         this.#hot.add(node);
+        this.#last = node;
       }
       return files;
     }
-    files = node.stored && this.#store !== undefined ? this.#decode(this.#store.get(node.id)) : new Map<RawPath, FileSlot>();
+    if (node.stored && this.#store === undefined) throw new Error('a tree was used after close()');
+    files = node.stored ? this.#decode((this.#store as SpillStore).get(node.id)) : new Map<RawPath, FileSlot>();
     node.files = files;
     this.#hot.add(node);
+    this.#last = node;
     this.#hotFiles += files.size;
     this.#evict();
     return files;
@@ -464,6 +469,7 @@ export class Tree {
     for (const s of files.values()) if (typeof s === 'number') this.#slab.release(s);
     node.files = undefined;
     this.#hot.delete(node);
+    if (this.#last === node) this.#last = undefined;
     this.#hotFiles -= files.size;
   }
 
