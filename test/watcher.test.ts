@@ -1,10 +1,11 @@
 import assert from 'node:assert/strict';
-import { linkSync, readFileSync, readdirSync, mkdirSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
+import { linkSync, readFileSync, readdirSync, mkdirSync, renameSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { changeToJson } from '../src/cli/format.js';
 import type { PhoenixError } from '../src/errors.js';
 import type { Change } from '../src/model/change.js';
+import { rawFromUtf8 } from '../src/model/path.js';
 import { readLimit, Watcher, type WatcherOptions } from '../src/watcher/watcher.js';
 import { applyEvent, realTree, tempDir, treeDiff, type JsonEvent } from './helpers.js';
 
@@ -72,6 +73,36 @@ describe('Watcher', () => {
     // Watches follow the reconcile: a write into the moved directory is seen under its new name.
     writeFileSync(join(dir.path, 'moved/inner/h'), 'h');
     await t.waitFor((c) => c.type === 'created' && c.path === 'moved/inner/h');
+    t.w.close();
+    dir.cleanup();
+  });
+
+  it('with the files of all but one directory on disk: moves, creations, deletions and a full reconcile still rebuild the tree exactly', async () => {
+    const dir = tempDir();
+    const root = dir.path;
+    for (const d of ['a', 'b', 'c', 'a/deep']) {
+      mkdirSync(join(root, d));
+      for (let i = 0; i < 20; i++) writeFileSync(join(root, d, `f${i}\xff`), `${d}${i}`);
+    }
+    const t = await watch(root, { tree: { hotFiles: 2, keepDirs: 1 } });
+    assert.ok(t.w.tree.hotFiles < 60, `files in memory after the start: ${t.w.tree.hotFiles}`);
+    renameSync(join(root, 'a'), join(root, 'b/a-moved')); // a subtree whose files are on disk
+    writeFileSync(join(root, 'b/a-moved/deep/f3\xff'), 'rewritten, longer');
+    unlinkSync(join(root, 'c/f1\xff'));
+    renameSync(join(root, 'c/f2\xff'), join(root, 'b/from-c'));
+    mkdirSync(join(root, 'new'));
+    for (let i = 0; i < 10; i++) writeFileSync(join(root, 'new', `n${i}`), 'x');
+    rmSync(join(root, 'c'), { recursive: true });
+    await t.sync();
+    assert.deepEqual(treeDiff(t.rebuilt(), realTree(root)), []);
+    // A full reconcile compares two spilled trees; changes made meanwhile are found either way.
+    writeFileSync(join(root, 'b/f5\xff'), 'changed before the rescan');
+    t.w.rescan('', 'periodic');
+    await t.waitFor((c) => c.type === 'rescan');
+    await t.sync();
+    assert.deepEqual(treeDiff(t.rebuilt(), realTree(root)), []);
+    assert.equal(t.w.tree.get(rawFromUtf8('b/a-moved/deep/f3\xff'))?.size, 'rewritten, longer'.length);
+    assert.ok(t.w.tree.hotFiles < t.w.tree.size - t.w.tree.dirCount, 'files are on disk');
     t.w.close();
     dir.cleanup();
   });

@@ -3,7 +3,7 @@ import { errnoCode } from '../errors.js';
 import { kindOfMode, type Entry } from '../model/entry.js';
 import { Filter } from '../model/filter.js';
 import { joinRaw, rawFromBuffer, toFsPath, type RawPath } from '../model/path.js';
-import { Tree } from '../model/tree.js';
+import { Tree, type TreeOptions } from '../model/tree.js';
 import { native } from '../native.js';
 import { lstatEntry } from './stat.js';
 
@@ -18,6 +18,8 @@ export interface ScanOptions {
   beforeList?: (rel: RawPath, entry: Entry | undefined) => void;
   /** Directories listed at once; each listing runs on a libuv worker thread. */
   concurrency?: number;
+  /** For the tree it builds (how much of it stays in memory). */
+  tree?: TreeOptions;
 }
 
 /** Something the scan could not read; the walk goes on without it. */
@@ -41,7 +43,7 @@ export interface ScanResult {
  */
 export async function scan(root: RawPath, scope: RawPath = '', opts: ScanOptions = {}): Promise<ScanResult> {
   const filter = opts.filter ?? new Filter();
-  const tree = new Tree();
+  const tree = new Tree(opts.tree);
   const problems: ScanProblem[] = [];
   let rootDev = opts.rootDev;
   if (rootDev === undefined && filter.oneFileSystem) rootDev = lstatEntry(toFsPath(root, ''))?.dev;

@@ -4,7 +4,7 @@ import type { Change, RescanReason } from '../model/change.js';
 import type { Entry, Kind } from '../model/entry.js';
 import { Filter, type FilterOptions } from '../model/filter.js';
 import { displayPath, isWithin, joinRaw, rawFromUtf8, toFsPath, type RawPath } from '../model/path.js';
-import { Tree } from '../model/tree.js';
+import { Tree, type TreeOptions } from '../model/tree.js';
 import { diff } from '../scanner/diff.js';
 import { scan } from '../scanner/scan.js';
 import { lstatEntry } from '../scanner/stat.js';
@@ -37,6 +37,8 @@ export interface WatcherOptions extends FilterOptions {
   unwatchedScanMs?: number;
   /** A full reconcile as a safety net every so often; 0 for never. */
   periodicScanMs?: number;
+  /** For its trees (how much stays in memory; the rest goes to disk). */
+  tree?: TreeOptions;
 }
 
 export type WatcherState = 'starting' | 'watching' | 'degraded' | 'failed' | 'closed';
@@ -138,6 +140,7 @@ export class Watcher {
         filter: this.#filter,
         rootDev: this.#rootDev,
         beforeList: (rel) => this.#watch(rel),
+        tree: this.#opts.tree,
       });
       this.#tree = result.tree;
       for (const p of result.problems) this.#warn(p.code, `${displayPath(p.path)}: ${p.message}`);
@@ -356,6 +359,7 @@ export class Watcher {
       filter: this.#filter,
       rootDev: this.#rootDev,
       beforeList: (rel) => this.#watch(rel),
+      tree: this.#opts.tree,
     });
     for (const p of result.problems) this.#warn(p.code, `${displayPath(p.path)}: ${p.message}`);
     const found: Entry[] = [];
@@ -574,6 +578,7 @@ export class Watcher {
       filter: this.#filter,
       rootDev: this.#rootDev,
       beforeList: (rel) => this.#watch(rel),
+      tree: this.#opts.tree,
     });
     for (const p of result.problems) this.#warn(p.code, `${displayPath(p.path)}: ${p.message}`);
     const changes = diff(this.#tree, result.tree, scope);
