@@ -59,7 +59,8 @@ type Job = InotifyEvent | { rescan: RawPath; reason: RescanReason };
 
 /**
  * Watches every directory below a root with one inotify instance and turns raw events into
- * the normalized change stream (src/model/change.ts). Keeps the known tree in memory: it
+ * the normalized change stream (src/model/change.ts). Keeps the known tree (directories in
+ * memory, the files of directories not used lately on disk, see Tree): it
  * gives removed entries their kind, lets a directory move rewrite the paths of its whole
  * subtree, and is what a reconcile scan is compared against after an overflow.
  *
