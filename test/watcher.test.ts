@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { linkSync, readFileSync, readdirSync, mkdirSync, renameSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, linkSync, readFileSync, readdirSync, mkdirSync, renameSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { changeToJson } from '../src/cli/format.js';
@@ -156,6 +156,26 @@ describe('Watcher', () => {
     renameSync(join(root, 'F'), join(root, 'D/F'));
     writeFileSync(join(root, 'D/F'), 'two, and longer');
     await t.waitFor((c) => c.type === 'modified' && c.path === 'L');
+    await t.sync();
+    assert.deepEqual(treeDiff(t.rebuilt(), realTree(root)), []);
+    t.w.close();
+    dir.cleanup();
+  });
+
+  it('a hard-linked file changed through a name that is replaced before its event is read: its other name is reported', async () => {
+    const dir = tempDir();
+    const root = dir.path;
+    writeFileSync(join(root, 'F'), 'one');
+    linkSync(join(root, 'F'), join(root, 'L'));
+    const t = await watch(root);
+    // chmod through F, then an editor's atomic save replaces F: by the time the IN_ATTRIB is
+    // read, F names another file, and only the tree knows which inode the chmod reached.
+    t.w.pauseReader();
+    chmodSync(join(root, 'F'), 0o755);
+    writeFileSync(join(root, 'F.new'), 'two');
+    renameSync(join(root, 'F.new'), join(root, 'F'));
+    t.w.resumeReader();
+    await t.waitFor((c) => c.path === 'L' && c.type !== 'created');
     await t.sync();
     assert.deepEqual(treeDiff(t.rebuilt(), realTree(root)), []);
     t.w.close();

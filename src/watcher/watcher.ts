@@ -395,6 +395,16 @@ export class Watcher {
     this.#tree.set(path, e);
     this.#emit({ type: 'modified', path, kind: e.kind, closed });
     this.#otherLinks(path, e);
+    this.#replacedSince(path, old, e);
+  }
+
+  /**
+   * The name now stands for another file than the tree knew (an atomic save replaced it after
+   * the write or chmod this event is for): the change reached the old file, whose other names,
+   * if it has any, are checked as for a name that is gone.
+   */
+  #replacedSince(path: RawPath, old: Entry, now: Entry): void {
+    if (old.kind === 'file' && (old.ino !== now.ino || old.dev !== now.dev)) this.#otherLinks(path, old, true);
   }
 
   /**
@@ -456,6 +466,7 @@ export class Watcher {
     this.#tree.set(path, e);
     this.#emit({ type: 'attributes', path, kind: e.kind });
     this.#otherLinks(path, e);
+    this.#replacedSince(path, old, e);
   }
 
   /** IN_MOVED_FROM with its IN_MOVED_TO, or alone (moved out of the tree). */
