@@ -364,6 +364,91 @@ describe('repository', () => {
     };
   }
 
+  it('a backup of many commits reads on while each commit is written: it restores exactly, and content met again across commits is stored once', async () => {
+    const repoDir = tempDir('phx-repo-');
+    const src = tempDir('phx-src-');
+    const state = tempDir('phx-state-');
+    const out = tempDir('phx-out-');
+    const repo = await init(new LocalBackend(repoDir.path));
+    const db = new StateDb(join(state.path, 'db.sqlite'));
+    try {
+      // 12 directories of 30 files; the last 6 repeat the contents of the first 6, in commits
+      // after the ones that stored them (180 files later: more than a backup reads at a time),
+      // some while that commit is still being written.
+      for (let d = 0; d < 12; d++) {
+        mkdirSync(join(src.path, `d${d}`));
+        for (let f = 0; f < 30; f++) {
+          const k = ((d % 6) * 30 + f) % 180;
+          writeFileSync(join(src.path, `d${d}/f${f}`), `content ${k} `.repeat(50 + (k % 7)));
+        }
+      }
+      const first = await backup(repo, db, src.path, 'many', { commitEntries: 25 });
+      const commits = await repo.commitList('many');
+      assert.ok(commits.length >= 12, `one commit per 25 entries (${commits.length} commits)`);
+      assert.equal(first.commit?.seq, commits.at(-1)?.seq);
+      const { state: st } = await repo.loadState('many');
+      await restore(repo, st, join(out.path, 'first'));
+      assert.deepEqual(snapshot(join(out.path, 'first')), snapshot(src.path));
+      const where = new Map<string, Set<string>>();
+      for (const rec of st.values())
+        for (const c of rec.chunks) where.set(c.id, (where.get(c.id) ?? new Set()).add(`${c.pack}@${c.offset}`));
+      assert.equal(where.size, 180, 'one chunk per distinct content');
+      for (const [id, at] of where) assert.equal(at.size, 1, `chunk ${id} is stored once (${[...at].join(', ')})`);
+      // Changes and removals across the commits of a second backup.
+      rmSync(join(src.path, 'd3'), { recursive: true });
+      for (let d = 5; d < 12; d += 2) writeFileSync(join(src.path, `d${d}/f7`), `changed ${d}`);
+      await backup(repo, db, src.path, 'many', { commitEntries: 3 });
+      const again = await repo.loadState('many');
+      await restore(repo, again.state, join(out.path, 'second'));
+      assert.deepEqual(snapshot(join(out.path, 'second')), snapshot(src.path));
+      assert.deepEqual((await checkRepository(repo, { readData: true })).errors, []);
+    } finally {
+      db.close();
+      for (const d of [repoDir, src, state, out]) d.cleanup();
+    }
+  });
+
+  it('a backup of many commits that the store fails in the middle: nothing half-written, the next backup completes it', async () => {
+    const src = tempDir('phx-src-');
+    const state = tempDir('phx-state-');
+    const out = tempDir('phx-out-');
+    const faulty = new FaultyBackend(new MemoryBackend());
+    const repo = await init(faulty);
+    const db = new StateDb(join(state.path, 'db.sqlite'));
+    try {
+      for (let d = 0; d < 10; d++) {
+        mkdirSync(join(src.path, `d${d}`));
+        for (let f = 0; f < 30; f++) writeFileSync(join(src.path, `d${d}/f${f}`), `file ${d}/${f} `.repeat(40));
+      }
+      let failing = false;
+      await assert.rejects(
+        backup(repo, db, src.path, 'cut', {
+          commitEntries: 20,
+          onProgress: (p) => {
+            // The store goes away while commits are being written and files still read.
+            if (p.files >= 120 && !failing) {
+              failing = true;
+              faulty.add({ kind: 'error-before', op: 'put' });
+            }
+          },
+        }),
+        /injected fault/,
+      );
+      const landed = await repo.commitList('cut');
+      assert.ok(landed.length >= 1 && landed.length < 16, `some commits landed before the store failed (${landed.length})`);
+      assert.deepEqual((await checkRepository(repo, { readData: true })).errors, [], 'what landed is whole');
+      faulty.faults.length = 0;
+      const done = await backup(repo, db, src.path, 'cut', { commitEntries: 20 });
+      assert.ok(done.commit !== undefined);
+      const { state: st } = await repo.loadState('cut');
+      await restore(repo, st, out.path);
+      assert.deepEqual(snapshot(out.path), snapshot(src.path));
+    } finally {
+      db.close();
+      for (const d of [src, state, out]) d.cleanup();
+    }
+  });
+
   it('a source that is not a directory is a clear error', async () => {
     const f = await fixture();
     await assert.rejects(backup(f.repo, f.db, join(f.src.path, 'small'), 'other'), code('PHX_SOURCE_INVALID'));

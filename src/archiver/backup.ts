@@ -11,7 +11,6 @@ import {
   type CommitStats,
   type FileRecord,
   type JournalChange,
-  mapLimited,
   type Repository,
 } from '../repo/index.js';
 import { scan, type ScanResult } from '../scanner/scan.js';
@@ -27,6 +26,8 @@ export interface BackupOptions {
   scan?: Promise<ScanResult>;
   onProblem?: (path: RawPath, message: string) => void;
   onProgress?: (p: { files: number; bytes: number; total: number }) => void;
+  /** Entries per commit at most (default COMMIT_ENTRIES; tests make it small to cross many commits). */
+  commitEntries?: number;
 }
 
 export interface BackupResult {
@@ -88,6 +89,10 @@ async function backupLocked(
   const stats: CommitStats = { files: 0, dirs: 0, deleted: 0, bytesUploaded: 0, bytesTotal: 0 };
   let progressBytes = 0;
   let progressFiles = 0;
+  // The builder whose commit is being written while the next one already reads: a chunk it
+  // stores is not in the cache yet, and the next builder finds it there instead of storing it
+  // twice (a chunk both read at the same moment may still be stored by each).
+  let sealing: CommitBuilder | undefined;
   const newBuilder = (): CommitBuilder =>
     new CommitBuilder(repo, db, pool, source, known, {
       root: sourceDir,
@@ -96,6 +101,7 @@ async function backupLocked(
         progressBytes += n;
         opts.onProgress?.({ files: progressFiles, bytes: progressBytes, total: 0 });
       },
+      pendingChunk: (id) => sealing?.newChunk(id),
     });
   let builder = newBuilder();
   let seq = synced;
@@ -103,43 +109,83 @@ async function backupLocked(
   // A large backup is made of several commits of at most COMMIT_ENTRIES entries each, so that
   // memory stays bounded; they are cut in scan order (parents first), so every commit's entries
   // have their directories committed by it or before it. Puts within a commit in byte order.
-  const commit = async (): Promise<void> => {
-    builder.sortPuts(compareRaw);
-    const done = await builder.commit(seq + 1, undefined, () => leaseStillGood(lease, repo, db));
-    for (const k of Object.keys(stats) as Array<keyof CommitStats>) stats[k] += builder.stats[k];
+  const commit = async (b: CommitBuilder): Promise<void> => {
+    b.sortPuts(compareRaw);
+    const done = await b.commit(seq + 1, undefined, () => leaseStillGood(lease, repo, db));
+    for (const k of Object.keys(stats) as Array<keyof CommitStats>) stats[k] += b.stats[k];
     if (done !== undefined) {
       seq = done.commit.seq;
       last = done.info;
     }
-    builder = newBuilder();
   };
   const vanished: RawPath[] = [];
-  let window: Array<[RawPath, Entry]> = [];
-  // Files are read many at a time (on the seal workers) so that disk, CPU and network overlap.
-  const readWindow = async (): Promise<void> => {
-    await mapLimited(window, 128, async ([path, e]) => {
-      // Gone: a deletion below if it was known. Unreadable: it keeps its last version.
-      if ((await builder.add(path, toFsPath(root, path), e)) === 'vanished') vanished.push(path);
-      progressFiles++;
-    });
-    window = [];
-    // Files read again that did not change count too (a cache rebuilt from the repository
-    // vouches for nothing): their rows are written by the same commit call, without a commit object.
-    if (builder.held >= COMMIT_ENTRIES) await commit();
+  // Files are read many at a time (on the seal workers) so that disk, CPU and network overlap,
+  // and go on being read while the commit before is written (one commit in flight at most).
+  let reading = 0;
+  let room: (() => void) | undefined;
+  let adds: Array<Promise<void>> = [];
+  let committing: Promise<void> = Promise.resolve();
+  const rotate = async (): Promise<void> => {
+    await committing;
+    const b = builder;
+    const filled = adds;
+    builder = newBuilder();
+    adds = [];
+    // From now on the next builder finds this one's new chunks (the other way round it must
+    // not: this commit cannot wait for the next one's packs).
+    sealing = b;
+    committing = (async () => {
+      await Promise.all(filled);
+      try {
+        await commit(b);
+      } finally {
+        if (sealing === b) sealing = undefined;
+      }
+    })();
+    committing.catch(() => {}); // awaited by the next rotate, or below
   };
-  for (const path of scanned.tree.walk('')) {
-    const e = scanned.tree.get(path) as Entry;
-    // What the cache vouches for is settled here, without a read and without a promise.
-    if (known.stamp(path) === entryStamp(e)) continue;
-    if (window.push([path, e]) >= WINDOW) await readWindow();
+  let failure: { err: unknown } | undefined;
+  try {
+    for (const path of scanned.tree.walk('')) {
+      const e = scanned.tree.get(path) as Entry;
+      // What the cache vouches for is settled here, without a read and without a promise.
+      if (known.stamp(path) === entryStamp(e)) continue;
+      while (reading >= IN_FLIGHT) await new Promise<void>((r) => (room = r));
+      if (failure !== undefined) throw failure.err; // the store failed: read no more
+      reading++;
+      const added = builder.add(path, toFsPath(root, path), e).then((r) => {
+        // Gone: a deletion below if it was known. Unreadable: it keeps its last version.
+        if (r === 'vanished') vanished.push(path);
+        progressFiles++;
+      });
+      const settled = (): void => {
+        reading--;
+        const wake = room;
+        room = undefined;
+        wake?.();
+      };
+      added.then(settled, (err: unknown) => {
+        failure ??= { err };
+        settled();
+      });
+      adds.push(added);
+      // Files read again that did not change count too (a cache rebuilt from the repository
+      // vouches for nothing): their rows are written by the same commit call, without a commit object.
+      if (adds.length >= (opts.commitEntries ?? COMMIT_ENTRIES)) await rotate();
+    }
+    await Promise.all(adds);
+  } catch (err) {
+    // Never return while a commit is still being written (the lease goes, the workers stop).
+    await committing.catch(() => {});
+    throw err;
   }
-  await readWindow();
+  await committing;
   // Below a directory that could not be listed nothing is known: keep what the last commit had.
   const unlisted = scanned.problems.map((p) => p.path).filter((p) => scanned.tree.get(p)?.kind === 'dir' || p === '');
   const gone = new Set(vanished);
   for (const p of known.paths()) if (!scanned.tree.has(p) && !unlisted.some((u) => p !== u && isWithin(p, u))) gone.add(p);
   builder.removeMany([...gone].filter((p) => known.get(p) !== undefined || builder.get(p) !== undefined));
-  await commit();
+  await commit(builder);
   if (last !== undefined && (await CheckpointPolicy.load(repo, source, await repo.commitList(source), db.count(source))).due()) {
     // The cache now holds exactly the tree after this commit: no need to read the journal back
     // (`phoenix check` compares every checkpoint with the journal).
@@ -159,7 +205,7 @@ const BACKUP_THREADS = Math.max(2, Math.min(8, 3 * availableParallelism()));
 
 /** Entries a one-shot backup puts in one commit at most, and files it reads at a time. */
 const COMMIT_ENTRIES = 20_000;
-const WINDOW = 1024;
+const IN_FLIGHT = 128;
 
 /** Scans `sourceDir` for a backup; rejects when it is not a directory. */
 export async function startScan(sourceDir: string, opts: Pick<BackupOptions, 'exclude' | 'oneFileSystem'> = {}): Promise<ScanResult> {

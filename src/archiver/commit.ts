@@ -28,6 +28,8 @@ export interface CommitBuilderOptions {
    * caller across commits: a large file rewritten in place twice is cut finely from then on.
    */
   inPlace?: Map<RawPath, number>;
+  /** A chunk stored by a commit still being written (not in the cache yet): its ref, or undefined. */
+  pendingChunk?: (id: string) => Promise<ChunkRef> | undefined;
 }
 
 /** In-place rewrites seen before a large file is cut finely. */
@@ -326,12 +328,19 @@ export class CommitBuilder {
     return [...out];
   }
 
+  /** The ref of a chunk this commit stores, or undefined. */
+  newChunk(id: string): Promise<ChunkRef> | undefined {
+    return this.#newChunks.get(id);
+  }
+
   /** A chunk by id: known (its ref at once), or new (its ref once its pack is cut), uploaded once. */
   readonly #refFor = (id: string, sealed: Buffer): Promise<ChunkRef> => {
     let p = this.#newChunks.get(id);
     if (p === undefined) {
       const known = this.db.chunk(id);
       if (known) return Promise.resolve(known);
+      const pending = this.opts.pendingChunk?.(id);
+      if (pending !== undefined) return pending;
       p = this.#writer.addSealed(id, sealed);
       this.#newChunks.set(id, p);
     }

@@ -2,6 +2,7 @@
 // computes each chunk's id and seals it (compress, encrypt), so that all per-byte work runs on
 // every core and the main thread only packs and uploads. The protocol is in seal-pool.ts.
 import { type BigIntStats, closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
+import { getPriority, setPriority } from 'node:os';
 import { parentPort, workerData } from 'node:worker_threads';
 import { DEFAULT_CHUNKER, FINE_CHUNKER, nextCut, type ChunkerParams } from '../repo/chunker.js';
 import { chunksToKeep } from './append.js';
@@ -11,6 +12,18 @@ import { TORN_RETRIES, type FileJob, type FromWorker } from './seal-pool.js';
 
 const { master, control } = workerData as { master: Uint8Array | null; control: SharedArrayBuffer };
 const keys = Keys.fromShared(master);
+
+/** How much nicer than the main thread a worker runs. */
+const WORKER_NICE = 5;
+
+// The main thread packs, indexes and uploads what every worker seals: when it waits for a core,
+// all of them wait. On Linux a thread's nice value is its own, so the workers step back a little
+// and the main thread runs as soon as it can (with idle cores nothing changes).
+try {
+  setPriority(Math.min(19, getPriority() + WORKER_NICE));
+} catch {
+  // not allowed here: it only costs speed
+}
 /** [0]: bytes this worker may still send before the main thread has taken them; [1]: a job to cancel. */
 const ctl = new Int32Array(control);
 

@@ -1,4 +1,4 @@
-import { createCipheriv, createDecipheriv, createHash, createHmac, randomBytes, scrypt } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHash, createHmac, randomBytes, randomFillSync, scrypt } from 'node:crypto';
 import { PhoenixError } from '../errors.js';
 
 export interface KdfParams {
@@ -64,8 +64,26 @@ export class Keys {
   }
 }
 
+/**
+ * Random nonces, fetched from the CSPRNG 4096 at a time: one call per small blob cost about a
+ * third of sealing it. Each nonce is used once (the pool is refilled, never reread).
+ */
+const NONCES = Buffer.alloc(12 * 4096);
+let nonceAt = NONCES.length;
+
+function nextNonce(): Buffer {
+  if (nonceAt === NONCES.length) {
+    randomFillSync(NONCES);
+    nonceAt = 0;
+  }
+  // A view: seal() copies it into the sealed blob before the pool can be refilled.
+  const n = NONCES.subarray(nonceAt, nonceAt + 12);
+  nonceAt += 12;
+  return n;
+}
+
 export function seal(key: Buffer, plain: Uint8Array | readonly Uint8Array[]): Buffer {
-  const nonce = randomBytes(12);
+  const nonce = nextNonce();
   const c = createCipheriv('aes-256-gcm', key, nonce);
   const out: Buffer[] = [nonce];
   for (const part of plain instanceof Uint8Array ? [plain] : plain) out.push(c.update(part));
