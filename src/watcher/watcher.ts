@@ -400,11 +400,12 @@ export class Watcher {
 
   /**
    * The name now stands for another file than the tree knew (an atomic save replaced it after
-   * the write or chmod this event is for): the change reached the old file, whose other names,
-   * if it has any, are checked as for a name that is gone.
+   * the write or chmod this event is for): the change reached the old file, whose other names
+   * are checked. Only for a file the tree knows to have several (an editor's every save would
+   * otherwise walk them all); a link count the tree missed waits for the next rescan.
    */
   #replacedSince(path: RawPath, old: Entry, now: Entry): void {
-    if (old.kind === 'file' && (old.ino !== now.ino || old.dev !== now.dev)) this.#otherLinks(path, old, true);
+    if (old.kind === 'file' && old.nlink > 1 && (old.ino !== now.ino || old.dev !== now.dev)) this.#otherLinks(path, old);
   }
 
   /**
