@@ -163,7 +163,7 @@ export class SealPool {
       slot.outbox.push({ job, path: path.toString('latin1'), prev: prev.map((c) => [c.id, c.size ?? 0]), ...how });
       if (!this.#flushing) {
         // After this turn of the event loop: the files started by one batch of results go out
-        // together (one postMessage per worker costs the main thread ~30 µs, about what the
+        // together (a postMessage costs the main thread 15 µs or more, a fair part of what the
         // worker spends on a small file).
         this.#flushing = true;
         setImmediate(() => this.#flush());
