@@ -394,18 +394,7 @@ export class Watcher {
     }
     this.#tree.set(path, e);
     this.#emit({ type: 'modified', path, kind: e.kind, closed });
-    this.#otherLinks(path, e);
-    this.#replacedSince(path, old, e);
-  }
-
-  /**
-   * The name now stands for another file than the tree knew (an atomic save replaced it after
-   * the write or chmod this event is for): the change reached the old file, whose other names
-   * are checked. Only for a file the tree knows to have several (an editor's every save would
-   * otherwise walk them all); a link count the tree missed waits for the next rescan.
-   */
-  #replacedSince(path: RawPath, old: Entry, now: Entry): void {
-    if (old.kind === 'file' && old.nlink > 1 && (old.ino !== now.ino || old.dev !== now.dev)) this.#otherLinks(path, old);
+    this.#linksOutside(path, changedHere(old, e));
   }
 
   /**
@@ -466,8 +455,7 @@ export class Watcher {
     if (e.kind !== old.kind) return this.#appeared(path, e.kind === 'dir');
     this.#tree.set(path, e);
     this.#emit({ type: 'attributes', path, kind: e.kind });
-    this.#otherLinks(path, e);
-    this.#replacedSince(path, old, e);
+    this.#linksOutside(path, changedHere(old, e));
   }
 
   /** IN_MOVED_FROM with its IN_MOVED_TO, or alone (moved out of the tree). */
@@ -675,6 +663,17 @@ export class Watcher {
     this.close();
     this.#opts.onFatal?.(err);
   }
+}
+
+/**
+ * The files a write or chmod at a name reached, whose other names are checked in one walk: the
+ * file there now, and the one the tree knew when an atomic save has replaced it since (only when
+ * the tree knows it has several names: an editor's every save would otherwise walk them all; a
+ * link count the tree missed waits for the next rescan).
+ */
+function changedHere(old: Entry, now: Entry): Entry[] {
+  const replaced = old.kind === 'file' && old.nlink > 1 && (old.ino !== now.ino || old.dev !== now.dev);
+  return replaced ? [now, old] : [now];
 }
 
 /** Reads /proc/sys/fs/inotify/NAME, or undefined. */
