@@ -24,6 +24,7 @@ import { createServer as createHttpServer, type Server as HttpServer } from 'nod
 import { hostReason, allowedHosts, listenOn, type ListenSpec } from '../web/http.js';
 import { hostname } from 'node:os';
 import { readLastCheck } from '../state/last-check.js';
+import { QuietTrim } from '../util/quiet.js';
 
 const MAX_ERRORS = 50;
 
@@ -58,6 +59,8 @@ export class Daemon {
   readonly #hub = new Hub();
   readonly #metrics: Metrics;
   readonly #live: LiveState;
+  /** Gives V8's young generation back once a start-up scan or a burst is over. */
+  readonly #quiet = new QuietTrim();
   #web: WebServer | undefined;
   #dav: DavServer | undefined;
   #metricsServer: HttpServer | undefined;
@@ -211,6 +214,7 @@ export class Daemon {
     );
     d.#maintainer.start();
     log.info({ sources: config.sources.length, repository: repoUrl }, 'watching');
+    d.#quiet.touch();
     return d;
   }
 
@@ -220,6 +224,7 @@ export class Daemon {
    */
   async stop(deadlineMs: number): Promise<boolean> {
     this.#stopping = true;
+    this.#quiet.stop();
     // Maintenance stops beside the sources (a prune waiting for their acknowledgements gives up at once).
     const maintenance = this.#maintainer?.stop();
     const results = await Promise.all(this.#runners.map((r) => r.stop(deadlineMs)));
@@ -325,7 +330,10 @@ export class Daemon {
       info: (msg, fields) => log.info(fields ?? {}, msg),
       warn: (msg, fields) => log.warn(fields ?? {}, msg),
       trace: log.isLevelEnabled('trace') ? (msg, fields) => log.trace(fields, msg) : undefined,
-      seen: (c, timeMs) => this.#live.seen(source, c, timeMs),
+      seen: (c, timeMs) => {
+        this.#quiet.touch();
+        this.#live.seen(source, c, timeMs);
+      },
       problem: (path, message, code) => {
         this.#live.problem(code);
         log.warn({ ...(path === undefined ? {} : { path }), ...(code !== undefined ? { code } : {}) }, message);
@@ -337,6 +345,7 @@ export class Daemon {
         this.uploaded.commits++;
         log.debug({ seq: c.seq, changes: c.changes, files: c.files, bytes: c.bytes, oldestMs: c.oldestMs }, 'committed');
         summary.add(c);
+        this.#quiet.touch();
         this.#catalog?.invalidate(source);
         this.#live.committed(source, c);
       },
