@@ -41,7 +41,7 @@ const V8_WINDOW_MS = 6_000;
  * too little to reach its next collection, the one at which V8 would shrink it. V8 shrinks it
  * at a young collection when the allocation rate of the last five seconds is low, and not
  * below what is live in it; so, once work has stopped for `quietMs`: a full collection (what
- * the burst left, and what it left pointing into the young generation), then, after five
+ * the burst left, and what it left pointing into the young generation), then, after six
  * quiet seconds more, a young collection, at which it shrinks. V8 grows it again at the next
  * burst. Nothing is done when the young generation is small already.
  *
@@ -53,12 +53,14 @@ export class QuietTrim {
   #timer: NodeJS.Timeout | undefined;
   /** When the full collection ran (0: not yet, since the last work). */
   #fullAt = 0;
+  #stopped = false;
   /** Young generations shrunk (for tests). */
   runs = 0;
 
   constructor(readonly quietMs = 3_000) {}
 
   touch(): void {
+    if (this.#stopped) return;
     this.#last = performance.now();
     if (this.#timer === undefined) this.#arm(this.quietMs);
   }
@@ -90,7 +92,9 @@ export class QuietTrim {
     this.runs++;
   }
 
+  /** No more collections, whatever is touched after. */
   stop(): void {
+    this.#stopped = true;
     clearTimeout(this.#timer);
     this.#timer = undefined;
   }
