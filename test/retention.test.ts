@@ -5,7 +5,7 @@ import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
-import { backup } from '../src/archiver/backup.js';
+import { applyDeletionPlans, backup, leaseStillGood } from '../src/archiver/backup.js';
 import { listAll, type Backend, type Body, type ByteRange, type ObjectInfo } from '../src/backend/backend.js';
 import { LocalBackend } from '../src/backend/local.js';
 import { MemoryBackend } from '../src/backend/memory.js';
@@ -25,6 +25,8 @@ import { floorBoundary, keptInstants, parsePolicy, type Instant } from '../src/r
 
 const H = 36e5;
 const usage = (re: RegExp) => (e: unknown) => e instanceof PhoenixError && e.code === 'PHX_USAGE' && re.test(e.message);
+
+const hex64 = (c: string): string => c.repeat(64);
 
 describe('retention policy', () => {
   it('reads tiers and refuses bad ones, naming the tier', () => {
@@ -767,6 +769,48 @@ describe('the maintenance lease', () => {
 });
 
 describe('a writer stopped past its lease while prune runs', () => {
+  it('makes a commit again when a plan was purged after it began and its lease had run out, even if a renewal took the lease back first', async () => {
+    const state = tempDir('phx-lapse-');
+    const repo = await Repository.init(new MemoryBackend(), { insecureNoEncryption: true });
+    const db = new StateDb(join(state.path, 'db.sqlite'));
+    const pruned = (e: unknown): boolean => e instanceof PhoenixError && e.code === 'PHX_PRUNED';
+    const expire = (): Promise<void> => new Promise((r) => setTimeout(r, 120));
+    try {
+      const lease = await repo.acquireLease('s', 50);
+      // Not lapsed: a plan purged while a commit is built is for prune to wait out (it waits for the ack).
+      let began = db.purges;
+      await repo.writeDeletionPlan([hex64('a')], []);
+      await applyDeletionPlans(repo, db);
+      await leaseStillGood(lease, repo, db, began);
+      // The writer sleeps past its lease while a commit is being built (deduplicated against the
+      // cache as it was); on waking, its renewal timer takes the lease back first, then the renewal
+      // purges the plan prune wrote meanwhile, which did not wait for it.
+      began = db.purges;
+      await expire();
+      await lease.renew();
+      await repo.writeDeletionPlan([hex64('b')], []);
+      await applyDeletionPlans(repo, db);
+      await assert.rejects(leaseStillGood(lease, repo, db, began), pruned, 'the commit is made again');
+      // The commit made again began after the purge: it goes through, and the lapse is reported once.
+      await leaseStillGood(lease, repo, db, db.purges);
+      // Lapsed, and the plan purged by the renewal before the commit's own look (no renewal in between).
+      began = db.purges;
+      await expire();
+      await repo.writeDeletionPlan([hex64('c')], []);
+      await applyDeletionPlans(repo, db);
+      await assert.rejects(leaseStillGood(lease, repo, db, began), pruned);
+      // Lapsed with no plan at all: nothing to make again.
+      began = db.purges;
+      await expire();
+      await lease.renew();
+      await leaseStillGood(lease, repo, db, began);
+      await lease.release();
+    } finally {
+      db.close();
+      state.cleanup();
+    }
+  });
+
   it('purges what prune deleted before its next commit, and content that came back is stored again', async () => {
     const work = tempDir('phx-prune-sigstop-');
     const src = join(work.path, 'src');

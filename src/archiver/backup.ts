@@ -111,7 +111,7 @@ async function backupLocked(
   // have their directories committed by it or before it. Puts within a commit in byte order.
   const commit = async (b: CommitBuilder): Promise<void> => {
     b.sortPuts(compareRaw);
-    const done = await b.commit(seq + 1, undefined, () => leaseStillGood(lease, repo, db));
+    const done = await b.commit(seq + 1, undefined, () => leaseStillGood(lease, repo, db, b.purgesAtStart));
     for (const k of Object.keys(stats) as Array<keyof CommitStats>) stats[k] += b.stats[k];
     if (done !== undefined) {
       seq = done.commit.seq;
@@ -239,9 +239,12 @@ export async function syncCache(repo: Repository, db: StateDb, source: string): 
  * its files may have been deduplicated against a pack that is gone (the caller starts again,
  * its cache purged).
  */
-export async function leaseStillGood(lease: Lease, repo: Repository, db: StateDb): Promise<void> {
+export async function leaseStillGood(lease: Lease, repo: Repository, db: StateDb, purgesAtStart: number): Promise<void> {
   if (!(await lease.fresh())) return;
-  if ((await applyDeletionPlans(repo, db)).applied === 0) return;
+  // A plan purged since this commit began, by this call or by the lease's renewal meanwhile,
+  // may have been deleted already (prune did not wait for a writer whose lease had run out),
+  // and the commit deduplicated against the cache from before the purge.
+  if ((await applyDeletionPlans(repo, db)).applied === 0 && db.purges === purgesAtStart) return;
   throw new PhoenixError('PHX_PRUNED', 'prune ran while this writer could not renew its lease: this commit is made again', {
     hint: 'nothing is lost: the files are read again, against a cache that no longer names what prune deleted',
   });

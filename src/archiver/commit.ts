@@ -69,7 +69,11 @@ export class CommitBuilder {
     readonly opts: CommitBuilderOptions = {},
   ) {
     this.#writer = new ChunkWriter(repo);
+    this.purgesAtStart = db.purges;
   }
+
+  /** The deletion plans the cache had purged when this builder began deduplicating against it (see leaseStillGood). */
+  readonly purgesAtStart: number;
 
   /** The entry at `path` as of this commit so far. */
   get(path: RawPath): CachedFile | undefined {

@@ -464,7 +464,11 @@ export class SourceRunner {
       }
       builder.sortPuts(compareRaw);
       const lease = this.#lease;
-      const done = await builder.commit(this.#seq + 1, trimQueue, lease && (() => leaseStillGood(lease, this.#repo, this.#db)));
+      const done = await builder.commit(
+        this.#seq + 1,
+        trimQueue,
+        lease && (() => leaseStillGood(lease, this.#repo, this.#db, builder.purgesAtStart)),
+      );
       this.pending.done(true);
       this.#backoffMs = 0;
       this.#retryAt = 0;

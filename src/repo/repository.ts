@@ -993,8 +993,12 @@ export class Repository {
     const me = { host: hostname(), pid: process.pid, token: randomBytes(8).toString('hex'), acquiredMs: Date.now() };
     const key = prefix + me.token;
     let expiresMs = 0;
+    // The lease ran out before a write took it again (a process stopped, a laptop asleep):
+    // kept until fresh() reports it, whether renew() or fresh() took it again.
+    let lapsed = false;
     let notes: Record<string, unknown> = {};
     const write = (): Promise<void> => {
+      if (expiresMs > 0 && Date.now() >= expiresMs) lapsed = true;
       const next = Date.now() + ttlMs;
       return this.backend.put(key, Buffer.from(JSON.stringify({ ...notes, ...me, expiresMs: next }))).then(() => void (expiresMs = next));
     };
@@ -1035,7 +1039,7 @@ export class Repository {
         notes = { ...notes, ...fields };
       },
       fresh: async () => {
-        if (Date.now() < expiresMs - Math.min(30_000, ttlMs / 4)) return false;
+        if (!lapsed && Date.now() < expiresMs - Math.min(30_000, ttlMs / 4)) return false;
         // Our lease ran out (a laptop that slept, a store we could not reach): before we
         // commit, make sure nobody took over and take it again; the caller then looks for
         // deletion plans (prune did not wait for us: it saw no live lease).
@@ -1046,6 +1050,7 @@ export class Repository {
           });
         }
         await write();
+        lapsed = false;
         return true;
       },
       release: async () => {
@@ -1100,9 +1105,10 @@ export interface Lease {
   /** Fields the lease object carries from its next write on (a writer's `acked` deletion plan). */
   note(fields: Record<string, unknown>): void;
   /**
-   * Call before each commit. When the lease ran out meanwhile, takes it again (PHX_LOCKED if
-   * another process took over or prune is running) and returns true: the caller must then
-   * look for deletion plans it has not applied before it commits.
+   * Call before each commit. When the lease ran out since the last call (even if a renewal
+   * took it again since) or is about to, takes it again (PHX_LOCKED if another process took
+   * over) and returns true: the caller must then look for deletion plans it has not applied,
+   * and for any applied since its commit began, before it commits.
    */
   fresh(): Promise<boolean>;
   release(): Promise<void>;

@@ -179,7 +179,15 @@ export class StateDb {
    * Forgets every chunk in `packs` (prune deletes them): deduplication must not name them again.
    * Records the plan as applied, in the same transaction.
    */
+  /** Deletion plans purged from the chunk index by this process so far (a commit compares it with the count when it began). */
+  get purges(): number {
+    return this.#purges;
+  }
+
+  #purges = 0;
+
   purgePacks(plan: string, packs: Iterable<string>): number {
+    this.#purges++;
     let n = 0;
     this.#db.exec('CREATE TEMP TABLE IF NOT EXISTS doomed (pack TEXT PRIMARY KEY)');
     const add = this.#db.prepare('INSERT OR IGNORE INTO doomed (pack) VALUES (?)');
