@@ -606,8 +606,11 @@ describe('mass-change guard', () => {
   it('trips once per spike of removals or rewrites, naming the commit before it', () => {
     const g = new MassChangeGuard({ files: 100, fraction: 0.25, windowMs: 60_000 }, { seq: 1, timeMs: 1000 });
     const t = 10_000_000;
+    assert.equal(g.candidate(), undefined, 'nothing removed or rewritten yet: nothing a trip could pin but the latest');
     assert.equal(g.observe({ seq: 2, timeMs: t, removed: 0, rewritten: files(5) }, 10_000), undefined);
     assert.equal(g.observe({ seq: 3, timeMs: t + 1000, removed: 60, rewritten: [] }, 10_000), undefined);
+    // Before it trips, the instant it would pin is known (the daemon's forget keeps it).
+    assert.equal(g.candidate(), t - 1);
     const trip = g.observe({ seq: 4, timeMs: t + 2000, removed: 40, rewritten: [] }, 10_000);
     assert.deepEqual(trip, { timeMs: t + 2000, removed: 100, rewritten: 5, pinnedAtMs: t - 1, seq: 1 });
     assert.equal(g.observe({ seq: 5, timeMs: t + 3000, removed: 500, rewritten: [] }, 10_000), undefined, 'the same spike trips once');

@@ -208,7 +208,7 @@ export class Daemon {
     }
     d.#maintainer = new Maintainer(
       repo,
-      config.sources.map((s) => s.name),
+      d.#runners.map((r) => ({ name: r.config.name, held: () => r.heldInstants() })),
       config.maintenance,
       log.child({ maintenance: true }),
     );

@@ -96,4 +96,14 @@ export class MassChangeGuard {
     if (prev === undefined) return undefined; // the spike is the first commit: nothing before it to keep
     return { timeMs: c.timeMs, removed, rewritten, pinnedAtMs: first.timeMs - 1, seq: prev.seq };
   }
+
+  /**
+   * The instant a trip would pin if one came now: just before the window's first removal or
+   * rewrite (undefined when the window has none: the commit before a spike that starts later
+   * is the latest then, which retention always keeps).
+   */
+  candidate(): number | undefined {
+    const first = this.#window.find((s) => s.removed + s.rewritten > 0);
+    return first === undefined ? undefined : first.timeMs - 1;
+  }
 }

@@ -36,7 +36,8 @@ export class Maintainer {
 
   constructor(
     readonly repo: Repository,
-    readonly sources: readonly string[],
+    /** The daemon's sources, each with the instants its mass-change guard may pin (forget keeps them). */
+    readonly watched: ReadonlyArray<{ name: string; held: () => number[] }>,
     readonly opts: { compactMs: number; compactAfterMs: number; forgetMs: number; pruneMs: number; minPackAgeMs: number },
     readonly log: Logger,
   ) {}
@@ -51,7 +52,7 @@ export class Maintainer {
   /** The per-source part of the status: the policy and the oldest kept instant. */
   async refresh(): Promise<void> {
     const out: RetentionStatus['sources'] = [];
-    for (const name of this.sources) {
+    for (const { name } of this.watched) {
       const p = await effectivePolicy(this.repo, name).catch(() => undefined);
       const commits = await this.repo.commitList(name);
       const first = commits[0];
@@ -106,7 +107,7 @@ export class Maintainer {
 
   async #compact(): Promise<void> {
     let segments = 0;
-    for (const name of this.sources) {
+    for (const { name } of this.watched) {
       const r = await compactJournal(this.repo, name, { olderThanMs: this.opts.compactAfterMs, spanMs: COMPACT_SPAN_MS });
       if (r.segments > 0) this.log.debug({ source: name, ...r }, `compaction: ${r.commits} commits into ${r.segments} segments`);
       segments += r.segments;
@@ -117,10 +118,12 @@ export class Maintainer {
 
   async #forget(): Promise<void> {
     let dropped = 0;
-    for (const name of this.sources) {
+    for (const { name, held } of this.watched) {
       const policy = await effectivePolicy(this.repo, name);
       if (policy === undefined) continue;
-      const plan = await planForget(this.repo, name, policy.policy);
+      // The instant a mass-change guard would pin if it tripped now (or is pinning): a trip
+      // must never name an instant this run thinned away.
+      const plan = await planForget(this.repo, name, policy.policy, held());
       if (plan.dropped.length === 0) continue;
       const r = await applyForget(this.repo, plan);
       dropped += plan.dropped.length;

@@ -565,8 +565,18 @@ export class SourceRunner {
       `mass-change guard: ${what}; pinned the state before it (commit ${trip.seq}, phoenix restore --at ${new Date(trip.pinnedAtMs).toISOString()}); phoenix unpin --at ${new Date(trip.pinnedAtMs).toISOString()} releases it`,
     );
     this.#toPin.push({ trip, note: `mass-change guard: ${what}` });
+    this.#pinning.add(trip.pinnedAtMs);
     this.#writePins();
   }
+
+  /** The instants this source's guard is pinning or may pin: forget keeps them as if pinned. */
+  heldInstants(): number[] {
+    const c = this.#guard?.candidate();
+    return c === undefined ? [...this.#pinning] : [...this.#pinning, c];
+  }
+
+  /** Guard pins not in the repository yet (being written, or to try again). */
+  readonly #pinning = new Set<number>();
 
   /** Guard pins not written yet (the store failed): tried again after each commit. */
   readonly #toPin: Array<{ trip: GuardTrip; note: string }> = [];
@@ -575,10 +585,13 @@ export class SourceRunner {
     for (const p of this.#toPin.splice(0)) {
       const { trip } = p;
       const guard = { timeMs: trip.timeMs, removed: trip.removed, rewritten: trip.rewritten, seq: trip.seq };
-      this.#repo.pin(this.config.name, trip.pinnedAtMs, p.note, guard).catch((err: unknown) => {
-        this.#toPin.push(p);
-        this.#events.warn(`mass-change guard: cannot write the pin yet (${(err as Error).message}); tried again after the next commit`);
-      });
+      this.#repo.pin(this.config.name, trip.pinnedAtMs, p.note, guard).then(
+        () => this.#pinning.delete(trip.pinnedAtMs),
+        (err: unknown) => {
+          this.#toPin.push(p);
+          this.#events.warn(`mass-change guard: cannot write the pin yet (${(err as Error).message}); tried again after the next commit`);
+        },
+      );
     }
   }
 

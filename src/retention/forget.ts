@@ -40,9 +40,10 @@ export interface ForgetPlan {
   dropped: CommitInfo[];
 }
 
-export async function planForget(repo: Repository, source: string, policy: Policy): Promise<ForgetPlan> {
+/** `held`: instants kept as if pinned (a live daemon's guard may pin them). */
+export async function planForget(repo: Repository, source: string, policy: Policy, held: readonly number[] = []): Promise<ForgetPlan> {
   const instants = await repo.commitList(source);
-  const pins = (await repo.pins(source)).map((p) => p.atMs);
+  const pins = [...(await repo.pins(source)).map((p) => p.atMs), ...held];
   const kept = keptInstants(instants, policy, pins);
   return { source, instants, kept, dropped: instants.filter((c) => !kept.has(c.seq)) };
 }
