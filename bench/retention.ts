@@ -203,6 +203,7 @@ async function yearSection(): Promise<void> {
   const started = performance.now();
   let maintenanceMs = 0;
   const parts = { compact: 0, forget: 0, prune: 0 };
+  let shown = { ...parts };
   const step = 86_400_000 / PER_DAY;
   for (let day = 0; day < DAYS; day++) {
     for (let hour = 0; hour < 24; hour++) {
@@ -223,8 +224,12 @@ async function yearSection(): Promise<void> {
     parts.forget += m1 - m0;
     parts.prune += performance.now() - m1;
     maintenanceMs += performance.now() - m0;
-    if (day % 30 === 29)
-      process.stderr.write(`  simulated day ${day + 1} of ${DAYS} (${((performance.now() - started) / 1000).toFixed(0)} s)\n`);
+    if (day % 30 === 29) {
+      const s = (ms: number): string => (ms / 1000).toFixed(1);
+      const sum = `compaction ${s(parts.compact - shown.compact)}, forget ${s(parts.forget - shown.forget)}, prune ${s(parts.prune - shown.prune)} s`;
+      process.stderr.write(`  simulated day ${day + 1} of ${DAYS} (${s(performance.now() - started)} s; the last 30 days' ${sum})\n`);
+      shown = { ...parts };
+    }
   }
   const m = await metaBytes(inner);
   // Start-up: the journal and its instants, the checkpoints, the deletion plans; then the tree at the latest commit.

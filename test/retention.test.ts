@@ -10,11 +10,19 @@ import { listAll, type Backend, type Body, type ByteRange, type ObjectInfo } fro
 import { LocalBackend } from '../src/backend/local.js';
 import { MemoryBackend } from '../src/backend/memory.js';
 import { PhoenixError } from '../src/errors.js';
-import { applyChange, encodeRecord, stateAt, type FileRecord, type JournalChange, type TreeState } from '../src/repo/index.js';
+import {
+  applyChange,
+  encodeRecord,
+  stateAt,
+  type CommitInfo,
+  type FileRecord,
+  type JournalChange,
+  type TreeState,
+} from '../src/repo/index.js';
 import { checkRepository } from '../src/repo/check.js';
 import { Repository } from '../src/repo/repository.js';
 import { compactJournal } from '../src/retention/compact.js';
-import { applyForget, planForget } from '../src/retention/forget.js';
+import { applyForget, planForget, spacedCheckpoints } from '../src/retention/forget.js';
 import { applyPrune, planPrune } from '../src/retention/prune.js';
 import { restore } from '../src/restore/restore.js';
 import { StateDb } from '../src/state/db.js';
@@ -406,6 +414,30 @@ async function copyOf(b: MemoryBackend): Promise<MemoryBackend> {
 }
 
 describe('forget over weeks of history', () => {
+  it('keeps the older checkpoints a reader would otherwise replay more than two checkpoints’ worth of changes to do without', () => {
+    // A tree of 100 entries: commit 1 holds it all (a commit's changes are estimated from its size), then steps of 5 changes.
+    const commits: CommitInfo[] = [{ key: 'c1', seq: 1, timeMs: 1, size: 100 * 100 }];
+    for (let seq = 2; seq <= 50; seq++)
+      commits.push({ key: 's', seq, timeMs: seq, segment: { first: 2, last: 50, index: seq - 2, changes: 5 } });
+    // From the start to 30 is 245 changes, more than 2 × 100: 20 stays; from 20 to the newest (50) is 150: 30 and 40 go.
+    assert.deepEqual([...spacedCheckpoints(commits, [10, 20, 30, 40], 50, 100)], [20]);
+    // A checkpoint at an instant the journal no longer keeps is never one: without 20, the start to 30 is too far, so 10 stays.
+    assert.deepEqual(
+      [
+        ...spacedCheckpoints(
+          commits.filter((c) => c.seq !== 20),
+          [10, 20, 30, 40],
+          50,
+          100,
+        ),
+      ],
+      [10],
+    );
+    // Steps of many changes: every checkpoint saves a reader more than it costs.
+    const busy = commits.map((c) => (c.segment === undefined ? c : { ...c, segment: { ...c.segment, changes: 300 } }));
+    assert.deepEqual([...spacedCheckpoints(busy, [10, 20, 30, 40], 50, 100)], [10, 20, 30, 40]);
+  });
+
   const HOUR = 3_600_000;
   /** `hours` hourly commits of random changes from `t0`, after `from` earlier ones; the tree after each. */
   async function hourly(repo: Repository, state: TreeState, from: number, hours: number, r: () => number, trees: Map<number, string>) {

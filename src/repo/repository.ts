@@ -62,8 +62,8 @@ export interface CommitInfo {
   timeMs: number;
   /** The commit object's stored size, from the listing (a large commit's parts come on top). */
   size?: number;
-  /** Set when the commit is a step of a segment (`key` is then the segment's): where in it. */
-  segment?: { first: number; last: number; index: number };
+  /** Set when the commit is a step of a segment (`key` is then the segment's): where in it, and how many changes the step holds. */
+  segment?: { first: number; last: number; index: number; changes: number };
 }
 
 /** An object of the journal as listed: a commit (`first` = `seq`) or a segment of commits `first`…`seq`. */
@@ -418,7 +418,7 @@ export class Repository {
           seq: st.seq,
           timeMs: st.timeMs,
           ...(index === seg.steps.length - 1 ? { size: o.size } : {}),
-          segment: { first: o.first, last: o.seq, index },
+          segment: { first: o.first, last: o.seq, index, changes: st.n },
         }),
       );
     }
@@ -718,8 +718,13 @@ export class Repository {
     }
   }
 
-  /** The records of a checkpoint, in order, one part in memory at a time. */
-  async *checkpointRecords(source: string, seq: number): AsyncGenerator<FileRecord> {
+  /**
+   * The records of a checkpoint, in order, one part in memory at a time. With `skipParts`: the
+   * records of the parts not in it, which are then added to it (a part's id names its content,
+   * so a reader that only collects what records refer to reads a part shared by several
+   * checkpoints once).
+   */
+  async *checkpointRecords(source: string, seq: number, opts: { skipParts?: Set<string> } = {}): AsyncGenerator<FileRecord> {
     const head = await this.#checkpointHead(source, seq);
     for (const [id, size] of head.parts) this.#parts.set(id, size);
     const moved = await this.#moved();
@@ -733,12 +738,10 @@ export class Repository {
       }
     };
     for (const o of head.inline) yield decode(o as Record<string, unknown>);
-    for await (const o of readParts(
-      this.backend,
-      this.keys,
-      head.parts.map(([id]) => id),
-    ))
-      yield decode(o);
+    const skip = opts.skipParts;
+    const ids = head.parts.map(([id]) => id).filter((id) => skip === undefined || !skip.has(id));
+    for (const id of ids) skip?.add(id);
+    for await (const o of readParts(this.backend, this.keys, ids)) yield decode(o);
   }
 
   /**

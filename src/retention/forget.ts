@@ -166,18 +166,40 @@ export async function applyForget(repo: Repository, plan: ForgetPlan): Promise<F
   // The tree (and its digest) at the start of the next range, carried from the end of the one
   // before: each range starts from there, not from a checkpoint and a replay of all before it.
   let base: { seq: number; state: TreeState; digest: TreeDigest } | undefined;
+  const checkpoints = new CheckpointSizes(repo, source);
   const baseAt = async (a: number): Promise<{ state: TreeState; digest: TreeDigest }> => {
-    if (base === undefined || base.seq > a) {
+    const from = base?.seq ?? 0;
+    const commits = await repo.commitList(source);
+    const nearest = await repo.usableCheckpoint(source, commits, a);
+    // Carried forward from the range before, or loaded afresh from the checkpoint nearest `a`
+    // when replaying the commits between would cost more than reading that checkpoint.
+    const fresh =
+      base === undefined ||
+      base.seq > a ||
+      (nearest > from && changesBetween(commits, from, nearest) > (await checkpoints.entries(nearest)));
+    if (fresh) {
       const state: TreeState = a > 0 ? (await repo.loadState(source, a)).state : new Map();
       base = { seq: a, state, digest: TreeDigest.of(repo.keys, state) };
-    } else if (base.seq < a) {
-      // The commits between are outside every range: as they are on the chain now.
-      for (const info of (await repo.commitList(source)).filter((c) => c.seq > (base as { seq: number }).seq && c.seq <= a)) {
-        for (const ch of (await repo.readCommit(info)).changes) applyTracked(base.state, ch, base.digest);
+    } else if (base !== undefined && base.seq < a) {
+      // The commits between are outside every range: as they are on the chain now. The digest
+      // follows once per path they touch (or is taken afresh when they touched most of the tree),
+      // not once per change: a gap of months touches the same paths again and again.
+      const before = new Map<RawPath, FileRecord | null>();
+      for (const info of commits.filter((c) => c.seq > from && c.seq <= a)) {
+        for (const ch of (await repo.readCommit(info)).changes) applyTracked(base.state, ch, undefined, before);
+      }
+      if (before.size > base.state.size / 2) base.digest = TreeDigest.of(repo.keys, base.state);
+      else {
+        for (const [p, was] of before) {
+          if (was !== null) base.digest.remove(was);
+          const now = base.state.get(p);
+          if (now !== undefined) base.digest.add(now);
+        }
       }
       base.seq = a;
     }
-    return { state: new Map(base.state), digest: base.digest.clone() };
+    const b = base as { state: TreeState; digest: TreeDigest };
+    return { state: new Map(b.state), digest: b.digest.clone() };
   };
   for (const [a, b] of regions(instants, kept, chain)) {
     const gen = 1 + Math.max(-1, ...chain.filter((o) => o.segment && o.seq > a && o.first - 1 < b).map((o) => o.gen));
@@ -232,15 +254,70 @@ export async function applyForget(repo: Repository, plan: ForgetPlan): Promise<F
     await repo.writeCheckpoint(source, lastB, recordsInOrder(proven));
   }
   const deleted = await deleteSuperseded(repo, source, kept);
-  // Older checkpoints go: a reader of an instant before it replays the thinned history from
-  // its start (its first step is the whole tree then), so the metadata kept grows with the
-  // kept instants, not with one checkpoint a run.
-  for (const seq of await repo.checkpointSeqs(source)) {
-    if (seq >= lastB) continue;
+  // Older checkpoints stay only where they save more than they cost: spaced through the
+  // thinned history so that a reader of any instant (and the next forget, which starts each
+  // range from the checkpoint nearest it) replays at most about READ_LIMIT checkpoints' worth
+  // of changes. The metadata kept grows with the kept history, not with one checkpoint a run.
+  const after = await repo.commitList(source);
+  const older = (await repo.checkpointSeqs(source)).filter((seq) => seq < lastB).sort((x, y) => x - y);
+  const entries = await checkpoints.entries(lastB).catch(() => undefined);
+  const spaced = entries === undefined ? new Set<number>() : spacedCheckpoints(after, older, lastB, entries);
+  for (const seq of older) {
+    if (spaced.has(seq)) continue;
     await repo.backend.delete(checkpointKey(source, seq));
     deleted.checkpoints++;
   }
   return { ...result, deleted };
+}
+
+/** How many checkpoints' worth of changes a reader replays at most where forget thins the checkpoints (as the writers do: CheckpointPolicy). */
+const READ_LIMIT = 2;
+/** A journal change stored in a commit object, on average (commits that are not segment steps: their count is not listed). */
+const BYTES_PER_CHANGE = 100;
+
+/** The changes the journal replays after commit `from` up to commit `to` (for segment steps, counted; for commits, estimated from their size). */
+function changesBetween(commits: readonly CommitInfo[], from: number, to: number): number {
+  let n = 0;
+  for (const c of commits) {
+    if (c.seq <= from || c.seq > to) continue;
+    n += c.segment?.changes ?? Math.max(1, Math.round((c.size ?? 0) / BYTES_PER_CHANGE));
+  }
+  return n;
+}
+
+/**
+ * Of the checkpoints `older` (ascending, all before the one at `newest`), those worth keeping:
+ * each one without which a reader starting from the kept one before (or from the journal's
+ * start) would replay more than READ_LIMIT × `entries` changes to reach the next one. A
+ * checkpoint at an instant the journal no longer keeps is never one (no reader can start there).
+ */
+export function spacedCheckpoints(commits: readonly CommitInfo[], older: readonly number[], newest: number, entries: number): Set<number> {
+  const steps = new Set(commits.map((c) => c.seq));
+  const usable = older.filter((seq) => steps.has(seq));
+  const keep = new Set<number>();
+  let last = 0;
+  for (const [i, seq] of usable.entries()) {
+    const next = usable[i + 1] ?? newest;
+    if (changesBetween(commits, last, next) <= READ_LIMIT * entries) continue;
+    keep.add(seq);
+    last = seq;
+  }
+  return keep;
+}
+
+/** The entries of a source's checkpoints, read once each (a checkpoint's head). */
+class CheckpointSizes {
+  readonly #known = new Map<number, number>();
+  constructor(
+    readonly repo: Repository,
+    readonly source: string,
+  ) {}
+
+  async entries(seq: number): Promise<number> {
+    let n = this.#known.get(seq);
+    if (n === undefined) this.#known.set(seq, (n = (await this.repo.checkpointInfo(this.source, seq)).entries));
+    return n;
+  }
 }
 
 /** The kept instants of `range` (after commit `a`), computed from the original journal one commit at a time; `expected` gets each one's digest. */

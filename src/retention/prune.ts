@@ -119,6 +119,8 @@ async function referenced(
   };
   const parts = new Set<string>();
   const named = new Set<string>();
+  // Checkpoints share the parts of the tree that did not change between them: each is read once.
+  const partsRead = new Set<string>();
   for (const source of await repo.sources()) {
     const after = since?.get(source) ?? { seq: 0, checkpoints: new Set<number>() };
     const seen = new Set<string>();
@@ -136,7 +138,7 @@ async function referenced(
     for (const seq of await repo.checkpointSeqs(source)) {
       if (after.checkpoints.has(seq)) continue;
       for (const p of await repo.partsOf(checkpointKey(source, seq))) parts.add(p);
-      for await (const r of repo.checkpointRecords(source, seq)) for (const c of r.chunks) use(c);
+      for await (const r of repo.checkpointRecords(source, seq, { skipParts: partsRead })) for (const c of r.chunks) use(c);
     }
   }
   return { packs, parts, named };
