@@ -246,6 +246,15 @@ async function yearSection(): Promise<void> {
   await restoreRepo.loadState('s');
   const restoreLists = b.lists;
   const restoreGets = b.gets;
+  // An old instant: the newest kept 100 days before the latest (or the oldest kept).
+  const latestMs = (commits.at(-1) as { timeMs: number }).timeMs;
+  const back = [...commits].reverse().find((c) => c.timeMs <= latestMs - 100 * 86_400_000) ?? (commits[0] as { seq: number });
+  const oldRepo = await Repository.open(b, async () => undefined);
+  b.reset();
+  const r0 = performance.now();
+  const { commitsRead } = await oldRepo.loadState('s', back.seq);
+  const oldMs = performance.now() - r0;
+  const oldGets = b.gets;
   const total = 1 + DAYS * PER_DAY;
   // Without compaction and retention: one object per commit, every one listed at start-up (computed: the same writes).
   const plainLists = Math.ceil(total / 1000);
@@ -261,6 +270,12 @@ async function yearSection(): Promise<void> {
   rows.push(['  metadata bytes (MiB)', f1(m.bytes / 2 ** 20), '', '']);
   rows.push(['  start-up: LIST requests / GETs', `${startLists} / ${startGets}`, `${plainLists + 2} / 0`, '']);
   rows.push(['  restore of the latest: LIST requests / GETs', `${restoreLists} / ${restoreGets}`, `${plainLists + 1} / ${total}`, '']);
+  rows.push([
+    '  the tree 100 days back: GETs / commits and steps replayed / ms',
+    `${oldGets} / ${commitsRead} / ${oldMs.toFixed(0)}`,
+    '',
+    '',
+  ]);
   rows.push(['  maintenance time over the year: hourly compaction, daily forget and prune (s)', f1(maintenanceMs / 1000), '', '']);
   rows.push([
     '    of which compaction / forget / prune (s)',

@@ -167,7 +167,8 @@ export async function applyForget(repo: Repository, plan: ForgetPlan): Promise<F
   // before: each range starts from there, not from a checkpoint and a replay of all before it.
   let base: { seq: number; state: TreeState; digest: TreeDigest } | undefined;
   const checkpoints = new CheckpointSizes(repo, source);
-  const baseAt = async (a: number): Promise<{ state: TreeState; digest: TreeDigest }> => {
+  /** The tree at `a`: a copy, or with `own` the carried tree itself (for the range's last use of it). */
+  const baseAt = async (a: number, own = false): Promise<{ state: TreeState; digest: TreeDigest }> => {
     const from = base?.seq ?? 0;
     const commits = await repo.commitList(source);
     const nearest = await repo.usableCheckpoint(source, commits, a);
@@ -199,7 +200,8 @@ export async function applyForget(repo: Repository, plan: ForgetPlan): Promise<F
       base.seq = a;
     }
     const b = base as { state: TreeState; digest: TreeDigest };
-    return { state: new Map(b.state), digest: b.digest.clone() };
+    if (own) base = undefined; // the next range starts from what this one proves
+    return own ? b : { state: new Map(b.state), digest: b.digest.clone() };
   };
   for (const [a, b] of regions(instants, kept, chain)) {
     const gen = 1 + Math.max(-1, ...chain.filter((o) => o.segment && o.seq > a && o.first - 1 < b).map((o) => o.gen));
@@ -236,7 +238,7 @@ export async function applyForget(repo: Repository, plan: ForgetPlan): Promise<F
       result.segments.push({ key: written.key, first: piece.first, last: piece.last, steps: n, bytes: written.size });
     }
     // Read them back as any reader would, and prove every kept instant before deleting anything.
-    const verified = await verify(repo, source, a, b, await baseAt(a), new Set(keys), expected);
+    const verified = await verify(repo, source, a, b, await baseAt(a, true), new Set(keys), expected);
     if (typeof verified === 'string') {
       for (const key of keys) await repo.backend.delete(key);
       throw new PhoenixError('PHX_INTERNAL', `forget of ${JSON.stringify(source)}: ${verified}; nothing was deleted`, {
