@@ -170,8 +170,9 @@ export async function applyForget(repo: Repository, plan: ForgetPlan): Promise<F
   /** The tree at `a`: a copy, or with `own` the carried tree itself (for the range's last use of it). */
   const baseAt = async (a: number, own = false): Promise<{ state: TreeState; digest: TreeDigest }> => {
     const from = base?.seq ?? 0;
-    const commits = await repo.commitList(source);
-    const nearest = await repo.usableCheckpoint(source, commits, a);
+    // Only a gap to carry the tree over needs the journal and the checkpoints listed again.
+    const commits = base !== undefined && base.seq < a ? await repo.commitList(source) : [];
+    const nearest = commits.length > 0 ? await repo.usableCheckpoint(source, commits, a) : 0;
     // Carried forward from the range before, or loaded afresh from the checkpoint nearest `a`
     // when replaying the commits between would cost more than reading that checkpoint.
     const fresh =
