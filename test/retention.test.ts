@@ -811,12 +811,14 @@ describe('a writer stopped past its lease while prune runs', () => {
     const pruned = (e: unknown): boolean => e instanceof PhoenixError && e.code === 'PHX_PRUNED';
     const expire = (): Promise<void> => new Promise((r) => setTimeout(r, 120));
     try {
-      const lease = await repo.acquireLease('s', 50);
       // Not lapsed: a plan purged while a commit is built is for prune to wait out (it waits for the ack).
+      const long = await repo.acquireLease('s', 3_600_000);
       let began = db.purges;
       await repo.writeDeletionPlan([hex64('a')], []);
       await applyDeletionPlans(repo, db);
-      await leaseStillGood(lease, repo, db, began);
+      await leaseStillGood(long, repo, db, began);
+      await long.release();
+      const lease = await repo.acquireLease('s', 50);
       // The writer sleeps past its lease while a commit is being built (deduplicated against the
       // cache as it was); on waking, its renewal timer takes the lease back first, then the renewal
       // purges the plan prune wrote meanwhile, which did not wait for it.
