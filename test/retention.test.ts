@@ -12,6 +12,7 @@ import { MemoryBackend } from '../src/backend/memory.js';
 import { PhoenixError } from '../src/errors.js';
 import {
   applyChange,
+  checkpointKey,
   encodeRecord,
   stateAt,
   type CommitInfo,
@@ -730,6 +731,39 @@ describe('phoenix watch runs retention itself', () => {
       if (daemon.child.exitCode === null) await daemon.kill9();
       work.cleanup();
     }
+  });
+});
+
+describe('prune and the parts it deletes', () => {
+  it('never lets the process that pruned name a part it deleted: content that comes back is stored again', async () => {
+    const backend = new MemoryBackend();
+    const repo = await Repository.init(backend, { insecureNoEncryption: true });
+    // A tree large enough for its checkpoint to be cut into parts (dirs: no chunks to keep).
+    const dir = (i: number): FileRecord => ({
+      path: `d${String(i).padStart(5, '0')}`,
+      type: 'dir',
+      mode: 0o40755,
+      uid: 0,
+      gid: 0,
+      mtimeNs: BigInt(i),
+      size: 0,
+      chunks: [],
+    });
+    const records = Array.from({ length: 6000 }, (_, i) => dir(i));
+    const stats = { files: 0, dirs: 6000, deleted: 0, bytesUploaded: 0, bytesTotal: 0 };
+    await repo.writeCommit({ source: 's', seq: 1, timeMs: 1000, packs: [], stats, changes: records.map((r) => ({ op: 'put', ...r })) });
+    await repo.writeCheckpoint('s', 1, records);
+    const parts = (await listAll(backend, 'meta/')).length;
+    assert.ok(parts > 1, 'the checkpoint has parts');
+    // Its checkpoint goes (as forget deletes one), so its parts are garbage; this process prunes them.
+    await backend.delete(checkpointKey('s', 1));
+    await applyPrune(repo, await planPrune(repo, { minPackAgeMs: 0 }));
+    assert.ok((await listAll(backend, 'meta/')).length < parts, 'prune deleted parts');
+    // The same records again: their parts must be uploaded again, not named as if they still were there.
+    await repo.writeCheckpoint('s', 1, records);
+    const back = await Repository.open(backend, async () => undefined);
+    assert.equal((await back.readCheckpoint('s', 1)).size, 6000);
+    assert.deepEqual((await checkRepository(back, { readData: true })).errors, []);
   });
 });
 

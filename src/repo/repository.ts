@@ -493,7 +493,7 @@ export class Repository {
         throw new Error(`unsupported segment version ${String(obj.v)} (this Phoenix reads 3: upgrade it)`);
       if (!Array.isArray(obj.steps) || !Array.isArray(obj.changes)) throw new Error('its steps or changes are not lists');
       const parts = decodeParts(obj.parts);
-      for (const [id, size] of parts) this.#parts.set(id, size); // a segment written again reuses what did not change
+      this.#learnParts(parts); // a segment written again reuses what did not change
       let at = 0;
       let prev = Number(obj.first) - 1;
       const steps = (obj.steps as Array<Record<string, unknown>>).map((st) => {
@@ -679,7 +679,17 @@ export class Repository {
 
   /** Forgets parts prune deletes: a checkpoint written later must upload them again, not name them. */
   forgetParts(ids: Iterable<string>): void {
-    for (const id of ids) this.#parts.delete(id);
+    for (const id of ids) {
+      this.#parts.delete(id);
+      this.#forgotten.add(id);
+    }
+  }
+
+  /** Parts a deletion plan named: an object read later that names them (a superseded one) does not teach them again; uploading one does. */
+  readonly #forgotten = new Set<string>();
+
+  #learnParts(parts: ReadonlyArray<[string, number]>): void {
+    for (const [id, size] of parts) if (!this.#forgotten.has(id)) this.#parts.set(id, size);
   }
 
   /** Learns the parts of the newest checkpoint of `source` before `seq` (once): a new checkpoint reuses what did not change. */
@@ -689,7 +699,7 @@ export class Repository {
     const before = (await this.checkpointSeqs(source)).filter((n) => n < seq);
     if (before.length === 0) return;
     const head = await this.#checkpointHead(source, Math.max(...before)).catch(() => undefined);
-    for (const [id, size] of head?.parts ?? []) this.#parts.set(id, size);
+    this.#learnParts(head?.parts ?? []);
   }
 
   /** The checkpoint of `source` at `seq`: its records, and the bytes a reader fetches for it (its object and its parts). */
@@ -726,7 +736,7 @@ export class Repository {
    */
   async *checkpointRecords(source: string, seq: number, opts: { skipParts?: Set<string> } = {}): AsyncGenerator<FileRecord> {
     const head = await this.#checkpointHead(source, seq);
-    for (const [id, size] of head.parts) this.#parts.set(id, size);
+    this.#learnParts(head.parts);
     const moved = await this.#moved();
     const decode = (o: Record<string, unknown>): FileRecord => {
       try {

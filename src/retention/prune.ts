@@ -243,6 +243,8 @@ export async function applyPrune(
   const written = new Set(moved.map((m) => m.to.pack));
   const doomedPacks = [...plan.doomed.packs, ...plan.repack.map((p) => p.pack)].filter((p) => !written.has(p));
   const key = await repo.writeDeletionPlan(doomedPacks, plan.doomed.parts, moved);
+  // This process, too, must not name them any more (the writers forget them when they apply the plan).
+  repo.forgetParts(plan.doomed.parts);
   await waitForAcks(repo, key, opts.ackTimeoutMs ?? ACK_TIMEOUT_MS, opts.onWait, opts.signal);
   const since = await referenced(repo, plan.heads);
   const packs = doomedPacks.filter((id) => !since.packs.has(id) && !since.named.has(id));
