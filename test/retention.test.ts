@@ -765,6 +765,70 @@ describe('prune and the parts it deletes', () => {
     assert.equal((await back.readCheckpoint('s', 1)).size, 6000);
     assert.deepEqual((await checkRepository(back, { readData: true })).errors, []);
   });
+
+  it('a writer never uploads a part again under a name a plan dooms, even when it writes after prune last looked (and after a restart)', async () => {
+    /** A store that runs `beforeDelete` at the first deletion of a part: the moment after prune's last look at the journal. */
+    class Hooked extends MemoryBackend {
+      beforeDelete: (() => Promise<void>) | undefined;
+      override async delete(key: string): Promise<void> {
+        const hook = key.startsWith('meta/') ? this.beforeDelete : undefined;
+        this.beforeDelete = undefined;
+        await hook?.();
+        return super.delete(key);
+      }
+    }
+    const backend = new Hooked();
+    const repo = await Repository.init(backend, { insecureNoEncryption: true });
+    const dir = (i: number): FileRecord => ({
+      path: `d${String(i).padStart(5, '0')}`,
+      type: 'dir',
+      mode: 0o40755,
+      uid: 0,
+      gid: 0,
+      mtimeNs: BigInt(i),
+      size: 0,
+      chunks: [],
+    });
+    const records = Array.from({ length: 6000 }, (_, i) => dir(i));
+    const stats = { files: 0, dirs: 6000, deleted: 0, bytesUploaded: 0, bytesTotal: 0 };
+    for (const source of ['s', 't']) {
+      await repo.writeCommit({ source, seq: 1, timeMs: 1000, packs: [], stats, changes: records.map((r) => ({ op: 'put', ...r })) });
+    }
+    await repo.writeCheckpoint('s', 1, records);
+    await backend.delete(checkpointKey('s', 1)); // its parts are garbage now
+    const plan = await planPrune(repo, { minPackAgeMs: 0 });
+    assert.ok(plan.doomed.parts.length > 1, 'prune dooms the checkpoint parts');
+    const state = tempDir('phx-doomed-parts-');
+    const db = new StateDb(join(state.path, 'db.sqlite'));
+    try {
+      // Between prune's last look and its deletions: a writer applies the plan and writes a
+      // checkpoint of the same records; then a writer started again on the same state (it
+      // does not read the plan again) writes one for another source.
+      backend.beforeDelete = async () => {
+        const writer = await Repository.open(backend, async () => undefined);
+        assert.equal((await applyDeletionPlans(writer, db)).applied, 1);
+        await writer.writeCheckpoint('s', 1, records);
+        const restarted = await Repository.open(backend, async () => undefined);
+        assert.equal((await applyDeletionPlans(restarted, db)).applied, 0, 'the plan was applied before the restart');
+        await restarted.writeCheckpoint('t', 1, records);
+      };
+      await applyPrune(repo, plan);
+      assert.equal(backend.beforeDelete, undefined, 'prune deleted parts');
+      const back = await Repository.open(backend, async () => undefined);
+      assert.equal((await back.readCheckpoint('s', 1)).size, 6000);
+      assert.equal((await back.readCheckpoint('t', 1)).size, 6000);
+      assert.deepEqual((await checkRepository(back, { readData: true })).errors, []);
+      // The same records later make parts of the same names as these, not new ones again.
+      const before = (await listAll(backend, 'meta/')).length;
+      const later = await Repository.open(backend, async () => undefined);
+      await applyDeletionPlans(later, db);
+      await later.writeCheckpoint('s', 1, records);
+      assert.equal((await listAll(backend, 'meta/')).length, before);
+    } finally {
+      db.close();
+      state.cleanup();
+    }
+  });
 });
 
 describe('prune repacks', () => {

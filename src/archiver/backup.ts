@@ -255,13 +255,15 @@ export async function leaseStillGood(lease: Lease, repo: Repository, db: StateDb
  * deduplication never names a chunk whose pack is gone. The number of plans applied.
  */
 export async function applyDeletionPlans(repo: Repository, db: StateDb): Promise<{ applied: number; latest: string | undefined }> {
+  // Parts of plans applied by an earlier run of this writer are refused too, not only this run's.
+  repo.refuseParts((id) => db.partDoomed(id));
   const done = db.plansApplied();
   let applied = 0;
   const plans = await repo.deletionPlans();
   for (const key of plans) {
     if (done.has(key)) continue;
     const plan = await repo.readDeletionPlan(key);
-    db.purgePacks(key, plan.packs);
+    db.purgePacks(key, plan.packs, plan.parts);
     if (plan.moved.length > 0) db.relocate(plan.moved);
     repo.forgetParts(plan.parts);
     applied++;

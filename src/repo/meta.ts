@@ -48,6 +48,8 @@ export class PartWriter {
     readonly keys: Keys,
     /** Parts known to exist, with their stored sizes: not uploaded again (this writer adds its own). */
     readonly known: Map<string, number> = new Map(),
+    /** Parts a deletion plan named: never written under that name again (prune may be deleting it right now). */
+    readonly doomed: (id: string) => boolean = () => false,
   ) {}
 
   /** Adds one line; resolves at once unless too many parts are uploading. */
@@ -68,10 +70,18 @@ export class PartWriter {
 
   async #cut(): Promise<void> {
     if (this.#lines.length === 0) return;
-    const plain = Buffer.from(`${this.#lines.join('\n')}\n`);
+    let plain = Buffer.from(`${this.#lines.join('\n')}\n`);
     this.#lines = [];
     this.#size = 0;
-    const id = this.keys.id(plain).toString('hex');
+    let id = this.keys.id(plain).toString('hex');
+    // A part prune has doomed may be deleted at any moment, after prune's last look at what
+    // names it: uploading the same content again would put back an object about to go, and
+    // whatever names it would then name nothing. The same lines behind a space (JSON
+    // whitespace, read the same) are another part with another name.
+    while (this.doomed(id)) {
+      plain = Buffer.concat([Buffer.from(' '), plain]);
+      id = this.keys.id(plain).toString('hex');
+    }
     const have = this.known.get(id);
     if (have !== undefined) {
       this.parts.push([id, have]);

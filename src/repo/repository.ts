@@ -578,7 +578,7 @@ export class Repository {
         inline.push({ o, line, cutKey });
         inlineBytes += line.length;
         if (inlineBytes > INLINE_BYTES) {
-          parts = new PartWriter(this.backend, this.keys, known);
+          parts = new PartWriter(this.backend, this.keys, known, this.#doomed);
           for (const x of inline) await parts.add(x.line, x.cutKey);
           inline = [];
         }
@@ -657,7 +657,7 @@ export class Repository {
   ): Promise<{ bytes: number; uploaded: number; entries: number }> {
     await this.#upgradeConfig(2);
     await this.#seedParts(source, seq);
-    const parts = new PartWriter(this.backend, this.keys, this.#parts);
+    const parts = new PartWriter(this.backend, this.keys, this.#parts, this.#doomed);
     let entries = 0;
     let last: string | undefined;
     for await (const r of records) {
@@ -687,9 +687,21 @@ export class Repository {
 
   /** Parts a deletion plan named: an object read later that names them (a superseded one) does not teach them again; uploading one does. */
   readonly #forgotten = new Set<string>();
+  #doomedBefore: ((id: string) => boolean) | undefined;
+
+  /**
+   * Also refuses to write the parts `doomed` says a deletion plan named (a writer's state
+   * remembers the plans it applied before a restart, which this process has not read).
+   */
+  refuseParts(doomed: (id: string) => boolean): void {
+    this.#doomedBefore = doomed;
+  }
+
+  /** A part this process must not write under its own name: see PartWriter. */
+  readonly #doomed = (id: string): boolean => this.#forgotten.has(id) || this.#doomedBefore?.(id) === true;
 
   #learnParts(parts: ReadonlyArray<[string, number]>): void {
-    for (const [id, size] of parts) if (!this.#forgotten.has(id)) this.#parts.set(id, size);
+    for (const [id, size] of parts) if (!this.#doomed(id)) this.#parts.set(id, size);
   }
 
   /** Learns the parts of the newest checkpoint of `source` before `seq` (once): a new checkpoint reuses what did not change. */

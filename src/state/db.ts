@@ -119,6 +119,7 @@ export class StateDb {
       CREATE TABLE IF NOT EXISTS chunks (id TEXT PRIMARY KEY, pack TEXT NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL);
       CREATE TABLE IF NOT EXISTS queue (id INTEGER PRIMARY KEY, source TEXT NOT NULL, op TEXT NOT NULL, path BLOB NOT NULL, from_path BLOB, time_ms INTEGER NOT NULL, open INTEGER NOT NULL);
       CREATE TABLE IF NOT EXISTS plans (key TEXT PRIMARY KEY);
+      CREATE TABLE IF NOT EXISTS doomed_parts (id TEXT PRIMARY KEY);
     `);
     this.#db.pragma('user_version = 1');
     this.#putQueue = this.#db.prepare('INSERT INTO queue (id, source, op, path, from_path, time_ms, open) VALUES (?, ?, ?, ?, ?, ?, ?)');
@@ -175,10 +176,6 @@ export class StateDb {
     return new Set((this.#db.prepare('SELECT key FROM plans').raw().all() as Array<[string]>).map(([k]) => k));
   }
 
-  /**
-   * Forgets every chunk in `packs` (prune deletes them): deduplication must not name them again.
-   * Records the plan as applied, in the same transaction.
-   */
   /** Deletion plans purged from the chunk index by this process so far (a commit compares it with the count when it began). */
   get purges(): number {
     return this.#purges;
@@ -186,7 +183,12 @@ export class StateDb {
 
   #purges = 0;
 
-  purgePacks(plan: string, packs: Iterable<string>): number {
+  /**
+   * Forgets every chunk in `packs` (prune deletes them): deduplication must not name them again.
+   * Remembers the metadata `parts` the plan named (never to be written again under their names:
+   * partDoomed), and records the plan as applied, in the same transaction.
+   */
+  purgePacks(plan: string, packs: Iterable<string>, parts: Iterable<string> = []): number {
     this.#purges++;
     let n = 0;
     this.#db.exec('CREATE TEMP TABLE IF NOT EXISTS doomed (pack TEXT PRIMARY KEY)');
@@ -196,10 +198,20 @@ export class StateDb {
       // One pass over the index, whatever the number of packs.
       n = this.#db.prepare('DELETE FROM chunks WHERE pack IN (SELECT pack FROM doomed)').run().changes;
       this.#db.exec('DELETE FROM doomed');
+      const part = this.#db.prepare('INSERT OR IGNORE INTO doomed_parts (id) VALUES (?)');
+      for (const id of parts) part.run(id);
       this.#db.prepare('INSERT OR IGNORE INTO plans (key) VALUES (?)').run(plan);
     })();
     return n;
   }
+
+  /** Whether a deletion plan this cache applied named metadata part `id`. */
+  partDoomed(id: string): boolean {
+    this.#partDoomed ??= this.#db.prepare('SELECT 1 FROM doomed_parts WHERE id = ?').pluck();
+    return this.#partDoomed.get(id) !== undefined;
+  }
+
+  #partDoomed: Database.Statement | undefined;
 
   /**
    * Points the cached records at where repacking moved their chunks (and the chunk index too),
