@@ -1,3 +1,5 @@
+import type { Repository } from '../repo/index.js';
+
 /**
  * The mass-change guard: ransomware, a bad `rm -rf` or a sync tool gone wrong removes or
  * rewrites many files at once, and retention would in time age the good copy out. When the
@@ -105,5 +107,80 @@ export class MassChangeGuard {
   candidate(): number | undefined {
     const first = this.#window.find((s) => s.removed + s.rewritten > 0);
     return first === undefined ? undefined : first.timeMs - 1;
+  }
+}
+
+/**
+ * A source's guard and the pins it writes: the trips of this run and those pinned in the
+ * repository before, and the instants forget must keep as if pinned meanwhile (a pin being
+ * written, or the instant a trip now would pin).
+ */
+export class GuardPins {
+  /** This run's trips, and those pinned in the repository before. */
+  readonly trips: GuardTrip[] = [];
+  readonly #guard: MassChangeGuard | undefined;
+  /** Pins not in the repository yet (being written, or to try again). */
+  readonly #pinning = new Set<number>();
+  /** Pins not written yet (the store failed): tried again after each commit. */
+  readonly #toPin: Array<{ trip: GuardTrip; note: string }> = [];
+
+  constructor(
+    readonly repo: Repository,
+    readonly source: string,
+    /** null: no guard. */
+    readonly opts: GuardOptions | null,
+    last: { seq: number; timeMs: number } | undefined,
+    readonly warn: (msg: string) => void,
+  ) {
+    if (opts !== null) this.#guard = new MassChangeGuard(opts, last);
+  }
+
+  /** The guard pins of earlier runs, from the repository. */
+  async load(): Promise<void> {
+    for (const p of await this.repo.pins(this.source)) {
+      const g = p.guard;
+      if (g === undefined) continue;
+      const n = (k: string): number => Number(g[k] ?? 0);
+      this.trips.push({ timeMs: n('timeMs'), removed: n('removed'), rewritten: n('rewritten'), pinnedAtMs: p.atMs, seq: n('seq') });
+    }
+  }
+
+  /** A commit landed; `entries`: the tree's size after it. Pins the instant before a spike. */
+  committed(o: Observed, entries: number): void {
+    const trip = this.#guard?.observe(o, entries);
+    if (trip === undefined) {
+      if (this.#toPin.length > 0) this.#writePins();
+      return;
+    }
+    this.trips.push(trip);
+    const windowS = Math.round((this.opts ?? DEFAULT_GUARD).windowMs / 1000);
+    const what = `${trip.removed} files removed and ${trip.rewritten} rewritten within ${windowS} s`;
+    const at = new Date(trip.pinnedAtMs).toISOString();
+    this.warn(
+      `mass-change guard: ${what}; pinned the state before it (commit ${trip.seq}, phoenix restore --at ${at}); phoenix unpin --at ${at} releases it`,
+    );
+    this.#toPin.push({ trip, note: `mass-change guard: ${what}` });
+    this.#pinning.add(trip.pinnedAtMs);
+    this.#writePins();
+  }
+
+  /** The instants this source's guard is pinning or may pin: forget keeps them as if pinned. */
+  held(): number[] {
+    const c = this.#guard?.candidate();
+    return c === undefined ? [...this.#pinning] : [...this.#pinning, c];
+  }
+
+  #writePins(): void {
+    for (const p of this.#toPin.splice(0)) {
+      const { trip } = p;
+      const guard = { timeMs: trip.timeMs, removed: trip.removed, rewritten: trip.rewritten, seq: trip.seq };
+      this.repo.pin(this.source, trip.pinnedAtMs, p.note, guard).then(
+        () => this.#pinning.delete(trip.pinnedAtMs),
+        (err: unknown) => {
+          this.#toPin.push(p);
+          this.warn(`mass-change guard: cannot write the pin yet (${(err as Error).message}); tried again after the next commit`);
+        },
+      );
+    }
   }
 }

@@ -1,19 +1,23 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CommitBuilder } from '../archiver/commit.js';
-import { applyDeletionPlans, leaseStillGood, syncCache } from '../archiver/backup.js';
+import { syncCache } from '../archiver/backup.js';
 import { CheckpointPolicy } from '../archiver/checkpoints.js';
 import type { SealPool } from '../archiver/seal-pool.js';
 import { isTransient } from '../backend/backend.js';
 import { messageOf, PhoenixError } from '../errors.js';
 import type { Change } from '../model/change.js';
 import { Filter } from '../model/filter.js';
-import { compareRaw, displayPath, isWithin, joinRaw, parentOf, toFsPath, type RawPath } from '../model/path.js';
-import { LEASE_TTL_MS, mapLimited, type Lease, type Repository } from '../repo/index.js';
+import { displayPath, isWithin, joinRaw, parentOf, toFsPath, type RawPath } from '../model/path.js';
+import type { Tree } from '../model/tree.js';
+import { LEASE_TTL_MS, type Repository } from '../repo/index.js';
 import { lstatEntry } from '../scanner/stat.js';
-import { entryStamp, type KnownFiles, type QueuedChange, type StateDb } from '../state/db.js';
-import { Watcher } from '../watcher/watcher.js';
-import { DEFAULT_GUARD, MassChangeGuard, type GuardOptions, type GuardTrip } from './guard.js';
-import { PendingChanges, type SettleTimes } from './pending.js';
+import { entryStamp, type KnownFiles, type StateDb } from '../state/db.js';
+import { Watcher, type WatcherOptions, type WatcherState } from '../watcher/watcher.js';
+import { fillCommit } from './batch.js';
+import { DEFAULT_GUARD, GuardPins, type GuardOptions, type GuardTrip } from './guard.js';
+import { LeaseKeeper } from './lease-keeper.js';
+import { PendingChanges, type Batch, type SettleTimes } from './pending.js';
+import { DurableQueue, fromQueued } from './queue.js';
 
 export interface SourceConfig {
   /** The source's name in the repository (default: its absolute path). */
@@ -67,7 +71,24 @@ export interface SourceOptions {
   leaseRenewMs?: number;
   /** How long the lease lasts without a renewal. */
   leaseTtlMs?: number;
+  /** Where changes come from (default: a Watcher on the source's directory; tests script a stream). */
+  changes?: ChangeSourceFactory;
 }
+
+/** What a source's changes come from: its watcher, or a scripted stream in tests. */
+export interface ChangeSource {
+  /** The source's directory, as bytes. */
+  readonly root: RawPath;
+  /** Everything that exists now, as far as the changes reported so far tell. */
+  readonly tree: Tree;
+  readonly state: WatcherState;
+  /** Resolves once the tree is complete and every later change will be reported. */
+  start(): Promise<void>;
+  close(): void;
+  stats(): { watches: number; unwatched: number };
+}
+
+export type ChangeSourceFactory = (path: string, opts: WatcherOptions) => ChangeSource;
 
 export type SourceState = 'starting' | 'scanning' | 'watching' | 'degraded' | 'stopping' | 'stopped' | 'failed';
 
@@ -78,7 +99,9 @@ const COMMIT_SPACING_MS = 100;
 /**
  * Keeps one source's journal up to date: every change its watcher reports goes to the durable
  * queue and the pending set; settled paths are read and committed in batches; a failing store
- * is retried with backoff while the queue waits on disk.
+ * is retried with backoff while the queue waits on disk. The lease (LeaseKeeper), the queue
+ * (DurableQueue), the batch's reading (fillCommit) and the guard's pins (GuardPins) are apart;
+ * this class schedules commits and wires them.
  */
 export class SourceRunner {
   readonly #repo: Repository;
@@ -88,9 +111,9 @@ export class SourceRunner {
   readonly #opts: Required<SourceOptions>;
   readonly #filter: Filter;
   readonly pending: PendingChanges;
-  #watcher: Watcher | undefined;
-  #lease: Lease | undefined;
-  #renew: NodeJS.Timeout | undefined;
+  readonly #queue: DurableQueue;
+  readonly #lease: LeaseKeeper;
+  #watcher: ChangeSource | undefined;
   #known: KnownFiles;
   #seq = 0;
   #state: SourceState = 'starting';
@@ -98,8 +121,6 @@ export class SourceRunner {
   #timerAt = 0;
   #lastCommitEnd = 0;
   #committing: Promise<void> | undefined;
-  #queueBuffer: QueuedChange[] = [];
-  #lastRow = 0;
   #backoffMs = 0;
   #retryAt = 0;
   /** A commit failed: check the journal before the next one. */
@@ -111,9 +132,7 @@ export class SourceRunner {
   /** About how many entries the tree has (counted exactly when a checkpoint may be due). */
   #entries = 0;
   lastCommit: { seq: number; timeMs: number } | undefined;
-  /** The mass-change guard's trips: this run's, and those pinned in the repository before. */
-  readonly guards: GuardTrip[] = [];
-  #guard: MassChangeGuard | undefined;
+  #guard: GuardPins | undefined;
   overflows = 0;
   /** Commits fail (the store is unreachable, the disk is full): since when, why, the next try. */
   failing: { sinceMs: number; error: string; retryAtMs: number; attempts: number } | undefined;
@@ -134,10 +153,38 @@ export class SourceRunner {
     this.#db = db;
     this.#pool = pool;
     this.#events = events;
-    this.#opts = { maxBatch: 5000, maxBackoffMs: 60_000, leaseRenewMs: 60_000, leaseTtlMs: LEASE_TTL_MS, ...opts };
+    this.#opts = {
+      maxBatch: 5000,
+      maxBackoffMs: 60_000,
+      leaseRenewMs: 60_000,
+      leaseTtlMs: LEASE_TTL_MS,
+      changes: (path, o) => new Watcher(path, o),
+      ...opts,
+    };
     this.#filter = new Filter(config);
     this.pending = new PendingChanges(opts.settle);
     this.#known = db.known(config.name);
+    this.#queue = new DurableQueue(db, config.name, (m) => events.problem(undefined, m));
+    this.#lease = new LeaseKeeper(
+      repo,
+      db,
+      config.name,
+      { renewMs: this.#opts.leaseRenewMs, ttlMs: this.#opts.leaseTtlMs },
+      {
+        info: (m, f) => events.info(m, f),
+        warn: (m) => events.warn(m),
+        lost: (err) => this.#fail(err),
+        inFlight: async () => {
+          await this.#committing?.catch(() => {});
+          await this.#checkpointWriting;
+        },
+      },
+    );
+  }
+
+  /** The mass-change guard's trips: this run's, and those pinned in the repository before. */
+  get guards(): readonly GuardTrip[] {
+    return this.#guard?.trips ?? [];
   }
 
   get state(): SourceState {
@@ -170,35 +217,16 @@ export class SourceRunner {
    */
   async start(): Promise<void> {
     const name = this.config.name;
-    this.#lease = await this.#repo.acquireLease(name, this.#opts.leaseTtlMs);
-    this.#renew = setInterval(() => {
-      if (this.#renewing) return;
-      this.#renewing = true;
-      this.#keepLease()
-        .catch((err: unknown) => {
-          if (err instanceof PhoenixError && err.code === 'PHX_LOCKED') this.#fail(err);
-          else this.#events.warn(`cannot renew the lease: ${(err as Error).message}`);
-        })
-        .finally(() => (this.#renewing = false));
-    }, this.#opts.leaseRenewMs).unref();
+    await this.#lease.acquire();
     const commits = await syncCache(this.#repo, this.#db, name);
-    // Nothing is in flight yet: the newest plan syncCache applied is acknowledged at once (plans
-    // sort in the order they were written, so every one before it was applied too).
-    const latest = [...this.#db.plansApplied()].sort().at(-1);
-    if (latest !== undefined) {
-      this.#lease.note({ acked: latest });
-      await this.#lease.renew();
-    }
+    // Nothing is in flight yet: the plans syncCache applied are acknowledged at once.
+    await this.#lease.acknowledgeApplied();
     const last = commits.at(-1);
     this.#seq = last?.seq ?? 0;
     this.lastCommit = last && { seq: last.seq, timeMs: last.timeMs };
-    if (this.config.guard !== null) this.#guard = new MassChangeGuard(this.config.guard ?? DEFAULT_GUARD, this.lastCommit);
-    for (const p of await this.#repo.pins(name)) {
-      const g = p.guard;
-      if (g === undefined) continue;
-      const n = (k: string): number => Number(g[k] ?? 0);
-      this.guards.push({ timeMs: n('timeMs'), removed: n('removed'), rewritten: n('rewritten'), pinnedAtMs: p.atMs, seq: n('seq') });
-    }
+    const guard = this.config.guard === null ? null : (this.config.guard ?? DEFAULT_GUARD);
+    this.#guard = new GuardPins(this.#repo, name, guard, this.lastCommit, (m) => this.#events.warn(m));
+    await this.#guard.load();
     if (this.config.retention !== undefined) {
       const stored = await this.#repo.storedPolicy(name);
       if (stored?.policy !== this.config.retention.policy || stored.minAge !== this.config.retention.minAge)
@@ -209,13 +237,12 @@ export class SourceRunner {
     // What the last run saw but did not commit. Its moves are not replayed: the reconcile below
     // compares the tree with the last commit and finds their effect (a removal and an addition,
     // no data uploaded), where a replayed move could name what is long gone.
-    const queued = this.#db.queued(name);
+    const queued = this.#queue.replay();
     for (const q of queued) if (q.op !== 'move') this.pending.add(fromQueued(q), q.timeMs, q.id);
-    this.#lastRow = queued.at(-1)?.id ?? 0;
     if (queued.length > 0) this.#events.info('replaying the queue of the last run', { changes: queued.length });
 
     this.#state = 'scanning';
-    this.#watcher = new Watcher(this.config.path, {
+    this.#watcher = this.#opts.changes(this.config.path, {
       exclude: this.config.exclude,
       oneFileSystem: this.config.oneFileSystem,
       periodicScanMs: this.#opts.reconcileMs,
@@ -270,7 +297,7 @@ export class SourceRunner {
     this.#state = 'stopping';
     this.#watcher?.close();
     clearTimeout(this.#timer);
-    this.#flushQueue();
+    this.#queue.flush();
     while (!failed && this.pending.size > 0 && Date.now() < deadlineMs) {
       await this.#committing;
       if (this.#retryAt > Date.now()) await sleep(Math.min(this.#retryAt, deadlineMs) - Date.now());
@@ -279,10 +306,9 @@ export class SourceRunner {
     }
     await this.#committing;
     await this.#checkpointWriting;
-    clearInterval(this.#renew);
+    this.#lease.stop();
     const clean = this.pending.size === 0;
-    if (!failed)
-      await this.#lease?.release().catch((err: unknown) => this.#events.warn(`cannot release the lease: ${(err as Error).message}`));
+    if (!failed) await this.#lease.release();
     this.#state = 'stopped';
     return clean;
   }
@@ -312,28 +338,7 @@ export class SourceRunner {
 
   /** Into the durable queue (written within the tick), then into the pending set. */
   #record(c: Exclude<Change, { type: 'rescan' }>, now: number): void {
-    const id = this.#db.nextQueueId();
-    const op = c.type === 'moved' ? 'move' : c.type === 'removed' ? 'removed' : 'path';
-    const q: QueuedChange = { id, source: this.config.name, op, path: c.path, timeMs: now, open: c.type === 'modified' && !c.closed };
-    if (c.type === 'moved') q.from = c.from;
-    if (this.#queueBuffer.push(q) === 1) setImmediate(() => this.#flushQueue());
-    this.#lastRow = id;
-    this.pending.add(c, now, id);
-  }
-
-  #flushQueue(): void {
-    if (this.#queueBuffer.length === 0) return;
-    try {
-      this.#db.enqueue(this.#queueBuffer);
-      this.#queueBuffer = [];
-    } catch (err) {
-      // A full disk, say: the changes are still pending in memory (and are committed); they are
-      // only not safe from a crash until the queue can be written again, at the next flush.
-      this.#events.problem(
-        undefined,
-        `cannot write the durable queue (${this.#queueBuffer.length} changes wait in memory): ${(err as Error).message}`,
-      );
-    }
+    this.pending.add(c, now, this.#queue.record(c, now));
   }
 
   /**
@@ -371,18 +376,11 @@ export class SourceRunner {
   }
 
   async #commitOnce(all: boolean): Promise<void> {
-    this.#flushQueue();
-    const maxRow = this.#lastRow;
+    this.#queue.flush();
+    const maxRow = this.#queue.lastRow;
     const batch = this.pending.take(Date.now(), all, this.#opts.maxBatch);
     const name = this.config.name;
-    // Rows up to maxRow leave the queue once committed; what is still pending gets a row again.
-    const trimQueue = (): void => {
-      this.#db.trimQueue(name, maxRow);
-      const keep = this.pending.requeue(maxRow, () => (this.#lastRow = this.#db.nextQueueId()));
-      this.#db.enqueue(
-        keep.map((k) => ({ id: k.row, source: name, op: k.replaced ? 'removed' : 'path', path: k.path, timeMs: k.firstMs, open: k.open })),
-      );
-    };
+    const trimQueue = (): void => this.#queue.trim(maxRow, this.pending);
     if (batch.moves.length === 0 && batch.paths.length === 0) {
       this.pending.done(true);
       this.#db.atomically(trimQueue);
@@ -390,21 +388,7 @@ export class SourceRunner {
     }
     const root = this.#watcherRoot();
     try {
-      if (this.#verify) {
-        // The last attempt failed, perhaps after its commit object landed (a lost response):
-        // if the journal moved on, take the cache from the repository before building on it.
-        // syncCache rebuilds the cache when the journal's latest seq is not the cache's.
-        const last = (await syncCache(this.#repo, this.#db, name)).at(-1);
-        if ((last?.seq ?? 0) !== this.#seq) {
-          this.#events.warn('the journal has a commit this daemon did not see complete: reloaded the cache', {
-            seq: this.#seq,
-            latest: last?.seq,
-          });
-          this.#seq = last?.seq ?? 0;
-          this.lastCommit = last && { seq: last.seq, timeMs: last.timeMs };
-        }
-        this.#verify = false;
-      }
+      if (this.#verify) await this.#resync();
       const builder = new CommitBuilder(this.#repo, this.#db, this.#pool, name, this.#known, {
         root: this.config.path,
         inPlace: this.#inPlace,
@@ -414,131 +398,110 @@ export class SourceRunner {
         },
         onBytes: (n) => this.#events.bytesRead(n),
       });
-      this.#events.trace?.('take', { moves: batch.moves, paths: batch.paths });
-      const paths = new Set(batch.paths);
-      const current = (dir: RawPath): RawPath[] => this.#watcher?.tree.subtree(dir) ?? [];
-      // Moves first. What stands at the target now, as the watcher knows it, is looked at too:
-      // the commit that read it at its old place may have raced the move.
-      for (const m of batch.moves) {
-        builder.move(m.from, m.to);
-        for (const p of current(m.to)) paths.add(p);
-      }
-      // Removed since the last commit (and maybe back): what was below it is gone, and what is
-      // there now is added.
-      const removed = new Set(batch.replaced);
-      for (const r of batch.replaced) {
-        builder.remove(r);
-        for (const p of current(r)) paths.add(p);
-      }
-      // The watcher's stream is the authority on what exists (lstat gives what it is now): a
-      // path the watcher does not know is not added, and only a removal it reported removes —
-      // a path missing without one was moved or removed after this batch was taken, and its
-      // own event follows.
-      const tree = this.#watcher?.tree;
-      const visit = async (p: RawPath): Promise<void> => {
-        const known = p === '' || tree?.has(p) === true;
-        const e = known && (p === '' || !this.#filter.excludes(p, false)) ? this.#lstat(root, p) : undefined;
-        if (e === 'error') return;
-        if (e === undefined || (e.kind === 'dir' && this.#filter.excludes(p, true))) {
-          if (removed.has(p) || e !== undefined) builder.remove(p);
-          this.#events.trace?.('gone', { path: p, removed: removed.has(p) });
-          return;
-        }
-        const r = await builder.add(p, toFsPath(root, p), e);
-        if (r === 'vanished' && removed.has(p)) builder.remove(p);
-        this.#events.trace?.('add', { path: p, result: r, size: e.size, mtimeNs: String(e.mtimeNs) });
-      };
-      // Many at a time: files are read on the seal workers, a round trip each.
-      await mapLimited([...paths].sort(compareRaw), 32, visit);
-      // Every committed entry's directory is committed too (moves and removals rely on it): a
-      // directory still settling behind its children comes along now; one that is gone takes
-      // the entries moved into it along.
-      const tried = new Set<RawPath>();
-      for (let dirs = builder.missingParents(); dirs.some((d) => !tried.has(d)); dirs = builder.missingParents()) {
-        for (const d of dirs.sort(compareRaw)) {
-          if (tried.has(d)) continue;
-          tried.add(d);
-          await visit(d);
-          if (builder.get(d)?.rec.type !== 'dir') builder.removeBelow(d);
-        }
-      }
-      builder.sortPuts(compareRaw);
-      const lease = this.#lease;
-      const done = await builder.commit(
-        this.#seq + 1,
-        trimQueue,
-        lease && (() => leaseStillGood(lease, this.#repo, this.#db, builder.purgesAtStart)),
-      );
-      this.pending.done(true);
-      this.#backoffMs = 0;
-      this.#retryAt = 0;
-      if (this.failing !== undefined) {
-        this.#events.info(`commits succeed again after ${((Date.now() - this.failing.sinceMs) / 1000).toFixed(1)} s of failures`, {
-          attempts: this.failing.attempts,
-        });
-        this.failing = undefined;
-      }
-      if (done !== undefined && this.#skipped.size > 0) {
-        for (const ch of done.commit.changes) {
-          if (ch.op === 'put') this.#skipped.delete(ch.path);
-          else for (const p of this.#skipped.keys()) if (isWithin(p, ch.op === 'move' ? ch.from : ch.path)) this.#skipped.delete(p);
-        }
-      }
-      if (this.#backlog !== undefined && this.pending.size === 0) {
-        this.#events.info(
-          `start-up backlog done: ${this.#backlog.changes} changes committed in ${((Date.now() - this.#backlog.startMs) / 1000).toFixed(1)} s`,
-        );
-        this.#backlog = undefined;
-      }
-      if (done !== undefined) {
-        this.#seq = done.commit.seq;
-        this.lastCommit = { seq: done.commit.seq, timeMs: done.commit.timeMs };
-        const s = done.commit.stats;
-        const kinds = { put: 0, delete: 0, move: 0 };
-        for (const ch of done.commit.changes) kinds[ch.op]++;
-        this.#events.committed({
-          kinds,
-          seq: this.#seq,
-          timeMs: done.commit.timeMs,
-          files: s.files,
-          bytes: s.bytesUploaded,
-          changes: done.commit.changes.length,
-          oldestMs: batch.oldestMs === undefined ? undefined : done.commit.timeMs - batch.oldestMs,
-        });
-        // The tree's size, roughly (a modified file counts as new), and exactly when it matters.
-        this.#entries += done.commit.stats.files + done.commit.stats.dirs - done.commit.stats.deleted;
-        const trip = this.#guard?.observe(
-          { seq: this.#seq, timeMs: done.commit.timeMs, removed: builder.removed, rewritten: builder.rewritten },
-          this.#entries,
-        );
-        if (trip !== undefined) this.#tripped(trip);
-        else if (this.#toPin.length > 0) this.#writePins();
-        this.#checkpoints.committed(done.info.size ?? 0, this.#entries);
-        if (this.#checkpoints.due()) {
-          this.#entries = this.#db.count(name);
-          this.#checkpoints.resized(this.#entries);
-          if (this.#checkpoints.due()) this.#checkpoint();
-        }
-      }
+      await fillCommit(builder, batch, {
+        tree: this.#watcher?.tree,
+        root,
+        filter: this.#filter,
+        lstat: (p) => this.#lstat(root, p),
+        trace: this.#events.trace,
+      });
+      const done = await builder.commit(this.#seq + 1, trimQueue, this.#lease.check(builder.purgesAtStart));
+      this.#landed(done, batch, builder);
     } catch (err) {
-      this.pending.done(false);
-      this.#verify = true;
-      if (err instanceof PhoenixError && err.code === 'PHX_LOCKED') {
-        this.#fail(err);
-        return;
-      }
-      this.#backoffMs = Math.min(this.#opts.maxBackoffMs, Math.max(1000, this.#backoffMs * 2));
-      this.#retryAt = Date.now() + this.#backoffMs;
-      const transient = isTransient(err);
-      const error = `${transient ? 'the store is unreachable: ' : ''}${messageOf(err)}`;
-      this.failing = {
-        sinceMs: this.failing?.sinceMs ?? Date.now(),
-        error,
-        retryAtMs: this.#retryAt,
-        attempts: (this.failing?.attempts ?? 0) + 1,
-      };
-      this.#events.problem(undefined, `commit failed (${error}); retrying in ${Math.round(this.#backoffMs / 1000)} s`);
+      this.#failed(err);
     }
+  }
+
+  /**
+   * The last attempt failed, perhaps after its commit object landed (a lost response): if the
+   * journal moved on, takes the cache from the repository before building on it (syncCache
+   * rebuilds the cache when the journal's latest seq is not the cache's).
+   */
+  async #resync(): Promise<void> {
+    const last = (await syncCache(this.#repo, this.#db, this.config.name)).at(-1);
+    if ((last?.seq ?? 0) !== this.#seq) {
+      this.#events.warn('the journal has a commit this daemon did not see complete: reloaded the cache', {
+        seq: this.#seq,
+        latest: last?.seq,
+      });
+      this.#seq = last?.seq ?? 0;
+      this.lastCommit = last && { seq: last.seq, timeMs: last.timeMs };
+    }
+    this.#verify = false;
+  }
+
+  /** A commit was made (or found nothing to write): the queue, the pending set, the reports, the guard and the checkpoint policy hear of it. */
+  #landed(done: Awaited<ReturnType<CommitBuilder['commit']>>, batch: Batch, builder: CommitBuilder): void {
+    this.pending.done(true);
+    this.#backoffMs = 0;
+    this.#retryAt = 0;
+    if (this.failing !== undefined) {
+      this.#events.info(`commits succeed again after ${((Date.now() - this.failing.sinceMs) / 1000).toFixed(1)} s of failures`, {
+        attempts: this.failing.attempts,
+      });
+      this.failing = undefined;
+    }
+    if (done !== undefined && this.#skipped.size > 0) {
+      for (const ch of done.commit.changes) {
+        if (ch.op === 'put') this.#skipped.delete(ch.path);
+        else for (const p of this.#skipped.keys()) if (isWithin(p, ch.op === 'move' ? ch.from : ch.path)) this.#skipped.delete(p);
+      }
+    }
+    if (this.#backlog !== undefined && this.pending.size === 0) {
+      this.#events.info(
+        `start-up backlog done: ${this.#backlog.changes} changes committed in ${((Date.now() - this.#backlog.startMs) / 1000).toFixed(1)} s`,
+      );
+      this.#backlog = undefined;
+    }
+    if (done !== undefined) {
+      this.#seq = done.commit.seq;
+      this.lastCommit = { seq: done.commit.seq, timeMs: done.commit.timeMs };
+      const s = done.commit.stats;
+      const kinds = { put: 0, delete: 0, move: 0 };
+      for (const ch of done.commit.changes) kinds[ch.op]++;
+      this.#events.committed({
+        kinds,
+        seq: this.#seq,
+        timeMs: done.commit.timeMs,
+        files: s.files,
+        bytes: s.bytesUploaded,
+        changes: done.commit.changes.length,
+        oldestMs: batch.oldestMs === undefined ? undefined : done.commit.timeMs - batch.oldestMs,
+      });
+      // The tree's size, roughly (a modified file counts as new), and exactly when it matters.
+      this.#entries += done.commit.stats.files + done.commit.stats.dirs - done.commit.stats.deleted;
+      this.#guard?.committed(
+        { seq: this.#seq, timeMs: done.commit.timeMs, removed: builder.removed, rewritten: builder.rewritten },
+        this.#entries,
+      );
+      this.#checkpoints.committed(done.info.size ?? 0, this.#entries);
+      if (this.#checkpoints.due()) {
+        this.#entries = this.#db.count(this.config.name);
+        this.#checkpoints.resized(this.#entries);
+        if (this.#checkpoints.due()) this.#checkpoint();
+      }
+    }
+  }
+
+  /** A commit failed: retried with backoff (the changes wait in the durable queue), unless another writer took the source. */
+  #failed(err: unknown): void {
+    this.pending.done(false);
+    this.#verify = true;
+    if (err instanceof PhoenixError && err.code === 'PHX_LOCKED') {
+      this.#fail(err);
+      return;
+    }
+    this.#backoffMs = Math.min(this.#opts.maxBackoffMs, Math.max(1000, this.#backoffMs * 2));
+    this.#retryAt = Date.now() + this.#backoffMs;
+    const transient = isTransient(err);
+    const error = `${transient ? 'the store is unreachable: ' : ''}${messageOf(err)}`;
+    this.failing = {
+      sinceMs: this.failing?.sinceMs ?? Date.now(),
+      error,
+      retryAtMs: this.#retryAt,
+      attempts: (this.failing?.attempts ?? 0) + 1,
+    };
+    this.#events.problem(undefined, `commit failed (${error}); retrying in ${Math.round(this.#backoffMs / 1000)} s`);
   }
 
   #lstat(root: RawPath, p: RawPath): ReturnType<typeof lstatEntry> | 'error' {
@@ -555,64 +518,9 @@ export class SourceRunner {
     return this.#watcher.root;
   }
 
-  #renewing = false;
-
-  /** Pins the instant before a spike of removals and rewrites, so that retention keeps it until a person unpins it. */
-  #tripped(trip: GuardTrip): void {
-    this.guards.push(trip);
-    const what = `${trip.removed} files removed and ${trip.rewritten} rewritten within ${Math.round((this.config.guard ?? DEFAULT_GUARD).windowMs / 1000)} s`;
-    this.#events.warn(
-      `mass-change guard: ${what}; pinned the state before it (commit ${trip.seq}, phoenix restore --at ${new Date(trip.pinnedAtMs).toISOString()}); phoenix unpin --at ${new Date(trip.pinnedAtMs).toISOString()} releases it`,
-    );
-    this.#toPin.push({ trip, note: `mass-change guard: ${what}` });
-    this.#pinning.add(trip.pinnedAtMs);
-    this.#writePins();
-  }
-
   /** The instants this source's guard is pinning or may pin: forget keeps them as if pinned. */
   heldInstants(): number[] {
-    const c = this.#guard?.candidate();
-    return c === undefined ? [...this.#pinning] : [...this.#pinning, c];
-  }
-
-  /** Guard pins not in the repository yet (being written, or to try again). */
-  readonly #pinning = new Set<number>();
-
-  /** Guard pins not written yet (the store failed): tried again after each commit. */
-  readonly #toPin: Array<{ trip: GuardTrip; note: string }> = [];
-
-  #writePins(): void {
-    for (const p of this.#toPin.splice(0)) {
-      const { trip } = p;
-      const guard = { timeMs: trip.timeMs, removed: trip.removed, rewritten: trip.rewritten, seq: trip.seq };
-      this.#repo.pin(this.config.name, trip.pinnedAtMs, p.note, guard).then(
-        () => this.#pinning.delete(trip.pinnedAtMs),
-        (err: unknown) => {
-          this.#toPin.push(p);
-          this.#events.warn(`mass-change guard: cannot write the pin yet (${(err as Error).message}); tried again after the next commit`);
-        },
-      );
-    }
-  }
-
-  /**
-   * The lease's renewal, and this writer's part in prune: a deletion plan not seen yet is
-   * purged from the chunk index (and the parts the repository remembers) at once, so commits
-   * started from now on cannot name its packs; once the commit and the checkpoint in flight
-   * (started before, perhaps deduplicated against them) are durable, the lease says so
-   * (`acked`), and prune, which waits for that, reads the journal again before it deletes.
-   */
-  async #keepLease(): Promise<void> {
-    const lease = this.#lease;
-    if (lease === undefined) return;
-    const { applied, latest } = await applyDeletionPlans(this.#repo, this.#db);
-    if (applied > 0) {
-      this.#events.info('prune is deleting data: purged its packs from the cache', { plans: applied });
-      await this.#committing?.catch(() => {});
-      await this.#checkpointWriting;
-    }
-    if (latest !== undefined) lease.note({ acked: latest });
-    await lease.renew();
+    return this.#guard?.held() ?? [];
   }
 
   /** Writes the checkpoint after the last commit, in the background: commits go on meanwhile. */
@@ -635,12 +543,7 @@ export class SourceRunner {
     this.#state = 'failed';
     this.#watcher?.close();
     clearTimeout(this.#timer);
-    clearInterval(this.#renew);
+    this.#lease.stop();
     this.#events.fatal(err);
   }
-}
-
-function fromQueued(q: QueuedChange): Change {
-  if (q.op === 'removed') return { type: 'removed', path: q.path, kind: 'file' };
-  return { type: 'modified', path: q.path, kind: 'file', closed: !q.open };
 }

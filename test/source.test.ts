@@ -1,0 +1,131 @@
+import assert from 'node:assert/strict';
+import { mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { describe, it } from 'node:test';
+import { SealPool } from '../src/archiver/seal-pool.js';
+import { MemoryBackend } from '../src/backend/memory.js';
+import type { Change } from '../src/model/change.js';
+import { rawFromUtf8, toFsPath, type RawPath } from '../src/model/path.js';
+import { Tree } from '../src/model/tree.js';
+import { SourceRunner, type ChangeSource, type CommitReport } from '../src/daemon/source.js';
+import { Repository } from '../src/repo/repository.js';
+import { scan } from '../src/scanner/scan.js';
+import { lstatEntry } from '../src/scanner/stat.js';
+import { StateDb } from '../src/state/db.js';
+import type { WatcherOptions, WatcherState } from '../src/watcher/watcher.js';
+import { tempDir } from './helpers.js';
+
+/** A change source that reports what the test says, when it says it (the tree follows what it reports). */
+class Scripted implements ChangeSource {
+  readonly root: RawPath;
+  tree = new Tree();
+  state: WatcherState = 'starting';
+
+  constructor(
+    path: string,
+    readonly opts: WatcherOptions,
+  ) {
+    this.root = rawFromUtf8(path);
+  }
+
+  async start(): Promise<void> {
+    this.tree = (await scan(this.root)).tree;
+    this.state = 'watching';
+  }
+
+  close(): void {
+    this.state = 'closed';
+  }
+
+  stats(): { watches: number; unwatched: number } {
+    return { watches: 0, unwatched: 0 };
+  }
+
+  report(c: Exclude<Change, { type: 'rescan' }>): void {
+    if (c.type === 'moved') this.tree.move(c.from, c.path);
+    else if (c.type === 'removed') this.tree.delete(c.path);
+    else {
+      const e = lstatEntry(toFsPath(this.root, c.path));
+      if (e !== undefined) this.tree.set(c.path, e); // gone already: its removal comes later
+    }
+    this.opts.onChange(c);
+  }
+}
+
+describe('SourceRunner with a scripted change stream (in process)', () => {
+  it('commits what the stream reports: the start-up backlog, a directory move as one move, and a removal only once it is reported', async () => {
+    const src = tempDir('phx-source-src-');
+    const state = tempDir('phx-source-state-');
+    const repo = await Repository.init(new MemoryBackend(), { insecureNoEncryption: true });
+    const db = new StateDb(join(state.path, 'db.sqlite'));
+    const pool = new SealPool(repo.keys);
+    let source: Scripted | undefined;
+    const commits: CommitReport[] = [];
+    const traces: Array<{ msg: string; fields: Record<string, unknown> }> = [];
+    const until = async (what: () => boolean): Promise<void> => {
+      while (!what()) await sleep(5);
+    };
+    const runner = new SourceRunner(
+      { name: 's', path: src.path, exclude: [], oneFileSystem: false, guard: null },
+      repo,
+      db,
+      pool,
+      {
+        info: () => {},
+        warn: () => {},
+        problem: (p, m) => assert.fail(`unexpected problem: ${p ?? ''} ${m}`),
+        committed: (c) => {
+          commits.push(c);
+        },
+        trace: (msg, fields) => {
+          traces.push({ msg, fields });
+        },
+        bytesRead: () => {},
+        fatal: (err) => assert.fail(err),
+      },
+      {
+        settle: { closedMs: 1, openMs: 1, maxDelayMs: 10 },
+        reconcileMs: 0,
+        changes: (path, opts) => (source = new Scripted(path, opts)),
+      },
+    );
+    const tree = async (): Promise<string[]> =>
+      [...(await repo.loadState('s', runner.seq)).state.keys()].map((p) => Buffer.from(p, 'latin1').toString()).sort();
+    try {
+      writeFileSync(join(src.path, 'a'), 'a');
+      mkdirSync(join(src.path, 'd'));
+      writeFileSync(join(src.path, 'd', 'b'), 'b');
+      await runner.start();
+      const s = source as Scripted;
+      // Nothing was committed before: the start-up reconcile finds everything.
+      await until(() => commits.length === 1);
+      assert.deepEqual(await tree(), ['a', 'd', 'd/b']);
+
+      renameSync(join(src.path, 'd'), join(src.path, 'e'));
+      s.report({ type: 'moved', from: 'd', path: 'e', kind: 'dir' });
+      await until(() => commits.length === 2);
+      assert.equal(commits[1]?.kinds.move, 1, 'a directory move is one move entry');
+      assert.deepEqual(await tree(), ['a', 'e', 'e/b']);
+
+      // `a` is gone from the disk, but its removal is not reported yet (it is behind in the
+      // kernel's queue): a change reported for it must not remove it.
+      rmSync(join(src.path, 'a'));
+      s.report({ type: 'modified', path: rawFromUtf8('a'), kind: 'file', closed: true });
+      await until(() => traces.some((t) => t.msg === 'gone' && t.fields.path === 'a') && runner.pending.size === 0);
+      assert.equal(commits.length, 2, 'nothing to commit');
+      assert.deepEqual(await tree(), ['a', 'e', 'e/b']);
+      s.report({ type: 'removed', path: rawFromUtf8('a'), kind: 'file' });
+      await until(() => commits.length === 3);
+      assert.equal(commits[2]?.kinds.delete, 1);
+      assert.deepEqual(await tree(), ['e', 'e/b']);
+      assert.equal(await runner.stop(Date.now() + 10_000), true, 'nothing left pending');
+    } finally {
+      await runner.stop(Date.now());
+      await pool.close();
+      db.close();
+      src.cleanup();
+      state.cleanup();
+    }
+  });
+});
