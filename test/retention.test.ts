@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { spawn } from 'node:child_process';
-import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
@@ -12,9 +12,12 @@ import { MemoryBackend } from '../src/backend/memory.js';
 import { PhoenixError } from '../src/errors.js';
 import {
   applyChange,
+  applyTracked,
   checkpointKey,
+  decodeRecord,
   encodeRecord,
   stateAt,
+  TreeDigest,
   type CommitInfo,
   type FileRecord,
   type JournalChange,
@@ -27,6 +30,7 @@ import { applyForget, planForget, spacedCheckpoints } from '../src/retention/for
 import { applyPrune, planPrune } from '../src/retention/prune.js';
 import { restore } from '../src/restore/restore.js';
 import { StateDb } from '../src/state/db.js';
+import { ScratchTree } from '../src/state/scratch-tree.js';
 import { MassChangeGuard } from '../src/daemon/guard.js';
 import { DaemonProcess, PASSWORD, phoenix, snapshot } from './daemon-helpers.js';
 import { PHOENIX, tempDir } from './helpers.js';
@@ -186,15 +190,77 @@ const treeJson = (s: TreeState): string =>
       .sort(),
   );
 
+describe('ScratchTree (forget works on the tree on disk)', () => {
+  it('applies changes as applyTracked does in memory: the same tree, the same before-images, the same digest', async () => {
+    const keys = (await Repository.init(new MemoryBackend(), { insecureNoEncryption: true })).keys;
+    const scratch = new ScratchTree();
+    try {
+      await fc.assert(
+        fc.asyncProperty(fc.integer({ min: 1, max: 2 ** 31 }), async (seed) => {
+          let x = seed;
+          const r = (): number => ((x = (Math.imul(x, 1103515245) + 12345) >>> 0) % 1e6) / 1e6;
+          const state: TreeState = new Map();
+          const digest = new TreeDigest(keys);
+          const onDisk = new TreeDigest(keys);
+          const before = new Map<string, FileRecord | null>();
+          const beforeOnDisk = new Map<string, FileRecord | null>();
+          await scratch.load('t', []);
+          for (let i = 0; i < 40; i++) {
+            const c = randomChange(state, r, i);
+            applyTracked(state, c, digest, before);
+            scratch.apply('t', c, onDisk, beforeOnDisk);
+          }
+          const disk: TreeState = new Map([...scratch.records('t')].map((e) => [e.path, decodeRecord(JSON.parse(e.json))]));
+          assert.equal(treeJson(disk), treeJson(state));
+          assert.equal(onDisk.hex(), digest.hex());
+          assert.equal(onDisk.hex(), TreeDigest.of(keys, state).hex());
+          assert.deepEqual(
+            new Map([...beforeOnDisk].map(([p, v]) => [p, v && treeJson(new Map([[p, v]]))])),
+            new Map([...before].map(([p, v]) => [p, v && treeJson(new Map([[p, v]]))])),
+          );
+        }),
+        { numRuns: 200 },
+      );
+    } finally {
+      scratch.close();
+    }
+  });
+});
+
+describe('ScratchTree files', () => {
+  it('removes the scratch trees of processes that are gone, and its own at close', () => {
+    const parent = tempDir('phx-scratch-');
+    try {
+      const gone = spawnSync(process.execPath, ['-e', '0']).pid as number; // a pid no process has now
+      mkdirSync(join(parent.path, `phoenix-tree-${gone}-abc`));
+      mkdirSync(join(parent.path, `phoenix-tree-${process.pid}-live`)); // another tree of this process
+      const t = new ScratchTree(parent.path);
+      assert.deepEqual(
+        readdirSync(parent.path).filter((n) => n.includes(`-${gone}-`)),
+        [],
+      );
+      assert.equal(readdirSync(parent.path).length, 2);
+      t.close();
+      assert.deepEqual(readdirSync(parent.path), [`phoenix-tree-${process.pid}-live`]);
+    } finally {
+      parent.cleanup();
+    }
+  });
+});
+
 describe('forget', () => {
   it('keeps every kept instant exactly, and any other instant reads as the newest kept one before it', async () => {
+    const cacheBytes = Repository.segmentCacheBytes;
     await fc.assert(
       fc.asyncProperty(
         fc.integer({ min: 1, max: 2 ** 31 }),
         fc.integer({ min: 8, max: 40 }),
         fc.boolean(),
         fc.boolean(),
-        async (seed, n, twice, compact) => {
+        fc.boolean(),
+        async (seed, n, twice, compact, streamed) => {
+          // Streamed: every segment's steps are read part by part, as a large segment's are.
+          Repository.segmentCacheBytes = streamed ? -1 : cacheBytes;
           let x = seed;
           const r = (): number => ((x = (Math.imul(x, 1103515245) + 12345) >>> 0) % 1e6) / 1e6;
           const repo = await Repository.init(new MemoryBackend(), { insecureNoEncryption: true });
@@ -275,6 +341,51 @@ describe('forget', () => {
       ),
       { numRuns: 60, verbose: 2 },
     );
+    Repository.segmentCacheBytes = cacheBytes;
+  });
+});
+
+describe('forget, large steps', () => {
+  it('reads and writes a step of a whole tree part by part, and every kept instant stays exact', async () => {
+    const cacheBytes = Repository.segmentCacheBytes;
+    Repository.segmentCacheBytes = -1; // every segment's steps are streamed
+    try {
+      const repo = await Repository.init(new MemoryBackend(), { insecureNoEncryption: true });
+      const state: TreeState = new Map();
+      const trees = new Map<number, string>();
+      const t0 = Date.UTC(2026, 5, 1);
+      for (let seq = 1; seq <= 12; seq++) {
+        // The first commit is a tree of 20,000 files (its changes go to several parts); then small ones.
+        const changes: JournalChange[] =
+          seq === 1
+            ? Array.from({ length: 20_000 }, (_, i) => ({ op: 'put', ...rec(`f${String(i).padStart(5, '0')}`, 'file', i) }))
+            : [
+                { op: 'put', ...rec(`f${String(seq * 997).padStart(5, '0')}`, 'file', seq) },
+                { op: 'delete', path: `f${String(seq).padStart(5, '0')}` },
+              ];
+        for (const c of changes) applyChange(state, c);
+        const stats = { files: 0, dirs: 0, deleted: 0, bytesUploaded: 0, bytesTotal: 0 };
+        await repo.writeCommit({ source: 's', seq, timeMs: t0 + seq * 3_600_000, packs: [], stats, changes });
+        trees.set(seq, treeJson(state));
+      }
+      // Twice: the second run rewrites the segment the first wrote (its first step streamed back in).
+      for (const policy of ['2h:1d', '4h:1d']) {
+        const plan = await planForget(repo, 's', parsePolicy(policy, '0'));
+        assert.ok(plan.dropped.length > 0);
+        await applyForget(repo, plan);
+        const kept = await repo.commitList('s');
+        for (const c of kept) assert.equal(treeJson((await repo.loadState('s', c.seq)).state), trees.get(c.seq), `the tree at ${c.seq}`);
+      }
+      const segments = (await repo.journalObjects('s')).filter((o) => o.segment);
+      const parts = await Promise.all(segments.map((o) => repo.partsOf(o.key)));
+      assert.ok(
+        parts.some((p) => p.length > 1),
+        'a segment has several parts',
+      );
+      assert.deepEqual((await checkRepository(repo)).errors, []);
+    } finally {
+      Repository.segmentCacheBytes = cacheBytes;
+    }
   });
 });
 

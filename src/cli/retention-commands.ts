@@ -1,4 +1,5 @@
 import { PhoenixError } from '../errors.js';
+import { resolveSettings } from '../config/settings.js';
 import type { Repository } from '../repo/index.js';
 import { applyForget, effectivePolicy, planForget } from '../retention/forget.js';
 import { parsePolicy, parseRetentionDuration, formatPolicy, DEFAULT_MIN_AGE } from '../retention/policy.js';
@@ -108,14 +109,16 @@ export async function forgetCommand(flags: ForgetFlags): Promise<void> {
     const sources = flags.source !== undefined ? [await pickSource(repo, flags)] : await repo.sources();
     const lease = flags.dryRun ? undefined : await repo.acquireMaintenanceLease();
     try {
-      for (const source of sources) await forgetSource(repo, source, flags);
+      // Forget's working trees go to the state directory (on disk; the temporary one may be memory).
+      const { stateDir } = await resolveSettings(flags);
+      for (const source of sources) await forgetSource(repo, source, flags, stateDir);
     } finally {
       await lease?.release();
     }
   });
 }
 
-async function forgetSource(repo: Repository, source: string, flags: ForgetFlags): Promise<void> {
+async function forgetSource(repo: Repository, source: string, flags: ForgetFlags, scratchDir: string): Promise<void> {
   const given = flags.policy !== undefined || flags.minAge !== undefined ? { policy: flags.policy, minAge: flags.minAge } : undefined;
   const policy = await effectivePolicy(repo, source, given);
   if (policy === undefined) {
@@ -139,7 +142,7 @@ async function forgetSource(repo: Repository, source: string, flags: ForgetFlags
     if (!flags.json) process.stdout.write(`${summary}, would drop ${plan.dropped.length} (dry run: nothing was changed)\n`);
     return;
   }
-  const r = await applyForget(repo, plan);
+  const r = await applyForget(repo, plan, { scratchDir });
   // `segment`: all that was written, as one range (earlier builds wrote one segment); `segments`: each piece.
   const s = r.segments;
   const total =

@@ -209,7 +209,7 @@ export class Daemon {
     d.#maintainer = new Maintainer(
       repo,
       d.#runners.map((r) => ({ name: r.config.name, held: () => r.heldInstants() })),
-      config.maintenance,
+      { ...config.maintenance, scratchDir: config.settings.stateDir },
       log.child({ maintenance: true }),
     );
     d.#maintainer.start();

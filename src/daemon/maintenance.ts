@@ -38,7 +38,14 @@ export class Maintainer {
     readonly repo: Repository,
     /** The daemon's sources, each with the instants its mass-change guard may pin (forget keeps them). */
     readonly watched: ReadonlyArray<{ name: string; held: () => number[] }>,
-    readonly opts: { compactMs: number; compactAfterMs: number; forgetMs: number; pruneMs: number; minPackAgeMs: number },
+    readonly opts: {
+      compactMs: number;
+      compactAfterMs: number;
+      forgetMs: number;
+      pruneMs: number;
+      minPackAgeMs: number;
+      scratchDir?: string;
+    },
     readonly log: Logger,
   ) {}
 
@@ -125,7 +132,7 @@ export class Maintainer {
       // must never name an instant this run thinned away.
       const plan = await planForget(this.repo, name, policy.policy, held());
       if (plan.dropped.length === 0) continue;
-      const r = await applyForget(this.repo, plan);
+      const r = await applyForget(this.repo, plan, { scratchDir: this.opts.scratchDir });
       dropped += plan.dropped.length;
       this.log.info(
         { source: name, kept: plan.kept.size, dropped: plan.dropped.length, deleted: r.deleted.journal },

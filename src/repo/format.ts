@@ -141,6 +141,8 @@ export type CommitHead = Omit<Commit, 'changes'> & {
   parts: Array<[string, number]>;
   /** Changes stored in the object itself, after those of the parts. */
   inline: Json[];
+  /** A segment's step: its changes, read from the segment's parts as they are needed (then `parts` and `inline` are empty). */
+  stream?: () => AsyncIterable<Json>;
 };
 
 export function encodeCommitHead(c: CommitHead): Json {
@@ -192,24 +194,29 @@ function dropSubtree(state: TreeState, path: RawPath): void {
   for (const k of state.keys()) if (k.startsWith(prefix)) state.delete(k);
 }
 
+/** The record a put stores. */
+export function recordOf(c: Extract<JournalChange, { op: 'put' }>): FileRecord {
+  const rec: FileRecord = {
+    path: c.path,
+    type: c.type,
+    mode: c.mode,
+    uid: c.uid,
+    gid: c.gid,
+    mtimeNs: c.mtimeNs,
+    size: c.size,
+    chunks: c.chunks,
+  };
+  if (c.target !== undefined) rec.target = c.target;
+  if (c.fine) rec.fine = true;
+  return rec;
+}
+
 /** Applies one journal change (README and docs/FORMAT.md give the semantics). */
 export function applyChange(state: TreeState, c: JournalChange): void {
   if (c.op === 'put') {
     const old = state.get(c.path);
     if (old?.type === 'dir' && c.type !== 'dir') dropSubtree(state, c.path);
-    const rec: FileRecord = {
-      path: c.path,
-      type: c.type,
-      mode: c.mode,
-      uid: c.uid,
-      gid: c.gid,
-      mtimeNs: c.mtimeNs,
-      size: c.size,
-      chunks: c.chunks,
-    };
-    if (c.target !== undefined) rec.target = c.target;
-    if (c.fine) rec.fine = true;
-    state.set(c.path, rec);
+    state.set(c.path, recordOf(c));
   } else if (c.op === 'delete') {
     dropSubtree(state, c.path);
   } else {

@@ -117,6 +117,12 @@ export interface Pin {
   guard?: Record<string, unknown>;
 }
 
+/**
+ * A step given to writeSegment: its changes may be a stream, and its `stats` and `digest` are
+ * read only once its changes have been (so a stream may set them as it ends).
+ */
+export type SegmentStepIn = SegmentStep & { changes: Iterable<JournalChange> | AsyncIterable<JournalChange> };
+
 /** Encoded changes up to this many bytes stay in the commit object itself; a larger commit puts them in parts. */
 export const INLINE_BYTES = 256 * 1024;
 
@@ -138,6 +144,9 @@ export class Repository {
     /** The id of the key (password) the repository was opened with; undefined when it is not encrypted. */
     readonly keyId?: string,
   ) {}
+
+  /** Segments whose parts store at most this many bytes are read whole and kept while their steps are read; larger ones part by part (tests lower it). */
+  static segmentCacheBytes = 256 * 1024;
 
   static async init(backend: Backend, opts: { password?: string; insecureNoEncryption?: boolean; kdfN?: number }): Promise<Repository> {
     const existing = await backend.stat(CONFIG_KEY).catch((e: unknown) => (isNotFound(e) ? undefined : Promise.reject(e)));
@@ -440,9 +449,14 @@ export class Repository {
       const seg = await this.#segment(info.key);
       const st = seg.steps[info.segment.index];
       if (st === undefined || st.seq !== info.seq) throw corrupt(`segment ${info.key}`, `it has no step ${info.seq}`);
-      const changes = (await this.#segmentChanges(info.key, seg)).slice(st.at, st.at + st.n);
-      const { digest: _digest, at: _at, n: _n, ...rest } = st;
-      return { source: seg.source, ...rest, packs: [], parts: [], inline: changes };
+      const { digest: _digest, at, n, ...rest } = st;
+      // A small segment is read whole once and kept (its steps are read one after another); a
+      // large one (a step of a whole tree) is read part by part as its steps are.
+      if (seg.parts.reduce((k, [, b]) => k + b, 0) <= Repository.segmentCacheBytes) {
+        const changes = (await this.#segmentChanges(info.key, seg)).slice(at, at + n);
+        return { source: seg.source, ...rest, packs: [], parts: [], inline: changes };
+      }
+      return { source: seg.source, ...rest, packs: [], parts: [], inline: [], stream: () => this.#stepLines(info.key, seg, at, n) };
     }
     const obj = await this.#getJson(info.key);
     try {
@@ -463,12 +477,8 @@ export class Repository {
 
   /** Segment objects read (they are immutable, and small: their changes are apart); several readers share one read. */
   readonly #segments = new Map<string, Promise<DecodedSegment>>();
-  /** The changes of the segments read last (a reader goes through one segment's steps in order). */
+  /** The changes of the small segments read last. */
   readonly #segmentLines = new Map<string, Promise<Array<Record<string, unknown>>>>();
-
-  #segment(key: string): Promise<DecodedSegment> {
-    return cached(this.#segments, key, 1024, () => this.#readSegment(key));
-  }
 
   #segmentChanges(key: string, seg: DecodedSegment): Promise<Array<Record<string, unknown>>> {
     return cached(this.#segmentLines, key, 2, async () => {
@@ -484,6 +494,47 @@ export class Repository {
       if (all.length !== n) throw corrupt(`segment ${key}`, `its steps account for ${n} changes, it holds ${all.length}`);
       return all;
     });
+  }
+
+  /** Where the last read of a segment's changes stopped: a reader goes through its steps in order, and the next step starts there. */
+  #cursor: { key: string; part: number; base: number; lines: Array<Record<string, unknown>> | undefined } | undefined;
+
+  #segment(key: string): Promise<DecodedSegment> {
+    return cached(this.#segments, key, 1024, () => this.#readSegment(key));
+  }
+
+  /**
+   * Changes `at`…`at + n - 1` of segment `key` (its parts' lines, then its inline ones), one part
+   * in memory at a time: a step of any size is read in bounded memory.
+   */
+  async *#stepLines(key: string, seg: DecodedSegment, at: number, n: number): AsyncGenerator<Record<string, unknown>> {
+    let part = 0;
+    let base = 0;
+    let lines: Array<Record<string, unknown>> | undefined;
+    const c = this.#cursor;
+    if (c?.key === key && c.base <= at) ({ part, base, lines } = c);
+    try {
+      for (let i = at; i < at + n;) {
+        if (lines === undefined) {
+          if (part < seg.parts.length) {
+            const id = (seg.parts[part] as [string, number])[0];
+            lines = [];
+            for await (const o of readParts(this.backend, this.keys, [id])) lines.push(o);
+          } else if (part === seg.parts.length) lines = seg.inline;
+          else throw corrupt(`segment ${key}`, `its step at change ${at} needs ${n} changes, it holds ${base}`);
+        }
+        if (i < base + lines.length) {
+          yield lines[i - base] as Record<string, unknown>;
+          i++;
+          continue;
+        }
+        base += lines.length;
+        part++;
+        lines = undefined;
+      }
+    } finally {
+      this.#cursor = { key, part, base, lines };
+    }
   }
 
   async #readSegment(key: string): Promise<DecodedSegment> {
@@ -525,7 +576,7 @@ export class Repository {
     source: string,
     first: number,
     last: number,
-    steps: Iterable<SegmentStep & { changes: Iterable<JournalChange> }> | AsyncIterable<SegmentStep & { changes: Iterable<JournalChange> }>,
+    steps: Iterable<SegmentStepIn> | AsyncIterable<SegmentStepIn>,
     opts: { gen?: number } = {},
   ): Promise<{ key: string; size: number }> {
     await this.#upgradeConfig(3);
@@ -536,7 +587,7 @@ export class Repository {
     const lines = this.#lineWriter(this.#parts);
     for await (const st of steps) {
       let n = 0;
-      for (const ch of st.changes) {
+      for await (const ch of st.changes) {
         const o = encodeChange(ch);
         await lines.add(o, String(o.p));
         n++;
@@ -604,6 +655,10 @@ export class Repository {
         throw corrupt(what, (err as Error).message);
       }
     };
+    if (head.stream !== undefined) {
+      for await (const o of head.stream()) yield decode(o as Record<string, unknown>);
+      return;
+    }
     for await (const o of readParts(
       this.backend,
       this.keys,

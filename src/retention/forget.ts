@@ -1,19 +1,19 @@
+import { isNotFound } from '../backend/backend.js';
 import { PhoenixError } from '../errors.js';
 import { compareRaw, parentOf, type RawPath } from '../model/path.js';
 import {
-  applyTracked,
   checkpointKey,
   encodeRecord,
-  recordsInOrder,
-  TreeDigest,
+  mapLimited,
   type CommitInfo,
   type CommitStats,
   type FileRecord,
   type JournalChange,
   type Repository,
-  type SegmentStep,
-  type TreeState,
+  type SegmentStepIn,
+  type TreeDigest,
 } from '../repo/index.js';
+import { ScratchTree } from '../state/scratch-tree.js';
 import { keptInstants, parsePolicy, type KeepReason, type Policy } from './policy.js';
 
 /** The policy that applies to `source`: given, its own, or the repository's default (undefined: none, keep everything). */
@@ -155,20 +155,36 @@ function regions(
  * are invisible to them. A run killed at any point leaves a journal that reads the same;
  * the next run finishes the job.
  */
-export async function applyForget(repo: Repository, plan: ForgetPlan): Promise<ForgetResult> {
+export async function applyForget(repo: Repository, plan: ForgetPlan, opts: { scratchDir?: string } = {}): Promise<ForgetResult> {
+  if (plan.dropped.length === 0) {
+    return { segments: [], deleted: await deleteSuperseded(repo, plan.source, plan.kept) };
+  }
+  // The trees it works on are on disk: memory holds what a range changed, not the tree.
+  const tree = new ScratchTree(opts.scratchDir);
+  try {
+    return await rewrite(repo, plan, tree);
+  } finally {
+    tree.close();
+  }
+}
+
+/** Slots of the scratch tree: the tree carried from range to range, and the one a range's kept steps are computed on. */
+const CARRY = 'carry';
+const WORK = 'work';
+
+async function rewrite(repo: Repository, plan: ForgetPlan, tree: ScratchTree): Promise<ForgetResult> {
   const { source, instants, kept } = plan;
   const result: ForgetResult = { segments: [], deleted: { journal: 0, checkpoints: 0 } };
-  if (plan.dropped.length === 0) return { ...result, deleted: await deleteSuperseded(repo, source, kept) };
   const chain = await repo.journalObjects(source);
   const latestMs = (instants.at(-1) as CommitInfo).timeMs;
-  let proven: TreeState | undefined;
+  let proven = false;
   let lastB = 0;
-  // The tree (and its digest) at the start of the next range, carried from the end of the one
-  // before: each range starts from there, not from a checkpoint and a replay of all before it.
-  let base: { seq: number; state: TreeState; digest: TreeDigest } | undefined;
+  // The tree (CARRY) and its digest at the start of the next range, carried from the end of the
+  // one before: each range starts from there, not from a checkpoint and a replay of all before it.
+  let base: { seq: number; digest: TreeDigest } | undefined;
   const checkpoints = new CheckpointSizes(repo, source);
-  /** The tree at `a`: a copy, or with `own` the carried tree itself (for the range's last use of it). */
-  const baseAt = async (a: number, own = false): Promise<{ state: TreeState; digest: TreeDigest }> => {
+  /** The tree at `a` in CARRY, and its digest; without `own`, copied to WORK (CARRY stays for the range's proof). */
+  const baseAt = async (a: number, own = false): Promise<TreeDigest> => {
     const from = base?.seq ?? 0;
     // Only a gap to carry the tree over needs the journal and the checkpoints listed again.
     const commits = base !== undefined && base.seq < a ? await repo.commitList(source) : [];
@@ -180,29 +196,33 @@ export async function applyForget(repo: Repository, plan: ForgetPlan): Promise<F
       base.seq > a ||
       (nearest > from && changesBetween(commits, from, nearest) > (await checkpoints.entries(nearest)));
     if (fresh) {
-      const state: TreeState = a > 0 ? (await repo.loadState(source, a)).state : new Map();
-      base = { seq: a, state, digest: TreeDigest.of(repo.keys, state) };
+      await loadTree(repo, source, a, tree, CARRY);
+      base = { seq: a, digest: tree.digest(CARRY, repo.keys) };
     } else if (base !== undefined && base.seq < a) {
       // The commits between are outside every range: as they are on the chain now. The digest
       // follows once per path they touch (or is taken afresh when they touched most of the tree),
       // not once per change: a gap of months touches the same paths again and again.
       const before = new Map<RawPath, FileRecord | null>();
       for (const info of commits.filter((c) => c.seq > from && c.seq <= a)) {
-        for (const ch of (await repo.readCommit(info)).changes) applyTracked(base.state, ch, undefined, before);
+        for await (const ch of repo.commitChanges(await repo.readCommitHead(info))) tree.apply(CARRY, ch, undefined, before);
       }
-      if (before.size > base.state.size / 2) base.digest = TreeDigest.of(repo.keys, base.state);
+      if (before.size > tree.size(CARRY) / 2) base.digest = tree.digest(CARRY, repo.keys);
       else {
         for (const [p, was] of before) {
           if (was !== null) base.digest.remove(was);
-          const now = base.state.get(p);
+          const now = tree.get(CARRY, p);
           if (now !== undefined) base.digest.add(now);
         }
       }
       base.seq = a;
     }
-    const b = base as { state: TreeState; digest: TreeDigest };
-    if (own) base = undefined; // the next range starts from what this one proves
-    return own ? b : { state: new Map(b.state), digest: b.digest.clone() };
+    const digest = (base as { digest: TreeDigest }).digest;
+    if (own) {
+      base = undefined; // the next range starts from what this one proves
+      return digest;
+    }
+    tree.copy(CARRY, WORK);
+    return digest.clone();
   };
   for (const [a, b] of regions(instants, kept, chain)) {
     const gen = 1 + Math.max(-1, ...chain.filter((o) => o.segment && o.seq > a && o.first - 1 < b).map((o) => o.gen));
@@ -222,10 +242,10 @@ export async function applyForget(repo: Repository, plan: ForgetPlan): Promise<F
       from = c.seq + 1;
     }
     const expected: Array<{ seq: number; digest: string }> = [];
-    const steps = keptSteps(repo, await baseAt(a), range, kept, expected)[Symbol.asyncIterator]();
+    const steps = keptSteps(repo, tree, await baseAt(a), range, kept, expected)[Symbol.asyncIterator]();
     const keys: string[] = [];
     for (const piece of pieces) {
-      async function* upTo(): AsyncGenerator<SegmentStep & { changes: JournalChange[] }> {
+      async function* upTo(): AsyncGenerator<SegmentStepIn> {
         for (;;) {
           const n = await steps.next();
           if (n.done === true) return;
@@ -239,22 +259,22 @@ export async function applyForget(repo: Repository, plan: ForgetPlan): Promise<F
       result.segments.push({ key: written.key, first: piece.first, last: piece.last, steps: n, bytes: written.size });
     }
     // Read them back as any reader would, and prove every kept instant before deleting anything.
-    const verified = await verify(repo, source, a, b, await baseAt(a, true), new Set(keys), expected);
+    const verified = await verify(repo, source, a, b, tree, await baseAt(a, true), new Set(keys), expected);
     if (typeof verified === 'string') {
       for (const key of keys) await repo.backend.delete(key);
       throw new PhoenixError('PHX_INTERNAL', `forget of ${JSON.stringify(source)}: ${verified}; nothing was deleted`, {
         hint: 'the journal is as it was; please report this with phoenix check output',
       });
     }
-    proven = verified.state;
-    base = { seq: b, ...verified };
+    proven = true;
+    base = { seq: b, digest: verified };
     lastB = b;
   }
   // A base checkpoint at the last range's end: the checkpoints it replaced were at instants no
   // longer kept, and the next run (and every reader) starts from here instead of commit 1.
   const commits = await repo.commitList(source);
-  if (proven !== undefined && (await repo.usableCheckpoint(source, commits, lastB)) < lastB) {
-    await repo.writeCheckpoint(source, lastB, recordsInOrder(proven));
+  if (proven && (await repo.usableCheckpoint(source, commits, lastB)) < lastB) {
+    await repo.writeCheckpoint(source, lastB, tree.records(CARRY));
   }
   const deleted = await deleteSuperseded(repo, source, kept);
   // Older checkpoints stay only where they save more than they cost: spaced through the
@@ -323,64 +343,89 @@ class CheckpointSizes {
   }
 }
 
-/** The kept instants of `range` (after commit `a`), computed from the original journal one commit at a time; `expected` gets each one's digest. */
+/** The kept instants of `range` (after commit `a`, in WORK), computed from the original journal one commit at a time; `expected` gets each one's digest. */
 async function* keptSteps(
   repo: Repository,
-  start: { state: TreeState; digest: TreeDigest },
+  tree: ScratchTree,
+  digest: TreeDigest,
   range: readonly CommitInfo[],
   kept: ReadonlyMap<number, unknown>,
   expected: Array<{ seq: number; digest: string }>,
-): AsyncGenerator<SegmentStep & { changes: JournalChange[] }> {
-  const { state, digest } = start;
+): AsyncGenerator<SegmentStepIn> {
+  const state = tree.view(WORK);
   let before = new Map<RawPath, FileRecord | null>();
-  let run: JournalChange[] | undefined = [];
+  let applied = 0; // changes applied since the last kept step
   let uploaded = 0;
   for (const info of range) {
-    const c = await repo.readCommit(info);
-    for (const ch of c.changes) applyTracked(state, ch, digest, before);
-    uploaded += c.stats.bytesUploaded;
-    // A kept commit right after a kept one keeps its changes as they are (moves stay moves).
-    run = run !== undefined && run.length === 0 ? c.changes : undefined;
-    if (!kept.has(c.seq)) continue;
-    const changes = run ?? netChanges(before, state);
-    const hex = digest.hex();
-    const step: SegmentStep & { changes: JournalChange[] } = {
-      seq: c.seq,
-      timeMs: c.timeMs,
-      stats: statsOf(changes, uploaded),
-      digest: hex,
-      changes,
-    };
-    if (c.host !== undefined) step.host = c.host;
-    if (c.root !== undefined) step.root = c.root;
-    expected.push({ seq: c.seq, digest: hex });
-    yield step;
+    const head = await repo.readCommitHead(info);
+    uploaded += head.stats.bytesUploaded;
+    const step: SegmentStepIn = { seq: head.seq, timeMs: head.timeMs, stats: statsOf([], 0), changes: [] };
+    if (head.host !== undefined) step.host = head.host;
+    if (head.root !== undefined) step.root = head.root;
+    if (applied === 0 && kept.has(info.seq)) {
+      // A kept commit right after a kept one keeps its changes as they are (moves stay moves):
+      // they pass through to the segment as they are applied, one part of them in memory.
+      let done = false;
+      const bytes = uploaded;
+      step.changes = (async function* () {
+        const stats = statsOf([], bytes);
+        for await (const ch of repo.commitChanges(head)) {
+          tree.apply(WORK, ch, digest);
+          count(stats, ch);
+          yield ch;
+        }
+        step.stats = stats;
+        step.digest = digest.hex();
+        expected.push({ seq: step.seq, digest: step.digest });
+        done = true;
+      })();
+      yield step;
+      if (!done) throw new PhoenixError('PHX_INTERNAL', `internal: the changes of step ${step.seq} were not all written`);
+    } else {
+      for await (const ch of repo.commitChanges(head)) {
+        tree.apply(WORK, ch, digest, before);
+        applied++;
+      }
+      if (!kept.has(info.seq)) continue;
+      step.digest = digest.hex();
+      expected.push({ seq: step.seq, digest: step.digest });
+      const stats = statsOf([], uploaded);
+      step.changes = (function* () {
+        for (const ch of netChanges(before, state)) {
+          count(stats, ch);
+          yield ch;
+        }
+        step.stats = stats;
+      })();
+      yield step;
+    }
     before = new Map();
-    run = [];
+    applied = 0;
     uploaded = 0;
   }
 }
 
+/** Replays the segments written over the tree at `a` (CARRY, which ends at `b`): its digest there, or what is wrong. */
 async function verify(
   repo: Repository,
   source: string,
   a: number,
   b: number,
-  start: { state: TreeState; digest: TreeDigest },
+  tree: ScratchTree,
+  digest: TreeDigest,
   keys: ReadonlySet<string>,
   expected: ReadonlyArray<{ seq: number; digest: string }>,
-): Promise<string | { state: TreeState; digest: TreeDigest }> {
+): Promise<string | TreeDigest> {
   const now = (await repo.commitList(source)).filter((c) => c.seq > a && c.seq <= b);
   if (now.some((c) => !keys.has(c.key))) return 'the segments written are not the ones readers choose';
   if (now.map((c) => c.seq).join() !== expected.map((e) => e.seq).join()) return 'the segment does not hold the instants kept';
-  const { state, digest } = start;
   for (const [i, info] of now.entries()) {
-    for (const ch of (await repo.readCommit(info)).changes) applyTracked(state, ch, digest);
+    for await (const ch of repo.commitChanges(await repo.readCommitHead(info))) tree.apply(CARRY, ch, digest);
     const want = expected[i] as { seq: number; digest: string };
     if (digest.hex() !== want.digest) return `the tree at commit ${info.seq} read back from the segment differs from the original`;
     if ((await repo.stepDigest(info)) !== want.digest) return `the digest stored for commit ${info.seq} is not the original's`;
   }
-  return { state, digest };
+  return digest;
 }
 
 /**
@@ -415,42 +460,75 @@ export async function deleteSuperseded(
   return { journal, checkpoints };
 }
 
-/** The changes that take the tree from what `before` recorded to `state`, for the paths it recorded. */
-export function netChanges(before: ReadonlyMap<RawPath, FileRecord | null>, state: TreeState): JournalChange[] {
-  const gone: RawPath[] = [];
-  const puts: FileRecord[] = [];
+/**
+ * The changes that take the tree from what `before` recorded to `state`, for the paths it
+ * recorded: removals (not those inside a removed directory), then puts, each in byte order of
+ * path, made as they are read (the tree stays where it is).
+ */
+export function* netChanges(
+  before: ReadonlyMap<RawPath, FileRecord | null>,
+  state: { get(p: RawPath): FileRecord | undefined },
+): Generator<JournalChange> {
   const json = (r: FileRecord): string => JSON.stringify(encodeRecord(r));
-  for (const [p, was] of before) {
-    const now = state.get(p);
-    if (now === undefined) {
-      if (was !== null) gone.push(p);
-    } else if (was === null || json(was) !== json(now)) puts.push(now);
-  }
-  gone.sort(compareRaw);
+  const paths = [...before.keys()].sort(compareRaw);
   const deleted = new Set<RawPath>();
-  const changes: JournalChange[] = [];
-  for (const p of gone) {
+  for (const p of paths) {
+    if (before.get(p) === null || state.get(p) !== undefined) continue;
     let q = p;
     let inside = false;
     while (q.includes('/') && !inside) inside = deleted.has((q = parentOf(q)));
     if (inside) continue; // its directory's delete takes it
     deleted.add(p);
-    changes.push({ op: 'delete', path: p });
+    yield { op: 'delete', path: p };
   }
-  puts.sort((x, y) => compareRaw(x.path, y.path));
-  for (const r of puts) changes.push({ op: 'put', ...r });
-  return changes;
+  for (const p of paths) {
+    const now = state.get(p);
+    if (now === undefined) continue;
+    const was = before.get(p) as FileRecord | null;
+    if (was === null || json(was) !== json(now)) yield { op: 'put', ...now };
+  }
+}
+
+/** Counts `ch` into `s`. */
+function count(s: CommitStats, ch: JournalChange): void {
+  if (ch.op === 'delete') s.deleted++;
+  else if (ch.op === 'put' && ch.type === 'dir') s.dirs++;
+  else if (ch.op === 'put') {
+    s.files++;
+    s.bytesTotal += ch.size;
+  }
 }
 
 function statsOf(changes: readonly JournalChange[], bytesUploaded: number): CommitStats {
   const s: CommitStats = { files: 0, dirs: 0, deleted: 0, bytesUploaded, bytesTotal: 0 };
-  for (const c of changes) {
-    if (c.op === 'delete') s.deleted++;
-    else if (c.op === 'put' && c.type === 'dir') s.dirs++;
-    else if (c.op === 'put') {
-      s.files++;
-      s.bytesTotal += c.size;
+  for (const c of changes) count(s, c);
+  return s;
+}
+
+/** Fills `slot` with the tree of `source` after commit `seq`: its nearest checkpoint, then the commits after it. */
+async function loadTree(repo: Repository, source: string, seq: number, tree: ScratchTree, slot: string): Promise<void> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const commits = await repo.commitList(source);
+      const best = seq > 0 ? await repo.usableCheckpoint(source, commits, seq) : 0;
+      await tree.load(slot, best > 0 ? repo.checkpointRecords(source, best) : []);
+      const tail = commits.filter((c) => c.seq > best && c.seq <= seq);
+      // Heads fetched a window ahead; the changes of each (a step may be a whole tree) as a stream.
+      for (let i = 0; i < tail.length; i += 64) {
+        for (const head of await mapLimited(tail.slice(i, i + 64), 8, (info) => repo.readCommitHead(info))) {
+          let batch: JournalChange[] = [];
+          for await (const ch of repo.commitChanges(head)) {
+            if (batch.push(ch) < 4096) continue;
+            tree.applyAll(slot, batch);
+            batch = [];
+          }
+          tree.applyAll(slot, batch);
+        }
+      }
+      return;
+    } catch (err) {
+      // Compaction deleted an object after we listed (it wrote what supersedes it first): list again, once.
+      if (attempt > 0 || !isNotFound(err)) throw err;
     }
   }
-  return s;
 }

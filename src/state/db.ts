@@ -47,6 +47,8 @@ class StoredFile implements CachedFile {
   }
 }
 
+type ChangeStatements = Record<'dropBelow' | 'isDir' | 'toTemp' | 'fromTemp' | 'repath', Database.Statement>;
+
 /** What the cache knows of one source's committed tree (StateDb.known). */
 export interface KnownFiles {
   get(path: RawPath): CachedFile | undefined;
@@ -94,7 +96,15 @@ export class StateDb {
   readonly #trimQueue: Database.Statement;
   #lastQueued: number;
 
-  constructor(path: string) {
+  /** Chunks of records put are added to the chunk index (not in a scratch tree). */
+  readonly #indexChunks: boolean;
+
+  /**
+   * `scratch`: a working tree of no value after a crash (forget's): no chunk index kept, and no
+   * waiting for the disk.
+   */
+  constructor(path: string, opts: { scratch?: boolean } = {}) {
+    this.#indexChunks = opts.scratch !== true;
     mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
     this.#path = path;
     this.#db = new Database(path);
@@ -109,7 +119,9 @@ export class StateDb {
       Buffer.concat([prefix as Uint8Array, (path as Buffer).subarray(Number(skip))]),
     );
     this.#db.pragma('journal_mode = WAL');
-    this.#db.pragma('synchronous = NORMAL');
+    this.#db.pragma(opts.scratch === true ? 'synchronous = OFF' : 'synchronous = NORMAL');
+    // A scratch tree is read back path by path as it is changed: 64 MiB of pages stay in memory.
+    if (opts.scratch === true) this.#db.pragma('cache_size = -65536');
     // Version 1 added files.stamp. Older file caches are dropped, and rebuilt from the repository.
     if ((this.#db.pragma('user_version', { simple: true }) as number) < 1)
       this.#db.exec('DROP TABLE IF EXISTS files; DROP TABLE IF EXISTS meta;');
@@ -129,6 +141,16 @@ export class StateDb {
     this.#putChunk = this.#db.prepare('INSERT OR REPLACE INTO chunks (id, pack, offset, length) VALUES (?, ?, ?, ?)');
     this.#putFile = this.#db.prepare('INSERT OR REPLACE INTO files (source, path, rec, ino, ctime, stamp) VALUES (?, ?, ?, ?, ?, ?)');
     this.#delFile = this.#db.prepare('DELETE FROM files WHERE source = ? AND path = ?');
+    // A scratch tree's changes stay in one open transaction (a commit per change costs more than
+    // the change), made visible to other connections only when they read: snapshot().
+    if (opts.scratch === true) this.#db.exec('BEGIN');
+  }
+
+  /** Commits a scratch tree's open transaction (and opens the next), so that other connections see its rows. */
+  #publish(): void {
+    if (this.#indexChunks || !this.#db.inTransaction) return;
+    this.#db.exec('COMMIT');
+    this.#db.exec('BEGIN');
   }
 
   /** The seq the cache holds for `source` in repository `repoId`, or undefined when it is not in sync. */
@@ -304,6 +326,7 @@ export class StateDb {
    * on a connection of its own, so that reads may overlap each other and the commits that go on.
    */
   #rows<T>(source: string, columns: string, order: string, map: (row: unknown) => T): Iterable<T> & { close(): void } {
+    this.#publish();
     const reader = new Database(this.#path, { readonly: true, fileMustExist: true });
     reader.prepare('BEGIN').run();
     reader.prepare('SELECT 1 FROM meta LIMIT 1').get(); // the snapshot starts with the first read
@@ -333,6 +356,18 @@ export class StateDb {
     return (this.#db.prepare('SELECT count(*) FROM files WHERE source = ?').pluck().get(source) as number) ?? 0;
   }
 
+  /** Makes the rows of `to` a copy of those of `from` (in SQL). */
+  copySource(from: string, to: string): void {
+    this.#db.transaction(() => {
+      this.#db.prepare('DELETE FROM files WHERE source = ?').run(to);
+      this.#db
+        .prepare(
+          'INSERT INTO files (source, path, rec, ino, ctime, stamp) SELECT ?, path, rec, ino, ctime, stamp FROM files WHERE source = ?',
+        )
+        .run(to, from);
+    })();
+  }
+
   /** Forgets what the cache knows of `source` (a rebuild follows; until it ends the cache is out of sync). */
   clearSource(source: string): void {
     this.#db.transaction(() => {
@@ -348,22 +383,15 @@ export class StateDb {
    */
   applyChanges(source: string, changes: Iterable<JournalChange>): void {
     const db = this.#db;
-    const under = 'path > ? AND path < ?'; // `dir/` < p < `dir0`: everything under dir
-    const below = `source = ? AND ${under}`;
     const range = (p: RawPath): [Buffer, Buffer] => [rawToBuffer(`${p}/`), rawToBuffer(`${p}0`)];
-    const dropBelow = db.prepare(`DELETE FROM files WHERE ${below}`);
-    const isDir = db.prepare('SELECT 1 FROM files WHERE source = ? AND path = ? AND rec LIKE \'%"t":"dir"%\'');
-    // A moved subtree passes through paths that start with '/', which no relative path does.
-    const toTemp = db.prepare(`UPDATE files SET path = phx_rebase(X'2F', path, ?) WHERE source = ? AND (path = ? OR (${under}))`);
-    const fromTemp = db.prepare("UPDATE files SET path = phx_rebase(?, path, 1) WHERE source = ? AND path >= X'2F' AND path < X'30'");
-    const repath = db.prepare(`UPDATE files SET rec = phx_repath(rec, path) WHERE source = ? AND (path = ? OR (${under}))`);
-    db.transaction(() => {
+    const { dropBelow, isDir, toTemp, fromTemp, repath } = (this.#changeStatements ??= this.#prepareChanges());
+    const apply = (): void => {
       for (const c of changes) {
         if (c.op === 'put') {
           const { op: _op, ...rec } = c;
           if (rec.type !== 'dir' && isDir.get(source, rawToBuffer(c.path)) !== undefined) dropBelow.run(source, ...range(c.path));
           this.#putFileRow(source, { rec, ino: '', ctimeNs: '' });
-          for (const ch of rec.chunks) this.#putChunk.run(ch.id, ch.pack, ch.offset, ch.length);
+          if (this.#indexChunks) for (const ch of rec.chunks) this.#putChunk.run(ch.id, ch.pack, ch.offset, ch.length);
         } else if (c.op === 'delete') {
           this.#delFile.run(source, rawToBuffer(c.path));
           dropBelow.run(source, ...range(c.path));
@@ -376,7 +404,25 @@ export class StateDb {
           repath.run(source, rawToBuffer(c.path), ...range(c.path));
         }
       }
-    })();
+    };
+    // A scratch tree is in a transaction already (one per change would cost more than the change).
+    if (!this.#indexChunks && db.inTransaction) apply();
+    else db.transaction(apply)();
+  }
+
+  #changeStatements: ChangeStatements | undefined;
+
+  #prepareChanges(): ChangeStatements {
+    const db = this.#db;
+    const under = 'path > ? AND path < ?'; // `dir/` < p < `dir0`: everything under dir
+    return {
+      dropBelow: db.prepare(`DELETE FROM files WHERE source = ? AND ${under}`),
+      isDir: db.prepare('SELECT 1 FROM files WHERE source = ? AND path = ? AND rec LIKE \'%"t":"dir"%\''),
+      // A moved subtree passes through paths that start with '/', which no relative path does.
+      toTemp: db.prepare(`UPDATE files SET path = phx_rebase(X'2F', path, ?) WHERE source = ? AND (path = ? OR (${under}))`),
+      fromTemp: db.prepare("UPDATE files SET path = phx_rebase(?, path, 1) WHERE source = ? AND path >= X'2F' AND path < X'30'"),
+      repath: db.prepare(`UPDATE files SET rec = phx_repath(rec, path) WHERE source = ? AND (path = ? OR (${under}))`),
+    };
   }
 
   /** Adds records as they are in the repository (a checkpoint being read into the cache). */
@@ -384,7 +430,7 @@ export class StateDb {
     this.#db.transaction(() => {
       for (const rec of records) {
         this.#putFileRow(source, { rec, ino: '', ctimeNs: '' });
-        for (const ch of rec.chunks) this.#putChunk.run(ch.id, ch.pack, ch.offset, ch.length);
+        if (this.#indexChunks) for (const ch of rec.chunks) this.#putChunk.run(ch.id, ch.pack, ch.offset, ch.length);
       }
     })();
   }
@@ -455,6 +501,7 @@ export class StateDb {
   }
 
   close(): void {
+    if (!this.#indexChunks && this.#db.inTransaction) this.#db.exec('COMMIT');
     this.#db.close();
   }
 }
