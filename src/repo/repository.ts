@@ -496,44 +496,48 @@ export class Repository {
     });
   }
 
-  /** Where the last read of a segment's changes stopped: a reader goes through its steps in order, and the next step starts there. */
-  #cursor: { key: string; part: number; base: number; lines: Array<Record<string, unknown>> | undefined } | undefined;
-
   #segment(key: string): Promise<DecodedSegment> {
     return cached(this.#segments, key, 1024, () => this.#readSegment(key));
   }
+
+  /** Decoded parts of the large segments read lately: readers of one segment's steps, in order or at once, share them. */
+  readonly #partValues = new Map<string, Promise<Array<Record<string, unknown>>>>();
+  /** Of the large segments read lately, how many changes each part holds (as far as read): a step's reader starts at its part. */
+  readonly #partCounts = new Map<string, number[]>();
 
   /**
    * Changes `at`…`at + n - 1` of segment `key` (its parts' lines, then its inline ones), one part
    * in memory at a time: a step of any size is read in bounded memory.
    */
   async *#stepLines(key: string, seg: DecodedSegment, at: number, n: number): AsyncGenerator<Record<string, unknown>> {
+    let counts = this.#partCounts.get(key);
+    if (counts === undefined) {
+      this.#partCounts.set(key, (counts = []));
+      while (this.#partCounts.size > 16) this.#partCounts.delete(this.#partCounts.keys().next().value as string);
+    }
+    const values = (part: number): Promise<Array<Record<string, unknown>>> => {
+      if (part === seg.parts.length) return Promise.resolve(seg.inline);
+      const id = (seg.parts[part] as [string, number])[0];
+      return cached(this.#partValues, id, 2, async () => {
+        const out: Array<Record<string, unknown>> = [];
+        for await (const o of readParts(this.backend, this.keys, [id])) out.push(o);
+        return out;
+      });
+    };
     let part = 0;
     let base = 0;
-    let lines: Array<Record<string, unknown>> | undefined;
-    const c = this.#cursor;
-    if (c?.key === key && c.base <= at) ({ part, base, lines } = c);
-    try {
-      for (let i = at; i < at + n;) {
-        if (lines === undefined) {
-          if (part < seg.parts.length) {
-            const id = (seg.parts[part] as [string, number])[0];
-            lines = [];
-            for await (const o of readParts(this.backend, this.keys, [id])) lines.push(o);
-          } else if (part === seg.parts.length) lines = seg.inline;
-          else throw corrupt(`segment ${key}`, `its step at change ${at} needs ${n} changes, it holds ${base}`);
-        }
-        if (i < base + lines.length) {
-          yield lines[i - base] as Record<string, unknown>;
-          i++;
-          continue;
-        }
-        base += lines.length;
-        part++;
-        lines = undefined;
+    for (; part < counts.length && base + (counts[part] as number) <= at; part++) base += counts[part] as number;
+    for (let i = at; i < at + n;) {
+      if (part > seg.parts.length) throw corrupt(`segment ${key}`, `its step at change ${at} needs ${n} changes, it holds ${base}`);
+      const lines = await values(part);
+      counts[part] = lines.length;
+      if (i < base + lines.length) {
+        yield lines[i - base] as Record<string, unknown>;
+        i++;
+        continue;
       }
-    } finally {
-      this.#cursor = { key, part, base, lines };
+      base += lines.length;
+      part++;
     }
   }
 
