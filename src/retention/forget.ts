@@ -168,9 +168,8 @@ export async function applyForget(repo: Repository, plan: ForgetPlan, opts: { sc
   }
 }
 
-/** Slots of the scratch tree: the tree carried from range to range, and the one a range's kept steps are computed on. */
+/** The slot of the scratch tree that holds the tree carried from range to range. */
 const CARRY = 'carry';
-const WORK = 'work';
 
 async function rewrite(repo: Repository, plan: ForgetPlan, tree: ScratchTree): Promise<ForgetResult> {
   const { source, instants, kept } = plan;
@@ -183,7 +182,7 @@ async function rewrite(repo: Repository, plan: ForgetPlan, tree: ScratchTree): P
   // one before: each range starts from there, not from a checkpoint and a replay of all before it.
   let base: { seq: number; digest: TreeDigest } | undefined;
   const checkpoints = new CheckpointSizes(repo, source);
-  /** The tree at `a` in CARRY, and its digest; without `own`, copied to WORK (CARRY stays for the range's proof). */
+  /** The tree at `a` in CARRY, and its digest; without `own`, a copy of the digest and CARRY marked (rewound for the range's proof). */
   const baseAt = async (a: number, own = false): Promise<TreeDigest> => {
     const from = base?.seq ?? 0;
     // Only a gap to carry the tree over needs the journal and the checkpoints listed again.
@@ -221,7 +220,7 @@ async function rewrite(repo: Repository, plan: ForgetPlan, tree: ScratchTree): P
       base = undefined; // the next range starts from what this one proves
       return digest;
     }
-    tree.copy(CARRY, WORK);
+    tree.fork();
     return digest.clone();
   };
   for (const [a, b] of regions(instants, kept, chain)) {
@@ -259,6 +258,7 @@ async function rewrite(repo: Repository, plan: ForgetPlan, tree: ScratchTree): P
       result.segments.push({ key: written.key, first: piece.first, last: piece.last, steps: n, bytes: written.size });
     }
     // Read them back as any reader would, and prove every kept instant before deleting anything.
+    tree.rewind(); // CARRY back at `a`
     const verified = await verify(repo, source, a, b, tree, await baseAt(a, true), new Set(keys), expected);
     if (typeof verified === 'string') {
       for (const key of keys) await repo.backend.delete(key);
@@ -343,7 +343,7 @@ class CheckpointSizes {
   }
 }
 
-/** The kept instants of `range` (after commit `a`, in WORK), computed from the original journal one commit at a time; `expected` gets each one's digest. */
+/** The kept instants of `range` (after commit `a`, in CARRY), computed from the original journal one commit at a time; `expected` gets each one's digest. */
 async function* keptSteps(
   repo: Repository,
   tree: ScratchTree,
@@ -352,7 +352,7 @@ async function* keptSteps(
   kept: ReadonlyMap<number, unknown>,
   expected: Array<{ seq: number; digest: string }>,
 ): AsyncGenerator<SegmentStepIn> {
-  const state = tree.view(WORK);
+  const state = tree.view(CARRY);
   let before = new Map<RawPath, FileRecord | null>();
   let applied = 0; // changes applied since the last kept step
   let uploaded = 0;
@@ -370,7 +370,7 @@ async function* keptSteps(
       step.changes = (async function* () {
         const stats = statsOf([], bytes);
         for await (const ch of repo.commitChanges(head)) {
-          tree.apply(WORK, ch, digest);
+          tree.apply(CARRY, ch, digest);
           count(stats, ch);
           yield ch;
         }
@@ -383,7 +383,7 @@ async function* keptSteps(
       if (!done) throw new PhoenixError('PHX_INTERNAL', `internal: the changes of step ${step.seq} were not all written`);
     } else {
       for await (const ch of repo.commitChanges(head)) {
-        tree.apply(WORK, ch, digest, before);
+        tree.apply(CARRY, ch, digest, before);
         applied++;
       }
       if (!kept.has(info.seq)) continue;

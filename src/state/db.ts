@@ -146,6 +146,17 @@ export class StateDb {
     if (opts.scratch === true) this.#db.exec('BEGIN');
   }
 
+  /** A scratch tree: marks the rows as they are now (rewind() goes back to them). */
+  fork(): void {
+    this.#db.exec('SAVEPOINT phx_fork');
+  }
+
+  /** A scratch tree: back to the rows as they were at fork(). */
+  rewind(): void {
+    this.#db.exec('ROLLBACK TO phx_fork');
+    this.#db.exec('RELEASE phx_fork');
+  }
+
   /** Commits a scratch tree's open transaction (and opens the next), so that other connections see its rows. */
   #publish(): void {
     if (this.#indexChunks || !this.#db.inTransaction) return;
@@ -354,18 +365,6 @@ export class StateDb {
   /** How many entries the cache holds for `source`. */
   count(source: string): number {
     return (this.#db.prepare('SELECT count(*) FROM files WHERE source = ?').pluck().get(source) as number) ?? 0;
-  }
-
-  /** Makes the rows of `to` a copy of those of `from` (in SQL). */
-  copySource(from: string, to: string): void {
-    this.#db.transaction(() => {
-      this.#db.prepare('DELETE FROM files WHERE source = ?').run(to);
-      this.#db
-        .prepare(
-          'INSERT INTO files (source, path, rec, ino, ctime, stamp) SELECT ?, path, rec, ino, ctime, stamp FROM files WHERE source = ?',
-        )
-        .run(to, from);
-    })();
   }
 
   /** Forgets what the cache knows of `source` (a rebuild follows; until it ends the cache is out of sync). */

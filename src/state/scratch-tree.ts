@@ -91,9 +91,13 @@ export class ScratchTree {
     }
   }
 
-  /** `to` becomes a copy of `from`. */
-  copy(from: string, to: string): void {
-    this.#db.copySource(from, to);
+  /** Marks every slot as it is now: rewind() brings them back (no reads of all rows in between: records(), digest()). */
+  fork(): void {
+    this.#db.fork();
+  }
+
+  rewind(): void {
+    this.#db.rewind();
   }
 
   /** The digest of the whole tree in `slot` (one pass over its rows). */
