@@ -19,6 +19,7 @@ import {
   stateAt,
   TreeDigest,
   type CommitInfo,
+  type CommitStats,
   type FileRecord,
   type JournalChange,
   type TreeState,
@@ -845,23 +846,17 @@ describe('phoenix watch runs retention itself', () => {
   });
 });
 
+/** A tree large enough for its checkpoint to be cut into parts (directories: no chunks to keep). */
+function partsTree(): { records: FileRecord[]; stats: CommitStats } {
+  const records = Array.from({ length: 6000 }, (_, i) => rec(`d${String(i).padStart(5, '0')}`, 'dir', i));
+  return { records, stats: { files: 0, dirs: 6000, deleted: 0, bytesUploaded: 0, bytesTotal: 0 } };
+}
+
 describe('prune and the parts it deletes', () => {
   it('never lets the process that pruned name a part it deleted: content that comes back is stored again', async () => {
     const backend = new MemoryBackend();
     const repo = await Repository.init(backend, { insecureNoEncryption: true });
-    // A tree large enough for its checkpoint to be cut into parts (dirs: no chunks to keep).
-    const dir = (i: number): FileRecord => ({
-      path: `d${String(i).padStart(5, '0')}`,
-      type: 'dir',
-      mode: 0o40755,
-      uid: 0,
-      gid: 0,
-      mtimeNs: BigInt(i),
-      size: 0,
-      chunks: [],
-    });
-    const records = Array.from({ length: 6000 }, (_, i) => dir(i));
-    const stats = { files: 0, dirs: 6000, deleted: 0, bytesUploaded: 0, bytesTotal: 0 };
+    const { records, stats } = partsTree();
     await repo.writeCommit({ source: 's', seq: 1, timeMs: 1000, packs: [], stats, changes: records.map((r) => ({ op: 'put', ...r })) });
     await repo.writeCheckpoint('s', 1, records);
     const parts = (await listAll(backend, 'meta/')).length;
@@ -890,18 +885,7 @@ describe('prune and the parts it deletes', () => {
     }
     const backend = new Hooked();
     const repo = await Repository.init(backend, { insecureNoEncryption: true });
-    const dir = (i: number): FileRecord => ({
-      path: `d${String(i).padStart(5, '0')}`,
-      type: 'dir',
-      mode: 0o40755,
-      uid: 0,
-      gid: 0,
-      mtimeNs: BigInt(i),
-      size: 0,
-      chunks: [],
-    });
-    const records = Array.from({ length: 6000 }, (_, i) => dir(i));
-    const stats = { files: 0, dirs: 6000, deleted: 0, bytesUploaded: 0, bytesTotal: 0 };
+    const { records, stats } = partsTree();
     for (const source of ['s', 't']) {
       await repo.writeCommit({ source, seq: 1, timeMs: 1000, packs: [], stats, changes: records.map((r) => ({ op: 'put', ...r })) });
     }

@@ -38,6 +38,7 @@ import {
 } from './format.js';
 import { PartWriter, readParts } from './meta.js';
 import { PACK_TARGET, PackBuilder, parseHeader, type PackEntry } from './pack.js';
+import { processAlive } from '../util/process.js';
 
 /** The `config` object (JSON, not encrypted: it holds what is needed to open the rest). */
 export interface RepoConfig {
@@ -1311,15 +1312,6 @@ function cached<T>(map: Map<string, Promise<T>>, key: string, max: number, make:
     while (map.size > max) map.delete(map.keys().next().value as string);
   }
   return p;
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 function noPassword(): PhoenixError {

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import type { RawPath } from '../model/path.js';
 import { decodeRecord, recordOf, TreeDigest, type FileRecord, type JournalChange, type Keys } from '../repo/index.js';
 import { StateDb, type KnownFiles, type Snapshot } from './db.js';
+import { processAlive } from '../util/process.js';
 
 /**
  * Whole trees kept on disk for a while (forget's working trees), in named slots: a SQLite file
@@ -122,16 +123,7 @@ export class ScratchTree {
 function removeStale(parent: string): void {
   for (const name of readdirSync(parent)) {
     const pid = Number(/^phoenix-tree-(\d+)-/.exec(name)?.[1] ?? 0);
-    if (pid === 0 || pid === process.pid || alive(pid)) continue;
+    if (pid === 0 || pid === process.pid || processAlive(pid)) continue;
     rmSync(join(parent, name), { recursive: true, force: true });
-  }
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
