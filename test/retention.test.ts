@@ -205,13 +205,13 @@ describe('ScratchTree (forget works on the tree on disk)', () => {
           const onDisk = new TreeDigest(keys);
           const before = new Map<string, FileRecord | null>();
           const beforeOnDisk = new Map<string, FileRecord | null>();
-          await scratch.load('t', []);
+          await scratch.load([]);
           for (let i = 0; i < 40; i++) {
             const c = randomChange(state, r, i);
             applyTracked(state, c, digest, before);
-            scratch.apply('t', c, onDisk, beforeOnDisk);
+            applyTracked(scratch, c, onDisk, beforeOnDisk);
           }
-          const disk: TreeState = new Map([...scratch.records('t')].map((e) => [e.path, decodeRecord(JSON.parse(e.json))]));
+          const disk: TreeState = new Map([...scratch.records()].map((e) => [e.path, decodeRecord(JSON.parse(e.json))]));
           assert.equal(treeJson(disk), treeJson(state));
           assert.equal(onDisk.hex(), digest.hex());
           assert.equal(onDisk.hex(), TreeDigest.of(keys, state).hex());

@@ -1,6 +1,6 @@
 import type { RawPath } from '../model/path.js';
 import type { Keys } from './crypto.js';
-import { applyChange, encodeRecord, type FileRecord, type JournalChange, type TreeState } from './format.js';
+import { applyChange, encodeRecord, recordOf, type FileRecord, type JournalChange, type TreeState } from './format.js';
 
 /**
  * The digest of a tree: the lane-wise sum (eight 32-bit lanes, modulo 2^32) of the chunk id
@@ -49,41 +49,67 @@ export class TreeDigest {
   }
 }
 
-/**
- * The paths whose entries `ch` may change in `state`: the path it names and, for a directory
- * deleted, moved, or replaced by a non-directory, everything below it (and where a move puts it).
- */
-export function affectedPaths(state: TreeState, ch: JournalChange): RawPath[] {
-  const below = (p: RawPath): RawPath[] => {
-    const prefix = `${p}/`;
-    const out: RawPath[] = [];
-    for (const k of state.keys()) if (k.startsWith(prefix)) out.push(k);
-    return out;
+/** A tree that changes can be tracked on: in memory (a TreeState) or on disk (ScratchTree). */
+export interface TrackedTree {
+  get(p: RawPath): FileRecord | undefined;
+  /** Every path strictly below `dir`. */
+  below(dir: RawPath): RawPath[];
+  /** Applies `ch` as docs/FORMAT.md defines it. */
+  apply(ch: JournalChange): void;
+}
+
+/** A TreeState as a TrackedTree. */
+function inMemory(state: TreeState): TrackedTree {
+  return {
+    get: (p) => state.get(p),
+    below: (dir) => {
+      const prefix = `${dir}/`;
+      const out: RawPath[] = [];
+      for (const k of state.keys()) if (k.startsWith(prefix)) out.push(k);
+      return out;
+    },
+    apply: (ch) => applyChange(state, ch),
   };
-  if (ch.op === 'put') {
-    const old = state.get(ch.path);
-    return old?.type === 'dir' && ch.type !== 'dir' ? [ch.path, ...below(ch.path)] : [ch.path];
-  }
-  if (ch.op === 'delete') return [ch.path, ...below(ch.path)];
-  const moving = [ch.from, ...below(ch.from)];
-  return [...moving, ch.path, ...below(ch.path), ...moving.map((k) => ch.path + k.slice(ch.from.length))];
 }
 
 /**
- * Applies `ch` to `state` (applyChange), keeping `digest` in step with it, and noting in
+ * The paths whose entries `ch` may change in `tree`: the path it names and, for a directory
+ * deleted, moved, or replaced by a non-directory, everything below it (and where a move puts it).
+ */
+export function affectedPaths(tree: TreeState | TrackedTree, ch: JournalChange): RawPath[] {
+  const t = tree instanceof Map ? inMemory(tree) : tree;
+  if (ch.op === 'put') {
+    const old = t.get(ch.path);
+    return old?.type === 'dir' && ch.type !== 'dir' ? [ch.path, ...t.below(ch.path)] : [ch.path];
+  }
+  if (ch.op === 'delete') return [ch.path, ...t.below(ch.path)];
+  const moving = [ch.from, ...t.below(ch.from)];
+  return [...moving, ch.path, ...t.below(ch.path), ...moving.map((k) => ch.path + k.slice(ch.from.length))];
+}
+
+/**
+ * Applies `ch` to `tree` (applyChange), keeping `digest` in step with it, and noting in
  * `before` what each affected path held before its first change (null: nothing).
  */
-export function applyTracked(state: TreeState, ch: JournalChange, digest?: TreeDigest, before?: Map<RawPath, FileRecord | null>): void {
-  const paths = new Set(affectedPaths(state, ch));
+export function applyTracked(
+  tree: TreeState | TrackedTree,
+  ch: JournalChange,
+  digest?: TreeDigest,
+  before?: Map<RawPath, FileRecord | null>,
+): void {
+  const t = tree instanceof Map ? inMemory(tree) : tree;
+  const paths = new Set(affectedPaths(t, ch));
   for (const p of paths) {
-    const r = state.get(p);
+    const r = t.get(p);
     if (before !== undefined && !before.has(p)) before.set(p, r ?? null);
     if (r !== undefined) digest?.remove(r);
   }
-  applyChange(state, ch);
+  t.apply(ch);
   if (digest === undefined) return;
+  // A put of one path stores the record it carries: no need to look it up again.
+  if (ch.op === 'put' && paths.size === 1) return digest.add(recordOf(ch));
   for (const p of paths) {
-    const r = state.get(p);
+    const r = t.get(p);
     if (r !== undefined) digest.add(r);
   }
 }

@@ -4,7 +4,7 @@
 export { checkRepository, type CheckResult } from './check.js';
 export { DEFAULT_CHUNKER, FINE_CHUNKER, nextCut, type ChunkerParams } from './chunker.js';
 export { corrupt, Keys } from './crypto.js';
-export { affectedPaths, applyTracked, TreeDigest } from './digest.js';
+export { affectedPaths, applyTracked, TreeDigest, type TrackedTree } from './digest.js';
 export * from './format.js';
 export * from './history.js';
 export { chunkWhat, openChunk, parseHeader } from './pack.js';

@@ -2,6 +2,7 @@ import { isNotFound } from '../backend/backend.js';
 import { PhoenixError } from '../errors.js';
 import { compareRaw, parentOf, type RawPath } from '../model/path.js';
 import {
+  applyTracked,
   checkpointKey,
   encodeRecord,
   mapLimited,
@@ -168,9 +169,6 @@ export async function applyForget(repo: Repository, plan: ForgetPlan, opts: { sc
   }
 }
 
-/** The slot of the scratch tree that holds the tree carried from range to range. */
-const CARRY = 'carry';
-
 async function rewrite(repo: Repository, plan: ForgetPlan, tree: ScratchTree): Promise<ForgetResult> {
   const { source, instants, kept } = plan;
   const result: ForgetResult = { segments: [], deleted: { journal: 0, checkpoints: 0 } };
@@ -178,11 +176,11 @@ async function rewrite(repo: Repository, plan: ForgetPlan, tree: ScratchTree): P
   const latestMs = (instants.at(-1) as CommitInfo).timeMs;
   let proven = false;
   let lastB = 0;
-  // The tree (CARRY) and its digest at the start of the next range, carried from the end of the
+  // The tree (on disk) and its digest at the start of the next range, carried from the end of the
   // one before: each range starts from there, not from a checkpoint and a replay of all before it.
   let base: { seq: number; digest: TreeDigest } | undefined;
   const checkpoints = new CheckpointSizes(repo, source);
-  /** The tree at `a` in CARRY, and its digest; without `own`, a copy of the digest and CARRY marked (rewound for the range's proof). */
+  /** The tree at `a`, and its digest; without `own`, a copy of the digest and the tree marked (rewound for the range's proof). */
   const baseAt = async (a: number, own = false): Promise<TreeDigest> => {
     const from = base?.seq ?? 0;
     // Only a gap to carry the tree over needs the journal and the checkpoints listed again.
@@ -195,21 +193,21 @@ async function rewrite(repo: Repository, plan: ForgetPlan, tree: ScratchTree): P
       base.seq > a ||
       (nearest > from && changesBetween(commits, from, nearest) > (await checkpoints.entries(nearest)));
     if (fresh) {
-      await loadTree(repo, source, a, tree, CARRY);
-      base = { seq: a, digest: tree.digest(CARRY, repo.keys) };
+      await loadTree(repo, source, a, tree);
+      base = { seq: a, digest: tree.digest(repo.keys) };
     } else if (base !== undefined && base.seq < a) {
       // The commits between are outside every range: as they are on the chain now. The digest
       // follows once per path they touch (or is taken afresh when they touched most of the tree),
       // not once per change: a gap of months touches the same paths again and again.
       const before = new Map<RawPath, FileRecord | null>();
       for (const info of commits.filter((c) => c.seq > from && c.seq <= a)) {
-        for await (const ch of repo.commitChanges(await repo.readCommitHead(info))) tree.apply(CARRY, ch, undefined, before);
+        for await (const ch of repo.commitChanges(await repo.readCommitHead(info))) applyTracked(tree, ch, undefined, before);
       }
-      if (before.size > tree.size(CARRY) / 2) base.digest = tree.digest(CARRY, repo.keys);
+      if (before.size > tree.size() / 2) base.digest = tree.digest(repo.keys);
       else {
         for (const [p, was] of before) {
           if (was !== null) base.digest.remove(was);
-          const now = tree.get(CARRY, p);
+          const now = tree.get(p);
           if (now !== undefined) base.digest.add(now);
         }
       }
@@ -258,7 +256,7 @@ async function rewrite(repo: Repository, plan: ForgetPlan, tree: ScratchTree): P
       result.segments.push({ key: written.key, first: piece.first, last: piece.last, steps: n, bytes: written.size });
     }
     // Read them back as any reader would, and prove every kept instant before deleting anything.
-    tree.rewind(); // CARRY back at `a`
+    tree.rewind(); // the tree back at `a`
     const verified = await verify(repo, source, a, b, tree, await baseAt(a, true), new Set(keys), expected);
     if (typeof verified === 'string') {
       for (const key of keys) await repo.backend.delete(key);
@@ -274,7 +272,7 @@ async function rewrite(repo: Repository, plan: ForgetPlan, tree: ScratchTree): P
   // longer kept, and the next run (and every reader) starts from here instead of commit 1.
   const commits = await repo.commitList(source);
   if (proven && (await repo.usableCheckpoint(source, commits, lastB)) < lastB) {
-    await repo.writeCheckpoint(source, lastB, tree.records(CARRY));
+    await repo.writeCheckpoint(source, lastB, tree.records());
   }
   const deleted = await deleteSuperseded(repo, source, kept);
   // Older checkpoints stay only where they save more than they cost: spaced through the
@@ -343,7 +341,7 @@ class CheckpointSizes {
   }
 }
 
-/** The kept instants of `range` (after commit `a`, in CARRY), computed from the original journal one commit at a time; `expected` gets each one's digest. */
+/** The kept instants of `range` (after commit `a`, on the tree), computed from the original journal one commit at a time; `expected` gets each one's digest. */
 async function* keptSteps(
   repo: Repository,
   tree: ScratchTree,
@@ -352,7 +350,6 @@ async function* keptSteps(
   kept: ReadonlyMap<number, unknown>,
   expected: Array<{ seq: number; digest: string }>,
 ): AsyncGenerator<SegmentStepIn> {
-  const state = tree.view(CARRY);
   let before = new Map<RawPath, FileRecord | null>();
   let applied = 0; // changes applied since the last kept step
   let uploaded = 0;
@@ -370,7 +367,7 @@ async function* keptSteps(
       step.changes = (async function* () {
         const stats = statsOf([], bytes);
         for await (const ch of repo.commitChanges(head)) {
-          tree.apply(CARRY, ch, digest);
+          applyTracked(tree, ch, digest);
           count(stats, ch);
           yield ch;
         }
@@ -383,7 +380,7 @@ async function* keptSteps(
       if (!done) throw new PhoenixError('PHX_INTERNAL', `internal: the changes of step ${step.seq} were not all written`);
     } else {
       for await (const ch of repo.commitChanges(head)) {
-        tree.apply(CARRY, ch, digest, before);
+        applyTracked(tree, ch, digest, before);
         applied++;
       }
       if (!kept.has(info.seq)) continue;
@@ -391,7 +388,7 @@ async function* keptSteps(
       expected.push({ seq: step.seq, digest: step.digest });
       const stats = statsOf([], uploaded);
       step.changes = (function* () {
-        for (const ch of netChanges(before, state)) {
+        for (const ch of netChanges(before, tree)) {
           count(stats, ch);
           yield ch;
         }
@@ -405,7 +402,7 @@ async function* keptSteps(
   }
 }
 
-/** Replays the segments written over the tree at `a` (CARRY, which ends at `b`): its digest there, or what is wrong. */
+/** Replays the segments written over the tree at `a` (which ends at `b`): its digest there, or what is wrong. */
 async function verify(
   repo: Repository,
   source: string,
@@ -420,7 +417,7 @@ async function verify(
   if (now.some((c) => !keys.has(c.key))) return 'the segments written are not the ones readers choose';
   if (now.map((c) => c.seq).join() !== expected.map((e) => e.seq).join()) return 'the segment does not hold the instants kept';
   for (const [i, info] of now.entries()) {
-    for await (const ch of repo.commitChanges(await repo.readCommitHead(info))) tree.apply(CARRY, ch, digest);
+    for await (const ch of repo.commitChanges(await repo.readCommitHead(info))) applyTracked(tree, ch, digest);
     const want = expected[i] as { seq: number; digest: string };
     if (digest.hex() !== want.digest) return `the tree at commit ${info.seq} read back from the segment differs from the original`;
     if ((await repo.stepDigest(info)) !== want.digest) return `the digest stored for commit ${info.seq} is not the original's`;
@@ -505,13 +502,13 @@ function statsOf(changes: readonly JournalChange[], bytesUploaded: number): Comm
   return s;
 }
 
-/** Fills `slot` with the tree of `source` after commit `seq`: its nearest checkpoint, then the commits after it. */
-async function loadTree(repo: Repository, source: string, seq: number, tree: ScratchTree, slot: string): Promise<void> {
+/** Fills `tree` with the tree of `source` after commit `seq`: its nearest checkpoint, then the commits after it. */
+async function loadTree(repo: Repository, source: string, seq: number, tree: ScratchTree): Promise<void> {
   for (let attempt = 0; ; attempt++) {
     try {
       const commits = await repo.commitList(source);
       const best = seq > 0 ? await repo.usableCheckpoint(source, commits, seq) : 0;
-      await tree.load(slot, best > 0 ? repo.checkpointRecords(source, best) : []);
+      await tree.load(best > 0 ? repo.checkpointRecords(source, best) : []);
       const tail = commits.filter((c) => c.seq > best && c.seq <= seq);
       // Heads fetched a window ahead; the changes of each (a step may be a whole tree) as a stream.
       for (let i = 0; i < tail.length; i += 64) {
@@ -519,10 +516,10 @@ async function loadTree(repo: Repository, source: string, seq: number, tree: Scr
           let batch: JournalChange[] = [];
           for await (const ch of repo.commitChanges(head)) {
             if (batch.push(ch) < 4096) continue;
-            tree.applyAll(slot, batch);
+            tree.applyAll(batch);
             batch = [];
           }
-          tree.applyAll(slot, batch);
+          tree.applyAll(batch);
         }
       }
       return;

@@ -96,15 +96,15 @@ export class StateDb {
   readonly #trimQueue: Database.Statement;
   #lastQueued: number;
 
-  /** Chunks of records put are added to the chunk index (not in a scratch tree). */
-  readonly #indexChunks: boolean;
+  /** A scratch tree (ScratchTree): no chunk index kept, its changes in one open transaction. */
+  readonly #scratch: boolean;
 
   /**
    * `scratch`: a working tree of no value after a crash (forget's): no chunk index kept, and no
    * waiting for the disk.
    */
   constructor(path: string, opts: { scratch?: boolean } = {}) {
-    this.#indexChunks = opts.scratch !== true;
+    this.#scratch = opts.scratch === true;
     mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
     this.#path = path;
     this.#db = new Database(path);
@@ -119,9 +119,9 @@ export class StateDb {
       Buffer.concat([prefix as Uint8Array, (path as Buffer).subarray(Number(skip))]),
     );
     this.#db.pragma('journal_mode = WAL');
-    this.#db.pragma(opts.scratch === true ? 'synchronous = OFF' : 'synchronous = NORMAL');
+    this.#db.pragma(this.#scratch ? 'synchronous = OFF' : 'synchronous = NORMAL');
     // A scratch tree is read back path by path as it is changed: 64 MiB of pages stay in memory.
-    if (opts.scratch === true) this.#db.pragma('cache_size = -65536');
+    if (this.#scratch) this.#db.pragma('cache_size = -65536');
     // Version 1 added files.stamp. Older file caches are dropped, and rebuilt from the repository.
     if ((this.#db.pragma('user_version', { simple: true }) as number) < 1)
       this.#db.exec('DROP TABLE IF EXISTS files; DROP TABLE IF EXISTS meta;');
@@ -143,7 +143,7 @@ export class StateDb {
     this.#delFile = this.#db.prepare('DELETE FROM files WHERE source = ? AND path = ?');
     // A scratch tree's changes stay in one open transaction (a commit per change costs more than
     // the change), made visible to other connections only when they read: snapshot().
-    if (opts.scratch === true) this.#db.exec('BEGIN');
+    if (this.#scratch) this.#db.exec('BEGIN');
   }
 
   /** A scratch tree: marks the rows as they are now (rewind() goes back to them). */
@@ -159,7 +159,7 @@ export class StateDb {
 
   /** Commits a scratch tree's open transaction (and opens the next), so that other connections see its rows. */
   #publish(): void {
-    if (this.#indexChunks || !this.#db.inTransaction) return;
+    if (!this.#scratch || !this.#db.inTransaction) return;
     this.#db.exec('COMMIT');
     this.#db.exec('BEGIN');
   }
@@ -390,7 +390,7 @@ export class StateDb {
           const { op: _op, ...rec } = c;
           if (rec.type !== 'dir' && isDir.get(source, rawToBuffer(c.path)) !== undefined) dropBelow.run(source, ...range(c.path));
           this.#putFileRow(source, { rec, ino: '', ctimeNs: '' });
-          if (this.#indexChunks) for (const ch of rec.chunks) this.#putChunk.run(ch.id, ch.pack, ch.offset, ch.length);
+          if (!this.#scratch) for (const ch of rec.chunks) this.#putChunk.run(ch.id, ch.pack, ch.offset, ch.length);
         } else if (c.op === 'delete') {
           this.#delFile.run(source, rawToBuffer(c.path));
           dropBelow.run(source, ...range(c.path));
@@ -405,7 +405,7 @@ export class StateDb {
       }
     };
     // A scratch tree is in a transaction already (one per change would cost more than the change).
-    if (!this.#indexChunks && db.inTransaction) apply();
+    if (this.#scratch && db.inTransaction) apply();
     else db.transaction(apply)();
   }
 
@@ -429,7 +429,7 @@ export class StateDb {
     this.#db.transaction(() => {
       for (const rec of records) {
         this.#putFileRow(source, { rec, ino: '', ctimeNs: '' });
-        if (this.#indexChunks) for (const ch of rec.chunks) this.#putChunk.run(ch.id, ch.pack, ch.offset, ch.length);
+        if (!this.#scratch) for (const ch of rec.chunks) this.#putChunk.run(ch.id, ch.pack, ch.offset, ch.length);
       }
     })();
   }
@@ -500,7 +500,7 @@ export class StateDb {
   }
 
   close(): void {
-    if (!this.#indexChunks && this.#db.inTransaction) this.#db.exec('COMMIT');
+    if (this.#scratch && this.#db.inTransaction) this.#db.exec('COMMIT');
     this.#db.close();
   }
 }
