@@ -53,56 +53,84 @@ class Scripted implements ChangeSource {
   }
 }
 
+/** What a test sees of a SourceRunner fed by a scripted stream, on a real source directory. */
+interface Rig {
+  src: string;
+  s: Scripted;
+  runner: SourceRunner;
+  commits: CommitReport[];
+  traces: Array<{ msg: string; fields: Record<string, unknown> }>;
+  until(what: () => boolean): Promise<void>;
+  /** The committed tree's paths. */
+  tree(): Promise<string[]>;
+}
+
+/** Runs `body` against a SourceRunner on a new source (`setup` fills it first) and a memory repository. */
+async function withRunner(setup: (src: string) => void, body: (rig: Rig) => Promise<void>): Promise<void> {
+  const src = tempDir('phx-source-src-');
+  const state = tempDir('phx-source-state-');
+  const repo = await Repository.init(new MemoryBackend(), { insecureNoEncryption: true });
+  const db = new StateDb(join(state.path, 'db.sqlite'));
+  const pool = new SealPool(repo.keys);
+  let source: Scripted | undefined;
+  const commits: CommitReport[] = [];
+  const traces: Rig['traces'] = [];
+  const until = async (what: () => boolean): Promise<void> => {
+    while (!what()) await sleep(5);
+  };
+  const runner = new SourceRunner(
+    { name: 's', path: src.path, exclude: [], oneFileSystem: false, guard: null },
+    repo,
+    db,
+    pool,
+    {
+      info: () => {},
+      warn: () => {},
+      problem: (p, m) => assert.fail(`unexpected problem: ${p ?? ''} ${m}`),
+      committed: (c) => {
+        commits.push(c);
+      },
+      trace: (msg, fields) => {
+        traces.push({ msg, fields });
+      },
+      bytesRead: () => {},
+      fatal: (err) => assert.fail(err),
+    },
+    {
+      settle: { closedMs: 1, openMs: 1, maxDelayMs: 10 },
+      reconcileMs: 0,
+      changes: (path, opts) => (source = new Scripted(path, opts)),
+    },
+  );
+  const tree = async (): Promise<string[]> =>
+    [...(await repo.loadState('s', runner.seq)).state.keys()].map((p) => Buffer.from(p, 'latin1').toString()).sort();
+  try {
+    setup(src.path);
+    await runner.start();
+    // Nothing was committed before: the start-up reconcile finds everything.
+    await until(() => commits.length === 1);
+    await body({ src: src.path, s: source as Scripted, runner, commits, traces, until, tree });
+    assert.equal(await runner.stop(Date.now() + 10_000), true, 'nothing left pending');
+  } finally {
+    await runner.stop(Date.now());
+    await pool.close();
+    db.close();
+    src.cleanup();
+    state.cleanup();
+  }
+}
+
 describe('SourceRunner with a scripted change stream (in process)', () => {
   it('commits what the stream reports: the start-up backlog, a directory move as one move, and a removal only once it is reported', async () => {
-    const src = tempDir('phx-source-src-');
-    const state = tempDir('phx-source-state-');
-    const repo = await Repository.init(new MemoryBackend(), { insecureNoEncryption: true });
-    const db = new StateDb(join(state.path, 'db.sqlite'));
-    const pool = new SealPool(repo.keys);
-    let source: Scripted | undefined;
-    const commits: CommitReport[] = [];
-    const traces: Array<{ msg: string; fields: Record<string, unknown> }> = [];
-    const until = async (what: () => boolean): Promise<void> => {
-      while (!what()) await sleep(5);
+    const setup = (src: string): void => {
+      writeFileSync(join(src, 'a'), 'a');
+      mkdirSync(join(src, 'd'));
+      writeFileSync(join(src, 'd', 'b'), 'b');
     };
-    const runner = new SourceRunner(
-      { name: 's', path: src.path, exclude: [], oneFileSystem: false, guard: null },
-      repo,
-      db,
-      pool,
-      {
-        info: () => {},
-        warn: () => {},
-        problem: (p, m) => assert.fail(`unexpected problem: ${p ?? ''} ${m}`),
-        committed: (c) => {
-          commits.push(c);
-        },
-        trace: (msg, fields) => {
-          traces.push({ msg, fields });
-        },
-        bytesRead: () => {},
-        fatal: (err) => assert.fail(err),
-      },
-      {
-        settle: { closedMs: 1, openMs: 1, maxDelayMs: 10 },
-        reconcileMs: 0,
-        changes: (path, opts) => (source = new Scripted(path, opts)),
-      },
-    );
-    const tree = async (): Promise<string[]> =>
-      [...(await repo.loadState('s', runner.seq)).state.keys()].map((p) => Buffer.from(p, 'latin1').toString()).sort();
-    try {
-      writeFileSync(join(src.path, 'a'), 'a');
-      mkdirSync(join(src.path, 'd'));
-      writeFileSync(join(src.path, 'd', 'b'), 'b');
-      await runner.start();
-      const s = source as Scripted;
-      // Nothing was committed before: the start-up reconcile finds everything.
-      await until(() => commits.length === 1);
+    await withRunner(setup, async ({ src, s, commits, traces, runner, until, tree }) => {
       assert.deepEqual(await tree(), ['a', 'd', 'd/b']);
 
-      renameSync(join(src.path, 'd'), join(src.path, 'e'));
+      renameSync(join(src, 'd'), join(src, 'e'));
       s.report({ type: 'moved', from: 'd', path: 'e', kind: 'dir' });
       await until(() => commits.length === 2);
       assert.equal(commits[1]?.kinds.move, 1, 'a directory move is one move entry');
@@ -110,7 +138,7 @@ describe('SourceRunner with a scripted change stream (in process)', () => {
 
       // `a` is gone from the disk, but its removal is not reported yet (it is behind in the
       // kernel's queue): a change reported for it must not remove it.
-      rmSync(join(src.path, 'a'));
+      rmSync(join(src, 'a'));
       s.report({ type: 'modified', path: rawFromUtf8('a'), kind: 'file', closed: true });
       await until(() => traces.some((t) => t.msg === 'gone' && t.fields.path === 'a') && runner.pending.size === 0);
       assert.equal(commits.length, 2, 'nothing to commit');
@@ -119,13 +147,39 @@ describe('SourceRunner with a scripted change stream (in process)', () => {
       await until(() => commits.length === 3);
       assert.equal(commits[2]?.kinds.delete, 1);
       assert.deepEqual(await tree(), ['e', 'e/b']);
-      assert.equal(await runner.stop(Date.now() + 10_000), true, 'nothing left pending');
-    } finally {
-      await runner.stop(Date.now());
-      await pool.close();
-      db.close();
-      src.cleanup();
-      state.cleanup();
-    }
+    });
+  });
+
+  it('replaces the target of a move whose source the commit does not know (moved away already, or made since): what stood there is gone', async () => {
+    const setup = (src: string): void => {
+      for (const d of ['d2', 'd4', 'd6']) mkdirSync(join(src, d));
+      writeFileSync(join(src, 'd2', 'x'), 'x');
+      writeFileSync(join(src, 'd4', 'old4'), 'old4');
+      writeFileSync(join(src, 'd6', 'old6'), 'old6');
+    };
+    await withRunner(setup, async ({ src, s, commits, runner, until, tree }) => {
+      assert.deepEqual(await tree(), ['d2', 'd2/x', 'd4', 'd4/old4', 'd6', 'd6/old6']);
+      // `rm -rf d4; mv d2 d4; mkdir d2; echo y > d2/y; rm -rf d6; mv d2 d6`, reported in one
+      // batch: the move onto d6 has a source no commit has seen, and d6's removal is folded
+      // into it, as the removal of d4 is into the move onto d4.
+      const at = (p: string): RawPath => rawFromUtf8(p);
+      rmSync(join(src, 'd4'), { recursive: true });
+      s.report({ type: 'removed', path: at('d4/old4'), kind: 'file' });
+      s.report({ type: 'removed', path: at('d4'), kind: 'dir' });
+      renameSync(join(src, 'd2'), join(src, 'd4'));
+      s.report({ type: 'moved', from: at('d2'), path: at('d4'), kind: 'dir' });
+      mkdirSync(join(src, 'd2'));
+      s.report({ type: 'created', path: at('d2'), kind: 'dir' });
+      writeFileSync(join(src, 'd2', 'y'), 'y');
+      s.report({ type: 'created', path: at('d2/y'), kind: 'file' });
+      rmSync(join(src, 'd6'), { recursive: true });
+      s.report({ type: 'removed', path: at('d6/old6'), kind: 'file' });
+      s.report({ type: 'removed', path: at('d6'), kind: 'dir' });
+      renameSync(join(src, 'd2'), join(src, 'd6'));
+      s.report({ type: 'moved', from: at('d2'), path: at('d6'), kind: 'dir' });
+      await until(() => commits.length >= 2 && runner.pending.size === 0);
+      assert.equal(commits[1]?.kinds.move, 1, 'the move of a known directory is one move entry');
+      assert.deepEqual(await tree(), ['d4', 'd4/x', 'd6', 'd6/y']);
+    });
   });
 });

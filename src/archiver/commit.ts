@@ -193,12 +193,17 @@ export class CommitBuilder {
 
   /**
    * The entry at `from` (a whole directory with its subtree) now stands at `to`: no data moves.
-   * False when nothing is known at `from` (then what stands at `to` must be added).
+   * What stood at `to` is gone either way, as rename(2) replaces it. False when nothing is
+   * known at `from` (moved away already in this batch, or made since the last commit): then
+   * what stands at `to` now must be added.
    */
   move(from: RawPath, to: RawPath): boolean {
     if (from === to || isWithin(to, from)) return false;
     const moving = this.#subtree(from).map((p) => [p, this.get(p) as CachedFile] as const);
-    if (moving.length === 0) return false;
+    if (moving.length === 0) {
+      this.remove(to);
+      return false;
+    }
     const replaced = this.#subtree(to);
     for (const [p] of moving) this.#overlay.set(p, null);
     for (const p of replaced) {
