@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, lstatSync, mkdirSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, it } from 'node:test';
@@ -14,6 +14,7 @@ import { scan } from '../src/scanner/scan.js';
 import { lstatEntry } from '../src/scanner/stat.js';
 import { StateDb } from '../src/state/db.js';
 import type { WatcherOptions, WatcherState } from '../src/watcher/watcher.js';
+import { prng } from './daemon-helpers.js';
 import { tempDir } from './helpers.js';
 
 /** A change source that reports what the test says, when it says it (the tree follows what it reports). */
@@ -56,6 +57,7 @@ class Scripted implements ChangeSource {
 /** What a test sees of a SourceRunner fed by a scripted stream, on a real source directory. */
 interface Rig {
   src: string;
+  repo: Repository;
   s: Scripted;
   runner: SourceRunner;
   commits: CommitReport[];
@@ -109,7 +111,7 @@ async function withRunner(setup: (src: string) => void, body: (rig: Rig) => Prom
     await runner.start();
     // Nothing was committed before: the start-up reconcile finds everything.
     await until(() => commits.length === 1);
-    await body({ src: src.path, s: source as Scripted, runner, commits, traces, until, tree });
+    await body({ src: src.path, repo, s: source as Scripted, runner, commits, traces, until, tree });
     assert.equal(await runner.stop(Date.now() + 10_000), true, 'nothing left pending');
   } finally {
     await runner.stop(Date.now());
@@ -181,5 +183,102 @@ describe('SourceRunner with a scripted change stream (in process)', () => {
       assert.equal(commits[1]?.kinds.move, 1, 'the move of a known directory is one move entry');
       assert.deepEqual(await tree(), ['d4', 'd4/x', 'd6', 'd6/y']);
     });
+  });
+  it('commits the tree that is on the disk, whatever the changes and however they fall into commits (random operations, as the watcher reports them)', async () => {
+    for (let seed = 1; seed <= 16; seed++) {
+      const rnd = prng(seed);
+      const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)] as T;
+      const setup = (src: string): void => {
+        mkdirSync(join(src, 'd0'));
+        writeFileSync(join(src, 'd0', 'f0'), 'first');
+      };
+      await withRunner(setup, async ({ src, s, runner, until, repo }) => {
+        const abs = (p: string): string => join(src, p);
+        const at = (p: string): RawPath => rawFromUtf8(p);
+        const isDir = (p: string): boolean => existsSync(abs(p)) && lstatSync(abs(p)).isDirectory();
+        const dirs = ['d0', 'd1', 'd2', 'd3', 'd0/n', 'd1/n', 'd2/n', 'd3/n'];
+        const files = dirs.flatMap((d) => ['f0', 'f1', 'f2'].map((f) => `${d}/${f}`));
+        /** The disk as a committed tree would say it: path, type and, for files, size. */
+        const disk = (dir = ''): string[] =>
+          readdirSync(abs(dir)).flatMap((name) => {
+            const p = dir === '' ? name : `${dir}/${name}`;
+            const st = lstatSync(abs(p));
+            return st.isDirectory() ? [`${p} dir`, ...disk(p)] : [`${p} file ${st.size}`];
+          });
+        const committed = async (): Promise<string[]> => {
+          const { state } = await repo.loadState('s', runner.seq);
+          return [...state.values()].map((r) => {
+            const p = Buffer.from(r.path, 'latin1').toString();
+            return r.type === 'dir' ? `${p} dir` : `${p} ${r.type} ${r.size}`;
+          });
+        };
+        // rm -rf, reporting what the kernel reports: each entry, children before their directory
+        const removeTree = (p: string): void => {
+          if (!existsSync(abs(p))) return;
+          const walk = (q: string): Array<[string, 'dir' | 'file']> =>
+            isDir(q) ? [...readdirSync(abs(q)).flatMap((n) => walk(`${q}/${n}`)), [q, 'dir']] : [[q, 'file']];
+          const gone = walk(p);
+          rmSync(abs(p), { recursive: true });
+          for (const [q, kind] of gone) s.report({ type: 'removed', path: at(q), kind });
+        };
+        const mkdirs = (d: string): void => {
+          const parts = d.split('/');
+          for (let i = 1; i <= parts.length; i++) {
+            const q = parts.slice(0, i).join('/');
+            if (existsSync(abs(q))) continue;
+            mkdirSync(abs(q));
+            s.report({ type: 'created', path: at(q), kind: 'dir' });
+          }
+        };
+        for (let op = 0; op < 120; op++) {
+          const k = rnd();
+          if (k < 0.35) {
+            const f = pick(files);
+            const dir = f.slice(0, f.lastIndexOf('/'));
+            mkdirs(dir);
+            if (isDir(f)) continue;
+            const isNew = !existsSync(abs(f));
+            writeFileSync(abs(f), 'x'.repeat(Math.floor(rnd() * 100)));
+            if (isNew) s.report({ type: 'created', path: at(f), kind: 'file' });
+            s.report({ type: 'modified', path: at(f), kind: 'file', closed: true });
+          } else if (k < 0.5) {
+            const f = pick(files);
+            if (!existsSync(abs(f)) || isDir(f)) continue;
+            rmSync(abs(f));
+            s.report({ type: 'removed', path: at(f), kind: 'file' });
+          } else if (k < 0.6) {
+            removeTree(pick(dirs));
+          } else if (k < 0.8) {
+            // a directory moves, onto a place emptied first (rename(2) needs it empty)
+            const from = pick(dirs);
+            const to = pick(dirs);
+            if (!isDir(from) || from === to || to.startsWith(`${from}/`) || from.startsWith(`${to}/`)) continue;
+            if (to.includes('/') && !isDir(to.slice(0, to.lastIndexOf('/')))) continue;
+            removeTree(to);
+            renameSync(abs(from), abs(to));
+            s.report({ type: 'moved', from: at(from), path: at(to), kind: 'dir' });
+          } else if (k < 0.9) {
+            // a file moves, onto another file or not
+            const from = pick(files);
+            const to = pick(files);
+            const toDir = to.slice(0, to.lastIndexOf('/'));
+            if (from === to || !existsSync(abs(from)) || isDir(from) || !isDir(toDir) || isDir(to)) continue;
+            renameSync(abs(from), abs(to));
+            s.report({ type: 'moved', from: at(from), path: at(to), kind: 'file' });
+          } else {
+            const f = pick(files);
+            if (!existsSync(abs(f)) || isDir(f)) continue;
+            chmodSync(abs(f), rnd() < 0.5 ? 0o600 : 0o644);
+            s.report({ type: 'attributes', path: at(f), kind: 'file' });
+          }
+          // Commits run between the operations now and then, and see the disk as it is then.
+          if (rnd() < 0.15) await sleep(Math.floor(rnd() * 4));
+          if (rnd() < 0.1 || op === 119) {
+            await until(() => runner.pending.size === 0);
+            assert.deepEqual((await committed()).sort(), disk().sort(), `seed ${seed}, after operation ${op}`);
+          }
+        }
+      });
+    }
   });
 });
