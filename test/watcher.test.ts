@@ -1,5 +1,16 @@
 import assert from 'node:assert/strict';
-import { chmodSync, linkSync, readFileSync, readdirSync, mkdirSync, renameSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  linkSync,
+  lstatSync,
+  readFileSync,
+  readdirSync,
+  mkdirSync,
+  renameSync,
+  rmSync,
+  unlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { changeToJson } from '../src/cli/format.js';
@@ -180,6 +191,36 @@ describe('Watcher', () => {
     assert.deepEqual(treeDiff(t.rebuilt(), realTree(root)), []);
     t.w.close();
     dir.cleanup();
+  });
+
+  it('a file made and removed, or made and moved away, before its events are read: its directory is reported changed (its mtime moved)', async () => {
+    const dir = tempDir();
+    const root = dir.path;
+    mkdirSync(join(root, 'D'));
+    mkdirSync(join(root, 'E'));
+    mkdirSync(join(root, 'G'));
+    const t = await watch(root);
+    try {
+      t.w.pauseReader();
+      writeFileSync(join(root, 'D/tmp'), 'x'); // a temporary file: no change to report for it
+      unlinkSync(join(root, 'D/tmp'));
+      writeFileSync(join(root, 'E/t2'), 'y'); // made in E, and in G by the time it is seen
+      renameSync(join(root, 'E/t2'), join(root, 'G/t2'));
+      t.w.resumeReader();
+      await t.waitFor((c) => c.type === 'created' && c.path === 'G/t2');
+      await t.sync();
+      for (const d of ['D', 'E']) {
+        assert.ok(
+          t.changes.some((c) => c.type === 'attributes' && c.path === d),
+          `${d} is reported: ${JSON.stringify(t.changes)}`,
+        );
+        assert.equal(t.w.tree.get(d)?.mtimeNs, lstatSync(join(root, d), { bigint: true }).mtimeNs, `the tree has ${d}'s new mtime`);
+      }
+      assert.deepEqual(treeDiff(t.rebuilt(), realTree(root)), []);
+    } finally {
+      t.w.close();
+      dir.cleanup();
+    }
   });
 
   it('a removed source is a clear error state, not a crash', async () => {

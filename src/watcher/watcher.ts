@@ -3,7 +3,7 @@ import { PhoenixError, errnoHint } from '../errors.js';
 import type { Change, RescanReason } from '../model/change.js';
 import type { Entry, Kind } from '../model/entry.js';
 import { Filter, type FilterOptions } from '../model/filter.js';
-import { displayPath, isWithin, joinRaw, rawFromUtf8, toFsPath, type RawPath } from '../model/path.js';
+import { displayPath, isWithin, joinRaw, parentOf, rawFromUtf8, toFsPath, type RawPath } from '../model/path.js';
 import { Tree, type TreeOptions } from '../model/tree.js';
 import { diff } from '../scanner/diff.js';
 import { scan } from '../scanner/scan.js';
@@ -340,7 +340,7 @@ export class Watcher {
   #appeared(path: RawPath, isDir: boolean): Promise<void> | void {
     if (this.#filter.excludes(path, isDir)) return;
     const e = lstatEntry(toFsPath(this.root, path));
-    if (e === undefined) return; // gone again; its IN_DELETE follows
+    if (e === undefined) return this.#dirChanged(parentOf(path)); // gone again (or moved on): its directory changed all the same
     if (this.#filter.excludes(path, e.kind === 'dir')) return;
     const old = this.#tree.get(path);
     if (old !== undefined && (old.kind === 'dir' || e.kind === 'dir')) {
@@ -377,9 +377,9 @@ export class Watcher {
     this.#warnWatchLimit();
   }
 
-  #removed(path: RawPath): void {
+  #removed(path: RawPath): Promise<void> | void {
     const old = this.#tree.get(path);
-    if (old === undefined) return;
+    if (old === undefined) return this.#dirChanged(parentOf(path)); // made and removed before it was seen
     this.#drop(path);
     this.#emit({ type: 'removed', path, kind: old.kind });
   }
@@ -444,6 +444,14 @@ export class Watcher {
     this.#emit({ type: 'modified', path: p, kind: 'file', closed: true });
   }
 
+  /**
+   * An entry of `dir` came and went without a change to report for it (a temporary file made
+   * and removed before its events were read): `dir`'s mtime moved all the same.
+   */
+  #dirChanged(dir: RawPath): Promise<void> | void {
+    if (dir !== '' && this.#tree.get(dir)?.kind === 'dir') return this.#attributes(dir);
+  }
+
   #attributes(path: RawPath): Promise<void> | void {
     const old = this.#tree.get(path);
     if (old === undefined) return this.#appeared(path, false);
@@ -476,10 +484,15 @@ export class Watcher {
     touch(fromDir, from);
     touch(toDir, to);
     if (to === undefined || toExcluded) {
-      if (from !== undefined) this.#removed(from); // moved out (or into an excluded path)
+      if (from !== undefined) return this.#removed(from); // moved out (or into an excluded path)
       return;
     }
-    if (from === undefined || known === undefined) return this.#appeared(to, isDir); // moved in
+    if (from === undefined || known === undefined) {
+      // Moved in, or made and moved on before it was seen (then its first directory changed too).
+      const left = from === undefined ? undefined : this.#dirChanged(parentOf(from));
+      const came = this.#appeared(to, isDir);
+      return left === undefined ? came : left.then(() => came);
+    }
     if (isWithin(to, from)) return; // the kernel refuses this; never seen
 
     this.#drop(to);
