@@ -123,6 +123,15 @@ export class DaemonProcess {
   }
 }
 
+/**
+ * The seed of a randomized end-to-end test: `fixed`, or PHX_SEED when set, to run the same test
+ * on other workloads (PHX_SEED=123 PHX_KEEP=1 node --test --test-name-pattern=... dist/test/...).
+ */
+export function seedFor(fixed: number): number {
+  const s = Number(process.env.PHX_SEED);
+  return Number.isInteger(s) && process.env.PHX_SEED !== '' ? s : fixed;
+}
+
 /** A small seeded PRNG (mulberry32): the same seed, the same workload. */
 export function prng(seed: number): () => number {
   let a = seed >>> 0;

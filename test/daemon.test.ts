@@ -11,7 +11,7 @@ import { queryStatus } from '../src/daemon/status.js';
 import { PhoenixError } from '../src/errors.js';
 import { openBackend } from '../src/backend/open.js';
 import { Repository } from '../src/repo/repository.js';
-import { DaemonProcess, isExcluded, PASSWORD, phoenix, snapshot, Workload, WORKLOAD_EXCLUDES } from './daemon-helpers.js';
+import { DaemonProcess, isExcluded, PASSWORD, phoenix, seedFor, snapshot, Workload, WORKLOAD_EXCLUDES } from './daemon-helpers.js';
 import { PHOENIX, tempDir, treeDiff } from './helpers.js';
 import { startS3rver } from './servers.js';
 
@@ -151,7 +151,7 @@ describe('phoenix watch: end to end (real processes, real inotify)', () => {
     const cfg = join(s.work.path, 'phoenix.yaml');
     // Short settle times so that files being appended are read while they grow.
     writeFileSync(cfg, 'settle: {closed: 10ms, open: 50ms, max-delay: 200ms}\n');
-    const w = new Workload(s.src, 20261123);
+    const w = new Workload(s.src, seedFor(20261123));
     await w.run(100); // changes made before the daemon ever ran
     const d = new DaemonProcess({ src: s.src, repo: s.repo, state: s.state, args: [...excludeArgs, '--config', cfg] });
     try {
@@ -207,7 +207,7 @@ describe('phoenix watch: end to end (real processes, real inotify)', () => {
   it('kill -9 during the workload, changes while it is down, restart: nothing is lost, no half commit', async () => {
     const s = setup();
     after(s.work.cleanup);
-    const w = new Workload(s.src, 7);
+    const w = new Workload(s.src, seedFor(7));
     await w.run(50);
     let d = new DaemonProcess({ src: s.src, repo: s.repo, state: s.state, args: excludeArgs });
     const logs: string[] = [];

@@ -259,15 +259,19 @@ export async function applyDeletionPlans(repo: Repository, db: StateDb): Promise
   repo.refuseParts((id) => db.partDoomed(id));
   const done = db.plansApplied();
   let applied = 0;
+  let moved = false;
   const plans = await repo.deletionPlans();
   for (const key of plans) {
     if (done.has(key)) continue;
     const plan = await repo.readDeletionPlan(key);
     db.purgePacks(key, plan.packs, plan.parts);
     if (plan.moved.length > 0) db.relocate(plan.moved);
+    moved ||= plan.moved.length > 0;
     repo.forgetParts(plan.parts);
     applied++;
   }
+  // This process's readers (the dashboard, its own maintenance) find repacked chunks too.
+  if (moved) await repo.refreshRelocations();
   return { applied, latest: plans.at(-1) };
 }
 

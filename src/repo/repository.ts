@@ -994,20 +994,38 @@ export class Repository {
   // ---- relocations (repacking) ----------------------------------------------------------------
 
   #relocations: Promise<Map<string, Map<string, ChunkRef>>> | undefined;
+  /** The relocation objects read into #relocations. */
+  readonly #relocationKeys = new Set<string>();
 
-  /** Where repacked chunks went: old pack → chunk id → where it is now. Read once per process. */
+  /**
+   * Where repacked chunks went: old pack → chunk id → where it is now. Read once per process,
+   * and again by refreshRelocations (a long-lived process whose records name packs that another
+   * process repacked since).
+   */
   #moved(): Promise<Map<string, Map<string, ChunkRef>>> {
-    this.#relocations ??= (async () => {
-      const map = new Map<string, Map<string, ChunkRef>>();
-      for (const key of (await listAll(this.backend, 'relocations/')).map((o) => o.key).sort()) {
-        const obj = await this.#getJson(key);
-        if (!Array.isArray(obj.moves)) throw corrupt(`relocation ${key}`, 'it has no moves');
-        for (const m of decodeMoves(obj.moves)) addMove(map, m.from, m.to);
-      }
-      return map;
-    })();
+    this.#relocations ??= this.#readRelocations(new Map());
     this.#relocations.catch(() => (this.#relocations = undefined));
     return this.#relocations;
+  }
+
+  async #readRelocations(map: Map<string, Map<string, ChunkRef>>): Promise<Map<string, Map<string, ChunkRef>>> {
+    for (const key of (await listAll(this.backend, 'relocations/')).map((o) => o.key).sort()) {
+      if (this.#relocationKeys.has(key)) continue;
+      const obj = await this.#getJson(key);
+      if (!Array.isArray(obj.moves)) throw corrupt(`relocation ${key}`, 'it has no moves');
+      for (const m of decodeMoves(obj.moves)) addMove(map, m.from, m.to);
+      this.#relocationKeys.add(key);
+    }
+    return map;
+  }
+
+  /**
+   * Reads the relocations written since this process last looked. Prune must: what it keeps is
+   * what records name once relocated, and a record naming a pack another prune repacked names,
+   * through the new relocation only, the pack that holds its chunks now.
+   */
+  async refreshRelocations(): Promise<void> {
+    await this.#readRelocations(await this.#moved());
   }
 
   /**
@@ -1019,6 +1037,7 @@ export class Repository {
     await this.#putJson(key, { v: 1, moves: encodeMoves(moves) });
     const map = await this.#moved();
     for (const m of moves) addMove(map, m.from, m.to);
+    this.#relocationKeys.add(key);
     return key;
   }
 

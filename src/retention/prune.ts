@@ -111,6 +111,10 @@ async function referenced(
   repo: Repository,
   since?: PrunePlan['heads'],
 ): Promise<{ packs: Map<string, Map<string, number>>; parts: Set<string>; named: Set<string> }> {
+  // Records name packs through the relocations: another process may have repacked since this
+  // one last read them (a daemon's maintainer after a `phoenix prune`), and a new pack that only
+  // a new relocation leads to must count as used.
+  await repo.refreshRelocations();
   const packs = new Map<string, Map<string, number>>();
   const use = (r: { id: string; pack: string; length: number }): void => {
     let m = packs.get(r.pack);
