@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { applyDeletionPlans, backup, leaseStillGood } from '../src/archiver/backup.js';
+import { Catalog } from '../src/web/catalog.js';
 import { listAll, type Backend, type Body, type ByteRange, type ObjectInfo } from '../src/backend/backend.js';
 import { LocalBackend } from '../src/backend/local.js';
 import { MemoryBackend } from '../src/backend/memory.js';
@@ -992,13 +993,19 @@ describe('prune after a repack by another process', () => {
       for (let i = 0; i < 70; i++) rmSync(join(src.path, `f${i}`));
       await backup(daemon, db, src.path, 's');
       await applyForget(daemon, await planForget(daemon, 's', parsePolicy('1000d:2000d', '0')));
-      await daemon.loadState('s'); // this process has read where every chunk lives
-      // `phoenix prune` from another process repacks the mostly unused pack and deletes it.
+      // This process has read where every chunk lives, and its dashboard holds the tree.
+      const catalog = new Catalog(daemon);
+      await catalog.snapshot('s');
+      // `phoenix prune` from another process repacks the mostly unused pack and deletes it
+      // (the daemon applies the plan at its lease renewal meanwhile).
       const other = await Repository.open(backend, async () => PASSWORD);
       const first = await planPrune(other, { minPackAgeMs: 0 });
       assert.equal(first.repack.length, 1);
       await applyPrune(other, first);
+      await applyDeletionPlans(daemon, db);
       const repacked = (await listAll(backend, 'data/')).map((o) => o.key.split('/').pop());
+      const named = [...(await catalog.snapshot('s')).state.values()].flatMap((r) => r.chunks.map((c) => c.pack));
+      assert.deepEqual([...new Set(named)], repacked, 'the dashboard reads the chunks at their new place');
       // The first process prunes next: the records it reads name the old pack, which is gone.
       const second = await planPrune(daemon, { minPackAgeMs: 0 });
       assert.deepEqual(second.doomed.packs, [], `the new pack is in use: ${JSON.stringify(repacked)}`);

@@ -1019,6 +1019,11 @@ export class Repository {
     return map;
   }
 
+  /** How many relocation objects this process has read: a cache of records decoded before it grew names old packs. */
+  get relocationsRead(): number {
+    return this.#relocationKeys.size;
+  }
+
   /**
    * Reads the relocations written since this process last looked. Prune must: what it keeps is
    * what records name once relocated, and a record naming a pack another prune repacked names,

@@ -85,6 +85,8 @@ export class Catalog {
   readonly #snapshots = new Map<string, Promise<Snapshot>>();
   /** Entries of the loaded trees, by key. */
   readonly #sizes = new Map<string, number>();
+  /** The repository's relocations when the loaded trees were read. */
+  #relocations = 0;
 
   constructor(readonly repo: Repository) {}
 
@@ -122,6 +124,12 @@ export class Catalog {
           : `there is no commit of ${JSON.stringify(source)} at or before ${new Date(at.atMs ?? 0).toISOString()}`,
         { hint: first ? `the first is commit ${first.seq}, from ${new Date(first.timeMs).toISOString()}` : 'nothing is backed up yet' },
       );
+    }
+    if (this.#relocations !== this.repo.relocationsRead) {
+      // Prune repacked since: the trees loaded before name chunks at their old places.
+      this.#snapshots.clear();
+      this.#sizes.clear();
+      this.#relocations = this.repo.relocationsRead;
     }
     const key = `${source}\0${seq}`;
     let p = this.#snapshots.get(key);
