@@ -993,9 +993,12 @@ describe('prune after a repack by another process', () => {
       for (let i = 0; i < 70; i++) rmSync(join(src.path, `f${i}`));
       await backup(daemon, db, src.path, 's');
       await applyForget(daemon, await planForget(daemon, 's', parsePolicy('1000d:2000d', '0')));
-      // This process has read where every chunk lives, and its dashboard holds the tree.
+      // This process has read where every chunk lives, and its dashboard holds the tree; a
+      // restore has read the tree too, and reads the chunks once prune has deleted their pack.
       const catalog = new Catalog(daemon);
       await catalog.snapshot('s');
+      const restorer = await Repository.open(backend, async () => PASSWORD);
+      const toRestore = (await restorer.loadState('s')).state;
       // `phoenix prune` from another process repacks the mostly unused pack and deletes it
       // (the daemon applies the plan at its lease renewal meanwhile).
       const other = await Repository.open(backend, async () => PASSWORD);
@@ -1006,6 +1009,14 @@ describe('prune after a repack by another process', () => {
       const repacked = (await listAll(backend, 'data/')).map((o) => o.key.split('/').pop());
       const named = [...(await catalog.snapshot('s')).state.values()].flatMap((r) => r.chunks.map((c) => c.pack));
       assert.deepEqual([...new Set(named)], repacked, 'the dashboard reads the chunks at their new place');
+      const out = tempDir('phx-reloc-out-');
+      try {
+        const r = await restore(restorer, toRestore, out.path);
+        assert.equal(r.files, 30, 'the restore found the chunks where they went');
+        for (let i = 70; i < 100; i++) assert.equal(readFileSync(join(out.path, `f${i}`)).length, 20_000 + i);
+      } finally {
+        out.cleanup();
+      }
       // The first process prunes next: the records it reads name the old pack, which is gone.
       const second = await planPrune(daemon, { minPackAgeMs: 0 });
       assert.deepEqual(second.doomed.packs, [], `the new pack is in use: ${JSON.stringify(repacked)}`);

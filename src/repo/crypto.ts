@@ -103,9 +103,10 @@ export function open(key: Buffer, sealed: Uint8Array, what: string): Buffer {
   }
 }
 
-export function corrupt(what: string, why: string): PhoenixError {
+export function corrupt(what: string, why: string, cause?: unknown): PhoenixError {
   return new PhoenixError('PHX_CORRUPT', `${what} is corrupted: ${why}`, {
     hint: 'run `phoenix check --read-data` to see the extent; restore from another copy of the repository if it is damaged',
+    cause,
   });
 }
 

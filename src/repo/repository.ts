@@ -897,7 +897,7 @@ export class Repository {
     try {
       return await this.backend.get(packKey(pack), { offset, length });
     } catch (err) {
-      if (isNotFound(err)) throw corrupt(what, 'its pack is missing');
+      if (isNotFound(err)) throw corrupt(what, 'its pack is missing', err); // the cause says so to callers (ChunkFetcher)
       if (err instanceof PhoenixError && err.code === 'PHX_PAST_END') throw corrupt(what, 'its pack is truncated');
       throw err;
     }
@@ -1017,6 +1017,18 @@ export class Repository {
       this.#relocationKeys.add(key);
     }
     return map;
+  }
+
+  /**
+   * Where the chunk `ref` names is now, by the relocations this process has read (after
+   * refreshRelocations: also those written since it read the record that named `ref`);
+   * undefined when none moves it.
+   */
+  async relocated(ref: ChunkRef): Promise<ChunkRef | undefined> {
+    const r: FileRecord = { path: '', type: 'file', mode: 0, uid: 0, gid: 0, mtimeNs: 0n, size: 0, chunks: [ref] };
+    relocate(r, await this.#moved());
+    const now = r.chunks[0] as ChunkRef;
+    return now.pack === ref.pack && now.offset === ref.offset ? undefined : now;
   }
 
   /** How many relocation objects this process has read: a cache of records decoded before it grew names old packs. */

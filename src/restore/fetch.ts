@@ -1,3 +1,5 @@
+import { isNotFound } from '../backend/backend.js';
+import { PhoenixError } from '../errors.js';
 import { type ChunkRef, chunkWhat, type Repository } from '../repo/index.js';
 
 export interface FetchLimits {
@@ -33,6 +35,8 @@ export class ChunkFetcher {
   readonly #uses = new Map<string, number>();
   readonly #windows: Window[] = [];
   #kept = 0;
+  /** Packs found gone, each with the one look at the relocations it caused. */
+  readonly #refreshed = new Map<string, Promise<void>>();
   requests = 0;
 
   constructor(
@@ -53,8 +57,26 @@ export class ChunkFetcher {
     for (const list of this.#needed.values()) list.sort((a, b) => a.offset - b.offset);
   }
 
-  /** The sealed blob of `ref` (a view into a shared buffer: copy it before keeping or transferring it). */
+  /**
+   * The sealed blob of `ref` (a view into a shared buffer: copy it before keeping or transferring
+   * it). A pack gone since the records were read (prune repacked it meanwhile: restores hold no
+   * lease) is looked for where the relocations say its chunk went.
+   */
   async get(ref: ChunkRef): Promise<Buffer> {
+    try {
+      return await this.#get(ref);
+    } catch (err) {
+      if (!(err instanceof PhoenixError && isNotFound(err.cause))) throw err;
+      let refreshed = this.#refreshed.get(ref.pack);
+      if (refreshed === undefined) this.#refreshed.set(ref.pack, (refreshed = this.repo.refreshRelocations()));
+      await refreshed;
+      const now = await this.repo.relocated(ref);
+      if (now === undefined) throw err;
+      return this.#get(now);
+    }
+  }
+
+  async #get(ref: ChunkRef): Promise<Buffer> {
     const end = ref.offset + ref.length;
     let w = this.#windows.find((x) => x.pack === ref.pack && x.start <= ref.offset && end <= x.end);
     if (w === undefined) w = this.#open(ref);
