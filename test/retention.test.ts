@@ -608,6 +608,33 @@ describe('forget over weeks of history', () => {
     assert.deepEqual((await applyForget(repo, await planForget(repo, 's', policy))).segments, [], 'idempotent');
   });
 
+  it('leaves the ranges that hold an instant pinned while it ran as they were, and the next run keeps it', async () => {
+    let x = 5;
+    const r = (): number => (x = (Math.imul(x, 1103515245) + 12345) >>> 0) / 2 ** 32;
+    const backend = new MemoryBackend();
+    const repo = await Repository.init(backend, { insecureNoEncryption: true });
+    const state: TreeState = new Map();
+    const trees = new Map<number, string>();
+    await hourly(repo, state, 0, 12 * 24, r, trees);
+    const plan = await planForget(repo, 's', policy);
+    const target = plan.dropped[Math.floor(plan.dropped.length / 2)] as CommitInfo;
+    // `phoenix pin` from another process, after forget planned and before it finished.
+    await (await Repository.open(backend, async () => undefined)).pin('s', target.timeMs, 'by hand');
+    const done = await applyForget(repo, plan);
+    assert.deepEqual(done.pinnedMeanwhile, [target.seq]);
+    assert.equal(treeJson((await repo.loadState('s', target.seq)).state), trees.get(target.seq), 'the pinned instant is exact');
+    for (const c of await repo.commitList('s')) assert.equal(treeJson((await repo.loadState('s', c.seq)).state), trees.get(c.seq));
+    assert.deepEqual((await checkRepository(repo)).errors, []);
+    const next = await applyForget(repo, await planForget(repo, 's', policy));
+    assert.equal(next.pinnedMeanwhile, undefined);
+    assert.ok(next.segments.length > 0, 'the next run thins what it had left');
+    assert.ok(
+      (await repo.commitList('s')).some((c) => c.seq === target.seq),
+      'and keeps the pinned instant',
+    );
+    assert.equal(treeJson((await repo.loadState('s', target.seq)).state), trees.get(target.seq));
+  });
+
   it('killed between the pieces it writes, the journal reads the same, and the next run finishes', async () => {
     let x = 11;
     const r = (): number => (x = (Math.imul(x, 1103515245) + 12345) >>> 0) / 2 ** 32;

@@ -155,7 +155,20 @@ async function forgetSource(repo: Repository, source: string, flags: ForgetFlags
           steps: s.reduce((n, x) => n + x.steps, 0),
           bytes: s.reduce((n, x) => n + x.bytes, 0),
         };
-  const json = { source, kept: plan.kept.size, dropped: plan.dropped.length, segment: total, segments: s, deleted: r.deleted };
+  const json = {
+    source,
+    kept: plan.kept.size,
+    dropped: plan.dropped.length,
+    segment: total,
+    segments: s,
+    deleted: r.deleted,
+    ...(r.pinnedMeanwhile !== undefined ? { pinnedMeanwhile: r.pinnedMeanwhile } : {}),
+  };
+  if (r.pinnedMeanwhile !== undefined && !flags.json) {
+    process.stdout.write(
+      `${source}: commit${r.pinnedMeanwhile.length === 1 ? '' : 's'} ${r.pinnedMeanwhile.join(', ')} ${r.pinnedMeanwhile.length === 1 ? 'was' : 'were'} pinned while forget ran: the history around ${r.pinnedMeanwhile.length === 1 ? 'it' : 'them'} was left as it was (the next forget keeps ${r.pinnedMeanwhile.length === 1 ? 'it' : 'them'})\n`,
+    );
+  }
   print(
     flags,
     { summary: true, ...json },

@@ -135,8 +135,14 @@ export class Maintainer {
       const r = await applyForget(this.repo, plan, { scratchDir: this.opts.scratchDir });
       dropped += plan.dropped.length;
       this.log.info(
-        { source: name, kept: plan.kept.size, dropped: plan.dropped.length, deleted: r.deleted.journal },
-        `forget: kept ${plan.kept.size} instants, dropped ${plan.dropped.length}`,
+        {
+          source: name,
+          kept: plan.kept.size,
+          dropped: plan.dropped.length,
+          deleted: r.deleted.journal,
+          pinnedMeanwhile: r.pinnedMeanwhile,
+        },
+        `forget: kept ${plan.kept.size} instants, dropped ${plan.dropped.length}${r.pinnedMeanwhile ? ` (pinned meanwhile, left for the next run: ${r.pinnedMeanwhile.join(', ')})` : ''}`,
       );
     }
     this.status.lastForget = { time: new Date().toISOString(), dropped };

@@ -95,6 +95,8 @@ export interface SegmentStep {
 
 /** A segment's object: its steps (where each one's changes are), and where the changes are. */
 interface DecodedSegment {
+  /** The stored object's size. */
+  stored: number;
   source: string;
   steps: Array<SegmentStep & { at: number; n: number }>;
   parts: Array<[string, number]>;
@@ -322,7 +324,10 @@ export class Repository {
   }
 
   async #getJson(key: string): Promise<Record<string, unknown>> {
-    const body = await this.backend.get(key);
+    return this.#decodeJson(key, await this.backend.get(key));
+  }
+
+  #decodeJson(key: string, body: Buffer): Record<string, unknown> {
     const plain = this.keys.open(body, `object ${key}`);
     try {
       return JSON.parse(inflateRawSync(plain).toString()) as Record<string, unknown>;
@@ -414,7 +419,7 @@ export class Repository {
     await mapLimited(
       chain.filter((o) => o.segment),
       8,
-      async (o) => heads.set(o.key, await this.#segment(o.key)),
+      async (o) => heads.set(o.key, await this.#segment(o.key, o.size)),
     );
     for (const o of chain) {
       if (!o.segment) {
@@ -497,8 +502,22 @@ export class Repository {
     });
   }
 
-  #segment(key: string): Promise<DecodedSegment> {
+  /**
+   * The segment `key`, read once. With `size` (as listed): read again when the one read had
+   * another size. A name can come back with other content: a forget that rolls a range back
+   * deletes its new segments, and a later run (perhaps in another process) writes that range
+   * again under the same name.
+   */
+  async #segment(key: string, size?: number): Promise<DecodedSegment> {
+    const seg = await cached(this.#segments, key, 1024, () => this.#readSegment(key));
+    if (size === undefined || seg.stored === size) return seg;
+    this.#forgetSegment(key);
     return cached(this.#segments, key, 1024, () => this.#readSegment(key));
+  }
+
+  #forgetSegment(key: string): void {
+    this.#segments.delete(key);
+    this.#segmentLines.delete(key);
   }
 
   /** Decoded parts of the large segments read lately: readers of one segment's steps, in order or at once, share them. */
@@ -543,7 +562,8 @@ export class Repository {
   }
 
   async #readSegment(key: string): Promise<DecodedSegment> {
-    const obj = await this.#getJson(key);
+    const body = await this.backend.get(key);
+    const obj = this.#decodeJson(key, body);
     try {
       if (obj.v !== 3 || obj.kind !== 'segment')
         throw new Error(`unsupported segment version ${String(obj.v)} (this Phoenix reads 3: upgrade it)`);
@@ -565,7 +585,7 @@ export class Repository {
         return step;
       });
       if (steps.at(-1)?.seq !== Number(obj.last)) throw new Error('its last step is not its last commit');
-      return { source: String(obj.source), steps, parts, inline: obj.changes as Array<Record<string, unknown>> };
+      return { stored: body.length, source: String(obj.source), steps, parts, inline: obj.changes as Array<Record<string, unknown>> };
     } catch (err) {
       throw corrupt(`segment ${key}`, (err as Error).message);
     }
@@ -616,6 +636,7 @@ export class Repository {
     }
     const key = segmentKey(source, first, last, lastTime, gen);
     const size = await this.#putJson(key, { v: 3, kind: 'segment', source, first, last, steps: heads, parts, changes: inline }, true);
+    this.#forgetSegment(key); // a range rolled back and written again has the name it had
     return { key, size: size + bytes };
   }
 

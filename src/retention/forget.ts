@@ -6,6 +6,7 @@ import {
   checkpointKey,
   encodeRecord,
   mapLimited,
+  seqAt,
   type CommitInfo,
   type CommitStats,
   type FileRecord,
@@ -54,6 +55,8 @@ export interface ForgetResult {
   segments: Array<{ key: string; first: number; last: number; steps: number; bytes: number }>;
   /** Journal objects and checkpoints deleted after the segments were verified. */
   deleted: { journal: number; checkpoints: number };
+  /** Instants pinned while this ran that it had planned to drop: the ranges holding them were left as they were. */
+  pinnedMeanwhile?: number[];
 }
 
 const DAY = 86_400_000;
@@ -180,6 +183,8 @@ async function rewrite(repo: Repository, plan: ForgetPlan, tree: ScratchTree): P
   // one before: each range starts from there, not from a checkpoint and a replay of all before it.
   let base: { seq: number; digest: TreeDigest } | undefined;
   const checkpoints = new CheckpointSizes(repo, source);
+  /** The new segments of each range rewritten. */
+  const written: Array<{ a: number; b: number; keys: string[] }> = [];
   /** The tree at `a`, and its digest; without `own`, a copy of the digest and the tree marked (rewound for the range's proof). */
   const baseAt = async (a: number, own = false): Promise<TreeDigest> => {
     const from = base?.seq ?? 0;
@@ -241,6 +246,7 @@ async function rewrite(repo: Repository, plan: ForgetPlan, tree: ScratchTree): P
     const expected: Array<{ seq: number; digest: string }> = [];
     const steps = keptSteps(repo, tree, await baseAt(a), range, kept, expected)[Symbol.asyncIterator]();
     const keys: string[] = [];
+    written.push({ a, b, keys });
     for (const piece of pieces) {
       async function* upTo(): AsyncGenerator<SegmentStepIn> {
         for (;;) {
@@ -268,6 +274,17 @@ async function rewrite(repo: Repository, plan: ForgetPlan, tree: ScratchTree): P
     base = { seq: b, digest: verified };
     lastB = b;
   }
+  // A pin set while this ran (`phoenix pin` from another process) may name an instant it
+  // drops. The ranges that hold one go back to the journal as it was: their new segments are
+  // deleted, and the objects they were to supersede, still there, are the chain again. The
+  // next run keeps the instant.
+  const pinned = (await repo.pins(source)).map((p) => seqAt(instants, p.atMs));
+  const late = [...new Set(pinned)].filter((seq): seq is number => seq !== undefined && !kept.has(seq));
+  for (const w of written.filter((r) => late.some((seq) => seq > r.a && seq <= r.b))) {
+    for (const key of w.keys) await repo.backend.delete(key);
+    result.segments = result.segments.filter((s) => !w.keys.includes(s.key));
+  }
+  if (late.length > 0) result.pinnedMeanwhile = late;
   // A base checkpoint at the last range's end: the checkpoints it replaced were at instants no
   // longer kept, and the next run (and every reader) starts from here instead of commit 1.
   const commits = await repo.commitList(source);
