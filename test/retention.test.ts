@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -7,6 +7,7 @@ import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { applyDeletionPlans, backup, leaseStillGood } from '../src/archiver/backup.js';
 import { Catalog } from '../src/web/catalog.js';
+import { UsedChunks } from '../src/retention/used.js';
 import { listAll, type Backend, type Body, type ByteRange, type ObjectInfo } from '../src/backend/backend.js';
 import { LocalBackend } from '../src/backend/local.js';
 import { MemoryBackend } from '../src/backend/memory.js';
@@ -950,6 +951,38 @@ describe('prune and the parts it deletes', () => {
     } finally {
       db.close();
       state.cleanup();
+    }
+  });
+});
+
+describe('UsedChunks (what prune counts as used)', () => {
+  it('counts each chunk once per pack, as a map of every id would, however often and in whatever order it is named', () => {
+    let x = 3;
+    const rnd = (n: number): number => (x = (Math.imul(x, 1103515245) + 12345) >>> 0) % n;
+    for (let round = 0; round < 20; round++) {
+      const used = new UsedChunks();
+      const model = new Map<string, Map<string, number>>();
+      const ids = Array.from({ length: 1 + rnd(3000) }, (_, i) => createHash('sha256').update(`${round}/${i}`).digest('hex'));
+      const packs = Array.from({ length: 1 + rnd(5) }, (_, i) => hex64(String.fromCharCode(97 + i)));
+      const lengthOf = (id: string): number => 100 + (parseInt(id.slice(-4), 16) % 5000);
+      for (let k = rnd(20_000); k > 0; k--) {
+        const id = ids[rnd(ids.length)] as string;
+        const pack = packs[parseInt(id.slice(-2), 16) % packs.length] as string; // a chunk lives in one pack
+        used.add(pack, id, lengthOf(id));
+        let m = model.get(pack);
+        if (m === undefined) model.set(pack, (m = new Map()));
+        m.set(id, lengthOf(id));
+      }
+      for (const pack of packs) {
+        const m = model.get(pack);
+        assert.equal(used.has(pack), m !== undefined);
+        assert.equal(used.count(pack), m?.size ?? 0);
+        assert.equal(
+          used.bytes(pack),
+          [...(m?.values() ?? [])].reduce((n, l) => n + l, 0),
+        );
+        for (const id of ids.slice(0, 300)) assert.equal(used.mayUse(pack, id), m?.has(id) === true, `round ${round}`);
+      }
     }
   });
 });

@@ -14,6 +14,7 @@ import {
   type LiveWriter,
   type Repository,
 } from '../repo/index.js';
+import { UsedChunks } from './used.js';
 
 /**
  * Garbage collection: deletes the packs and metadata parts that nothing the repository keeps
@@ -48,7 +49,7 @@ export interface PrunePlan {
   /** Keys to delete, packs first. */
   doomed: { packs: string[]; parts: string[] };
   /** Packs still in use but mostly unused: their live chunks are copied to new packs, then they go too. */
-  repack: Array<{ pack: string; size: number; used: Map<string, number> }>;
+  repack: Array<{ pack: string; size: number; used: UsedChunks }>;
   /** Bytes of the live chunks to copy, and the unused bytes in packs still in use after this run. */
   repackBytes: number;
   unusedAfter: number;
@@ -110,17 +111,13 @@ export async function waitForAcks(
 async function referenced(
   repo: Repository,
   since?: PrunePlan['heads'],
-): Promise<{ packs: Map<string, Map<string, number>>; parts: Set<string>; named: Set<string> }> {
+): Promise<{ packs: UsedChunks; parts: Set<string>; named: Set<string> }> {
   // Records name packs through the relocations: another process may have repacked since this
   // one last read them (a daemon's maintainer after a `phoenix prune`), and a new pack that only
   // a new relocation leads to must count as used.
   await repo.refreshRelocations();
-  const packs = new Map<string, Map<string, number>>();
-  const use = (r: { id: string; pack: string; length: number }): void => {
-    let m = packs.get(r.pack);
-    if (m === undefined) packs.set(r.pack, (m = new Map()));
-    m.set(r.id, r.length);
-  };
+  const packs = new UsedChunks();
+  const use = (r: { id: string; pack: string; length: number }): void => packs.add(r.pack, r.id, r.length);
   const parts = new Set<string>();
   const named = new Set<string>();
   // Checkpoints share the parts of the tree that did not change between them: each is read once.
@@ -188,21 +185,20 @@ export async function planPrune(repo: Repository, opts: PruneOptions): Promise<P
   const inUse = listed
     .map((o) => {
       const id = o.key.split('/').pop() as string;
-      const u = used.packs.get(id);
-      const usedBytes = u === undefined ? 0 : [...u.values()].reduce((n, l) => n + l, 0);
-      return { pack: id, size: o.size, used: u, usedBytes, old: o.mtimeMs !== undefined && now - o.mtimeMs >= opts.minPackAgeMs };
+      const old = o.mtimeMs !== undefined && now - o.mtimeMs >= opts.minPackAgeMs;
+      return { pack: id, size: o.size, chunks: used.packs.count(id), usedBytes: used.packs.bytes(id), old };
     })
-    .filter((p) => p.used !== undefined);
+    .filter((p) => used.packs.has(p.pack));
   const total = inUse.reduce((n, p) => n + p.size, 0);
   // A pack's trailer (its header) is not waste: about 100 bytes per entry.
-  const waste = (p: (typeof inUse)[number]): number => Math.max(0, p.size - p.usedBytes - 100 * (p.used?.size ?? 0) - 4);
+  const waste = (p: (typeof inUse)[number]): number => Math.max(0, p.size - p.usedBytes - 100 * p.chunks - 4);
   let unusedAfter = inUse.reduce((n, p) => n + waste(p), 0);
   const limit = ((opts.maxUnusedPercent ?? DEFAULT_MAX_UNUSED_PERCENT) / 100) * total;
   const repack: PrunePlan['repack'] = [];
   let repackBytes = 0;
   for (const p of inUse.filter((x) => x.old && waste(x) > 0).sort((a, b) => waste(b) - waste(a))) {
     if (unusedAfter <= limit || repackBytes + p.usedBytes > (opts.maxRepackBytes ?? Infinity)) break;
-    repack.push({ pack: p.pack, size: p.size, used: p.used as Map<string, number> });
+    repack.push({ pack: p.pack, size: p.size, used: used.packs });
     repackBytes += p.usedBytes;
     unusedAfter -= waste(p);
   }
@@ -218,7 +214,7 @@ async function repackLive(repo: Repository, plan: PrunePlan): Promise<Array<{ fr
     const len = bytes.readUInt32LE(bytes.length - 4);
     const entries = parseHeader(repo.keys, bytes.subarray(bytes.length - 4 - len, bytes.length - 4), `pack ${packKey(p.pack)}`);
     for (const e of entries) {
-      if (!p.used.has(e.id)) continue;
+      if (!p.used.mayUse(p.pack, e.id)) continue;
       const blob = Buffer.from(bytes.subarray(e.offset, e.offset + e.length));
       openChunk(repo.keys, e.id, blob, chunkWhat({ id: e.id, pack: p.pack })); // never copy a damaged chunk on
       moves.push(writer.addSealed(e.id, blob).then((to) => ({ from: p.pack, to })));
