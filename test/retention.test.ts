@@ -576,14 +576,20 @@ describe('forget over weeks of history', () => {
     }
   }
   const policy = parsePolicy('all:1d hourly:4d 3h:20d daily:forever', '0');
-
-  it('writes the kept history in pieces of time, and a later run rewrites only the pieces that hold what it drops', async () => {
-    let x = 7;
+  /** A new repository (its backend) with `hours` hourly commits drawn from `seed`, and what `hourly` needs to go on. */
+  async function history(seed: number, hours: number) {
+    let x = seed;
     const r = (): number => (x = (Math.imul(x, 1103515245) + 12345) >>> 0) / 2 ** 32;
-    const repo = await Repository.init(new MemoryBackend(), { insecureNoEncryption: true });
+    const backend = new MemoryBackend();
+    const repo = await Repository.init(backend, { insecureNoEncryption: true });
     const state: TreeState = new Map();
     const trees = new Map<number, string>();
-    await hourly(repo, state, 0, 40 * 24, r, trees);
+    await hourly(repo, state, 0, hours, r, trees);
+    return { backend, repo, state, trees, r };
+  }
+
+  it('writes the kept history in pieces of time, and a later run rewrites only the pieces that hold what it drops', async () => {
+    const { repo, state, trees, r } = await history(7, 40 * 24);
     const first = await applyForget(repo, await planForget(repo, 's', policy));
     assert.ok(first.segments.length > 5, `the kept history is in pieces: ${first.segments.length}`);
     const keptNow = (await repo.commitList('s')).map((c) => c.seq);
@@ -610,13 +616,7 @@ describe('forget over weeks of history', () => {
   });
 
   it('leaves the ranges that hold an instant pinned while it ran as they were, and the next run keeps it', async () => {
-    let x = 5;
-    const r = (): number => (x = (Math.imul(x, 1103515245) + 12345) >>> 0) / 2 ** 32;
-    const backend = new MemoryBackend();
-    const repo = await Repository.init(backend, { insecureNoEncryption: true });
-    const state: TreeState = new Map();
-    const trees = new Map<number, string>();
-    await hourly(repo, state, 0, 12 * 24, r, trees);
+    const { backend, repo, trees } = await history(5, 12 * 24);
     const plan = await planForget(repo, 's', policy);
     const target = plan.dropped[Math.floor(plan.dropped.length / 2)] as CommitInfo;
     // `phoenix pin` from another process, after forget planned and before it finished.
@@ -637,13 +637,7 @@ describe('forget over weeks of history', () => {
   });
 
   it('killed between the pieces it writes, the journal reads the same, and the next run finishes', async () => {
-    let x = 11;
-    const r = (): number => (x = (Math.imul(x, 1103515245) + 12345) >>> 0) / 2 ** 32;
-    const original = new MemoryBackend();
-    const setup = await Repository.init(original, { insecureNoEncryption: true });
-    const state: TreeState = new Map();
-    const trees = new Map<number, string>();
-    await hourly(setup, state, 0, 12 * 24, r, trees);
+    const { backend: original, repo: setup, state, trees, r } = await history(11, 12 * 24);
     await applyForget(setup, await planForget(setup, 's', policy));
     await hourly(setup, state, 12 * 24, 30, r, trees);
     const keptBefore = (await setup.commitList('s')).map((c) => c.seq);
