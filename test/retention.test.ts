@@ -981,26 +981,40 @@ describe('UsedChunks (what prune counts as used)', () => {
   });
 });
 
+/**
+ * A repository whose one pack is mostly unused: 100 files backed up, 70 of them deleted and
+ * backed up again, and the first backup forgotten. `first`: the packs after the first backup.
+ */
+async function mostlyUnused(name: string) {
+  const src = tempDir(`phx-${name}-src-`);
+  const state = tempDir(`phx-${name}-state-`);
+  const backend = new MemoryBackend();
+  const repo = await Repository.init(backend, { password: PASSWORD, kdfN: 1024 });
+  const db = new StateDb(join(state.path, 'db.sqlite'));
+  const content = new Map<string, Buffer>();
+  for (let i = 0; i < 100; i++) {
+    const data = randomBytes(20_000 + i);
+    content.set(`f${i}`, data);
+    writeFileSync(join(src.path, `f${i}`), data);
+  }
+  await backup(repo, db, src.path, 's');
+  const first = (await listAll(backend, 'data/')).map((o) => o.key);
+  for (let i = 0; i < 70; i++) rmSync(join(src.path, `f${i}`));
+  await backup(repo, db, src.path, 's');
+  await applyForget(repo, await planForget(repo, 's', parsePolicy('1000d:2000d', '0')));
+  const cleanup = (): void => {
+    db.close();
+    src.cleanup();
+    state.cleanup();
+  };
+  return { src, backend, repo, db, content, first, cleanup };
+}
+
 describe('prune repacks', () => {
   it('copies the live chunks of mostly unused packs, and readers and writers find them at their new place', async () => {
-    const src = tempDir('phx-repack-src-');
-    const state = tempDir('phx-repack-state-');
-    const backend = new MemoryBackend();
-    const repo = await Repository.init(backend, { password: PASSWORD, kdfN: 1024 });
-    const db = new StateDb(join(state.path, 'db.sqlite'));
+    const { src, backend, repo, db, content, first: packs0, cleanup } = await mostlyUnused('repack');
     try {
-      const content = new Map<string, Buffer>();
-      for (let i = 0; i < 100; i++) {
-        const data = randomBytes(20_000 + i);
-        content.set(`f${i}`, data);
-        writeFileSync(join(src.path, `f${i}`), data);
-      }
-      await backup(repo, db, src.path, 's');
-      const packs0 = (await listAll(backend, 'data/')).map((o) => o.key);
       assert.equal(packs0.length, 1, 'one pack holds the first backup');
-      for (let i = 0; i < 70; i++) rmSync(join(src.path, `f${i}`));
-      await backup(repo, db, src.path, 's');
-      await applyForget(repo, await planForget(repo, 's', parsePolicy('1000d:2000d', '0')));
       const plan = await planPrune(repo, { minPackAgeMs: 0 });
       assert.deepEqual(plan.doomed.packs, [], 'the pack is still in use');
       assert.equal(plan.repack.length, 1, 'but mostly unused: repacked');
@@ -1027,26 +1041,15 @@ describe('prune repacks', () => {
       assert.equal(again.stats.bytesUploaded, 0, 'deduplicated against the chunk at its new place');
       assert.deepEqual((await checkRepository(await Repository.open(backend, async () => PASSWORD), { readData: true })).errors, []);
     } finally {
-      db.close();
-      src.cleanup();
-      state.cleanup();
+      cleanup();
     }
   });
 });
 
 describe('prune after a repack by another process', () => {
   it('a process that read the repository before another repacked it (a daemon whose maintainer prunes next) counts the new packs as used', async () => {
-    const src = tempDir('phx-reloc-src-');
-    const state = tempDir('phx-reloc-state-');
-    const backend = new MemoryBackend();
-    const daemon = await Repository.init(backend, { password: PASSWORD, kdfN: 1024 });
-    const db = new StateDb(join(state.path, 'db.sqlite'));
+    const { backend, repo: daemon, db, cleanup } = await mostlyUnused('reloc');
     try {
-      for (let i = 0; i < 100; i++) writeFileSync(join(src.path, `f${i}`), randomBytes(20_000 + i));
-      await backup(daemon, db, src.path, 's');
-      for (let i = 0; i < 70; i++) rmSync(join(src.path, `f${i}`));
-      await backup(daemon, db, src.path, 's');
-      await applyForget(daemon, await planForget(daemon, 's', parsePolicy('1000d:2000d', '0')));
       // This process has read where every chunk lives, and its dashboard holds the tree; a
       // restore has read the tree too, and reads the chunks once prune has deleted their pack.
       const catalog = new Catalog(daemon);
@@ -1077,9 +1080,7 @@ describe('prune after a repack by another process', () => {
       await applyPrune(daemon, second);
       assert.deepEqual((await checkRepository(await Repository.open(backend, async () => PASSWORD), { readData: true })).errors, []);
     } finally {
-      db.close();
-      src.cleanup();
-      state.cleanup();
+      cleanup();
     }
   });
 });
