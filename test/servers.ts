@@ -95,9 +95,11 @@ export async function startSwift(): Promise<(S3Server & { credentials: typeof SW
   const endpoint = `http://127.0.0.1:${port}`;
   const client = new S3Client({ endpoint, region: 'us-east-1', forcePathStyle: true, credentials: SWIFT_CREDENTIALS });
   // The proxy answers before the account, container and object servers do: retry until the
-  // bucket can be made and an object written and read back (the object server answers 503 until then).
+  // bucket can be made and an object written and read back (the object server answers 503 until
+  // then; with the machine busy, its s3api said "Please reduce your request rate" for over 30 s).
   let made = false;
-  for (let attempt = 1; ; attempt++) {
+  const deadline = Date.now() + 180_000;
+  for (;;) {
     try {
       if (!made) await client.send(new CreateBucketCommand({ Bucket: 'phoenix-test' }));
       made = true;
@@ -106,7 +108,7 @@ export async function startSwift(): Promise<(S3Server & { credentials: typeof SW
       await client.send(new DeleteObjectCommand({ Bucket: 'phoenix-test', Key: 'ready-probe' }));
       break;
     } catch (err) {
-      if (attempt >= 100) throw err;
+      if (Date.now() > deadline) throw err;
       await new Promise((r) => setTimeout(r, 200));
     }
   }
