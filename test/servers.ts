@@ -93,6 +93,11 @@ export async function startSwift(): Promise<(S3Server & { credentials: typeof SW
     createInterface({ input: child.stdout! }).once('line', (l) => resolve((JSON.parse(l) as { port: number }).port));
   });
   const endpoint = `http://127.0.0.1:${port}`;
+  const stop = async (): Promise<void> => {
+    process.kill(-(child.pid as number), 'SIGTERM');
+    await new Promise((r) => child.once('exit', r));
+    dir.cleanup();
+  };
   const client = new S3Client({ endpoint, region: 'us-east-1', forcePathStyle: true, credentials: SWIFT_CREDENTIALS });
   // The proxy answers before the account, container and object servers do: retry until the
   // bucket can be made and an object written and read back (the object server answers 503 until
@@ -108,7 +113,12 @@ export async function startSwift(): Promise<(S3Server & { credentials: typeof SW
       await client.send(new DeleteObjectCommand({ Bucket: 'phoenix-test', Key: 'ready-probe' }));
       break;
     } catch (err) {
-      if (Date.now() > deadline) throw err;
+      if (Date.now() > deadline) {
+        // Not left running: its pipe would keep the test process (and the whole suite) alive.
+        client.destroy();
+        await stop();
+        throw err;
+      }
       await new Promise((r) => setTimeout(r, 200));
     }
   }
@@ -117,11 +127,7 @@ export async function startSwift(): Promise<(S3Server & { credentials: typeof SW
     endpoint,
     bucket: 'phoenix-test',
     credentials: SWIFT_CREDENTIALS,
-    stop: async () => {
-      process.kill(-(child.pid as number), 'SIGTERM');
-      await new Promise((r) => child.once('exit', r));
-      dir.cleanup();
-    },
+    stop,
   };
 }
 
