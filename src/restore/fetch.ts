@@ -31,8 +31,8 @@ interface Window {
 export class ChunkFetcher {
   /** Per pack: the needed chunks, by offset. */
   readonly #needed = new Map<string, ChunkRef[]>();
-  /** Uses still to come, per `pack:offset`. */
-  readonly #uses = new Map<string, number>();
+  /** Uses still to come, per pack and offset (numbers as keys: a string per chunk cost about 130 bytes). */
+  readonly #uses = new Map<string, Map<number, number>>();
   readonly #windows: Window[] = [];
   #kept = 0;
   /** Packs found gone, each with the one look at the relocations it caused. */
@@ -45,9 +45,10 @@ export class ChunkFetcher {
     readonly limits: FetchLimits = FETCH_LIMITS,
   ) {
     for (const r of refs) {
-      const k = `${r.pack}:${r.offset}`;
-      const n = this.#uses.get(k) ?? 0;
-      this.#uses.set(k, n + 1);
+      let uses = this.#uses.get(r.pack);
+      if (uses === undefined) this.#uses.set(r.pack, (uses = new Map()));
+      const n = uses.get(r.offset) ?? 0;
+      uses.set(r.offset, n + 1);
       if (n === 0) {
         let list = this.#needed.get(r.pack);
         if (list === undefined) this.#needed.set(r.pack, (list = []));
@@ -81,8 +82,8 @@ export class ChunkFetcher {
     let w = this.#windows.find((x) => x.pack === ref.pack && x.start <= ref.offset && end <= x.end);
     if (w === undefined) w = this.#open(ref);
     w.remaining--;
-    const k = `${ref.pack}:${ref.offset}`;
-    this.#uses.set(k, (this.#uses.get(k) ?? 1) - 1);
+    const uses = this.#uses.get(ref.pack);
+    uses?.set(ref.offset, (uses.get(ref.offset) ?? 1) - 1);
     if (w.remaining <= 0) this.#drop(w);
     const data = await w.data;
     return data.subarray(ref.offset - w.start, end - w.start);
@@ -94,13 +95,14 @@ export class ChunkFetcher {
     let i = lowerBound(list, ref.offset);
     const start = ref.offset;
     let end = ref.offset + ref.length;
-    let remaining = Math.max(1, this.#uses.get(`${ref.pack}:${ref.offset}`) ?? 1);
+    const uses = this.#uses.get(ref.pack);
+    let remaining = Math.max(1, uses?.get(ref.offset) ?? 1);
     for (i++; i < list.length; i++) {
       const next = list[i] as ChunkRef;
       if (next.offset < end) continue; // overlaps (a different id at the same place cannot happen; be safe)
       if (next.offset - end > this.limits.gap || next.offset + next.length - start > this.limits.window) break;
       end = next.offset + next.length;
-      remaining += this.#uses.get(`${next.pack}:${next.offset}`) ?? 0;
+      remaining += uses?.get(next.offset) ?? 0;
     }
     this.requests++;
     const data = this.repo.readPack(ref.pack, start, end - start, chunkWhat(ref));
