@@ -142,6 +142,21 @@ describe('pending changes', () => {
     p.done(true);
     assert.equal(p.size, 0);
   });
+
+  it('reads the target of a move out of a directory removed and made again in the same batch afresh', () => {
+    const p = new PendingChanges(settle);
+    // `rm -rf d; mkdir -p d/n; mv d/n t`: the d/n that moves is not the one the last commit had.
+    p.add({ type: 'removed', path: 'd/n/f', kind: 'file' }, 0);
+    p.add({ type: 'removed', path: 'd/n', kind: 'dir' }, 0);
+    p.add({ type: 'removed', path: 'd', kind: 'dir' }, 0);
+    p.add({ type: 'created', path: 'd', kind: 'dir' }, 1);
+    p.add({ type: 'created', path: 'd/n', kind: 'dir' }, 1);
+    p.add({ type: 'moved', from: 'd/n', path: 't', kind: 'dir' }, 2);
+    // A move of what the last commit had is a move, its target not read again.
+    p.add({ type: 'moved', from: 'k', path: 'm', kind: 'dir' }, 3);
+    const b = p.take(100, false, 100);
+    assert.deepEqual(b.replaced.sort(), ['d', 't']);
+  });
 });
 
 describe('phoenix watch: end to end (real processes, real inotify)', () => {

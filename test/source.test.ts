@@ -185,7 +185,8 @@ describe('SourceRunner with a scripted change stream (in process)', () => {
     });
   });
   it('commits the tree that is on the disk, whatever the changes and however they fall into commits (random operations, as the watcher reports them)', async () => {
-    for (let seed = 1; seed <= 16; seed++) {
+    // Seeds 1 to 16, and 53: it found a move out of a directory removed and made again in one batch.
+    for (const seed of [...Array.from({ length: 16 }, (_, i) => i + 1), 53]) {
       const rnd = prng(seed);
       const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)] as T;
       const setup = (src: string): void => {

@@ -1,5 +1,5 @@
 import type { Change } from '../model/change.js';
-import { isWithin, type RawPath } from '../model/path.js';
+import { isWithin, parentOf, type RawPath } from '../model/path.js';
 
 /** When a changed path is ready to be read and committed. */
 export interface SettleTimes {
@@ -99,6 +99,9 @@ export class PendingChanges {
         return;
       case 'moved': {
         const replacedFirst = this.#dropBelow(c.path, true);
+        // Moved out of a directory removed (and made again) earlier in this batch: what moves is
+        // not what the last commit had there, so the target is read afresh, not moved from it.
+        const remade = this.#removedAbove(c.from);
         // What was pending below `from` is pending at its new place.
         for (const [p, it] of [...this.#items]) {
           if (!isWithin(p, c.from)) continue;
@@ -110,6 +113,7 @@ export class PendingChanges {
         }
         this.#moves.push({ from: c.from, to: c.path, ms: now });
         this.#touch(c.path, now, false, replacedFirst);
+        if (remade) (this.#items.get(c.path) as Item).replaced = true;
       }
     }
   }
@@ -204,6 +208,12 @@ export class PendingChanges {
     it.firstMs = Math.min(it.firstMs, firstMs);
     if (open !== undefined) it.open = open;
     if (it.inFlight) it.againMs ??= now;
+  }
+
+  /** A directory above `path` was removed since its last commit (and perhaps made again). */
+  #removedAbove(path: RawPath): boolean {
+    for (let q = parentOf(path); q !== ''; q = parentOf(q)) if (this.#items.get(q)?.replaced === true) return true;
+    return false;
   }
 
   /** Drops the pending paths at and below `path` (which a removal or a move replaces); their oldest time. */
