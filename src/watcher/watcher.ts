@@ -309,11 +309,10 @@ export class Watcher {
     if (dir === undefined) return; // a watch we dropped; its events are stale
     if (ev.name === '') return this.#handleSelf(ev, dir);
     const path = joinRaw(dir, ev.name);
-    // An excluded entry added or removed still changes its directory's mtime: say so.
+    // An excluded entry added still changes its directory's mtime: say so (one removed is not
+    // known, and #removed says so for what it does not know).
     const isDir = (ev.mask & IN.ISDIR) !== 0;
-    if (dir !== '' && ev.mask & (IN.CREATE | IN.DELETE | IN.MOVED_TO) && this.#filter.excludes(path, isDir) && this.#tree.has(dir)) {
-      this.#attributes(dir);
-    }
+    if (ev.mask & (IN.CREATE | IN.MOVED_TO) && this.#filter.excludes(path, isDir)) return this.#dirChanged(dir);
     if (ev.mask & (IN.CREATE | IN.MOVED_TO)) return this.#appeared(path, isDir);
     if (ev.mask & IN.DELETE) return this.#removed(path);
     if (ev.mask & (IN.MODIFY | IN.CLOSE_WRITE)) return this.#modified(path, (ev.mask & IN.CLOSE_WRITE) !== 0);
@@ -476,22 +475,14 @@ export class Watcher {
     const known = from === undefined ? undefined : this.#tree.get(from);
     const toExcluded = to !== undefined && this.#filter.excludes(to, isDir);
 
-    // The directory on an excluded side of the move has a new mtime all the same.
-    const touch = (dir: RawPath | undefined, path: RawPath | undefined): void => {
-      if (dir !== undefined && dir !== '' && path !== undefined && this.#filter.excludes(path, isDir) && this.#tree.has(dir))
-        this.#attributes(dir);
-    };
-    touch(fromDir, from);
-    touch(toDir, to);
     if (to === undefined || toExcluded) {
-      if (from !== undefined) return this.#removed(from); // moved out (or into an excluded path)
-      return;
+      // Moved out, or into an excluded path (whose directory has a new mtime all the same). An
+      // excluded or unknown `from` is not known: #removed says its directory changed.
+      return both(toExcluded ? this.#dirChanged(toDir as RawPath) : undefined, from === undefined ? undefined : this.#removed(from));
     }
     if (from === undefined || known === undefined) {
       // Moved in, or made and moved on before it was seen (then its first directory changed too).
-      const left = from === undefined ? undefined : this.#dirChanged(parentOf(from));
-      const came = this.#appeared(to, isDir);
-      return left === undefined ? came : left.then(() => came);
+      return both(from === undefined ? undefined : this.#dirChanged(parentOf(from)), this.#appeared(to, isDir));
     }
     if (isWithin(to, from)) return; // the kernel refuses this; never seen
 
@@ -699,3 +690,9 @@ export function readLimit(name: 'max_user_watches' | 'max_queued_events' | 'max_
 }
 
 export type { Kind };
+
+/** The end of two handlers, either of which may have gone on asynchronously. */
+function both(a: Promise<void> | void, b: Promise<void> | void): Promise<void> | void {
+  if (a === undefined) return b;
+  return b === undefined ? a : Promise.all([a, b]).then(() => {});
+}
