@@ -1046,10 +1046,8 @@ export class Repository {
    * undefined when none moves it.
    */
   async relocated(ref: ChunkRef): Promise<ChunkRef | undefined> {
-    const r: FileRecord = { path: '', type: 'file', mode: 0, uid: 0, gid: 0, mtimeNs: 0n, size: 0, chunks: [ref] };
-    relocate(r, await this.#moved());
-    const now = r.chunks[0] as ChunkRef;
-    return now.pack === ref.pack && now.offset === ref.offset ? undefined : now;
+    const now = movedRef(ref, await this.#moved());
+    return now === ref ? undefined : now;
   }
 
   /** How many relocation objects this process has read: a cache of records decoded before it grew names old packs. */
@@ -1346,17 +1344,20 @@ function addMove(map: Map<string, Map<string, ChunkRef>>, from: string, to: Chun
   m.set(to.id, to);
 }
 
-/** Points the chunk refs of `r` at where repacking moved them (following moves of moves). */
+/** Points the chunk refs of `r` at where repacking moved them. */
 function relocate(r: FileRecord, moved: ReadonlyMap<string, ReadonlyMap<string, ChunkRef>>): void {
-  r.chunks = r.chunks.map((c) => {
-    let ref = c;
-    for (let hops = 0; hops < 64; hops++) {
-      const to = moved.get(ref.pack)?.get(ref.id);
-      if (to === undefined) break;
-      ref = { ...to, ...(c.size !== undefined ? { size: c.size } : {}) };
-    }
-    return ref;
-  });
+  r.chunks = r.chunks.map((c) => movedRef(c, moved));
+}
+
+/** Where repacking moved chunk `c` (following moves of moves); `c` itself when it did not. */
+function movedRef(c: ChunkRef, moved: ReadonlyMap<string, ReadonlyMap<string, ChunkRef>>): ChunkRef {
+  let ref = c;
+  for (let hops = 0; hops < 64; hops++) {
+    const to = moved.get(ref.pack)?.get(ref.id);
+    if (to === undefined) break;
+    ref = { ...to, ...(c.size !== undefined ? { size: c.size } : {}) };
+  }
+  return ref;
 }
 
 /** A bounded cache of promises (the oldest goes first); a rejected one is not kept. */
