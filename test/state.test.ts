@@ -1,9 +1,11 @@
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { applyChange, type FileRecord, type JournalChange, type TreeState } from '../src/repo/format.js';
 import { StateDb } from '../src/state/db.js';
+import { ChunkFilter } from '../src/state/chunk-filter.js';
 import { tempDir } from './helpers.js';
 
 // Paths over a small alphabet, so that moves and removals hit each other's subtrees; one
@@ -114,6 +116,50 @@ describe('StateDb.relocate and purgePacks', () => {
       assert.equal(db.chunk(h(2)), undefined);
       assert.equal(db.chunk(h(1))?.pack, h(300));
       assert.ok(db.plansApplied().has('deletions/x'));
+    } finally {
+      db.close();
+      dir.cleanup();
+    }
+  });
+});
+
+describe('the chunk filter in front of the chunk index', () => {
+  const id = (n: number): string => createHash('sha256').update(String(n)).digest('hex');
+
+  it('never forgets an id it was given, and says "maybe" for few it was not', () => {
+    const f = new ChunkFilter(10_000);
+    for (let i = 0; i < 10_000; i++) f.add(id(i));
+    for (let i = 0; i < 10_000; i++) assert.ok(f.mayHave(id(i)), `id ${i}`);
+    let maybe = 0;
+    for (let i = 10_000; i < 30_000; i++) if (f.mayHave(id(i))) maybe++;
+    // 10 bits and 7 probes per id: about 1% at this load (a check that it filters at all, not a bound).
+    assert.ok(maybe < 20_000 * 0.05, `${maybe} of 20,000 ids never added looked present`);
+    assert.ok(!f.full);
+    f.add(id(-1));
+    assert.ok(f.full);
+  });
+
+  it('answers every lookup as the index would, before and after it is built, across commits and a purge', () => {
+    const dir = tempDir('phx-state-filter-');
+    const db = new StateDb(join(dir.path, 'db.sqlite'));
+    try {
+      const pack = 'ef'.repeat(32);
+      const ref = (n: number): { id: string; pack: string; offset: number; length: number } => ({ id: id(n), pack, offset: n, length: 1 });
+      db.addChunks(Array.from({ length: 3000 }, (_, i) => ref(i)));
+      // The first 1,024 lookups go to SQLite; the filter is built at the next (from every id in the index).
+      for (let i = 0; i < 2000; i++) assert.equal(db.chunk(id(i * 2))?.offset, i * 2 < 3000 ? i * 2 : undefined, `lookup ${i}`);
+      // Ids added after it was built, by each way into the index.
+      db.applyCommit('s', 'repo', 1, [], [], [ref(5000)]);
+      db.addChunks([ref(5001)]);
+      db.relocate([{ from: pack, to: { ...ref(5002), pack: 'aa'.repeat(32) } }]);
+      db.putRecords('s', [
+        { path: 'f', type: 'file', mode: 0o100644, uid: 0, gid: 0, mtimeNs: 1n, size: 1, chunks: [{ ...ref(5003), size: 1 }] },
+      ]);
+      for (const n of [5000, 5001, 5002, 5003, 0, 2999]) assert.ok(db.chunk(id(n)) !== undefined, `id ${n}`);
+      assert.equal(db.chunk(id(5004)), undefined);
+      db.purgePacks('deletions/y', [pack]);
+      assert.equal(db.chunk(id(0)), undefined, 'a purged chunk is gone, whatever the filter says');
+      assert.equal(db.chunk(id(5002))?.pack, 'aa'.repeat(32));
     } finally {
       db.close();
       dir.cleanup();

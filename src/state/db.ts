@@ -3,6 +3,7 @@ import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { Entry } from '../model/entry.js';
 import { rawFromBuffer, rawToBuffer, type RawPath } from '../model/path.js';
+import { ChunkFilter } from './chunk-filter.js';
 import { type ChunkRef, decodeRecord, type EncodedRecord, encodeRecord, type FileRecord, type JournalChange } from '../repo/index.js';
 
 /** What the local cache knows of one path: the stored record, plus inode and ctime to skip unchanged files. */
@@ -181,8 +182,43 @@ export class StateDb {
   }
 
   chunk(id: string): ChunkRef | undefined {
+    if (!this.#mayHaveChunk(id)) return undefined;
     const r = this.#getChunk.get(id) as [string, number, number] | undefined;
     return r ? { id, pack: r[0], offset: r[1], length: r[2] } : undefined;
+  }
+
+  /** In front of the chunk index once lookups are many (a first backup): see ChunkFilter. */
+  #filter: ChunkFilter | undefined;
+  #lookups = 0;
+  /** Lookups after which the filter is built: about when they would have cost what reading every id costs. */
+  #filterAfter: number | undefined;
+
+  #mayHaveChunk(id: string): boolean {
+    if (this.#filter === undefined) {
+      this.#filterAfter ??= Math.max(1024, this.#chunkCount() / 16);
+      if (++this.#lookups < this.#filterAfter) return true;
+      const filter = new ChunkFilter(Math.max(2 ** 18, 2 * this.#chunkCount()));
+      for (const k of this.#db.prepare('SELECT id FROM chunks').pluck().iterate()) filter.add(k as string);
+      this.#filter = filter;
+    }
+    return this.#filter.mayHave(id);
+  }
+
+  #chunkCount(): number {
+    return this.#db.prepare('SELECT count(*) FROM chunks').pluck().get() as number;
+  }
+
+  /** Every insert into the chunk index goes through here, so the filter never misses an id. */
+  #putChunkRow(c: ChunkRef): void {
+    this.#putChunk.run(c.id, c.pack, c.offset, c.length);
+    if (this.#filter === undefined) return;
+    this.#filter.add(c.id);
+    if (this.#filter.full) {
+      // Built again, larger, when lookups call for it.
+      this.#filter = undefined;
+      this.#filterAfter = undefined;
+      this.#lookups = 0;
+    }
   }
 
   /** Records a commit: files put and deleted, chunks added, the new seq — atomically. */
@@ -199,7 +235,7 @@ export class StateDb {
       inTransaction?.();
       for (const p of deleted) this.#delFile.run(source, rawToBuffer(p));
       for (const f of put) this.#putFileRow(source, f);
-      for (const c of chunks) this.#putChunk.run(c.id, c.pack, c.offset, c.length);
+      for (const c of chunks) this.#putChunkRow(c);
       this.#setSeq(source, repoId, seq);
     })();
   }
@@ -277,14 +313,14 @@ export class StateDb {
     const update = this.#db.prepare('UPDATE files SET rec = ? WHERE source = ? AND path = ?');
     this.#db.transaction(() => {
       for (const row of changed) n += update.run(...row).changes;
-      for (const m of moved) this.#putChunk.run(m.to.id, m.to.pack, m.to.offset, m.to.length);
+      for (const m of moved) this.#putChunkRow(m.to);
     })();
     return n;
   }
 
   addChunks(chunks: Iterable<ChunkRef>): void {
     this.#db.transaction(() => {
-      for (const c of chunks) this.#putChunk.run(c.id, c.pack, c.offset, c.length);
+      for (const c of chunks) this.#putChunkRow(c);
     })();
   }
 
@@ -390,7 +426,7 @@ export class StateDb {
           const { op: _op, ...rec } = c;
           if (rec.type !== 'dir' && isDir.get(source, rawToBuffer(c.path)) !== undefined) dropBelow.run(source, ...range(c.path));
           this.#putFileRow(source, { rec, ino: '', ctimeNs: '' });
-          if (!this.#scratch) for (const ch of rec.chunks) this.#putChunk.run(ch.id, ch.pack, ch.offset, ch.length);
+          if (!this.#scratch) for (const ch of rec.chunks) this.#putChunkRow(ch);
         } else if (c.op === 'delete') {
           this.#delFile.run(source, rawToBuffer(c.path));
           dropBelow.run(source, ...range(c.path));
@@ -429,7 +465,7 @@ export class StateDb {
     this.#db.transaction(() => {
       for (const rec of records) {
         this.#putFileRow(source, { rec, ino: '', ctimeNs: '' });
-        if (!this.#scratch) for (const ch of rec.chunks) this.#putChunk.run(ch.id, ch.pack, ch.offset, ch.length);
+        if (!this.#scratch) for (const ch of rec.chunks) this.#putChunkRow(ch);
       }
     })();
   }
