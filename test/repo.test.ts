@@ -21,7 +21,9 @@ import { describe, it } from 'node:test';
 import Database from 'better-sqlite3';
 import fc from 'fast-check';
 import { backup } from '../src/archiver/backup.js';
-import { SealPool } from '../src/archiver/seal-pool.js';
+import { SealPool, type JobEnd, type SeenStat } from '../src/archiver/seal-pool.js';
+import type { Entry } from '../src/model/entry.js';
+import { lstatEntry } from '../src/scanner/stat.js';
 import { listAll, type Backend } from '../src/backend/backend.js';
 import { LocalBackend } from '../src/backend/local.js';
 import { FaultyBackend } from '../src/backend/wrappers.js';
@@ -72,6 +74,56 @@ async function chunksOf(data: Buffer, keys = Keys.none(), known: string[] = []):
     dir.cleanup();
   }
 }
+
+describe('a seal worker checks its read against the stat taken before it', () => {
+  /** Reads `path` with `seen` as the caller's stat: the bytes of the last read, restarts, and the end. */
+  async function read(path: string, seen: SeenStat): Promise<{ data: Buffer; restarts: number; end: JobEnd }> {
+    const keys = Keys.none();
+    const pool = new SealPool(keys, 1);
+    try {
+      let parts: Buffer[] = [];
+      let restarts = 0;
+      const end = await pool.readFile(Buffer.from(path), seen, [], {
+        chunk: (c) => void parts.push(openBlob(keys, c.sealed as Buffer, 'blob')),
+        restart: () => {
+          restarts++;
+          parts = [];
+        },
+      });
+      return { data: Buffer.concat(parts), restarts, end };
+    } finally {
+      await pool.close();
+    }
+  }
+
+  it('reads once when the file is as seen, and again (not torn) when it changed after the stat or is another file', async () => {
+    const dir = tempDir('phx-seen-');
+    try {
+      const f = join(dir.path, 'f');
+      writeFileSync(f, 'before');
+      const before = lstatEntry(Buffer.from(f)) as Entry;
+      let r = await read(f, before);
+      assert.equal(r.data.toString(), 'before');
+      assert.equal(r.restarts, 0);
+      assert.equal(r.end.status === 'ok' && r.end.torn, false);
+
+      writeFileSync(f, 'after, longer'); // changed since `before` was taken: that read is not the file as seen
+      r = await read(f, before);
+      assert.equal(r.data.toString(), 'after, longer');
+      assert.equal(r.restarts, 1);
+      assert.ok(r.end.status === 'ok' && !r.end.torn && r.end.size === 13);
+
+      // Same size and times, another inode (a file put in its place): read again too.
+      const now = lstatEntry(Buffer.from(f)) as Entry;
+      r = await read(f, { ...now, ino: now.ino + 1n });
+      assert.equal(r.restarts, 1);
+      assert.equal(r.data.toString(), 'after, longer');
+      assert.equal(r.end.status === 'ok' && r.end.torn, false);
+    } finally {
+      dir.cleanup();
+    }
+  });
+});
 
 describe('FastCDC chunker (on the seal workers)', () => {
   it('cuts within bounds, deterministically, and an insertion changes only nearby chunks', async () => {

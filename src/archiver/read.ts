@@ -37,7 +37,7 @@ export async function readFile(
   let chunks: PendingChunk[] = [];
   const end = await pool.readFile(
     path,
-    scanned.size,
+    scanned,
     previous,
     {
       chunk: (c: ChunkOut) => {

@@ -1,6 +1,7 @@
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import type { Keys } from '../repo/index.js';
+import { decodeResults, JobEncoder, type ResultHandlers, type WorkerMessage } from './seal-wire.js';
 
 /** How many times a file that changes while read is read again before its last read is kept. */
 export const TORN_RETRIES = 3;
@@ -8,19 +9,12 @@ export const TORN_RETRIES = 3;
 /** Sealed bytes one worker may have sent that the main thread has not yet packed. */
 const CREDIT = 16 * 2 ** 20;
 
-/**
- * Main → worker: back up the file at `path` (its bytes as a latin1 string: a small Buffer is a
- * view into Node's 8 KiB pool, and cloning it would copy the whole pool). `prev`: the chunks of
- * its last version (id, plaintext size or 0 when the record does not say): they are not sealed
- * again, and an append keeps them (src/archiver/append.ts).
- */
-export interface FileJob {
-  job: number;
-  path: string;
-  prev: Array<[string, number]>;
-  /** The last version was cut with FINE_CHUNKER; `hot`: it was rewritten in place before (switch to it). */
-  fine: boolean;
-  hot: boolean;
+/** A file's stat taken before its read began (a scan's or the daemon's lstat). */
+export interface SeenStat {
+  size: number;
+  mtimeNs: bigint;
+  ctimeNs: bigint;
+  ino: bigint;
 }
 
 /** The file's metadata as it stood when the read ended. */
@@ -39,15 +33,6 @@ export type JobEnd =
   | { status: 'vanished' }
   | { status: 'cancelled' }
   | { status: 'error'; message: string; code?: string };
-
-/**
- * Worker → main, in order per job: `chunk`s (with the sealed blob unless its id is one of `prev`),
- * `restart` when the file changed while read (the chunks so far are not the file's), then `done`.
- */
-export type FromWorker =
-  | { job: number; type: 'chunk'; id: string; bytes: number; sealed?: ArrayBuffer }
-  | { job: number; type: 'restart' }
-  | { job: number; type: 'done'; end: JobEnd };
 
 export interface ChunkOut {
   id: string;
@@ -71,7 +56,7 @@ interface Slot {
   /** Bytes of the files queued on this worker, to send the next file to the least busy one. */
   queued: number;
   /** Jobs not yet posted: they go out together once the current turn of the event loop ends. */
-  outbox: FileJob[];
+  outbox: JobEncoder;
   /** Stopped for being idle: its exit is not a failure. */
   retired: boolean;
 }
@@ -114,10 +99,8 @@ export class SealPool {
       ctl[0] = CREDIT;
       ctl[1] = -1;
       const worker = new Worker(new URL('./seal-worker.js', import.meta.url), { workerData: { master, control } });
-      const slot: Slot = { worker, ctl, queued: 0, outbox: [], retired: false };
-      worker.on('message', (batch: FromWorker[]) => {
-        for (const m of batch) this.#onMessage(m);
-      });
+      const slot: Slot = { worker, ctl, queued: 0, outbox: new JobEncoder(), retired: false };
+      worker.on('message', (m: WorkerMessage) => decodeResults(m, this.#results));
       // A worker that dies (a bug: jobs catch their own errors) fails its jobs and gets no more.
       const died = (err: Error): void => {
         const i = this.#slots.indexOf(slot);
@@ -141,12 +124,13 @@ export class SealPool {
   }
 
   /**
-   * Backs up the file at `path` (about `size` bytes) on the least busy worker. Resolves when the
-   * worker is done with it, after every chunk was handed to `handlers`.
+   * Backs up the file at `path` on the least busy worker. Resolves when the worker is done with
+   * it, after every chunk was handed to `handlers`. `seen`: its size, or its stat as taken just
+   * before (the read is checked against it instead of an fstat of its own, when they agree).
    */
   readFile(
     path: Buffer,
-    size: number,
+    seen: number | SeenStat,
     prev: ReadonlyArray<{ id: string; size?: number }>,
     handlers: FileHandlers,
     how: { fine: boolean; hot: boolean } = { fine: false, hot: false },
@@ -156,11 +140,12 @@ export class SealPool {
     if (this.#slots.length === 0 && this.#dead === undefined) this.#start();
     if (this.#slots.length === 0) return Promise.reject(this.#dead as Error);
     const job = this.#next++;
+    const size = typeof seen === 'number' ? seen : seen.size;
     const slot = this.#slots.reduce((a, b) => (b.queued < a.queued ? b : a));
     slot.queued += size;
     return new Promise((resolve, reject) => {
       this.#jobs.set(job, { slot, size, handlers, resolve, reject });
-      slot.outbox.push({ job, path: path.toString('latin1'), prev: prev.map((c) => [c.id, c.size ?? 0]), ...how });
+      slot.outbox.add(job, path, prev, how.fine, how.hot, typeof seen === 'number' ? undefined : seen);
       if (!this.#flushing) {
         // After this turn of the event loop: the files started by one batch of results go out
         // together (a postMessage costs the main thread 15 µs or more, a fair part of what the
@@ -175,14 +160,17 @@ export class SealPool {
 
   #flush(): void {
     this.#flushing = false;
-    for (const s of this.#slots) if (s.outbox.length > 0) s.worker.postMessage(s.outbox.splice(0));
+    for (const s of this.#slots) {
+      if (s.outbox.empty) continue;
+      const jobs = s.outbox.take();
+      s.worker.postMessage(jobs, [jobs[1]]);
+    }
   }
 
-  #onMessage(m: FromWorker): void {
-    const j = this.#jobs.get(m.job);
-    if (j === undefined) return;
-    if (m.type === 'chunk') {
-      const sealed = m.sealed === undefined ? undefined : Buffer.from(m.sealed);
+  readonly #results: ResultHandlers = {
+    chunk: (job, id, bytes, sealed) => {
+      const j = this.#jobs.get(job);
+      if (j === undefined) return;
       const credit = (): void => {
         if (sealed === undefined) return;
         Atomics.add(j.slot.ctl, 0, sealed.length);
@@ -190,9 +178,9 @@ export class SealPool {
       };
       let wait: Promise<void> | void;
       try {
-        wait = j.handlers.chunk({ id: m.id, bytes: m.bytes, sealed });
+        wait = j.handlers.chunk({ id, bytes, sealed });
       } catch (err) {
-        this.#cancel(m.job, j);
+        this.#cancel(job, j);
         credit();
         j.reject(err as Error);
         return;
@@ -201,20 +189,22 @@ export class SealPool {
       else
         wait.then(credit, (err: unknown) => {
           // The store failed: stop reading this file (the caller gets the error).
-          this.#cancel(m.job, j);
+          this.#cancel(job, j);
           credit();
           j.reject(err as Error);
         });
-    } else if (m.type === 'restart') {
-      j.handlers.restart();
-    } else {
-      this.#jobs.delete(m.job);
+    },
+    restart: (job) => this.#jobs.get(job)?.handlers.restart(),
+    end: (job, end) => {
+      const j = this.#jobs.get(job);
+      if (j === undefined) return;
+      this.#jobs.delete(job);
       if (this.#jobs.size === 0 && !this.#closing) this.#idle ??= setTimeout(() => this.#retire(), IDLE_MS).unref();
       j.slot.queued -= j.size;
-      if (j.slot.ctl[1] === m.job) Atomics.store(j.slot.ctl, 1, -1);
-      j.resolve(m.end);
-    }
-  }
+      if (j.slot.ctl[1] === job) Atomics.store(j.slot.ctl, 1, -1);
+      j.resolve(end);
+    },
+  };
 
   #cancel(job: number, j: Job): void {
     Atomics.store(j.slot.ctl, 1, job);

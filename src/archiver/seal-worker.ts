@@ -8,7 +8,8 @@ import { DEFAULT_CHUNKER, FINE_CHUNKER, nextCut, type ChunkerParams } from '../r
 import { chunksToKeep } from './append.js';
 import { Keys } from '../repo/crypto.js';
 import { sealBlob } from '../repo/pack.js';
-import { TORN_RETRIES, type FileJob, type FromWorker } from './seal-pool.js';
+import { TORN_RETRIES } from './seal-pool.js';
+import { decodeJobs, ResultEncoder, type FileJob } from './seal-wire.js';
 
 const { master, control } = workerData as { master: Uint8Array | null; control: SharedArrayBuffer };
 const keys = Keys.fromShared(master);
@@ -30,26 +31,15 @@ const ctl = new Int32Array(control);
 /** Reads fill this much at most; two maximal chunks fit, so no byte is scanned for a cut twice. */
 const BUFFER = 2 * DEFAULT_CHUNKER.max;
 
-// Messages to the main thread go out in batches: one postMessage per file (or per few MiB of
-// blobs) instead of one per chunk, which costs both threads less.
-const outbox: FromWorker[] = [];
-const transfers: ArrayBuffer[] = [];
-let outboxBytes = 0;
+// Results go to the main thread in batches (seal-wire.ts): one message per batch of files, or
+// per few MiB of sealed blobs.
+const out = new ResultEncoder();
 const FLUSH_BYTES = 4 * 2 ** 20;
 
-function post(m: FromWorker, transfer?: ArrayBuffer): void {
-  outbox.push(m);
-  if (transfer !== undefined) {
-    transfers.push(transfer);
-    outboxBytes += transfer.byteLength;
-    if (outboxBytes >= FLUSH_BYTES) flush();
-  }
-}
-
 function flush(): void {
-  if (outbox.length === 0) return;
-  parentPort?.postMessage(outbox.splice(0), transfers.splice(0));
-  outboxBytes = 0;
+  if (out.empty) return;
+  const { message, transfer } = out.take();
+  parentPort?.postMessage(message, transfer);
 }
 
 class Cancelled extends Error {}
@@ -67,20 +57,16 @@ function takeCredit(job: number, n: number): void {
   Atomics.sub(ctl, 0, n);
 }
 
-/** A buffer that can be transferred as it is (not a view into a shared pool or a larger block). */
-function transferable(b: Buffer): Uint8Array {
-  return b.byteOffset === 0 && b.byteLength === b.buffer.byteLength ? b : new Uint8Array(b);
-}
-
 function emit(job: number, chunk: Buffer, known: ReadonlySet<string>): void {
-  const id = keys.id(chunk).toString('hex');
-  if (known.has(id)) {
-    post({ job, type: 'chunk', id, bytes: chunk.length });
+  const id = keys.id(chunk);
+  if (known.size > 0 && known.has(id.toString('hex'))) {
+    out.known(job, id, chunk.length);
     return;
   }
-  const sealed = transferable(sealBlob(keys, chunk));
+  const sealed = sealBlob(keys, chunk);
   takeCredit(job, sealed.byteLength);
-  post({ job, type: 'chunk', id, bytes: chunk.length, sealed: sealed.buffer as ArrayBuffer }, sealed.buffer as ArrayBuffer);
+  out.chunk(job, id, chunk.length, sealed);
+  if (out.sealedBytes >= FLUSH_BYTES) flush();
 }
 
 /** The read buffer, reused for every file (chunks are sealed, that is copied, before the next read). */
@@ -108,13 +94,15 @@ function readOnce(
   fd: number,
   m: FileJob,
   known: ReadonlySet<string>,
-): { st0: BigIntStats; st1: BigIntStats; total: number; fine: boolean; inPlace: boolean } {
-  const st0 = fstatSync(fd, { bigint: true });
+  seen: Held | undefined,
+): { st0: Held; st1: BigIntStats; total: number; fine: boolean; inPlace: boolean } {
+  const st0: Held = seen ?? fstatSync(fd, { bigint: true });
+  const size0 = Number(st0.size);
   const prev = m.prev;
   let params: ChunkerParams = m.fine ? FINE_CHUNKER : DEFAULT_CHUNKER;
   const keep = chunksToKeep(
     prev.map(([, n]) => (n > 0 ? n : undefined)),
-    Number(st0.size),
+    size0,
     params,
   );
   let pos = 0;
@@ -122,17 +110,18 @@ function readOnce(
   for (let i = 0; i < keep; i++) {
     const [id, n] = prev[i] as [string, number];
     if (readAt(fd, n, pos) < n) break;
-    if (keys.id(buf.subarray(0, n)).toString('hex') !== id) {
+    const got = keys.id(buf.subarray(0, n));
+    if (got.toString('hex') !== id) {
       inPlace = i < prev.length - 1; // old bytes before the last chunk were rewritten
       break;
     }
-    post({ job, type: 'chunk', id, bytes: n });
+    out.known(job, got, n);
     pos += n;
   }
   // A large file rewritten in place again: cut finely from here on, so that its next small
   // writes cost a fine chunk each (what was kept stays as it is).
   let fine = m.fine;
-  if (inPlace && m.hot && !fine && Number(st0.size) >= HOT_MIN_BYTES) {
+  if (inPlace && m.hot && !fine && size0 >= HOT_MIN_BYTES) {
     fine = true;
     params = FINE_CHUNKER;
   }
@@ -146,10 +135,13 @@ function readOnce(
       end -= start;
       start = 0;
     }
-    const n = readSync(fd, buf, end, buf.length - end, total);
+    const want = buf.length - end;
+    const n = readSync(fd, buf, end, want, total);
     end += n;
     total += n;
-    eof = n === 0;
+    // A short read that ends where the file did end is its end (no read of nothing to learn
+    // it): had the file grown meanwhile, the stat after the read says so.
+    eof = n === 0 || (n < want && total === size0);
     // Cut only with a maximal chunk in view (or at the end): a cut is never looked for twice.
     while (end - start >= params.max || (eof && start < end)) {
       const cut = nextCut(buf, start, end, params, eof);
@@ -163,8 +155,16 @@ function readOnce(
 /** Files smaller than this are never cut finely: their chunks are few anyway. */
 const HOT_MIN_BYTES = 8 * 2 ** 20;
 
-function heldStill(a: BigIntStats, b: BigIntStats): boolean {
-  return a.size === b.size && a.mtimeNs === b.mtimeNs && a.ctimeNs === b.ctimeNs;
+/** What must not change while a file is read for the read to be whole. */
+interface Held {
+  size: bigint;
+  mtimeNs: bigint;
+  ctimeNs: bigint;
+  ino: bigint;
+}
+
+function heldStill(a: Held, b: Held): boolean {
+  return a.size === b.size && a.mtimeNs === b.mtimeNs && a.ctimeNs === b.ctimeNs && a.ino === b.ino;
 }
 
 /** A read that failed, with its errno code (EACCES, EIO …) kept for the status and the hint. */
@@ -175,20 +175,23 @@ function failed(what: string, err: unknown): { status: 'error'; message: string;
 
 function readFileJob(m: FileJob): void {
   const known = new Set(m.prev.map(([id]) => id));
-  for (let attempt = 1; ; attempt++) {
+  // The first read is checked against the stat the caller took before it sent the job (one
+  // fstat less per file); if they differ, the file is read again as if that read had not been.
+  let seen: Held | undefined = m.seen && { ...m.seen, size: BigInt(m.seen.size) };
+  for (let attempt = 1; ;) {
     let fd: number;
     try {
-      fd = openSync(Buffer.from(m.path, 'latin1'), constants.O_RDONLY | constants.O_NOFOLLOW);
+      fd = openSync(m.path, constants.O_RDONLY | constants.O_NOFOLLOW);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
-      if (code === 'ENOENT' || code === 'ELOOP' || code === 'ENOTDIR') post({ job: m.job, type: 'done', end: { status: 'vanished' } });
-      else post({ job: m.job, type: 'done', end: failed('cannot open', err) });
+      if (code === 'ENOENT' || code === 'ELOOP' || code === 'ENOTDIR') out.end(m.job, { status: 'vanished' });
+      else out.end(m.job, failed('cannot open', err));
       return;
     }
     try {
-      const { st0, st1, total, fine, inPlace } = readOnce(m.job, fd, m, known);
+      const { st0, st1, total, fine, inPlace } = readOnce(m.job, fd, m, known, seen);
       const stable = heldStill(st0, st1) && total === Number(st1.size);
-      if (stable || attempt >= TORN_RETRIES) {
+      if (stable || (seen === undefined && attempt >= TORN_RETRIES)) {
         const st = {
           mode: Number(st1.mode),
           uid: Number(st1.uid),
@@ -197,13 +200,15 @@ function readFileJob(m: FileJob): void {
           ctimeNs: st1.ctimeNs,
           ino: st1.ino,
         };
-        post({ job: m.job, type: 'done', end: { status: 'ok', size: total, st, torn: !stable, fine, inPlace } });
+        out.end(m.job, { status: 'ok', size: total, st, torn: !stable, fine, inPlace });
         return;
       }
-      post({ job: m.job, type: 'restart' });
+      if (seen === undefined) attempt++;
+      seen = undefined;
+      out.restart(m.job);
     } catch (err) {
-      if (err instanceof Cancelled) post({ job: m.job, type: 'done', end: { status: 'cancelled' } });
-      else post({ job: m.job, type: 'done', end: failed('cannot read', err) });
+      if (err instanceof Cancelled) out.end(m.job, { status: 'cancelled' });
+      else out.end(m.job, failed('cannot read', err));
       return;
     } finally {
       closeSync(fd);
@@ -211,7 +216,7 @@ function readFileJob(m: FileJob): void {
   }
 }
 
-parentPort?.on('message', (jobs: FileJob[]) => {
-  for (const m of jobs) readFileJob(m);
+parentPort?.on('message', (jobs: [number, ArrayBuffer]) => {
+  for (const m of decodeJobs(jobs)) readFileJob(m);
   flush();
 });
