@@ -1,4 +1,5 @@
 import { hostname } from 'node:os';
+import { PhoenixError } from '../errors.js';
 import type { Entry } from '../model/entry.js';
 import { isWithin, parentOf, type RawPath } from '../model/path.js';
 import {
@@ -29,7 +30,7 @@ export interface CommitBuilderOptions {
    */
   inPlace?: Map<RawPath, number>;
   /** A chunk stored by a commit still being written (not in the cache yet): its ref, or undefined. */
-  pendingChunk?: (id: string) => Promise<ChunkRef> | undefined;
+  pendingChunk?: (id: string) => ChunkRef | undefined;
 }
 
 /** In-place rewrites seen before a large file is cut finely. */
@@ -57,7 +58,7 @@ export class CommitBuilder {
   /** Puts by path: a later removal or move of the same path in this commit takes them along. */
   readonly #puts = new Map<RawPath, FileRecord>();
   readonly #unresolved: Array<{ rec: FileRecord; chunks: PendingChunk[] }> = [];
-  readonly #newChunks = new Map<string, Promise<ChunkRef>>();
+  readonly #newChunks = new Map<string, ChunkRef>();
   readonly #writer: ChunkWriter;
 
   constructor(
@@ -121,7 +122,7 @@ export class CommitBuilder {
       const last = (o === undefined ? committed : this.known.get(path))?.rec; // committed: its chunk refs are final
       const previous = last?.type === 'file' ? last.chunks : [];
       const how = { fine: last?.fine === true, hot: (this.opts.inPlace?.get(path) ?? 0) >= HOT_AFTER };
-      const read = await readFile(this.pool, fsPath, e, previous, this.#refFor, this.#writer, (n) => this.opts.onBytes?.(n), how);
+      const read = await readFile(this.pool, fsPath, e, previous, this.#refFor, this.#writer, this.#onBytes, how);
       if (read.status === 'vanished') return 'vanished';
       if (read.status === 'error') {
         this.opts.onProblem?.(path, read.message, read.code);
@@ -246,14 +247,11 @@ export class CommitBuilder {
     await this.#writer.flush();
     await beforeWrite?.();
     for (const u of this.#unresolved) {
-      const refs = await Promise.all(u.chunks.map((c) => c.ref));
-      u.rec.chunks = refs.map((r, i) => ({
-        id: r.id,
-        pack: r.pack,
-        offset: r.offset,
-        length: r.length,
-        size: (u.chunks[i] as PendingChunk).size,
-      }));
+      u.rec.chunks = u.chunks.map(({ ref: r, size }) => {
+        // Every pack is cut by now: this builder's by flush(), the one before's by its commit.
+        if (r.pack === '') throw new PhoenixError('PHX_INTERNAL', `internal: chunk ${r.id} has no pack at commit`);
+        return { id: r.id, pack: r.pack, offset: r.offset, length: r.length, size };
+      });
     }
     const puts: CachedFile[] = [];
     const deleted: RawPath[] = [];
@@ -279,7 +277,7 @@ export class CommitBuilder {
     };
     if (this.opts.root !== undefined) commit.root = this.opts.root;
     const info = await this.repo.writeCommit(commit);
-    this.db.applyCommit(this.source, repoId, seq, puts, deleted, await Promise.all(this.#newChunks.values()), inTransaction);
+    this.db.applyCommit(this.source, repoId, seq, puts, deleted, this.#newChunks.values(), inTransaction);
     return { info, commit };
   }
 
@@ -337,23 +335,23 @@ export class CommitBuilder {
     return [...out];
   }
 
+  readonly #onBytes = (n: number): void => this.opts.onBytes?.(n);
+
   /** The ref of a chunk this commit stores, or undefined. */
-  newChunk(id: string): Promise<ChunkRef> | undefined {
+  newChunk(id: string): ChunkRef | undefined {
     return this.#newChunks.get(id);
   }
 
   /** A chunk by id: known (its ref at once), or new (its ref once its pack is cut), uploaded once. */
-  readonly #refFor = (id: string, sealed: Buffer): Promise<ChunkRef> => {
-    let p = this.#newChunks.get(id);
-    if (p === undefined) {
-      const known = this.db.chunk(id);
-      if (known) return Promise.resolve(known);
-      const pending = this.opts.pendingChunk?.(id);
-      if (pending !== undefined) return pending;
-      p = this.#writer.addSealed(id, sealed);
-      this.#newChunks.set(id, p);
+  readonly #refFor = (id: string, sealed: Buffer): ChunkRef => {
+    let r = this.#newChunks.get(id);
+    if (r === undefined) {
+      const known = this.db.chunk(id) ?? this.opts.pendingChunk?.(id);
+      if (known !== undefined) return known;
+      r = this.#writer.add(id, sealed);
+      this.#newChunks.set(id, r);
     }
-    return p;
+    return r;
   };
 }
 

@@ -8,7 +8,8 @@ export interface PendingChunk {
   id: string;
   /** Plaintext bytes. */
   size: number;
-  ref: Promise<ChunkRef>;
+  /** Its pack is '' until the pack is cut (ChunkWriter.add). */
+  ref: ChunkRef;
 }
 
 export type ReadResult =
@@ -28,12 +29,12 @@ export async function readFile(
   path: Buffer,
   scanned: Entry,
   previous: readonly ChunkRef[],
-  refFor: (id: string, sealed: Buffer) => Promise<ChunkRef>,
+  refFor: (id: string, sealed: Buffer) => ChunkRef,
   writer: ChunkWriter,
   onBytes: (n: number) => void,
   how: { fine: boolean; hot: boolean } = { fine: false, hot: false },
 ): Promise<ReadResult> {
-  const prev = new Map(previous.map((c) => [c.id, c]));
+  const prev = previous.length === 0 ? undefined : new Map(previous.map((c) => [c.id, c]));
   let chunks: PendingChunk[] = [];
   const end = await pool.readFile(
     path,
@@ -42,10 +43,10 @@ export async function readFile(
     {
       chunk: (c: ChunkOut) => {
         onBytes(c.bytes);
-        const known = prev.get(c.id);
         if (c.sealed === undefined) {
+          const known = prev?.get(c.id);
           if (known === undefined) throw new Error(`seal worker skipped chunk ${c.id}, which the file's last version does not have`);
-          chunks.push({ id: c.id, size: c.bytes, ref: Promise.resolve(known) });
+          chunks.push({ id: c.id, size: c.bytes, ref: known });
           return;
         }
         chunks.push({ id: c.id, size: c.bytes, ref: refFor(c.id, c.sealed) });

@@ -1261,26 +1261,41 @@ export interface Lease {
  */
 export class ChunkWriter {
   #pack = new PackBuilder();
-  #pending: Array<{ entryIndex: number; resolve: (pack: string) => void }> = [];
+  /** The refs of the blobs in the pack being filled: their pack is named when it is cut. */
+  #refs: ChunkRef[] = [];
   readonly #uploads: Array<Promise<void>> = [];
   readonly packs: string[] = [];
   bytesUploaded = 0;
 
   constructor(readonly repo: Repository) {}
 
-  /** Adds a blob already sealed (by a worker thread). */
-  addSealed(id: string, sealed: Buffer): Promise<ChunkRef> {
+  /**
+   * Adds a blob already sealed (by a worker thread). Its ref names its pack once the pack is
+   * cut (at the latest by `flush()`): until then `pack` is ''.
+   */
+  add(id: string, sealed: Buffer): ChunkRef {
     const entry = this.#pack.add(id, sealed);
-    const p = new Promise<string>((resolve) => this.#pending.push({ entryIndex: this.#pack.entries.length - 1, resolve }));
+    const ref: ChunkRef = { id, pack: '', offset: entry.offset, length: entry.length };
+    this.#refs.push(ref);
     if (this.#pack.size >= PACK_TARGET) this.#cut();
-    return p.then((pack) => ({ id, pack, offset: entry.offset, length: entry.length }));
+    return ref;
   }
+
+  /** `add`, resolved once its pack is cut. */
+  async addSealed(id: string, sealed: Buffer): Promise<ChunkRef> {
+    const ref = this.add(id, sealed);
+    if (ref.pack === '') await new Promise<void>((resolve) => this.#cutWaiters.push(resolve));
+    return ref;
+  }
+
+  readonly #cutWaiters: Array<() => void> = [];
 
   #cut(): void {
     if (this.#pack.entries.length === 0) return;
     const { id, parts, size } = this.#pack.finish(this.repo.keys);
-    for (const p of this.#pending) p.resolve(id);
-    this.#pending = [];
+    for (const r of this.#refs) r.pack = id;
+    this.#refs = [];
+    for (const w of this.#cutWaiters.splice(0)) w();
     this.#pack = new PackBuilder();
     this.packs.push(id);
     this.bytesUploaded += size;
@@ -1304,10 +1319,16 @@ export class ChunkWriter {
   #error: unknown;
   readonly #waiters: Array<() => void> = [];
 
-  /** Waits while more than `max` packs are uploading, so memory stays bounded. */
-  async backpressure(max = 3): Promise<void> {
-    while (this.#active > max) await new Promise<void>((r) => this.#waiters.push(r));
-    if (this.#error !== undefined) throw this.#error;
+  /**
+   * Waits while more than `max` packs are uploading, so memory stays bounded; undefined (no
+   * promise made) when there is room and no upload failed.
+   */
+  backpressure(max = 3): Promise<void> | undefined {
+    if (this.#active <= max && this.#error === undefined) return undefined;
+    return (async () => {
+      while (this.#active > max) await new Promise<void>((r) => this.#waiters.push(r));
+      if (this.#error !== undefined) throw this.#error;
+    })();
   }
 
   /** Uploads the partial pack and waits until every pack is durable. */
