@@ -166,3 +166,46 @@ describe('the chunk filter in front of the chunk index', () => {
     }
   });
 });
+
+describe('KnownFiles.childStamps', () => {
+  it("gives each directory's children with their stamps, as a lookup per child would (property-based)", () => {
+    const dir = tempDir('phx-state-children-');
+    const db = new StateDb(join(dir.path, 'db.sqlite'));
+    try {
+      let run = 0;
+      fc.assert(
+        fc.property(
+          fc.uniqueArray(pathArb, { maxLength: 25 }),
+          fc.array(fc.boolean(), { minLength: 25, maxLength: 25 }),
+          (paths, vouched) => {
+            const source = `s${run++}`;
+            // Every parent is a directory of the tree, as in a real cache.
+            const all = new Set<string>();
+            for (const p of paths) for (let i = p.indexOf('/'); i >= 0; i = p.indexOf('/', i + 1)) all.add(p.slice(0, i));
+            for (const p of paths) all.add(p);
+            const dirs = new Set([...all].map((p) => (p.includes('/') ? p.slice(0, p.lastIndexOf('/')) : '')));
+            const puts = [...all].map((p, i) => ({
+              rec: rec(p, dirs.has(p) ? 'dir' : 'file', i),
+              ino: String(i),
+              ctimeNs: vouched[i % 25] === true ? '7' : '',
+            }));
+            db.applyCommit(source, 'repo', 1, puts, [], []);
+            const known = db.known(source);
+            for (const d of dirs) {
+              const want = new Map(
+                [...all]
+                  .filter((p) => (p.includes('/') ? p.slice(0, p.lastIndexOf('/')) : '') === d)
+                  .map((p) => [d === '' ? p : p.slice(d.length + 1), known.stamp(p)] as const),
+              );
+              assert.deepEqual(known.childStamps(d), want, `children of ${JSON.stringify(d)}`);
+            }
+          },
+        ),
+        { numRuns: 200 },
+      );
+    } finally {
+      db.close();
+      dir.cleanup();
+    }
+  });
+});

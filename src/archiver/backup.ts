@@ -3,7 +3,7 @@ import { promises as fs } from 'node:fs';
 import { PhoenixError } from '../errors.js';
 import type { Entry } from '../model/entry.js';
 import { Filter } from '../model/filter.js';
-import { compareRaw, isWithin, rawFromUtf8, toFsPath, type RawPath } from '../model/path.js';
+import { baseName, compareRaw, isWithin, parentOf, rawFromUtf8, toFsPath, type RawPath } from '../model/path.js';
 import {
   type CommitHead,
   type CommitInfo,
@@ -85,7 +85,9 @@ async function backupLocked(
   // A first backup (nothing cached) need not ask the cache about the paths it walks: each is
   // walked once, so none was committed before it, not even by an earlier commit of this run.
   const cached = db.known(source);
-  const known: KnownFiles = db.count(source) > 0 ? cached : { ...cached, get: () => undefined, stamp: () => undefined };
+  const known: KnownFiles =
+    db.count(source) > 0 ? cached : { ...cached, get: () => undefined, stamp: () => undefined, childStamps: () => new Map() };
+  const stampOf = cachedStamps(known);
   const stats: CommitStats = { files: 0, dirs: 0, deleted: 0, bytesUploaded: 0, bytesTotal: 0 };
   let progressBytes = 0;
   let progressFiles = 0;
@@ -149,7 +151,7 @@ async function backupLocked(
     for (const path of scanned.tree.walk('')) {
       const e = scanned.tree.get(path) as Entry;
       // What the cache vouches for is settled here, without a read and without a promise.
-      if (known.stamp(path) === entryStamp(e)) continue;
+      if (stampOf(path, e) === entryStamp(e)) continue;
       while (reading >= IN_FLIGHT) await new Promise<void>((r) => (room = r));
       if (failure !== undefined) throw failure.err; // the store failed: read no more
       reading++;
@@ -206,6 +208,26 @@ const BACKUP_THREADS = Math.max(2, Math.min(8, 3 * availableParallelism()));
 /** Entries a one-shot backup puts in one commit at most, and files it reads at a time. */
 const COMMIT_ENTRIES = 20_000;
 const IN_FLIGHT = 128;
+
+/**
+ * The cached stamp of each path of a walk (Tree.walk: a directory's files together, right
+ * after it): the files of a directory are read from the cache in one go when the first of them
+ * is asked for, directories one by one. A lookup per file cost 8–14 µs at 200,000 files, most
+ * of a no-change backup.
+ */
+function cachedStamps(known: KnownFiles): (path: RawPath, e: Entry) => string | undefined {
+  let dir: RawPath | undefined;
+  let files = new Map<RawPath, string | undefined>();
+  return (path, e) => {
+    if (e.kind === 'dir') return known.stamp(path);
+    const parent = parentOf(path);
+    if (parent !== dir) {
+      dir = parent;
+      files = known.childStamps(parent);
+    }
+    return files.get(baseName(path));
+  };
+}
 
 /** Scans `sourceDir` for a backup; rejects when it is not a directory. */
 export async function startScan(sourceDir: string, opts: Pick<BackupOptions, 'exclude' | 'oneFileSystem'> = {}): Promise<ScanResult> {
@@ -340,10 +362,11 @@ export async function planBackup(
   const scanned = await scanning;
   for (const p of scanned.problems) opts.onProblem?.(p.path, `${p.code}: ${p.message}`);
   const known = db.known(source);
+  const stampOf = cachedStamps(known);
   const changes: PlannedChange[] = [];
   for (const p of scanned.tree.walk('')) {
     const e = scanned.tree.get(p) as Entry;
-    const stamp = known.stamp(p);
+    const stamp = stampOf(p, e);
     if (stamp === entryStamp(e)) continue;
     changes.push({
       path: p,

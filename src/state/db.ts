@@ -57,6 +57,12 @@ export interface KnownFiles {
   stamp(path: RawPath): string | undefined;
   /** Every path strictly below `dir`. */
   below(dir: RawPath): RawPath[];
+  /**
+   * The stamps of `dir`'s children, by name (undefined where the cache does not vouch for the
+   * content): one range read that skips over each subdirectory's subtree, instead of a lookup
+   * per child.
+   */
+  childStamps(dir: RawPath): Map<RawPath, string | undefined>;
   /** Every path, lazily; close() it when not read to the end. */
   paths(): Iterable<RawPath> & { close(): void };
   /** Every path with its stamp (undefined when the cache does not vouch for it), lazily, in one pass. */
@@ -346,6 +352,8 @@ export class StateDb {
     const stamp = this.#db.prepare('SELECT stamp, ctime FROM files WHERE source = ? AND path = ?').raw();
     const below = this.#db.prepare('SELECT path FROM files WHERE source = ? AND path > ? AND path < ?').pluck();
     const all = this.#db.prepare('SELECT path FROM files WHERE source = ?').pluck();
+    const from = this.#db.prepare('SELECT path, stamp, ctime FROM files WHERE source = ? AND path >= ? ORDER BY path').raw();
+    const fromTo = this.#db.prepare('SELECT path, stamp, ctime FROM files WHERE source = ? AND path >= ? AND path < ? ORDER BY path').raw();
     const exists = this.#db.prepare('SELECT 1 FROM files WHERE source = ? AND path = ?').pluck();
     return {
       get: (path) => {
@@ -358,6 +366,32 @@ export class StateDb {
       },
       below: (dir) =>
         ((dir === '' ? all.all(source) : below.all(source, rawToBuffer(`${dir}/`), rawToBuffer(`${dir}0`))) as Buffer[]).map(rawFromBuffer),
+      childStamps: (dir) => {
+        const out = new Map<RawPath, string | undefined>();
+        const prefix = dir === '' ? '' : `${dir}/`;
+        const end = dir === '' ? undefined : rawToBuffer(`${dir}0`);
+        let lo: RawPath | undefined = prefix;
+        while (lo !== undefined) {
+          const rows = (
+            end === undefined ? from.iterate(source, rawToBuffer(lo)) : fromTo.iterate(source, rawToBuffer(lo), end)
+          ) as Iterable<[Buffer, string, string]>;
+          const at: RawPath = lo;
+          lo = undefined;
+          for (const [p, stamp, ctime] of rows) {
+            const name = rawFromBuffer(p).slice(prefix.length);
+            if (name === '') continue; // `dir` itself (only '' could be: it is not stored)
+            const slash = name.indexOf('/');
+            if (slash >= 0) {
+              // Inside a subdirectory: go on after its subtree ('0' follows '/').
+              const next = `${prefix}${name.slice(0, slash)}0`;
+              if (next > at) lo = next;
+              break;
+            }
+            out.set(name, ctime === '' ? undefined : stamp);
+          }
+        }
+        return out;
+      },
       paths: () => this.#rows(source, 'path', '', (r) => rawFromBuffer(r as Buffer)),
       stamps: () =>
         this.#rows(source, 'path, stamp, ctime', '', (r) => {
