@@ -139,6 +139,28 @@ describe('the chunk filter in front of the chunk index', () => {
     assert.ok(f.full);
   });
 
+  it('finds an id added while the filter is being filled from the index, a step per lookup', () => {
+    const dir = tempDir('phx-state-filling-');
+    const db = new StateDb(join(dir.path, 'db.sqlite'));
+    try {
+      const pack = 'ef'.repeat(32);
+      const ref = (i: string): { id: string; pack: string; offset: number; length: number } => ({ id: i, pack, offset: 0, length: 1 });
+      db.addChunks(Array.from({ length: 20_000 }, (_, i) => ref(id(i))));
+      const absent = id(-2);
+      // 1,249 lookups (a sixteenth of the index) go to SQLite; the next ones each read a step of ids (4,096) into the filter.
+      for (let i = 0; i < 1252; i++) assert.equal(db.chunk(absent), undefined);
+      // Sorts before every id read so far: only an insert that goes into the filling filter is found later.
+      const early = '0'.repeat(64);
+      db.addChunks([ref(early)]);
+      for (let i = 0; i < 10; i++) assert.equal(db.chunk(absent), undefined); // the filter is whole by now
+      assert.equal(db.chunk(early)?.id, early);
+      for (let i = 0; i < 20_000; i += 997) assert.equal(db.chunk(id(i))?.id, id(i), `id ${i}`);
+    } finally {
+      db.close();
+      dir.cleanup();
+    }
+  });
+
   it('answers every lookup as the index would, before and after it is built, across commits and a purge', () => {
     const dir = tempDir('phx-state-filter-');
     const db = new StateDb(join(dir.path, 'db.sqlite'));

@@ -87,6 +87,9 @@ export interface QueuedChange {
   open: boolean;
 }
 
+/** Ids read from the chunk index into a filter being built, per lookup (about 6 ms). */
+const FILTER_STEP = 4096;
+
 /**
  * The local state: a SQLite cache (WAL) of each source's tree as of its last commit and of
  * where chunks live. It can always be rebuilt from the repository, and is whenever its
@@ -195,20 +198,35 @@ export class StateDb {
 
   /** In front of the chunk index once lookups are many (a first backup): see ChunkFilter. */
   #filter: ChunkFilter | undefined;
+  /** A filter being filled from the index, a step per lookup, and the last id read into it. */
+  #building: { filter: ChunkFilter; after: string } | undefined;
   #lookups = 0;
   /** Lookups after which the filter is built: about when they would have cost what reading every id costs. */
   #filterAfter: number | undefined;
 
   #mayHaveChunk(id: string): boolean {
-    if (this.#filter === undefined) {
+    if (this.#filter !== undefined) return this.#filter.mayHave(id);
+    if (this.#building === undefined) {
       this.#filterAfter ??= Math.max(1024, this.#chunkCount() / 16);
       if (++this.#lookups < this.#filterAfter) return true;
-      const filter = new ChunkFilter(Math.max(2 ** 18, 2 * this.#chunkCount()));
-      for (const k of this.#db.prepare('SELECT id FROM chunks').pluck().iterate()) filter.add(k as string);
-      this.#filter = filter;
+      this.#building = { filter: new ChunkFilter(Math.max(2 ** 18, 2 * this.#chunkCount())), after: '' };
     }
+    // A step at a time (a few ms), so that no one lookup stalls the daemon while the whole
+    // index is read (2,000,000 ids take about 3 s); until it is whole, SQLite answers.
+    const b = this.#building;
+    this.#nextIds ??= this.#db.prepare('SELECT id FROM chunks WHERE id > ? ORDER BY id LIMIT ?').pluck();
+    const ids = this.#nextIds.all(b.after, FILTER_STEP) as string[];
+    for (const k of ids) b.filter.add(k);
+    if (ids.length === FILTER_STEP) {
+      b.after = ids[ids.length - 1] as string;
+      return true;
+    }
+    this.#filter = b.filter;
+    this.#building = undefined;
     return this.#filter.mayHave(id);
   }
+
+  #nextIds: Database.Statement | undefined;
 
   #chunkCount(): number {
     return this.#db.prepare('SELECT count(*) FROM chunks').pluck().get() as number;
@@ -217,11 +235,14 @@ export class StateDb {
   /** Every insert into the chunk index goes through here, so the filter never misses an id. */
   #putChunkRow(c: ChunkRef): void {
     this.#putChunk.run(c.id, c.pack, c.offset, c.length);
-    if (this.#filter === undefined) return;
-    this.#filter.add(c.id);
-    if (this.#filter.full) {
+    // Into a filter being filled too: the id may sort before the last one read into it.
+    const filter = this.#filter ?? this.#building?.filter;
+    if (filter === undefined) return;
+    filter.add(c.id);
+    if (filter.full) {
       // Built again, larger, when lookups call for it.
       this.#filter = undefined;
+      this.#building = undefined;
       this.#filterAfter = undefined;
       this.#lookups = 0;
     }
