@@ -78,6 +78,14 @@ class Out {
     this.at += b.length;
   }
 
+  /** A stat's times and inode: i64 mtime ns · i64 ctime ns · u64 inode (readTimes reads them). */
+  times(st: { mtimeNs: bigint; ctimeNs: bigint; ino: bigint }): void {
+    this.buf.writeBigInt64LE(st.mtimeNs, this.at);
+    this.buf.writeBigInt64LE(st.ctimeNs, this.at + 8);
+    this.buf.writeBigUInt64LE(st.ino, this.at + 16);
+    this.at += 24;
+  }
+
   /** The buffer (to transfer) and how much of it is used; the next bytes go to a new one. */
   take(): [number, ArrayBuffer] {
     const out: [number, ArrayBuffer] = [this.at, this.buf.buffer as ArrayBuffer];
@@ -85,6 +93,10 @@ class Out {
     this.at = 0;
     return out;
   }
+}
+
+function readTimes(b: Buffer, at: number): { mtimeNs: bigint; ctimeNs: bigint; ino: bigint } {
+  return { mtimeNs: b.readBigInt64LE(at), ctimeNs: b.readBigInt64LE(at + 8), ino: b.readBigUInt64LE(at + 16) };
 }
 
 /** Jobs for one worker, encoded as they are queued (main thread). */
@@ -109,10 +121,7 @@ export class JobEncoder {
     o.u8((fine ? 1 : 0) | (hot ? 2 : 0) | (seen !== undefined ? 4 : 0));
     if (seen !== undefined) {
       o.f64(seen.size);
-      o.buf.writeBigInt64LE(seen.mtimeNs, o.at);
-      o.buf.writeBigInt64LE(seen.ctimeNs, o.at + 8);
-      o.buf.writeBigUInt64LE(seen.ino, o.at + 16);
-      o.at += 24;
+      o.times(seen);
     }
     o.u32(path.length);
     o.bytes(path);
@@ -138,12 +147,7 @@ export function* decodeJobs([used, data]: [number, ArrayBuffer]): Generator<File
     at += 5;
     let seen: SeenStat | undefined;
     if ((flags & 4) !== 0) {
-      seen = {
-        size: b.readDoubleLE(at),
-        mtimeNs: b.readBigInt64LE(at + 8),
-        ctimeNs: b.readBigInt64LE(at + 16),
-        ino: b.readBigUInt64LE(at + 24),
-      };
+      seen = { size: b.readDoubleLE(at), ...readTimes(b, at + 8) };
       at += 32;
     }
     const pathLen = b.readUInt32LE(at);
@@ -213,10 +217,7 @@ export class ResultEncoder {
       o.u32(end.st.mode);
       o.u32(end.st.uid);
       o.u32(end.st.gid);
-      o.buf.writeBigInt64LE(end.st.mtimeNs, o.at);
-      o.buf.writeBigInt64LE(end.st.ctimeNs, o.at + 8);
-      o.buf.writeBigUInt64LE(end.st.ino, o.at + 16);
-      o.at += 24;
+      o.times(end.st);
       o.u8((end.torn ? 1 : 0) | (end.fine ? 2 : 0) | (end.inPlace ? 4 : 0));
       return;
     }
@@ -282,9 +283,7 @@ export function decodeResults(message: WorkerMessage, h: ResultHandlers): void {
           mode: b.readUInt32LE(at + 8),
           uid: b.readUInt32LE(at + 12),
           gid: b.readUInt32LE(at + 16),
-          mtimeNs: b.readBigInt64LE(at + 20),
-          ctimeNs: b.readBigInt64LE(at + 28),
-          ino: b.readBigUInt64LE(at + 36),
+          ...readTimes(b, at + 20),
         };
         const flags = b[at + 44] as number;
         h.end(job, {
