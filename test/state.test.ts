@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
+import Database from 'better-sqlite3';
 import fc from 'fast-check';
 import { applyChange, type FileRecord, type JournalChange, type TreeState } from '../src/repo/format.js';
 import { StateDb } from '../src/state/db.js';
@@ -182,6 +183,106 @@ describe('the chunk filter in front of the chunk index', () => {
       db.purgePacks('deletions/y', [pack]);
       assert.equal(db.chunk(id(0)), undefined, 'a purged chunk is gone, whatever the filter says');
       assert.equal(db.chunk(id(5002))?.pack, 'aa'.repeat(32));
+    } finally {
+      db.close();
+      dir.cleanup();
+    }
+  });
+});
+
+describe('the chunk index: a log merged into the table', () => {
+  const id = (n: number): string => createHash('sha256').update(`log ${n}`).digest('hex');
+  const packA = 'a1'.repeat(32);
+  const packB = 'b2'.repeat(32);
+  const ref = (n: number, pack = packA): { id: string; pack: string; offset: number; length: number } => ({
+    id: id(n),
+    pack,
+    offset: n,
+    length: 1,
+  });
+  const rows = (file: string, table: string): number => {
+    const raw = new Database(file, { readonly: true });
+    try {
+      return raw.prepare(`SELECT count(*) FROM ${table}`).pluck().get() as number;
+    } finally {
+      raw.close();
+    }
+  };
+
+  it('finds every chunk before and after merges and a reopen, with the newest place of a moved one', () => {
+    const dir = tempDir('phx-state-log-');
+    const file = join(dir.path, 'db.sqlite');
+    let db = new StateDb(file);
+    try {
+      // 65,536 rows fill the log (a quarter of an empty table is less than that): the commit that
+      // reaches it merges them, and the rest stay in the log.
+      for (let c = 0; c < 7; c++)
+        db.applyCommit(
+          's',
+          'repo',
+          c + 1,
+          [],
+          [],
+          Array.from({ length: 10_000 }, (_, i) => ref(c * 10_000 + i)),
+        );
+      assert.equal(rows(file, 'chunks'), 65_536);
+      assert.equal(rows(file, 'chunk_log'), 70_000 - 65_536);
+      // Moved after the merge (the table has the old place), and moved again while in the log.
+      db.relocate([{ from: packA, to: ref(5, packB) }]);
+      db.relocate([{ from: packA, to: ref(69_999, packB) }]);
+      db.relocate([{ from: packB, to: { ...ref(69_999, packB), offset: 7 } }]);
+      const check = (): void => {
+        for (let i = 0; i < 70_000; i += 101) assert.equal(db.chunk(id(i))?.offset, i, `id ${i}`);
+        assert.deepEqual(db.chunk(id(5)), ref(5, packB));
+        assert.deepEqual(db.chunk(id(69_999)), { ...ref(69_999, packB), offset: 7 });
+        assert.equal(db.chunk(id(70_000)), undefined);
+      };
+      check();
+      db.close();
+      db = new StateDb(file);
+      check();
+      // Merged again (the newest row of a moved chunk wins).
+      const room = 65_536 - rows(file, 'chunk_log');
+      db.applyCommit(
+        's',
+        'repo',
+        8,
+        [],
+        [],
+        Array.from({ length: room }, (_, i) => ref(100_000 + i)),
+      );
+      assert.equal(rows(file, 'chunk_log'), 0);
+      check();
+      // A purge merges the log first: nothing in the deleted pack is found after it, wherever it was.
+      assert.equal(db.purgePacks('deletions/z', [packB]), 2);
+      assert.equal(rows(file, 'chunk_log'), 0);
+      assert.equal(db.chunk(id(5)), undefined);
+      assert.equal(db.chunk(id(69_999)), undefined);
+      assert.equal(db.chunk(id(6))?.offset, 6);
+    } finally {
+      db.close();
+      dir.cleanup();
+    }
+  });
+
+  it('drops a log that a deletion plan applied by a build without it may have left naming deleted packs', () => {
+    const dir = tempDir('phx-state-log-plan-');
+    const file = join(dir.path, 'db.sqlite');
+    let db = new StateDb(file);
+    try {
+      db.addChunks([ref(1), ref(2, packB)]);
+      db.close();
+      // What an older build does when it applies a plan: purges `chunks`, records the plan.
+      const raw = new Database(file);
+      raw.exec(`DELETE FROM chunks WHERE pack = '${packB}'; INSERT INTO plans (key) VALUES ('deletions/old')`);
+      raw.close();
+      db = new StateDb(file);
+      assert.equal(db.chunk(id(2)), undefined, 'a chunk of a pack deleted by the older build');
+      assert.equal(db.chunk(id(1)), undefined, 'the rest of the log is dropped too: stored again if seen, never lost');
+      db.addChunks([ref(3)]);
+      db.close();
+      db = new StateDb(file);
+      assert.equal(db.chunk(id(3))?.offset, 3, 'a log in step with the plans is kept');
     } finally {
       db.close();
       dir.cleanup();

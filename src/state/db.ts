@@ -3,7 +3,7 @@ import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { Entry } from '../model/entry.js';
 import { rawFromBuffer, rawToBuffer, type RawPath } from '../model/path.js';
-import { ChunkFilter } from './chunk-filter.js';
+import { ChunkIndex } from './chunk-index.js';
 import { type ChunkRef, decodeRecord, type EncodedRecord, encodeRecord, type FileRecord, type JournalChange } from '../repo/index.js';
 
 /** What the local cache knows of one path: the stored record, plus inode and ctime to skip unchanged files. */
@@ -87,9 +87,6 @@ export interface QueuedChange {
   open: boolean;
 }
 
-/** Ids read from the chunk index into a filter being built, per lookup (about 6 ms). */
-const FILTER_STEP = 4096;
-
 /**
  * The local state: a SQLite cache (WAL) of each source's tree as of its last commit and of
  * where chunks live. It can always be rebuilt from the repository, and is whenever its
@@ -97,8 +94,8 @@ const FILTER_STEP = 4096;
  */
 export class StateDb {
   readonly #db: Database.Database;
-  readonly #getChunk: Database.Statement;
-  readonly #putChunk: Database.Statement;
+  /** The dedup index (none in a scratch tree). */
+  readonly #chunks: ChunkIndex | undefined;
   readonly #putFile: Database.Statement;
   readonly #delFile: Database.Statement;
   readonly #path: string;
@@ -138,7 +135,6 @@ export class StateDb {
     this.#db.exec(`
       CREATE TABLE IF NOT EXISTS meta (source TEXT PRIMARY KEY, repo_id TEXT NOT NULL, seq INTEGER NOT NULL);
       CREATE TABLE IF NOT EXISTS files (source TEXT NOT NULL, path BLOB NOT NULL, rec TEXT NOT NULL, ino TEXT NOT NULL, ctime TEXT NOT NULL, stamp TEXT NOT NULL, PRIMARY KEY (source, path));
-      CREATE TABLE IF NOT EXISTS chunks (id TEXT PRIMARY KEY, pack TEXT NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL);
       CREATE TABLE IF NOT EXISTS queue (id INTEGER PRIMARY KEY, source TEXT NOT NULL, op TEXT NOT NULL, path BLOB NOT NULL, from_path BLOB, time_ms INTEGER NOT NULL, open INTEGER NOT NULL);
       CREATE TABLE IF NOT EXISTS plans (key TEXT PRIMARY KEY);
       CREATE TABLE IF NOT EXISTS doomed_parts (id TEXT PRIMARY KEY);
@@ -147,8 +143,7 @@ export class StateDb {
     this.#putQueue = this.#db.prepare('INSERT INTO queue (id, source, op, path, from_path, time_ms, open) VALUES (?, ?, ?, ?, ?, ?, ?)');
     this.#trimQueue = this.#db.prepare('DELETE FROM queue WHERE source = ? AND id <= ?');
     this.#lastQueued = (this.#db.prepare('SELECT max(id) AS id FROM queue').get() as { id: number | null }).id ?? 0;
-    this.#getChunk = this.#db.prepare('SELECT pack, offset, length FROM chunks WHERE id = ?').raw();
-    this.#putChunk = this.#db.prepare('INSERT OR REPLACE INTO chunks (id, pack, offset, length) VALUES (?, ?, ?, ?)');
+    this.#chunks = this.#scratch ? undefined : new ChunkIndex(this.#db);
     this.#putFile = this.#db.prepare('INSERT OR REPLACE INTO files (source, path, rec, ino, ctime, stamp) VALUES (?, ?, ?, ?, ?, ?)');
     this.#delFile = this.#db.prepare('DELETE FROM files WHERE source = ? AND path = ?');
     // A scratch tree's changes stay in one open transaction (a commit per change costs more than
@@ -191,61 +186,11 @@ export class StateDb {
   }
 
   chunk(id: string): ChunkRef | undefined {
-    if (!this.#mayHaveChunk(id)) return undefined;
-    const r = this.#getChunk.get(id) as [string, number, number] | undefined;
-    return r ? { id, pack: r[0], offset: r[1], length: r[2] } : undefined;
+    return this.#chunks?.get(id);
   }
 
-  /** In front of the chunk index once lookups are many (a first backup): see ChunkFilter. */
-  #filter: ChunkFilter | undefined;
-  /** A filter being filled from the index, a step per lookup, and the last id read into it. */
-  #building: { filter: ChunkFilter; after: string } | undefined;
-  #lookups = 0;
-  /** Lookups after which the filter is built: about when they would have cost what reading every id costs. */
-  #filterAfter: number | undefined;
-
-  #mayHaveChunk(id: string): boolean {
-    if (this.#filter !== undefined) return this.#filter.mayHave(id);
-    if (this.#building === undefined) {
-      this.#filterAfter ??= Math.max(1024, this.#chunkCount() / 16);
-      if (++this.#lookups < this.#filterAfter) return true;
-      this.#building = { filter: new ChunkFilter(Math.max(2 ** 18, 2 * this.#chunkCount())), after: '' };
-    }
-    // A step at a time (a few ms), so that no one lookup stalls the daemon while the whole
-    // index is read (2,000,000 ids take about 3 s); until it is whole, SQLite answers.
-    const b = this.#building;
-    this.#nextIds ??= this.#db.prepare('SELECT id FROM chunks WHERE id > ? ORDER BY id LIMIT ?').pluck();
-    const ids = this.#nextIds.all(b.after, FILTER_STEP) as string[];
-    for (const k of ids) b.filter.add(k);
-    if (ids.length === FILTER_STEP) {
-      b.after = ids[ids.length - 1] as string;
-      return true;
-    }
-    this.#filter = b.filter;
-    this.#building = undefined;
-    return this.#filter.mayHave(id);
-  }
-
-  #nextIds: Database.Statement | undefined;
-
-  #chunkCount(): number {
-    return this.#db.prepare('SELECT count(*) FROM chunks').pluck().get() as number;
-  }
-
-  /** Every insert into the chunk index goes through here, so the filter never misses an id. */
   #putChunkRow(c: ChunkRef): void {
-    this.#putChunk.run(c.id, c.pack, c.offset, c.length);
-    // Into a filter being filled too: the id may sort before the last one read into it.
-    const filter = this.#filter ?? this.#building?.filter;
-    if (filter === undefined) return;
-    filter.add(c.id);
-    if (filter.full) {
-      // Built again, larger, when lookups call for it.
-      this.#filter = undefined;
-      this.#building = undefined;
-      this.#filterAfter = undefined;
-      this.#lookups = 0;
-    }
+    this.#chunks?.put(c);
   }
 
   /** Records a commit: files put and deleted, chunks added, the new seq — atomically. */
@@ -292,11 +237,12 @@ export class StateDb {
     this.#db.transaction(() => {
       for (const p of packs) add.run(p);
       // One pass over the index, whatever the number of packs.
-      n = this.#db.prepare('DELETE FROM chunks WHERE pack IN (SELECT pack FROM doomed)').run().changes;
+      n = this.#chunks?.purgeDoomed() ?? 0;
       this.#db.exec('DELETE FROM doomed');
       const part = this.#db.prepare('INSERT OR IGNORE INTO doomed_parts (id) VALUES (?)');
       for (const id of parts) part.run(id);
       this.#db.prepare('INSERT OR IGNORE INTO plans (key) VALUES (?)').run(plan);
+      this.#chunks?.planApplied();
     })();
     return n;
   }
@@ -481,7 +427,7 @@ export class StateDb {
           const { op: _op, ...rec } = c;
           if (rec.type !== 'dir' && isDir.get(source, rawToBuffer(c.path)) !== undefined) dropBelow.run(source, ...range(c.path));
           this.#putFileRow(source, { rec, ino: '', ctimeNs: '' });
-          if (!this.#scratch) for (const ch of rec.chunks) this.#putChunkRow(ch);
+          for (const ch of rec.chunks) this.#putChunkRow(ch);
         } else if (c.op === 'delete') {
           this.#delFile.run(source, rawToBuffer(c.path));
           dropBelow.run(source, ...range(c.path));
@@ -520,7 +466,7 @@ export class StateDb {
     this.#db.transaction(() => {
       for (const rec of records) {
         this.#putFileRow(source, { rec, ino: '', ctimeNs: '' });
-        if (!this.#scratch) for (const ch of rec.chunks) this.#putChunkRow(ch);
+        for (const ch of rec.chunks) this.#putChunkRow(ch);
       }
     })();
   }

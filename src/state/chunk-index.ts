@@ -1,0 +1,190 @@
+import type Database from 'better-sqlite3';
+import type { ChunkRef } from '../repo/index.js';
+import { ChunkFilter } from './chunk-filter.js';
+
+/** Ids read from the index into a filter being built, per lookup (about 6 ms). */
+const FILTER_STEP = 4096;
+
+/** The log is merged into the table when it holds a quarter of the table's rows, within these bounds. */
+const LOG_MIN = 65_536;
+const LOG_MAX = 524_288;
+
+/**
+ * Where each chunk lives, by id (the state's dedup index): two SQLite tables and a little memory.
+ *
+ * - `chunks`, keyed by id. Ids are random, so an insert lands on a random page of its B-tree:
+ *   once the table outgrows the page cache, a commit of 20,000 new chunks dirties about as many
+ *   pages, and writes each to the WAL (and again at the checkpoint). On a first backup of
+ *   2,000,000 files that was about 60 s of the main thread, growing with the table.
+ * - `chunk_log`, rows appended in insert order (each commit writes a few pages at its end), and
+ *   found through `#logged` (48 bits of the id → the row). When it holds a quarter of the table's
+ *   rows (at least LOG_MIN, at most LOG_MAX), it is merged into `chunks` in id order, which
+ *   writes each page of the table about once, in the same transaction as the insert that filled it.
+ * - A Bloom filter (ChunkFilter) of every id, once lookups are many: most chunks of a first
+ *   backup are new, and "no" needs no SQLite at all.
+ *
+ * A miss here can only make a chunk be stored twice, never lost (another process writing the
+ * same state file meanwhile has log rows this one does not know). A hit must name a pack that
+ * still exists: a purge removes the pack's rows from both tables, and a log an older build
+ * (which knows only `chunks`) may have left stale by applying a deletion plan is dropped at open.
+ */
+export class ChunkIndex {
+  readonly #db: Database.Database;
+  readonly #get: Database.Statement;
+  readonly #put: Database.Statement;
+  readonly #append: Database.Statement;
+  readonly #logRow: Database.Statement;
+  /** 48 bits of an id → its newest row in chunk_log (ids whose bits collide go to `chunks` instead). */
+  readonly #logged = new Map<number, number>();
+  #logRows = 0;
+  #tableRows: number | undefined;
+
+  constructor(db: Database.Database) {
+    this.#db = db;
+    db.exec(`
+      CREATE TABLE IF NOT EXISTS chunks (id TEXT PRIMARY KEY, pack TEXT NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL);
+      CREATE TABLE IF NOT EXISTS chunk_log (n INTEGER PRIMARY KEY, id TEXT NOT NULL, pack TEXT NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL);
+      CREATE TABLE IF NOT EXISTS chunk_log_plans (n INTEGER NOT NULL);
+    `);
+    this.#get = db.prepare('SELECT pack, offset, length FROM chunks WHERE id = ?').raw();
+    this.#put = db.prepare('INSERT OR REPLACE INTO chunks (id, pack, offset, length) VALUES (?, ?, ?, ?)');
+    this.#append = db.prepare('INSERT INTO chunk_log (id, pack, offset, length) VALUES (?, ?, ?, ?)');
+    this.#logRow = db.prepare('SELECT id, pack, offset, length FROM chunk_log WHERE n = ?').raw();
+    db.transaction(() => {
+      // Deletion plans applied (by any build) since this log was last in step with them: an
+      // older build purged `chunks` only, so the log may name deleted packs. Dropping it loses
+      // deduplication of its chunks, nothing else.
+      const plans = db.prepare('SELECT count(*) FROM plans').pluck().get() as number;
+      const mark = db.prepare('SELECT n FROM chunk_log_plans').pluck().get() as number | undefined;
+      if (mark !== plans) {
+        db.exec('DELETE FROM chunk_log; DELETE FROM chunk_log_plans');
+        db.prepare('INSERT INTO chunk_log_plans (n) VALUES (?)').run(plans);
+      }
+    })();
+    let collided = false;
+    for (const [n, id] of db.prepare('SELECT n, id FROM chunk_log ORDER BY n').raw().iterate() as Iterable<[number, string]>) {
+      const k = keyOf(id);
+      const at = this.#logged.get(k);
+      if (at !== undefined && (this.#logRow.get(at) as [string] | undefined)?.[0] !== id) collided = true;
+      this.#logged.set(k, n);
+      this.#logRows++;
+    }
+    if (collided) db.transaction(() => this.#merge())();
+  }
+
+  get(id: string): ChunkRef | undefined {
+    if (!this.#mayHave(id)) return undefined;
+    const n = this.#logged.get(keyOf(id));
+    if (n !== undefined) {
+      const r = this.#logRow.get(n) as [string, string, number, number] | undefined;
+      // Not this id: the row was merged (by another process too) and its number reused.
+      if (r !== undefined && r[0] === id) return { id, pack: r[1], offset: r[2], length: r[3] };
+    }
+    const r = this.#get.get(id) as [string, number, number] | undefined;
+    return r ? { id, pack: r[0], offset: r[1], length: r[2] } : undefined;
+  }
+
+  /** Adds or moves a chunk. Inside the caller's transaction; every insert goes through here, so the filter never misses an id. */
+  put(c: ChunkRef): void {
+    const k = keyOf(c.id);
+    const at = this.#logged.get(k);
+    if (at !== undefined && (this.#logRow.get(at) as [string] | undefined)?.[0] !== c.id) {
+      // Another id with the same 48 bits (about once in 500 full logs): straight into the table.
+      this.#put.run(c.id, c.pack, c.offset, c.length);
+      this.#tableRows = undefined;
+    } else {
+      this.#logged.set(k, Number(this.#append.run(c.id, c.pack, c.offset, c.length).lastInsertRowid));
+      this.#logRows++;
+    }
+    this.#addToFilter(c.id);
+    if (this.#logRows >= Math.min(LOG_MAX, Math.max(LOG_MIN, this.#rows() / 4))) this.#merge();
+  }
+
+  /** Forgets every chunk in the packs listed in temp table `doomed(pack)`; inside the caller's transaction. */
+  purgeDoomed(): number {
+    this.#merge();
+    const n = this.#db.prepare('DELETE FROM chunks WHERE pack IN (SELECT pack FROM doomed)').run().changes;
+    this.#tableRows = undefined;
+    return n;
+  }
+
+  /** A deletion plan was recorded as applied (in the caller's transaction): the log is in step with it. */
+  planApplied(): void {
+    this.#db.exec('UPDATE chunk_log_plans SET n = (SELECT count(*) FROM plans)');
+  }
+
+  /** The log's rows into the table, in id order (the newest row of an id wins); inside a transaction. */
+  #merge(): void {
+    if (this.#logRows === 0 && this.#logged.size === 0) return;
+    this.#db.exec('INSERT OR REPLACE INTO chunks (id, pack, offset, length) SELECT id, pack, offset, length FROM chunk_log ORDER BY id, n');
+    this.#db.exec('DELETE FROM chunk_log');
+    this.#logged.clear();
+    this.#logRows = 0;
+    this.#tableRows = undefined;
+  }
+
+  #rows(): number {
+    return (this.#tableRows ??= this.#db.prepare('SELECT count(*) FROM chunks').pluck().get() as number);
+  }
+
+  /** In front of the index once lookups are many (a first backup): see ChunkFilter. */
+  #filter: ChunkFilter | undefined;
+  /** A filter being filled a step per lookup: from the log (after row `n`), then from the table (after `id`). */
+  #building: { filter: ChunkFilter; n: number; id: string | undefined } | undefined;
+  #lookups = 0;
+  /** Lookups after which the filter is built: about when they would have cost what reading every id costs. */
+  #filterAfter: number | undefined;
+  #nextLogIds: Database.Statement | undefined;
+  #nextIds: Database.Statement | undefined;
+
+  #mayHave(id: string): boolean {
+    if (this.#filter !== undefined) return this.#filter.mayHave(id);
+    if (this.#building === undefined) {
+      const count = this.#rows() + this.#logRows;
+      this.#filterAfter ??= Math.max(1024, count / 16);
+      if (++this.#lookups < this.#filterAfter) return true;
+      this.#building = { filter: new ChunkFilter(Math.max(2 ** 18, 2 * count)), n: 0, id: undefined };
+    }
+    // A step at a time (a few ms), so that no one lookup stalls the daemon while the whole
+    // index is read (2,000,000 ids take about 3 s); until it is whole, SQLite answers. A merge
+    // meanwhile moves log rows not read yet into the table, which is read after the log.
+    const b = this.#building;
+    if (b.id === undefined) {
+      this.#nextLogIds ??= this.#db.prepare('SELECT n, id FROM chunk_log WHERE n > ? ORDER BY n LIMIT ?').raw();
+      const rows = this.#nextLogIds.all(b.n, FILTER_STEP) as Array<[number, string]>;
+      for (const [, k] of rows) b.filter.add(k);
+      if (rows.length === FILTER_STEP) b.n = (rows[rows.length - 1] as [number, string])[0];
+      else b.id = '';
+      return true;
+    }
+    this.#nextIds ??= this.#db.prepare('SELECT id FROM chunks WHERE id > ? ORDER BY id LIMIT ?').pluck();
+    const ids = this.#nextIds.all(b.id, FILTER_STEP) as string[];
+    for (const k of ids) b.filter.add(k);
+    if (ids.length === FILTER_STEP) {
+      b.id = ids[ids.length - 1] as string;
+      return true;
+    }
+    this.#filter = b.filter;
+    this.#building = undefined;
+    return this.#filter.mayHave(id);
+  }
+
+  #addToFilter(id: string): void {
+    // Into a filter being filled too: the id may sort before the last one read into it.
+    const filter = this.#filter ?? this.#building?.filter;
+    if (filter === undefined) return;
+    filter.add(id);
+    if (filter.full) {
+      // Built again, larger, when lookups call for it.
+      this.#filter = undefined;
+      this.#building = undefined;
+      this.#filterAfter = undefined;
+      this.#lookups = 0;
+    }
+  }
+}
+
+/** 48 bits of a hex id (ids are uniformly random), as a number: a Map key without a string per id. */
+function keyOf(id: string): number {
+  return parseInt(id.slice(16, 28), 16);
+}
