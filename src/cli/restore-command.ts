@@ -2,7 +2,7 @@ import ignore from 'ignore';
 import { PhoenixError } from '../errors.js';
 import { displayPath, type RawPath } from '../model/path.js';
 import { stateAt } from '../repo/index.js';
-import type { Overwrite } from '../restore/plan.js';
+import { actionOf, type Overwrite } from '../restore/plan.js';
 import { restore } from '../restore/restore.js';
 import { sourcePath } from './args.js';
 import { atOf } from './browse.js';
@@ -53,7 +53,8 @@ export async function restoreCommand(paths: string[], flags: RestoreFlags): Prom
     if (tty) process.stderr.write('\n');
     if (flags.dryRun || flags.verbosity > 1) {
       const verb = { new: 'write', same: 'unchanged', replace: 'replace', keep: 'keep' } as const;
-      for (const [p, a] of r.plan.actions) {
+      for (const p of r.plan.paths) {
+        const a = actionOf(r.plan, p);
         if (a === 'same' && flags.verbosity <= 1) continue;
         print(flags, { action: verb[a], ...jsonPath(p) }, `${verb[a].padEnd(9)} ${displayPath(p)}`);
       }

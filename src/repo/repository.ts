@@ -831,9 +831,10 @@ export class Repository {
     const head = await this.#checkpointHead(source, seq);
     this.#learnParts(head.parts);
     const moved = await this.#moved();
+    const packs = new Map<string, string>();
     const decode = (o: Record<string, unknown>): FileRecord => {
       try {
-        const r = decodeRecord(o);
+        const r = decodeRecord(o, packs);
         if (moved.size > 0) relocate(r, moved);
         return r;
       } catch (err) {
@@ -1399,13 +1400,13 @@ function noPassword(): PhoenixError {
   });
 }
 
-export async function mapLimited<T, R>(items: T[], limit: number, fn: (t: T) => Promise<R>): Promise<R[]> {
+export async function mapLimited<T, R>(items: T[], limit: number, fn: (t: T, i: number) => Promise<R>): Promise<R[]> {
   const out = new Array<R>(items.length);
   let next = 0;
   const worker = async (): Promise<void> => {
     while (next < items.length) {
       const i = next++;
-      out[i] = await fn(items[i] as T);
+      out[i] = await fn(items[i] as T, i);
     }
   };
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));

@@ -16,6 +16,9 @@ export const OVERWRITE_MODES: readonly Overwrite[] = ['always', 'if-changed', 'i
 export type Action = 'new' | 'same' | 'replace' | 'keep';
 
 export interface RestorePlan {
+  /** The entries restored, in path order. */
+  paths: readonly RawPath[];
+  /** The action of every entry that is not `new` (most of a restore into an empty target: no row each). */
   actions: Map<RawPath, Action>;
   /** What the target has and the backup does not (with --delete), outermost only. */
   deletes: RawPath[];
@@ -45,8 +48,8 @@ export async function planRestore(
   /** Directories the target does not have: nothing below them needs a look. */
   const absent = new Set<RawPath>();
   for (const r of selected) {
-    if (opts.fresh || absent.has(parentOf(r.path))) {
-      actions.set(r.path, 'new');
+    if (opts.fresh) continue;
+    if (absent.has(parentOf(r.path))) {
       if (r.type === 'dir') absent.add(r.path);
       continue;
     }
@@ -64,10 +67,11 @@ export async function planRestore(
     else action = 'keep';
     // A directory's own metadata is not content: an existing directory is merged into.
     if (action === 'keep' || (action === 'replace' && kindOf(st) === 'dir')) blocked.add(r.path);
-    actions.set(r.path, action);
+    if (action !== 'new') actions.set(r.path, action);
   }
   const deletes: RawPath[] = [];
   if (opts.delete) {
+    const chosen = new Set(selected.map((r) => r.path));
     const walk = async (dir: RawPath): Promise<void> => {
       const names = await fs.readdir(dir === '' ? rawToBuffer(root) : abs(dir), { encoding: 'buffer' }).catch(() => [] as Buffer[]);
       for (const n of names) {
@@ -76,8 +80,8 @@ export async function planRestore(
         if (st === undefined) continue;
         const isDir = st.isDirectory();
         if (!opts.wanted(p, isDir)) continue; // not part of what is restored (--include/--exclude): left alone
-        const a = actions.get(p);
-        if (a === undefined) deletes.push(p);
+        const a = actions.get(p) ?? 'new';
+        if (!chosen.has(p)) deletes.push(p);
         else if (isDir && (a === 'same' || a === 'new')) await walk(p);
       }
     };
@@ -86,7 +90,11 @@ export async function planRestore(
       if (a === 'same') await walk(s);
     }
   }
-  return { actions, deletes };
+  return { paths: selected.map((r) => r.path), actions, deletes };
+}
+
+export function actionOf(plan: RestorePlan, p: RawPath): Action {
+  return plan.actions.get(p) ?? 'new';
 }
 
 /** True when a proper ancestor of `p` is in `dirs` (a walk up its parents, not a scan of the set). */

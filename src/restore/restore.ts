@@ -3,7 +3,7 @@ import { PhoenixError } from '../errors.js';
 import { compareRaw, displayPath, isWithin, rawFromUtf8, rawToBuffer, type RawPath } from '../model/path.js';
 import { chunkWhat, type FileRecord, mapLimited, type Repository, type TreeState } from '../repo/index.js';
 import { ChunkFetcher, type FetchLimits } from './fetch.js';
-import { planRestore, underAny, type Action, type Overwrite, type RestorePlan } from './plan.js';
+import { actionOf as actionOfPlan, planRestore, underAny, type Action, type Overwrite, type RestorePlan } from './plan.js';
 import { nsToSeconds, WritePool } from './write-pool.js';
 
 export interface RestoreOptions {
@@ -82,7 +82,7 @@ export async function restore(repo: Repository, state: TreeState, target: string
     wanted: include,
     fresh: st === undefined,
   });
-  const actionOf = (p: RawPath): Action => plan.actions.get(p) ?? 'new';
+  const actionOf = (p: RawPath): Action => actionOfPlan(plan, p);
   // Kept entries, outermost only (what is below a kept directory is kept with it).
   const keptSet = new Set(selected.filter((r) => actionOf(r.path) === 'keep').map((r) => r.path));
   const kept = [...keptSet].filter((p) => !underAny(keptSet, p));
@@ -154,7 +154,12 @@ export async function restore(repo: Repository, state: TreeState, target: string
 
   // Files in the order of their first chunk in the repository, so that reads run through each
   // pack once; chunks are opened, verified and written on worker threads.
-  const firstChunk = (r: FileRecord): string => (r.chunks[0] ? `${r.chunks[0].pack}:${String(r.chunks[0].offset).padStart(16, '0')}` : '');
+  const byFirstChunk = (a: FileRecord, b: FileRecord): number => {
+    const x = a.chunks[0];
+    const y = b.chunks[0];
+    if (x === undefined || y === undefined) return x === y ? 0 : x === undefined ? -1 : 1;
+    return x.pack < y.pack ? -1 : x.pack > y.pack ? 1 : x.offset - y.offset;
+  };
   // A file with the same content gets its metadata only.
   for (const r of todo) {
     if (r.type !== 'file' || actionOf(r.path) !== 'same') continue;
@@ -163,47 +168,46 @@ export async function restore(repo: Repository, state: TreeState, target: string
     await chown(abs(r.path), r);
     result.files++;
   }
-  const files = todo
-    .filter((r) => r.type === 'file' && actionOf(r.path) !== 'same')
-    .map((r) => [firstChunk(r), r] as const)
-    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
-    .map(([, r]) => r);
+  const files = todo.filter((r) => r.type === 'file' && actionOf(r.path) !== 'same').sort(byFirstChunk);
   const fetcher = new ChunkFetcher(
     repo,
     files.flatMap((r) => r.chunks),
     opts.fetch,
   );
-  const pool = new WritePool(repo.keys);
+  // Every directory below a target this restore created is its own, made without the setgid bit
+  // (unless the target inherited it): a file created there already has the owner and group of
+  // this process, and needs no chown to them.
+  const created = st === undefined && (Number((await fs.stat(rawToBuffer(root))).mode) & 0o2000) === 0;
+  const pool = new WritePool(
+    repo.keys,
+    created && process.geteuid !== undefined ? { uid: process.geteuid(), gid: process.getegid?.() ?? -1 } : undefined,
+  );
   try {
     // Many files at a time: small ones are mostly system calls on the workers, a message each way.
-    await mapLimited(
-      files.map((r, file) => [r, file] as const),
-      64,
-      async ([r, file]) => {
-        await ensureParents(r.path);
-        const path = `${root}/${r.path}`; // raw (latin1) bytes, as the write workers take them
-        const last = { size: r.size, mode: r.mode, mtimeNs: r.mtimeNs.toString(), uid: r.uid, gid: r.gid, display: displayPath(r.path) };
-        // Blobs go out a few MiB at a time; the file's last message finishes it.
-        let blobs: Array<{ id: string; sealed: Uint8Array; what: string }> = [];
-        let pending = 0;
-        let first = true;
-        const send = async (final: boolean): Promise<void> => {
-          const n = await pool.write({ file, path, first, ...(final ? { last } : {}) }, blobs);
-          first = false;
-          blobs = [];
-          pending = 0;
-          result.bytes += n;
-          opts.onProgress?.({ files: result.files, bytes: result.bytes, totalBytes });
-        };
-        for (const ref of r.chunks) {
-          blobs.push({ id: ref.id, sealed: await fetcher.get(ref), what: chunkWhat(ref) });
-          pending += ref.length;
-          if (pending >= 4 * 2 ** 20) await send(false);
-        }
-        await send(true);
-        result.files++;
-      },
-    );
+    await mapLimited(files, 64, async (r, file) => {
+      await ensureParents(r.path);
+      const path = `${root}/${r.path}`; // raw (latin1) bytes, as the write workers take them
+      const last = { size: r.size, mode: r.mode, mtimeNs: r.mtimeNs.toString(), uid: r.uid, gid: r.gid, display: displayPath(r.path) };
+      // Blobs go out a few MiB at a time; the file's last message finishes it.
+      let blobs: Array<{ id: string; sealed: Uint8Array; what: string }> = [];
+      let pending = 0;
+      let first = true;
+      const send = async (final: boolean): Promise<void> => {
+        const n = await pool.write({ file, path, first, ...(final ? { last } : {}) }, blobs);
+        first = false;
+        blobs = [];
+        pending = 0;
+        result.bytes += n;
+        opts.onProgress?.({ files: result.files, bytes: result.bytes, totalBytes });
+      };
+      for (const ref of r.chunks) {
+        blobs.push({ id: ref.id, sealed: await fetcher.get(ref), what: chunkWhat(ref) });
+        pending += ref.length;
+        if (pending >= 4 * 2 ** 20) await send(false);
+      }
+      await send(true);
+      result.files++;
+    });
   } finally {
     result.reads = fetcher.requests;
     await pool.close();

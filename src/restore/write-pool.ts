@@ -39,10 +39,11 @@ export class WritePool {
   #next = 0;
   #flushing = false;
 
-  constructor(keys: Keys, threads = Math.max(1, Math.min(4, availableParallelism()))) {
+  /** `createdAs`: the owner a file created by this process gets (where it needs no chown to that owner), if known. */
+  constructor(keys: Keys, createdAs?: { uid: number; gid: number }, threads = Math.max(1, Math.min(4, availableParallelism()))) {
     const master = keys.toShared();
     for (let i = 0; i < threads; i++) {
-      const w = new Worker(new URL('./write-worker.js', import.meta.url), { workerData: { master } });
+      const w = new Worker(new URL('./write-worker.js', import.meta.url), { workerData: { master, createdAs } });
       w.on('message', (replies: WriteReply[]) => {
         for (const r of replies) {
           const j = this.#jobs.get(r.job);

@@ -7,7 +7,7 @@ import { Keys } from '../repo/crypto.js';
 import { openChunk } from '../repo/pack.js';
 import { nsToSeconds, type WriteJob, type WriteReply } from './write-pool.js';
 
-const { master } = workerData as { master: Uint8Array | null };
+const { master, createdAs } = workerData as { master: Uint8Array | null; createdAs: { uid: number; gid: number } | undefined };
 const keys = Keys.fromShared(master);
 const asRoot = process.getuid?.() === 0;
 
@@ -52,7 +52,7 @@ function run(m: WriteJob): number {
     } finally {
       closeSync(f.fd);
     }
-    if (asRoot) {
+    if (asRoot && (m.last.uid !== createdAs?.uid || m.last.gid !== createdAs.gid)) {
       try {
         lchownSync(path, m.last.uid, m.last.gid);
       } catch {
