@@ -301,6 +301,23 @@ describe('the chunk index: a log merged into the table', () => {
     }
   });
 
+  it('purges the rows another process appended to the log, which this one does not know', () => {
+    const dir = tempDir('phx-state-log-two-');
+    const file = join(dir.path, 'db.sqlite');
+    const purger = new StateDb(file);
+    const writer = new StateDb(file);
+    try {
+      writer.addChunks([ref(1, packB), ref(2)]);
+      assert.equal(purger.purgePacks('deletions/q', [packB]), 1);
+      assert.equal(writer.chunk(id(1)), undefined, 'a chunk of the deleted pack, found through the log');
+      assert.equal(writer.chunk(id(2))?.offset, 2);
+    } finally {
+      writer.close();
+      purger.close();
+      dir.cleanup();
+    }
+  });
+
   it('drops a log that a deletion plan applied by a build without it may have left naming deleted packs', () => {
     const dir = tempDir('phx-state-log-plan-');
     const file = join(dir.path, 'db.sqlite');

@@ -114,9 +114,12 @@ export class ChunkIndex {
     this.#db.exec('UPDATE chunk_log_plans SET n = (SELECT count(*) FROM plans)');
   }
 
-  /** The log's rows into the table, in id order (the newest row of an id wins); inside a transaction. */
+  /**
+   * The log's rows into the table, in id order (the newest row of an id wins); inside a
+   * transaction. Whatever this process knows of the log: a purge must reach the rows another
+   * process appended too.
+   */
   #merge(): void {
-    if (this.#logRows === 0 && this.#logged.size === 0) return;
     this.#db.exec('INSERT OR REPLACE INTO chunks (id, pack, offset, length) SELECT id, pack, offset, length FROM chunk_log ORDER BY id, n');
     this.#db.exec('DELETE FROM chunk_log');
     // Counted once per process (100 ms at 2,000,000 rows, seconds with a cold cache), then kept
