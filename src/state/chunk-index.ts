@@ -64,8 +64,7 @@ export class ChunkIndex {
     let collided = false;
     for (const [n, id] of db.prepare('SELECT n, id FROM chunk_log ORDER BY n').raw().iterate() as Iterable<[number, string]>) {
       const k = keyOf(id);
-      const at = this.#logged.get(k);
-      if (at !== undefined && (this.#logRow.get(at) as [string] | undefined)?.[0] !== id) collided = true;
+      if (this.#takenByAnother(k, id)) collided = true;
       this.#logged.set(k, n);
       this.#logRows++;
     }
@@ -76,7 +75,7 @@ export class ChunkIndex {
     if (!this.#mayHave(id)) return undefined;
     const n = this.#logged.get(keyOf(id));
     if (n !== undefined) {
-      const r = this.#logRow.get(n) as [string, string, number, number] | undefined;
+      const r = this.#logRowAt(n);
       // Not this id: the row was merged (by another process too) and its number reused.
       if (r !== undefined && r[0] === id) return { id, pack: r[1], offset: r[2], length: r[3] };
     }
@@ -87,8 +86,7 @@ export class ChunkIndex {
   /** Adds or moves a chunk. Inside the caller's transaction; every insert goes through here, so the filter never misses an id. */
   put(c: ChunkRef): void {
     const k = keyOf(c.id);
-    const at = this.#logged.get(k);
-    if (at !== undefined && (this.#logRow.get(at) as [string] | undefined)?.[0] !== c.id) {
+    if (this.#takenByAnother(k, c.id)) {
       // Another id with the same 30 bits (about 1 in 4,000 rows of a full log): straight into the table.
       this.#put.run(c.id, c.pack, c.offset, c.length);
       if (this.#tableRows !== undefined) this.#tableRows++;
@@ -99,6 +97,17 @@ export class ChunkIndex {
     this.#addToFilter(c.id);
     // (The table is counted only once the log is that large: a count is a pass over its index.)
     if (this.#logRows >= LOG_MIN && this.#logRows >= Math.min(LOG_MAX, this.#rows() / 4)) this.#merge();
+  }
+
+  /** Row `n` of the log (id, pack, offset, length), or undefined when it is gone. */
+  #logRowAt(n: number): [string, string, number, number] | undefined {
+    return this.#logRow.get(n) as [string, string, number, number] | undefined;
+  }
+
+  /** Whether log key `k` leads to a row of another id than `id` (or to a row gone since). */
+  #takenByAnother(k: number, id: string): boolean {
+    const n = this.#logged.get(k);
+    return n !== undefined && this.#logRowAt(n)?.[0] !== id;
   }
 
   /** Forgets every chunk in the packs listed in temp table `doomed(pack)`; inside the caller's transaction. */
