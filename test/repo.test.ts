@@ -574,6 +574,44 @@ describe('repository', () => {
     f.done();
   });
 
+  it('restore writes chunks where they go in pack order, reopening files it closed for room, and front to back when records give no chunk sizes', async () => {
+    const f = await fixture();
+    const big = randomBytes(10 * 2 ** 20);
+    writeFileSync(join(f.src.path, 'docs/many'), big);
+    await backup(f.repo, f.db, f.src.path, 'src');
+    const chunks = (await f.repo.loadState('src')).state.get('docs/many')?.chunks ?? [];
+    assert.ok(chunks.length >= 3, `docs/many is ${chunks.length} chunks`);
+    // The same chunks, all but the last (which ends at the end of the file, not at a cut) in the
+    // opposite order: the pack has them in one order, the files in both.
+    const pieces: Buffer[] = [];
+    let at = 0;
+    for (const c of chunks) {
+      const piece = big.subarray(at, at + (c.size as number));
+      if (c === chunks.at(-1)) pieces.push(piece);
+      else pieces.unshift(piece);
+      at += c.size as number;
+    }
+    writeFileSync(join(f.src.path, 'docs/many2'), big);
+    writeFileSync(join(f.src.path, 'docs/rev'), Buffer.concat(pieces));
+    writeFileSync(join(f.src.path, 'docs/rev2'), Buffer.concat(pieces));
+    await backup(f.repo, f.db, f.src.path, 'src');
+    const { state } = await f.repo.loadState('src');
+    const ids = (p: string): string[] => (state.get(p)?.chunks ?? []).map((c) => c.id);
+    const many = ids('docs/many');
+    assert.deepEqual(ids('docs/rev'), [...many.slice(0, -1).reverse(), many.at(-1)], 'the reordered file is the same chunks');
+    const out = tempDir('phx-out-');
+    // One open file per thread: each thread gets chunks of two files in turn, so it closes and reopens them.
+    const r = await restore(f.repo, state, join(out.path, 'placed'), { openFiles: 1 });
+    assert.equal(r.files, 6);
+    assert.deepEqual(snapshot(join(out.path, 'placed')), snapshot(f.src.path));
+    // Records written before chunk sizes were: no offsets known, written front to back.
+    for (const rec of state.values()) for (const c of rec.chunks) delete c.size;
+    await restore(f.repo, state, join(out.path, 'old'), { openFiles: 1 });
+    assert.deepEqual(snapshot(join(out.path, 'old')), snapshot(f.src.path));
+    out.cleanup();
+    f.done();
+  });
+
   it('compresses what compresses and stores random bytes as they are', async () => {
     const f = await fixture(); // 3 MiB of random bytes: stored, not bigger than needed
     assert.ok(f.first.stats.bytesUploaded < 3 * 2 ** 20 + 64 * 1024, `random: ${f.first.stats.bytesUploaded}`);

@@ -47,6 +47,11 @@ export interface BackendCapabilities {
 export interface ByteRange {
   offset: number;
   length: number;
+  /**
+   * A buffer of at least `length` bytes to read into, where the backend can (the local one
+   * does): the result is then a view of it. Others ignore it and return a buffer of their own.
+   */
+  into?: Uint8Array;
 }
 
 export interface ObjectInfo {
@@ -102,7 +107,9 @@ export function isTransient(err: unknown): boolean {
 export function checkRange(location: string, key: string, size: number, range: ByteRange | undefined): void {
   if (range === undefined) return;
   if (!Number.isSafeInteger(range.offset) || !Number.isSafeInteger(range.length) || range.offset < 0 || range.length < 0) {
-    throw new BackendError('PHX_BACKEND', `${location}: invalid range ${JSON.stringify(range)} for ${key}`, { key });
+    throw new BackendError('PHX_BACKEND', `${location}: invalid range (offset ${range.offset}, length ${range.length}) for ${key}`, {
+      key,
+    });
   }
   if (range.offset + range.length > size) throw pastEnd(location, key, range, size);
 }

@@ -92,7 +92,9 @@ export class LocalBackend implements Backend {
       checkRange(this.location, key, size, range);
       const offset = range?.offset ?? 0;
       const length = range?.length ?? size;
-      const buf = Buffer.allocUnsafe(length);
+      const into = range?.into;
+      const buf =
+        into !== undefined && into.length >= length ? Buffer.from(into.buffer, into.byteOffset, length) : Buffer.allocUnsafe(length);
       let done = 0;
       while (done < length) {
         const { bytesRead } = await fh.read(buf, done, length - done, offset + done);

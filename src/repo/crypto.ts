@@ -57,10 +57,12 @@ export class Keys {
     return seal(this.encKey, parts);
   }
 
-  /** Opens a sealed body; `what` names it in the error when it fails authentication. */
-  open(sealed: Uint8Array, what: string): Buffer {
-    if (!this.encKey) return Buffer.from(sealed);
-    return open(this.encKey, sealed, what);
+  /** Opens a sealed body; `what` names it in the error when it fails authentication. With `into`, the bytes may be a view of it. */
+  open(sealed: Uint8Array, what: string, into?: Buffer): Buffer {
+    if (this.encKey) return open(this.encKey, sealed, what, into);
+    if (into === undefined || into.length < sealed.length) return Buffer.from(sealed);
+    into.set(sealed);
+    return into.subarray(0, sealed.length);
   }
 }
 
@@ -91,16 +93,30 @@ export function seal(key: Buffer, plain: Uint8Array | readonly Uint8Array[]): Bu
   return Buffer.concat(out);
 }
 
-export function open(key: Buffer, sealed: Uint8Array, what: string): Buffer {
+/**
+ * The cipher runs over pieces this size: its output buffers stay small, and the allocator
+ * hands the same memory back. A whole 1 MiB blob in one call ran at a third of the speed, most
+ * of it the kernel giving fresh pages for each output.
+ */
+const PIECE = 64 * 1024;
+
+/** Opens a sealed body; the plain bytes go into `into` (its start, returned as a view) when it is large enough. */
+export function open(key: Buffer, sealed: Uint8Array, what: string, into?: Buffer): Buffer {
   if (sealed.length < 28) throw corrupt(what, 'too short to be an encrypted object');
   const buf = Buffer.from(sealed.buffer, sealed.byteOffset, sealed.byteLength);
   const d = createDecipheriv('aes-256-gcm', key, buf.subarray(0, 12));
   d.setAuthTag(buf.subarray(buf.length - 16));
+  const body = buf.subarray(12, buf.length - 16);
+  const plain = into !== undefined && into.length >= body.length ? into.subarray(0, body.length) : Buffer.allocUnsafe(body.length);
   try {
-    return Buffer.concat([d.update(buf.subarray(12, buf.length - 16)), d.final()]);
+    let out = 0;
+    for (let at = 0; at < body.length; at += PIECE) out += d.update(body.subarray(at, at + PIECE)).copy(plain, out);
+    out += d.final().copy(plain, out); // GCM checks the tag here (and gives no more bytes)
+    if (out !== body.length) throw new Error('short');
   } catch {
     throw corrupt(what, 'it fails authentication (modified, truncated or damaged)');
   }
+  return plain;
 }
 
 export function corrupt(what: string, why: string, cause?: unknown): PhoenixError {

@@ -50,8 +50,8 @@ export function sampleEntropy(data: Uint8Array): number {
   return Math.log2(n) - sum / n;
 }
 
-export function openBlob(keys: Keys, sealed: Uint8Array, what: string): Buffer {
-  const body = keys.open(sealed, what);
+export function openBlob(keys: Keys, sealed: Uint8Array, what: string, into?: Buffer): Buffer {
+  const body = keys.open(sealed, what, into);
   if (body.length < 1) throw corrupt(what, 'empty blob');
   const flag = body[0];
   if (flag === 0) return body.subarray(1);
@@ -65,9 +65,12 @@ export function openBlob(keys: Keys, sealed: Uint8Array, what: string): Buffer {
   throw corrupt(what, `unknown blob flag ${String(flag)}`);
 }
 
-/** A chunk's blob opened and checked against its id: the bytes are the ones that were backed up. */
-export function openChunk(keys: Keys, id: string, sealed: Uint8Array, what: string): Buffer {
-  const data = openBlob(keys, sealed, what);
+/**
+ * A chunk's blob opened and checked against its id: the bytes are the ones that were backed up.
+ * With `into` (scratch memory, used again for the next chunk), they may be a view of it.
+ */
+export function openChunk(keys: Keys, id: string, sealed: Uint8Array, what: string, into?: Buffer): Buffer {
+  const data = openBlob(keys, sealed, what, into);
   if (keys.id(data).toString('hex') !== id) throw corrupt(what, 'its content does not match its id');
   return data;
 }

@@ -915,9 +915,13 @@ export class Repository {
    * Bytes [offset, offset + length) of a pack, for chunks (`what` names the first in errors): a
    * missing or short pack is a corrupt repository.
    */
-  async readPack(pack: string, offset: number, length: number, what: string): Promise<Buffer> {
+  /** `length` bytes of a pack from `offset`; with `into`, in it (read there directly where the backend can). */
+  async readPack(pack: string, offset: number, length: number, what: string, into?: Uint8Array): Promise<Buffer> {
     try {
-      return await this.backend.get(packKey(pack), { offset, length });
+      const got = await this.backend.get(packKey(pack), { offset, length, into });
+      if (into === undefined || (got.buffer === into.buffer && got.byteOffset === into.byteOffset)) return got;
+      into.set(got);
+      return Buffer.from(into.buffer, into.byteOffset, got.length);
     } catch (err) {
       if (isNotFound(err)) throw corrupt(what, 'its pack is missing', err); // the cause says so to callers (ChunkFetcher)
       if (err instanceof PhoenixError && err.code === 'PHX_PAST_END') throw corrupt(what, 'its pack is truncated');

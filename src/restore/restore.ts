@@ -1,8 +1,9 @@
 import { promises as fs } from 'node:fs';
 import { PhoenixError } from '../errors.js';
 import { compareRaw, displayPath, isWithin, rawFromUtf8, rawToBuffer, type RawPath } from '../model/path.js';
-import { chunkWhat, type FileRecord, mapLimited, type Repository, type TreeState } from '../repo/index.js';
-import { ChunkFetcher, type FetchLimits } from './fetch.js';
+import { type FileRecord, mapLimited, type Repository, type TreeState } from '../repo/index.js';
+import { writeContent } from './content.js';
+import { FETCH_LIMITS, type FetchLimits } from './fetch.js';
 import { actionOf as actionOfPlan, planRestore, underAny, type Action, type Overwrite, type RestorePlan } from './plan.js';
 import { nsToSeconds, WritePool } from './write-pool.js';
 
@@ -21,6 +22,8 @@ export interface RestoreOptions {
   dryRun?: boolean;
   /** How chunks are read (tests make the windows tiny). */
   fetch?: FetchLimits;
+  /** Files each writer thread keeps open at most (tests make it tiny; default 256). */
+  openFiles?: number;
 }
 
 export interface RestoreResult {
@@ -152,14 +155,6 @@ export async function restore(repo: Repository, state: TreeState, target: string
     restoreOther,
   );
 
-  // Files in the order of their first chunk in the repository, so that reads run through each
-  // pack once; chunks are opened, verified and written on worker threads.
-  const byFirstChunk = (a: FileRecord, b: FileRecord): number => {
-    const x = a.chunks[0];
-    const y = b.chunks[0];
-    if (x === undefined || y === undefined) return x === y ? 0 : x === undefined ? -1 : 1;
-    return x.pack < y.pack ? -1 : x.pack > y.pack ? 1 : x.offset - y.offset;
-  };
   // A file with the same content gets its metadata only.
   for (const r of todo) {
     if (r.type !== 'file' || actionOf(r.path) !== 'same') continue;
@@ -168,12 +163,8 @@ export async function restore(repo: Repository, state: TreeState, target: string
     await chown(abs(r.path), r);
     result.files++;
   }
-  const files = todo.filter((r) => r.type === 'file' && actionOf(r.path) !== 'same').sort(byFirstChunk);
-  const fetcher = new ChunkFetcher(
-    repo,
-    files.flatMap((r) => r.chunks),
-    opts.fetch,
-  );
+  const files = todo.filter((r) => r.type === 'file' && actionOf(r.path) !== 'same');
+  for (const r of files) await ensureParents(r.path);
   // Every directory below a target this restore created is its own, made without the setgid bit
   // (unless the target inherited it): a file created there already has the owner and group of
   // this process, and needs no chown to them.
@@ -181,35 +172,17 @@ export async function restore(repo: Repository, state: TreeState, target: string
   const pool = new WritePool(
     repo.keys,
     created && process.geteuid !== undefined ? { uid: process.geteuid(), gid: process.getegid?.() ?? -1 } : undefined,
+    opts.openFiles,
   );
   try {
-    // Many files at a time: small ones are mostly system calls on the workers, a message each way.
-    await mapLimited(files, 64, async (r, file) => {
-      await ensureParents(r.path);
-      const path = `${root}/${r.path}`; // raw (latin1) bytes, as the write workers take them
-      const last = { size: r.size, mode: r.mode, mtimeNs: r.mtimeNs.toString(), uid: r.uid, gid: r.gid, display: displayPath(r.path) };
-      // Blobs go out a few MiB at a time; the file's last message finishes it.
-      let blobs: Array<{ id: string; sealed: Uint8Array; what: string }> = [];
-      let pending = 0;
-      let first = true;
-      const send = async (final: boolean): Promise<void> => {
-        const n = await pool.write({ file, path, first, ...(final ? { last } : {}) }, blobs);
-        first = false;
-        blobs = [];
-        pending = 0;
+    result.reads = await writeContent(repo, files, pool, root, opts.fetch ?? FETCH_LIMITS, {
+      bytes: (n) => {
         result.bytes += n;
         opts.onProgress?.({ files: result.files, bytes: result.bytes, totalBytes });
-      };
-      for (const ref of r.chunks) {
-        blobs.push({ id: ref.id, sealed: await fetcher.get(ref), what: chunkWhat(ref) });
-        pending += ref.length;
-        if (pending >= 4 * 2 ** 20) await send(false);
-      }
-      await send(true);
-      result.files++;
+      },
+      file: () => result.files++,
     });
   } finally {
-    result.reads = fetcher.requests;
     await pool.close();
   }
   for (const p of plan.deletes) await fs.rm(abs(p), { recursive: true, force: true });

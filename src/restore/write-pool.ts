@@ -3,16 +3,31 @@ import { Worker } from 'node:worker_threads';
 import { PhoenixError, type ErrorCode } from '../errors.js';
 import type { Keys } from '../repo/index.js';
 
-/** Main → worker: the next blobs of one file, in order; `first` opens it, `last` finishes it. */
+/** What finishes a file: its size is checked, then its mode, times and owner are set. */
+export interface FileDone {
+  size: number;
+  mode: number;
+  mtimeNs: string;
+  uid: number;
+  gid: number;
+  display: string;
+}
+
+/**
+ * Main → worker: blobs of one file. The file is created by its first job and finished by the
+ * one with `last`. The blobs go at `at` and on; without it, after what the file's jobs wrote
+ * so far (its jobs are written in the order they are sent).
+ */
 export interface WriteJob {
   job: number;
   /** The restore's number for the file (its blobs all go to the same worker). */
   file: number;
   /** The path's bytes as a latin1 string (cloning a small Buffer would copy Node's whole 8 KiB pool). */
   path: string;
-  first: boolean;
-  blobs: Array<{ id: string; sealed: ArrayBuffer; what: string }>;
-  last?: { size: number; mode: number; mtimeNs: string; uid: number; gid: number; display: string };
+  at?: number;
+  /** Views of shared memory (no copy), or copies transferred with the message; `size`: the chunk's plain bytes, if known. */
+  blobs: Array<{ id: string; sealed: Uint8Array; what: string; size?: number }>;
+  last?: FileDone;
 }
 
 export type WriteReply =
@@ -39,11 +54,19 @@ export class WritePool {
   #next = 0;
   #flushing = false;
 
-  /** `createdAs`: the owner a file created by this process gets (where it needs no chown to that owner), if known. */
-  constructor(keys: Keys, createdAs?: { uid: number; gid: number }, threads = Math.max(1, Math.min(4, availableParallelism()))) {
+  /**
+   * `createdAs`: the owner a file created by this process gets (where it needs no chown to that
+   * owner), if known. `maxOpen`: files each thread keeps open at most.
+   */
+  constructor(
+    keys: Keys,
+    createdAs?: { uid: number; gid: number },
+    maxOpen = 256,
+    threads = Math.max(1, Math.min(4, availableParallelism())),
+  ) {
     const master = keys.toShared();
     for (let i = 0; i < threads; i++) {
-      const w = new Worker(new URL('./write-worker.js', import.meta.url), { workerData: { master, createdAs } });
+      const w = new Worker(new URL('./write-worker.js', import.meta.url), { workerData: { master, createdAs, maxOpen } });
       w.on('message', (replies: WriteReply[]) => {
         for (const r of replies) {
           const j = this.#jobs.get(r.job);
@@ -67,13 +90,16 @@ export class WritePool {
     }
   }
 
-  /** Writes the blobs (copied: the caller's buffers stay its own); resolves to the bytes written. */
-  write(job: Omit<WriteJob, 'job' | 'blobs'>, blobs: Array<{ id: string; sealed: Uint8Array; what: string }>): Promise<number> {
+  /**
+   * Writes the blobs; resolves to the bytes written. Blobs in shared memory go as they are (they
+   * must not change until then); others are copied, so the caller's buffers stay its own.
+   */
+  write(job: Omit<WriteJob, 'job' | 'blobs'>, blobs: WriteJob['blobs']): Promise<number> {
     const id = this.#next++;
-    const copies = blobs.map((b) => ({ id: b.id, what: b.what, sealed: new Uint8Array(b.sealed).buffer }));
+    const sent = blobs.map((b) => (b.sealed.buffer instanceof SharedArrayBuffer ? b : { ...b, sealed: new Uint8Array(b.sealed) }));
     return new Promise((resolve, reject) => {
       this.#jobs.set(id, { resolve, reject });
-      (this.#outbox[job.file % this.#workers.length] as WriteJob[]).push({ ...job, job: id, blobs: copies });
+      (this.#outbox[job.file % this.#workers.length] as WriteJob[]).push({ ...job, job: id, blobs: sent });
       if (!this.#flushing) {
         this.#flushing = true;
         queueMicrotask(() => this.#flush());
@@ -88,7 +114,9 @@ export class WritePool {
       if (jobs.length > 0)
         w.postMessage(
           jobs,
-          jobs.flatMap((j) => j.blobs.map((b) => b.sealed)),
+          jobs.flatMap((j) =>
+            j.blobs.flatMap((b) => (b.sealed.buffer instanceof SharedArrayBuffer ? [] : [b.sealed.buffer as ArrayBuffer])),
+          ),
         );
     });
   }
