@@ -84,21 +84,26 @@ function nextNonce(): Buffer {
   return n;
 }
 
-export function seal(key: Buffer, plain: Uint8Array | readonly Uint8Array[]): Buffer {
-  const nonce = nextNonce();
-  const c = createCipheriv('aes-256-gcm', key, nonce);
-  const out: Buffer[] = [nonce];
-  for (const part of plain instanceof Uint8Array ? [plain] : plain) out.push(c.update(part));
-  out.push(c.final(), c.getAuthTag());
-  return Buffer.concat(out);
-}
-
 /**
  * The cipher runs over pieces this size: its output buffers stay small, and the allocator
  * hands the same memory back. A whole 1 MiB blob in one call ran at a third of the speed, most
  * of it the kernel giving fresh pages for each output.
  */
 const PIECE = 64 * 1024;
+
+export function seal(key: Buffer, plain: Uint8Array | readonly Uint8Array[]): Buffer {
+  const parts = plain instanceof Uint8Array ? [plain] : plain;
+  const nonce = nextNonce();
+  const c = createCipheriv('aes-256-gcm', key, nonce);
+  const out = Buffer.allocUnsafe(12 + parts.reduce((n, p) => n + p.length, 0) + 16);
+  let at = nonce.copy(out, 0);
+  for (const part of parts) {
+    for (let i = 0; i < part.length; i += PIECE) at += c.update(part.subarray(i, i + PIECE)).copy(out, at); // see PIECE
+  }
+  at += c.final().copy(out, at);
+  c.getAuthTag().copy(out, at);
+  return out;
+}
 
 /** Opens a sealed body; the plain bytes go into `into` (its start, returned as a view) when it is large enough. */
 export function open(key: Buffer, sealed: Uint8Array, what: string, into?: Buffer): Buffer {

@@ -7,6 +7,11 @@ import type { FileDone, WritePool } from './write-pool.js';
 
 /** Windows read and being written at once: reads overlap the writes of the windows before. */
 const WINDOWS_AT_ONCE = 4;
+/**
+ * Chunks of a window sent to the threads at once: a window of tiny files holds hundreds of
+ * thousands, and each write in flight holds a job, its path and a promise.
+ */
+const USES_AT_ONCE = 512;
 
 /** A run of nearby chunks of one pack, read in one request, and where each of them goes. */
 interface Window {
@@ -85,7 +90,8 @@ export async function writeContent(
         if (err instanceof PhoenixError && isNotFound(err.cause)) return undefined;
         throw err;
       });
-      for (const u of w.uses) {
+      for (const [i, u] of w.uses.entries()) {
+        if (i > 0 && i % USES_AT_ONCE === 0) await Promise.allSettled(writes.splice(0)).then(throwFirst);
         const f = uses.file[u] as number;
         const ref = refOf(files, uses, u);
         let sealed: Uint8Array;
@@ -104,8 +110,8 @@ export async function writeContent(
     // The threads read the slab until their writes are done, failed or not.
     const settled = await Promise.allSettled(writes);
     if (pooled) free.push(slab);
-    const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
-    if (error !== undefined || failed !== undefined) throw error ?? failed?.reason;
+    if (error !== undefined) throw error;
+    throwFirst(settled);
   };
   await mapLimited(windows, WINDOWS_AT_ONCE, writeWindow);
 
@@ -132,6 +138,11 @@ export async function writeContent(
     await send(true);
   });
   return requests + (fetcher?.requests ?? 0) + seq.requests;
+}
+
+function throwFirst(settled: ReadonlyArray<PromiseSettledResult<unknown>>): void {
+  const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
+  if (failed !== undefined) throw failed.reason;
 }
 
 function refOf(files: readonly FileRecord[], uses: Uses, u: number): ChunkRef {
