@@ -913,9 +913,9 @@ export class Repository {
 
   /**
    * Bytes [offset, offset + length) of a pack, for chunks (`what` names the first in errors): a
-   * missing or short pack is a corrupt repository.
+   * missing or short pack is a corrupt repository. With `into`, they are in it (read there
+   * directly where the backend can).
    */
-  /** `length` bytes of a pack from `offset`; with `into`, in it (read there directly where the backend can). */
   async readPack(pack: string, offset: number, length: number, what: string, into?: Uint8Array): Promise<Buffer> {
     try {
       const got = await this.backend.get(packKey(pack), { offset, length, into });
