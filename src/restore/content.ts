@@ -2,7 +2,7 @@ import { isNotFound } from '../backend/backend.js';
 import { PhoenixError } from '../errors.js';
 import { displayPath } from '../model/path.js';
 import { type ChunkRef, chunkWhat, type FileRecord, mapLimited, type Repository } from '../repo/index.js';
-import { ChunkFetcher, type FetchLimits } from './fetch.js';
+import { ChunkFetcher, type FetchLimits, widens } from './fetch.js';
 import type { FileDone, WritePool } from './write-pool.js';
 
 /** Windows read and being written at once: reads overlap the writes of the windows before. */
@@ -194,7 +194,7 @@ function planWindows(files: readonly FileRecord[], uses: Uses, limits: FetchLimi
     for (const i of order) {
       const ref = refOf(files, uses, list[i] as number);
       const end = ref.offset + ref.length;
-      if (w === undefined || ref.offset - w.end > limits.gap || Math.max(w.end, end) - w.start > limits.window) {
+      if (w === undefined || !widens(limits, w.start, w.end, ref)) {
         w = { pack, start: ref.offset, end, uses: [] };
         windows.push(w);
       }

@@ -13,6 +13,11 @@ export interface FetchLimits {
 
 export const FETCH_LIMITS: FetchLimits = { gap: 1024 * 1024, window: 16 * 2 ** 20, keep: 256 * 2 ** 20 };
 
+/** Whether the read of [start, end) of a pack may grow to take in `next` too (a chunk at or after `start`). */
+export function widens(limits: FetchLimits, start: number, end: number, next: { offset: number; length: number }): boolean {
+  return next.offset - end <= limits.gap && Math.max(end, next.offset + next.length) - start <= limits.window;
+}
+
 interface Window {
   pack: string;
   start: number;
@@ -100,7 +105,7 @@ export class ChunkFetcher {
     for (i++; i < list.length; i++) {
       const next = list[i] as ChunkRef;
       if (next.offset < end) continue; // overlaps (a different id at the same place cannot happen; be safe)
-      if (next.offset - end > this.limits.gap || next.offset + next.length - start > this.limits.window) break;
+      if (!widens(this.limits, start, end, next)) break;
       end = next.offset + next.length;
       remaining += uses?.get(next.offset) ?? 0;
     }
