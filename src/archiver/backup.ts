@@ -151,7 +151,8 @@ async function backupLocked(
     for (const path of scanned.tree.walk('')) {
       const e = scanned.tree.get(path) as Entry;
       // What the cache vouches for is settled here, without a read and without a promise.
-      if (stampOf(path, e) === entryStamp(e)) continue;
+      const stamp = stampOf(path, e);
+      if (stamp !== undefined && stamp === entryStamp(e)) continue;
       while (reading >= IN_FLIGHT) await new Promise<void>((r) => (room = r));
       if (failure !== undefined) throw failure.err; // the store failed: read no more
       reading++;
@@ -185,7 +186,10 @@ async function backupLocked(
   // Below a directory that could not be listed nothing is known: keep what the last commit had.
   const unlisted = scanned.problems.map((p) => p.path).filter((p) => scanned.tree.get(p)?.kind === 'dir' || p === '');
   const gone = new Set(vanished);
-  for (const p of known.paths()) if (!scanned.tree.has(p) && !unlisted.some((u) => p !== u && isWithin(p, u))) gone.add(p);
+  // With nothing cached at the start, every row is one this run put, of a path it walked: no
+  // pass over them (two million rows read back at the end of a first backup).
+  if (known === cached)
+    for (const p of known.paths()) if (!scanned.tree.has(p) && !unlisted.some((u) => p !== u && isWithin(p, u))) gone.add(p);
   builder.removeMany([...gone].filter((p) => known.get(p) !== undefined || builder.get(p) !== undefined));
   await commit(builder);
   if (last !== undefined && (await CheckpointPolicy.load(repo, source, await repo.commitList(source), db.count(source))).due()) {
