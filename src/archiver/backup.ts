@@ -371,7 +371,7 @@ export async function planBackup(
   for (const p of scanned.tree.walk('')) {
     const e = scanned.tree.get(p) as Entry;
     const stamp = stampOf(p, e);
-    if (stamp === entryStamp(e)) continue;
+    if (stamp !== undefined && stamp === entryStamp(e)) continue;
     changes.push({
       path: p,
       change: stamp === undefined && known.get(p) === undefined ? 'new' : 'changed',
