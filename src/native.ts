@@ -1,7 +1,7 @@
 import { createRequire } from 'node:module';
 import { PhoenixError } from './errors.js';
 
-/** The raw native binding (native/*.cc). Only src/watcher/inotify.ts, src/scanner/, src/repo/chunker.ts and src/backend/local.ts use it. */
+/** The raw native binding (native/*.cc). Only src/watcher/inotify.ts, src/scanner/, src/repo/chunker.ts, src/repo/crypto.ts and src/backend/local.ts use it. */
 export interface NativeInotify {
   addWatch(path: Buffer, mask: number): number;
   rmWatch(wd: number): number;
@@ -27,6 +27,11 @@ export interface NativeBinding {
     gear: Uint32Array,
   ): number;
   dropCache(fd: number): number;
+  /** out = nonce ‖ AES-256-GCM of the parts ‖ tag; returns its length. */
+  gcmSeal(key: Uint8Array, nonce: Uint8Array, parts: readonly Uint8Array[], out: Uint8Array): number;
+  /** The plaintext of nonce ‖ ciphertext ‖ tag into `out`; its length, or -1 when the tag does not match. */
+  gcmOpen(key: Uint8Array, sealed: Uint8Array, out: Uint8Array): number;
+  hmacSha256(key: Uint8Array, data: Uint8Array, out: Uint8Array): void;
 }
 
 let binding: NativeBinding | undefined;

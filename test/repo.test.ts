@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { createHash, randomBytes } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHash, createHmac, randomBytes } from 'node:crypto';
 import {
   appendFileSync,
   chmodSync,
@@ -293,6 +293,49 @@ async function roundTrip(open: () => Promise<{ backend: Backend; cleanup?: () =>
     { numRuns: runs, verbose: 1 }, // verbose: a failure prints the error that broke the property
   );
 }
+
+describe('sealing and chunk ids (native, on OpenSSL) agree with node:crypto', () => {
+  it('blobs open both ways, ids are HMAC-SHA-256, a changed byte or another key fails, keys may alternate', () => {
+    const a = Keys.fromMaster(randomBytes(64));
+    const b = Keys.fromMaster(randomBytes(64));
+    const nodeOpen = (key: Buffer, s: Buffer): Buffer => {
+      const d = createDecipheriv('aes-256-gcm', key, s.subarray(0, 12));
+      d.setAuthTag(s.subarray(s.length - 16));
+      return Buffer.concat([d.update(s.subarray(12, s.length - 16)), d.final()]);
+    };
+    const nodeSeal = (key: Buffer, data: Buffer): Buffer => {
+      const iv = randomBytes(12);
+      const c = createCipheriv('aes-256-gcm', key, iv);
+      return Buffer.concat([iv, c.update(data), c.final(), c.getAuthTag()]);
+    };
+    for (const n of [0, 1, 15, 16, 17, 4095, 65_537, 2 ** 20 + 3]) {
+      const data = randomBytes(n);
+      for (const keys of [a, b]) {
+        // The keys alternate from call to call: each thread keeps the last key's schedule.
+        const encKey = keys.encKey as Buffer;
+        const sealed = keys.sealParts([data.subarray(0, n >> 1), data.subarray(n >> 1)]);
+        assert.equal(sealed.length, n + 28);
+        assert.ok(nodeOpen(encKey, sealed).equals(data), `size ${n}`);
+        assert.ok(keys.open(nodeSeal(encKey, data), 'blob').equals(data), `size ${n}`);
+        const into = Buffer.alloc(n + 5);
+        assert.ok(keys.open(sealed, 'blob', into).equals(data));
+        assert.equal(
+          keys.id(data).toString('hex'),
+          createHmac('sha256', keys.macKey as Buffer)
+            .update(data)
+            .digest('hex'),
+        );
+        for (const at of [0, 12, sealed.length - 1]) {
+          const bad = Buffer.from(sealed);
+          bad[at] = (bad[at] as number) ^ 1;
+          assert.throws(() => keys.open(bad, 'blob'), { code: 'PHX_CORRUPT' });
+        }
+        assert.throws(() => (keys === a ? b : a).open(sealed, 'blob'), { code: 'PHX_CORRUPT' });
+      }
+    }
+    assert.throws(() => a.open(Buffer.alloc(27), 'blob'), { code: 'PHX_CORRUPT' });
+  });
+});
 
 describe('sealing on worker threads', () => {
   it('gives back exactly the blob the main thread would seal, for every size (small blobs live in a shared pool)', async () => {
