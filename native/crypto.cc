@@ -27,35 +27,35 @@ namespace {
 
 // OpenSSL's objects for one thread (each Node thread calls only on its own): a context keeps the
 // last key's schedule, so the next call with the same key only sets the nonce.
+// One direction of AES-256-GCM: its context, and the key whose schedule it holds.
+struct Gcm {
+  EVP_CIPHER_CTX* ctx = EVP_CIPHER_CTX_new();
+  unsigned char key[32] = {};
+  bool keyed = false;
+  ~Gcm() { EVP_CIPHER_CTX_free(ctx); }
+};
+
 struct CipherState {
   EVP_CIPHER* gcm = nullptr;
   EVP_MD* sha256 = nullptr;
-  EVP_CIPHER_CTX* enc = nullptr;
-  EVP_CIPHER_CTX* dec = nullptr;
+  Gcm enc;
+  Gcm dec;
   EVP_MD_CTX* inner = nullptr;  // SHA-256 after the key ^ ipad block
   EVP_MD_CTX* outer = nullptr;  // SHA-256 after the key ^ opad block
   EVP_MD_CTX* work = nullptr;
-  unsigned char encKey[32] = {};
-  unsigned char decKey[32] = {};
   std::vector<unsigned char> macKey;
-  bool encSet = false;
-  bool decSet = false;
   bool macSet = false;
   bool ok = false;
 
   CipherState() {
     gcm = EVP_CIPHER_fetch(nullptr, "AES-256-GCM", nullptr);
     sha256 = EVP_MD_fetch(nullptr, "SHA256", nullptr);
-    enc = EVP_CIPHER_CTX_new();
-    dec = EVP_CIPHER_CTX_new();
     inner = EVP_MD_CTX_new();
     outer = EVP_MD_CTX_new();
     work = EVP_MD_CTX_new();
-    ok = gcm && sha256 && enc && dec && inner && outer && work;
+    ok = gcm && sha256 && enc.ctx && dec.ctx && inner && outer && work;
   }
   ~CipherState() {
-    EVP_CIPHER_CTX_free(enc);
-    EVP_CIPHER_CTX_free(dec);
     EVP_MD_CTX_free(inner);
     EVP_MD_CTX_free(outer);
     EVP_MD_CTX_free(work);
@@ -92,6 +92,33 @@ Napi::Value OpenSslFailed(Napi::Env env, const char* what) {
 // Lengths handed to OpenSSL are ints: blobs are at most a few MiB, parts are cut below 1 GiB.
 constexpr size_t kStep = size_t{1} << 30;
 
+// Starts a message under `key` and the 12-byte nonce `iv`; the key schedule is made only when
+// the key is not the one the context holds.
+bool Start(const CipherState& s, Gcm& g, bool encrypt, const unsigned char* key, const unsigned char* iv) {
+  const bool same = g.keyed && CRYPTO_memcmp(g.key, key, 32) == 0;
+  if (EVP_CipherInit_ex2(g.ctx, same ? nullptr : s.gcm, same ? nullptr : key, iv, encrypt ? 1 : 0, nullptr) != 1) {
+    g.keyed = false;
+    return false;
+  }
+  if (!same) {
+    memcpy(g.key, key, 32);
+    g.keyed = true;
+  }
+  return true;
+}
+
+// Runs `length` bytes of `in` through the cipher into `out` + *at.
+bool Update(Gcm& g, unsigned char* out, size_t* at, const unsigned char* in, size_t length) {
+  for (size_t done = 0; done < length;) {
+    const int n = static_cast<int>(std::min(length - done, kStep));
+    int written = 0;
+    if (EVP_CipherUpdate(g.ctx, out + *at, &written, in + done, n) != 1) return false;
+    *at += static_cast<size_t>(written);
+    done += static_cast<size_t>(n);
+  }
+  return true;
+}
+
 }  // namespace
 
 Napi::Value GcmSeal(const Napi::CallbackInfo& info) {
@@ -112,30 +139,16 @@ Napi::Value GcmSeal(const Napi::CallbackInfo& info) {
   if (outLen < 12 + total + 16) return Fail(env, "gcmSeal: out is too small (needs 28 bytes more than the parts)");
   CipherState& s = State();
   if (!s.ok) return OpenSslFailed(env, "no AES-256-GCM or SHA-256");
-  const bool sameKey = s.encSet && CRYPTO_memcmp(s.encKey, key, 32) == 0;
-  if (EVP_EncryptInit_ex2(s.enc, sameKey ? nullptr : s.gcm, sameKey ? nullptr : key, nonce, nullptr) != 1) {
-    s.encSet = false;
-    return OpenSslFailed(env, "EVP_EncryptInit_ex2");
-  }
-  if (!sameKey) {
-    memcpy(s.encKey, key, 32);
-    s.encSet = true;
-  }
+  if (!Start(s, s.enc, true, key, nonce)) return OpenSslFailed(env, "EVP_CipherInit_ex2");
   memmove(out, nonce, 12);
   size_t at = 12;
   for (auto& [data, length] : in) {
-    for (size_t done = 0; done < length;) {
-      const int n = static_cast<int>(std::min(length - done, kStep));
-      int written = 0;
-      if (EVP_EncryptUpdate(s.enc, out + at, &written, data + done, n) != 1) return OpenSslFailed(env, "EVP_EncryptUpdate");
-      at += static_cast<size_t>(written);
-      done += static_cast<size_t>(n);
-    }
+    if (!Update(s.enc, out, &at, data, length)) return OpenSslFailed(env, "EVP_CipherUpdate");
   }
   int written = 0;
-  if (EVP_EncryptFinal_ex(s.enc, out + at, &written) != 1) return OpenSslFailed(env, "EVP_EncryptFinal_ex");
+  if (EVP_CipherFinal_ex(s.enc.ctx, out + at, &written) != 1) return OpenSslFailed(env, "EVP_CipherFinal_ex");
   at += static_cast<size_t>(written);
-  if (EVP_CIPHER_CTX_ctrl(s.enc, EVP_CTRL_GCM_GET_TAG, 16, out + at) != 1) return OpenSslFailed(env, "EVP_CTRL_GCM_GET_TAG");
+  if (EVP_CIPHER_CTX_ctrl(s.enc.ctx, EVP_CTRL_GCM_GET_TAG, 16, out + at) != 1) return OpenSslFailed(env, "EVP_CTRL_GCM_GET_TAG");
   return Napi::Number::New(env, static_cast<double>(at + 16));
 }
 
@@ -152,30 +165,15 @@ Napi::Value GcmOpen(const Napi::CallbackInfo& info) {
   if (outLen < length) return Fail(env, "gcmOpen: out is smaller than the plaintext");
   CipherState& s = State();
   if (!s.ok) return OpenSslFailed(env, "no AES-256-GCM or SHA-256");
-  const bool sameKey = s.decSet && CRYPTO_memcmp(s.decKey, key, 32) == 0;
-  if (EVP_DecryptInit_ex2(s.dec, sameKey ? nullptr : s.gcm, sameKey ? nullptr : key, sealed, nullptr) != 1) {
-    s.decSet = false;
-    return OpenSslFailed(env, "EVP_DecryptInit_ex2");
-  }
-  if (!sameKey) {
-    memcpy(s.decKey, key, 32);
-    s.decSet = true;
-  }
-  const unsigned char* body = sealed + 12;
+  if (!Start(s, s.dec, false, key, sealed)) return OpenSslFailed(env, "EVP_CipherInit_ex2");
   size_t at = 0;
-  for (size_t done = 0; done < length;) {
-    const int n = static_cast<int>(std::min(length - done, kStep));
-    int written = 0;
-    if (EVP_DecryptUpdate(s.dec, out + at, &written, body + done, n) != 1) return OpenSslFailed(env, "EVP_DecryptUpdate");
-    at += static_cast<size_t>(written);
-    done += static_cast<size_t>(n);
-  }
+  if (!Update(s.dec, out, &at, sealed + 12, length)) return OpenSslFailed(env, "EVP_CipherUpdate");
   unsigned char tag[16];
   memcpy(tag, sealed + sealedLen - 16, 16);  // OpenSSL takes a non-const pointer
-  if (EVP_CIPHER_CTX_ctrl(s.dec, EVP_CTRL_GCM_SET_TAG, 16, tag) != 1) return OpenSslFailed(env, "EVP_CTRL_GCM_SET_TAG");
+  if (EVP_CIPHER_CTX_ctrl(s.dec.ctx, EVP_CTRL_GCM_SET_TAG, 16, tag) != 1) return OpenSslFailed(env, "EVP_CTRL_GCM_SET_TAG");
   int written = 0;
   // The tag is checked here; on a mismatch the plaintext in out is not to be used.
-  if (EVP_DecryptFinal_ex(s.dec, out + at, &written) != 1) return Napi::Number::New(env, -1);
+  if (EVP_CipherFinal_ex(s.dec.ctx, out + at, &written) != 1) return Napi::Number::New(env, -1);
   return Napi::Number::New(env, static_cast<double>(at + static_cast<size_t>(written)));
 }
 
