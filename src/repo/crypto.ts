@@ -45,7 +45,8 @@ export class Keys {
   /** The chunk id of `data`: HMAC-SHA-256 under the MAC key, or SHA-256. */
   id(data: Uint8Array): Buffer {
     if (this.macKey === undefined) return createHash('sha256').update(data).digest();
-    const out = Buffer.allocUnsafe(32);
+    // Its own memory, not a slice of Node's shared pool: an id kept would keep 8 KiB alive.
+    const out = Buffer.allocUnsafeSlow(32);
     native().hmacSha256(this.macKey, data, out);
     return out;
   }
@@ -105,7 +106,13 @@ export function seal(key: Buffer, plain: Uint8Array | readonly Uint8Array[]): Bu
 export function open(key: Buffer, sealed: Uint8Array, what: string, into?: Buffer): Buffer {
   if (sealed.length < 28) throw corrupt(what, 'too short to be an encrypted object');
   const length = sealed.length - 28;
-  const plain = into !== undefined && into.length >= length ? into.subarray(0, length) : Buffer.allocUnsafe(length);
+  // OpenSSL leaves output that partly overlaps its input undefined: `into` only when apart.
+  const apart =
+    into !== undefined &&
+    (into.buffer !== sealed.buffer ||
+      into.byteOffset >= sealed.byteOffset + sealed.length ||
+      sealed.byteOffset >= into.byteOffset + length);
+  const plain = into !== undefined && apart && into.length >= length ? into.subarray(0, length) : Buffer.allocUnsafe(length);
   if (native().gcmOpen(key, sealed, plain) !== length) throw corrupt(what, 'it fails authentication (modified, truncated or damaged)');
   return plain;
 }
