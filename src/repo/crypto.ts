@@ -106,13 +106,14 @@ export function seal(key: Buffer, plain: Uint8Array | readonly Uint8Array[]): Bu
 export function open(key: Buffer, sealed: Uint8Array, what: string, into?: Buffer): Buffer {
   if (sealed.length < 28) throw corrupt(what, 'too short to be an encrypted object');
   const length = sealed.length - 28;
-  // OpenSSL leaves output that partly overlaps its input undefined: `into` only when apart.
-  const apart =
+  // OpenSSL leaves output that partly overlaps its input undefined: `into` only when large enough and apart.
+  const usable =
     into !== undefined &&
+    into.length >= length &&
     (into.buffer !== sealed.buffer ||
       into.byteOffset >= sealed.byteOffset + sealed.length ||
       sealed.byteOffset >= into.byteOffset + length);
-  const plain = into !== undefined && apart && into.length >= length ? into.subarray(0, length) : Buffer.allocUnsafe(length);
+  const plain = usable ? into.subarray(0, length) : Buffer.allocUnsafe(length);
   if (native().gcmOpen(key, sealed, plain) !== length) throw corrupt(what, 'it fails authentication (modified, truncated or damaged)');
   return plain;
 }
