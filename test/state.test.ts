@@ -214,7 +214,7 @@ describe('the chunk index: a log merged into the table', () => {
     const file = join(dir.path, 'db.sqlite');
     let db = new StateDb(file);
     try {
-      // 65,536 rows fill the log (a quarter of an empty table is less than that): the commit that
+      // 65,536 rows fill the log (an empty table holds fewer than that): the commit that
       // reaches it merges them, and the rest stay in the log.
       for (let c = 0; c < 7; c++)
         db.applyCommit(

@@ -23,7 +23,8 @@ const LOG_MAX = 524_288;
  *   it. Every merge rewrites the whole table, so they are few: a first backup of 2,000,000 files
  *   merged 13 times (9.1 million rows written) when the log was merged at a quarter of the
  *   table, and 6 times (3.6 million) now; it took 114 and 106 s instead of 130 and 123. LOG_MAX
- *   bounds the memory (`#logged`, 14 MiB); past it a merge comes every LOG_MAX rows either way.
+ *   bounds the memory (`#logged`, 14 MiB): once the table holds that many, a merge comes every
+ *   LOG_MAX rows.
  * - A Bloom filter (ChunkFilter) of every id, once lookups are many: most chunks of a first
  *   backup are new, and "no" needs no SQLite at all.
  *
