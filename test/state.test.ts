@@ -4,8 +4,8 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import Database from 'better-sqlite3';
 import fc from 'fast-check';
-import { applyChange, type FileRecord, type JournalChange, type TreeState } from '../src/repo/format.js';
-import { StateDb } from '../src/state/db.js';
+import { applyChange, type ChunkRef, encodeRecord, type FileRecord, type JournalChange, type TreeState } from '../src/repo/format.js';
+import { StateDb, stampOf } from '../src/state/db.js';
 import { ChunkFilter } from '../src/state/chunk-filter.js';
 import { tempDir } from './helpers.js';
 
@@ -381,6 +381,99 @@ describe('KnownFiles.childStamps', () => {
       );
     } finally {
       db.close();
+      dir.cleanup();
+    }
+  });
+});
+
+describe('a cache row (compact, version 2)', () => {
+  // Hex ids and small numbers take the binary form; anything else (a repository is untrusted) the JSON one.
+  const hex = fc.uint8Array({ minLength: 32, maxLength: 32 }).map((b) => Buffer.from(b).toString('hex'));
+  const id = fc.oneof(hex, fc.string({ maxLength: 70 }));
+  const num = fc.oneof(fc.nat(5000), fc.constantFrom(0xffff_fffe, 0xffff_ffff, 2 ** 33, 1.5));
+  const chunkArb = fc
+    .record({ id, pack: id, offset: num, length: num, size: fc.option(num, { nil: undefined }) })
+    .map(({ size, ...c }): ChunkRef => (size === undefined ? { ...c } : { ...c, size }));
+  const rawName = fc.array(fc.integer({ min: 0x20, max: 0xff }), { minLength: 1, maxLength: 6 }).map((b) => String.fromCharCode(...b));
+  const recArb = fc
+    .record({
+      path: rawName,
+      type: fc.constantFrom('file', 'dir', 'symlink', 'other' as const),
+      mode: fc.nat(0o177777),
+      uid: fc.nat(2 ** 32 - 1),
+      gid: fc.nat(2 ** 32 - 1),
+      mtimeNs: fc.bigInt(-(2n ** 63n), 2n ** 63n - 1n),
+      size: fc.nat(),
+      target: fc.option(fc.oneof(rawName, fc.constant('a:b::c')), { nil: undefined }),
+      fine: fc.option(fc.constant(true), { nil: undefined }),
+      chunks: fc.array(chunkArb, { maxLength: 3 }),
+    })
+    .map((r) => {
+      const out: FileRecord = {
+        path: r.path.replace(/\//g, '_'),
+        type: r.type,
+        mode: r.mode,
+        uid: r.uid,
+        gid: r.gid,
+        mtimeNs: r.mtimeNs,
+        size: r.size,
+        chunks: r.chunks,
+      };
+      if (r.target !== undefined) out.target = r.target;
+      if (r.fine !== undefined) out.fine = true;
+      return out;
+    });
+
+  it('gives back the record, inode, ctime and checkpoint JSON it was given (property-based)', () => {
+    const dir = tempDir('phx-state-row-');
+    const db = new StateDb(join(dir.path, 'db.sqlite'));
+    try {
+      let run = 0;
+      fc.assert(
+        fc.property(recArb, fc.constantFrom('', '1700000000123456789'), (r, ctimeNs) => {
+          const source = `s${run++}`;
+          db.applyCommit(source, 'repo', 1, [{ rec: r, ino: ctimeNs === '' ? '' : '42', ctimeNs }], [], []);
+          const got = db.known(source).get(r.path);
+          assert.deepEqual(got?.rec, r);
+          assert.equal(got?.ino, ctimeNs === '' ? '' : '42');
+          assert.equal(got?.ctimeNs, ctimeNs);
+          assert.equal(db.known(source).stamp(r.path), ctimeNs === '' ? undefined : stampOf({ rec: r, ino: '42', ctimeNs }));
+          assert.deepEqual([...db.snapshot(source)], [{ path: r.path, json: JSON.stringify(encodeRecord(r)) }]);
+        }),
+        { numRuns: 300 },
+      );
+    } finally {
+      db.close();
+      dir.cleanup();
+    }
+  });
+
+  it('a cache of version 1 (records as JSON) is dropped, to be rebuilt; the queue is kept', () => {
+    const dir = tempDir('phx-state-v1-');
+    const path = join(dir.path, 'db.sqlite');
+    try {
+      let db = new StateDb(path);
+      db.applyCommit('s', 'repo', 3, [{ rec: rec('a', 'file', 1), ino: '1', ctimeNs: '2' }], [], []);
+      db.enqueue([{ id: db.nextQueueId(), source: 's', op: 'path', path: 'a', timeMs: 1, open: false }]);
+      db.close();
+      const old = new Database(path);
+      old.exec(
+        'DROP TABLE files; CREATE TABLE files (source TEXT NOT NULL, path BLOB NOT NULL, rec TEXT NOT NULL, ino TEXT NOT NULL, ctime TEXT NOT NULL, stamp TEXT NOT NULL, PRIMARY KEY (source, path));',
+      );
+      old.exec(`INSERT INTO files VALUES ('s', x'61', '{"p":"YQ==","t":"file","m":33188,"u":1,"g":2,"mt":"1000","s":1}', '1', '2', 'x')`);
+      old.pragma('user_version = 1');
+      old.close();
+      db = new StateDb(path);
+      assert.equal(db.seq('s', 'repo'), undefined, 'out of sync: rebuilt from the repository');
+      assert.equal(db.count('s'), 0);
+      assert.deepEqual(
+        db.queued('s').map((q) => q.path),
+        ['a'],
+      );
+      db.applyCommit('s', 'repo', 4, [{ rec: rec('b', 'file', 1), ino: '1', ctimeNs: '2' }], [], []);
+      assert.deepEqual(db.known('s').get('b')?.rec, rec('b', 'file', 1));
+      db.close();
+    } finally {
       dir.cleanup();
     }
   });

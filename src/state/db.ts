@@ -4,7 +4,8 @@ import { dirname } from 'node:path';
 import type { Entry } from '../model/entry.js';
 import { rawFromBuffer, rawToBuffer, type RawPath } from '../model/path.js';
 import { ChunkIndex } from './chunk-index.js';
-import { type ChunkRef, decodeRecord, type EncodedRecord, encodeRecord, type FileRecord, type JournalChange } from '../repo/index.js';
+import { type ChunkRef, type EncodedRecord, encodeRecord, type FileRecord, type JournalChange } from '../repo/index.js';
+import { decodeRow, encodeRow, rowChunks, stampIds, stampString, stampVouches } from './row.js';
 
 /** What the local cache knows of one path: the stored record, plus inode and ctime to skip unchanged files. */
 export interface CachedFile {
@@ -21,34 +22,41 @@ export interface CachedFile {
  * ctime and link target. The same string for a cached file and for a scanned entry.
  */
 export function stampOf(c: CachedFile): string {
-  const r = c.rec;
-  return `${r.type}:${r.mode}:${r.uid}:${r.gid}:${r.mtimeNs}:${r.size}:${c.ino}:${c.ctimeNs}:${r.target ?? ''}`;
+  return stampString(c.rec, c.ino, c.ctimeNs);
 }
 
 export function entryStamp(e: Entry): string {
   return `${e.kind}:${e.mode}:${e.uid}:${e.gid}:${e.mtimeNs}:${e.kind === 'file' ? e.size : 0}:${e.ino}:${e.ctimeNs}:${e.target ?? ''}`;
 }
 
-/** A row of the cache: the record is decoded only when used (most of a scan only compares stamps). */
+/** A row of the cache (row.ts): the record is decoded only when used (most of a scan only compares stamps). */
 class StoredFile implements CachedFile {
-  #raw: string;
+  readonly #path: RawPath;
+  readonly #blob: Buffer;
   #rec: FileRecord | undefined;
+  // Own fields, not getters: a commit copies a cached file with a spread.
+  readonly ino: string;
+  readonly ctimeNs: string;
 
   constructor(
-    raw: string,
-    readonly ino: string,
-    readonly ctimeNs: string,
+    path: RawPath,
     readonly stamp: string,
+    blob: Buffer,
   ) {
-    this.#raw = raw;
+    this.#path = path;
+    this.#blob = blob;
+    ({ ino: this.ino, ctimeNs: this.ctimeNs } = stampIds(stamp));
   }
 
   get rec(): FileRecord {
-    return (this.#rec ??= decodeRecord(JSON.parse(this.#raw) as Record<string, unknown>));
+    return (this.#rec ??= decodeRow(this.#path, this.stamp, this.#blob));
   }
 }
 
-type ChangeStatements = Record<'dropBelow' | 'isDir' | 'toTemp' | 'fromTemp' | 'repath', Database.Statement>;
+/** The cache's format (user_version): 1 added files.stamp, 2 made the rows compact (row.ts). */
+const STATE_VERSION = 2;
+
+type ChangeStatements = Record<'dropBelow' | 'isDir' | 'toTemp' | 'fromTemp', Database.Statement>;
 
 /** What the cache knows of one source's committed tree (StateDb.known). */
 export interface KnownFiles {
@@ -115,12 +123,6 @@ export class StateDb {
     mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
     this.#path = path;
     this.#db = new Database(path);
-    // A record's JSON with its path ("p", always the first field) set to `path`: moves rewrite rows in SQL.
-    this.#db.function('phx_repath', { deterministic: true }, (rec: unknown, p: unknown) => {
-      const o = JSON.parse(String(rec)) as Record<string, unknown>;
-      o.p = Buffer.from(p as Uint8Array).toString('base64');
-      return JSON.stringify(o);
-    });
     // `prefix` followed by `path` without its first `skip` bytes (SQL's string functions are not for arbitrary bytes).
     this.#db.function('phx_rebase', { deterministic: true }, (prefix: unknown, path: unknown, skip: unknown) =>
       Buffer.concat([prefix as Uint8Array, (path as Buffer).subarray(Number(skip))]),
@@ -129,22 +131,23 @@ export class StateDb {
     this.#db.pragma(this.#scratch ? 'synchronous = OFF' : 'synchronous = NORMAL');
     // A scratch tree is read back path by path as it is changed: 64 MiB of pages stay in memory.
     if (this.#scratch) this.#db.pragma('cache_size = -65536');
-    // Version 1 added files.stamp. Older file caches are dropped, and rebuilt from the repository.
-    if ((this.#db.pragma('user_version', { simple: true }) as number) < 1)
+    // Version 1 added files.stamp; version 2 made the rows compact (row.ts). Older file caches are
+    // dropped, and rebuilt from the repository (the queue and the chunk index are kept).
+    if ((this.#db.pragma('user_version', { simple: true }) as number) < STATE_VERSION)
       this.#db.exec('DROP TABLE IF EXISTS files; DROP TABLE IF EXISTS meta;');
     this.#db.exec(`
       CREATE TABLE IF NOT EXISTS meta (source TEXT PRIMARY KEY, repo_id TEXT NOT NULL, seq INTEGER NOT NULL);
-      CREATE TABLE IF NOT EXISTS files (source TEXT NOT NULL, path BLOB NOT NULL, rec TEXT NOT NULL, ino TEXT NOT NULL, ctime TEXT NOT NULL, stamp TEXT NOT NULL, PRIMARY KEY (source, path));
+      CREATE TABLE IF NOT EXISTS files (source TEXT NOT NULL, path BLOB NOT NULL, stamp TEXT NOT NULL, rec BLOB NOT NULL, PRIMARY KEY (source, path)) WITHOUT ROWID;
       CREATE TABLE IF NOT EXISTS queue (id INTEGER PRIMARY KEY, source TEXT NOT NULL, op TEXT NOT NULL, path BLOB NOT NULL, from_path BLOB, time_ms INTEGER NOT NULL, open INTEGER NOT NULL);
       CREATE TABLE IF NOT EXISTS plans (key TEXT PRIMARY KEY);
       CREATE TABLE IF NOT EXISTS doomed_parts (id TEXT PRIMARY KEY);
     `);
-    this.#db.pragma('user_version = 1');
+    this.#db.pragma(`user_version = ${STATE_VERSION}`);
     this.#putQueue = this.#db.prepare('INSERT INTO queue (id, source, op, path, from_path, time_ms, open) VALUES (?, ?, ?, ?, ?, ?, ?)');
     this.#trimQueue = this.#db.prepare('DELETE FROM queue WHERE source = ? AND id <= ?');
     this.#lastQueued = (this.#db.prepare('SELECT max(id) AS id FROM queue').get() as { id: number | null }).id ?? 0;
     this.#chunks = this.#scratch ? undefined : new ChunkIndex(this.#db);
-    this.#putFile = this.#db.prepare('INSERT OR REPLACE INTO files (source, path, rec, ino, ctime, stamp) VALUES (?, ?, ?, ?, ?, ?)');
+    this.#putFile = this.#db.prepare('INSERT OR REPLACE INTO files (source, path, stamp, rec) VALUES (?, ?, ?, ?)');
     this.#delFile = this.#db.prepare('DELETE FROM files WHERE source = ? AND path = ?');
     // A scratch tree's changes stay in one open transaction (a commit per change costs more than
     // the change), made visible to other connections only when they read: snapshot().
@@ -178,10 +181,13 @@ export class StateDb {
 
   files(source: string): Map<RawPath, CachedFile> {
     const out = new Map<RawPath, CachedFile>();
-    const rows = this.#db.prepare('SELECT path, rec, ino, ctime, stamp FROM files WHERE source = ?').raw().all(source) as Array<
-      [Buffer, string, string, string, string]
+    const rows = this.#db.prepare('SELECT path, stamp, rec FROM files WHERE source = ?').raw().all(source) as Array<
+      [Buffer, string, Buffer]
     >;
-    for (const [path, rec, ino, ctime, stamp] of rows) out.set(rawFromBuffer(path), new StoredFile(rec, ino, ctime, stamp));
+    for (const [p, stamp, rec] of rows) {
+      const path = rawFromBuffer(p);
+      out.set(path, new StoredFile(path, stamp, rec));
+    }
     return out;
   }
 
@@ -267,21 +273,24 @@ export class StateDb {
       ids.set(m.to.id, m.to);
     }
     let n = 0;
-    // One pass over the rows, whatever the number of packs moved: a row is parsed only when one
-    // of its chunk refs (`["id","pack"`) names a moved chunk.
-    const ref = /\["([0-9a-f]{64})","([0-9a-f]{64})"/g;
-    const changed: Array<[string, string, Buffer]> = [];
-    const rows = this.#db.prepare('SELECT source, path, rec FROM files').raw().iterate() as IterableIterator<[string, Buffer, string]>;
-    for (const [source, path, text] of rows) {
-      let hit = false;
-      for (const m of text.matchAll(ref)) if (byPack.get(m[2] as string)?.has(m[1] as string)) hit = true;
-      if (!hit) continue;
-      const o = JSON.parse(text) as { c?: unknown[][] };
-      o.c = (o.c ?? []).map((c) => {
-        const to = byPack.get(String(c[1]))?.get(String(c[0]));
-        return to === undefined ? c : [to.id, to.pack, to.offset, to.length, ...c.slice(4)];
+    // One pass over the rows, whatever the number of packs moved: a row is decoded whole only
+    // when one of its chunk refs names a moved chunk.
+    const changed: Array<[Buffer, string, Buffer]> = [];
+    const packs = new Map<string, string>();
+    const rows = this.#db.prepare('SELECT source, path, stamp, rec FROM files').raw().iterate() as IterableIterator<
+      [string, Buffer, string, Buffer]
+    >;
+    for (const [source, path, stamp, blob] of rows) {
+      const chunks = rowChunks(blob, packs);
+      if (!chunks.some((c) => byPack.get(c.pack)?.has(c.id) === true)) continue;
+      const moved = chunks.map((c) => {
+        const to = byPack.get(c.pack)?.get(c.id);
+        if (to === undefined) return c;
+        const ref: ChunkRef = { id: to.id, pack: to.pack, offset: to.offset, length: to.length };
+        if (c.size !== undefined) ref.size = c.size;
+        return ref;
       });
-      changed.push([JSON.stringify(o), source, path]);
+      changed.push([encodeRow({ ...decodeRow(rawFromBuffer(path), stamp, blob), chunks: moved }), source, path]);
     }
     const update = this.#db.prepare('UPDATE files SET rec = ? WHERE source = ? AND path = ?');
     this.#db.transaction(() => {
@@ -304,9 +313,11 @@ export class StateDb {
    * `return()`), which ends the read transaction.
    */
   snapshot(source: string): Snapshot {
-    return this.#rows(source, 'path, rec', 'ORDER BY path', (r) => {
-      const [path, json] = r as [Buffer, string];
-      return { path: rawFromBuffer(path), json };
+    const packs = new Map<string, string>();
+    return this.#rows(source, 'path, stamp, rec', 'ORDER BY path', (r) => {
+      const [p, stamp, blob] = r as [Buffer, string, Buffer];
+      const path = rawFromBuffer(p);
+      return { path, json: JSON.stringify(encodeRecord(decodeRow(path, stamp, blob, packs))) };
     });
   }
 
@@ -315,21 +326,21 @@ export class StateDb {
    * committed tree is never held in memory (a commit's own changes are, until it is durable).
    */
   known(source: string): KnownFiles {
-    const one = this.#db.prepare('SELECT rec, ino, ctime, stamp FROM files WHERE source = ? AND path = ?').raw();
-    const stamp = this.#db.prepare('SELECT stamp, ctime FROM files WHERE source = ? AND path = ?').raw();
+    const one = this.#db.prepare('SELECT stamp, rec FROM files WHERE source = ? AND path = ?').raw();
+    const stamp = this.#db.prepare('SELECT stamp FROM files WHERE source = ? AND path = ?').pluck();
     const below = this.#db.prepare('SELECT path FROM files WHERE source = ? AND path > ? AND path < ?').pluck();
     const all = this.#db.prepare('SELECT path FROM files WHERE source = ?').pluck();
-    const from = this.#db.prepare('SELECT path, stamp, ctime FROM files WHERE source = ? AND path >= ? ORDER BY path').raw();
-    const fromTo = this.#db.prepare('SELECT path, stamp, ctime FROM files WHERE source = ? AND path >= ? AND path < ? ORDER BY path').raw();
+    const from = this.#db.prepare('SELECT path, stamp FROM files WHERE source = ? AND path >= ? ORDER BY path').raw();
+    const fromTo = this.#db.prepare('SELECT path, stamp FROM files WHERE source = ? AND path >= ? AND path < ? ORDER BY path').raw();
     const exists = this.#db.prepare('SELECT 1 FROM files WHERE source = ? AND path = ?').pluck();
     return {
       get: (path) => {
-        const r = one.get(source, rawToBuffer(path)) as [string, string, string, string] | undefined;
-        return r === undefined ? undefined : new StoredFile(r[0], r[1], r[2], r[3]);
+        const r = one.get(source, rawToBuffer(path)) as [string, Buffer] | undefined;
+        return r === undefined ? undefined : new StoredFile(path, r[0], r[1]);
       },
       stamp: (path) => {
-        const r = stamp.get(source, rawToBuffer(path)) as [string, string] | undefined;
-        return r === undefined || r[1] === '' ? undefined : r[0];
+        const s = stamp.get(source, rawToBuffer(path)) as string | undefined;
+        return s === undefined || !stampVouches(s) ? undefined : s;
       },
       below: (dir) =>
         ((dir === '' ? all.all(source) : below.all(source, rawToBuffer(`${dir}/`), rawToBuffer(`${dir}0`))) as Buffer[]).map(rawFromBuffer),
@@ -341,10 +352,10 @@ export class StateDb {
         while (lo !== undefined) {
           const rows = (
             end === undefined ? from.iterate(source, rawToBuffer(lo)) : fromTo.iterate(source, rawToBuffer(lo), end)
-          ) as Iterable<[Buffer, string, string]>;
+          ) as Iterable<[Buffer, string]>;
           const at: RawPath = lo;
           lo = undefined;
-          for (const [p, stamp, ctime] of rows) {
+          for (const [p, stamp] of rows) {
             const name = rawFromBuffer(p).slice(prefix.length);
             if (name === '') continue; // `dir` itself (only '' could be: it is not stored)
             const slash = name.indexOf('/');
@@ -354,16 +365,16 @@ export class StateDb {
               if (next > at) lo = next;
               break;
             }
-            out.set(name, ctime === '' ? undefined : stamp);
+            out.set(name, stampVouches(stamp) ? stamp : undefined);
           }
         }
         return out;
       },
       paths: () => this.#rows(source, 'path', '', (r) => rawFromBuffer(r as Buffer)),
       stamps: () =>
-        this.#rows(source, 'path, stamp, ctime', '', (r) => {
-          const [p, stamp, ctime] = r as [Buffer, string, string];
-          return [rawFromBuffer(p), ctime === '' ? undefined : stamp];
+        this.#rows(source, 'path, stamp', '', (r) => {
+          const [p, stamp] = r as [Buffer, string];
+          return [rawFromBuffer(p), stampVouches(stamp) ? stamp : undefined];
         }),
       has: (path) => exists.get(source, rawToBuffer(path)) !== undefined,
     };
@@ -420,7 +431,7 @@ export class StateDb {
   applyChanges(source: string, changes: Iterable<JournalChange>): void {
     const db = this.#db;
     const range = (p: RawPath): [Buffer, Buffer] => [rawToBuffer(`${p}/`), rawToBuffer(`${p}0`)];
-    const { dropBelow, isDir, toTemp, fromTemp, repath } = (this.#changeStatements ??= this.#prepareChanges());
+    const { dropBelow, isDir, toTemp, fromTemp } = (this.#changeStatements ??= this.#prepareChanges());
     const apply = (): void => {
       for (const c of changes) {
         if (c.op === 'put') {
@@ -436,8 +447,7 @@ export class StateDb {
           toTemp.run(rawToBuffer(c.from).length, source, rawToBuffer(c.from), ...range(c.from));
           this.#delFile.run(source, rawToBuffer(c.path));
           dropBelow.run(source, ...range(c.path));
-          fromTemp.run(rawToBuffer(c.path), source);
-          repath.run(source, rawToBuffer(c.path), ...range(c.path));
+          fromTemp.run(rawToBuffer(c.path), source); // (a row's record does not hold its path)
         }
       }
     };
@@ -453,11 +463,10 @@ export class StateDb {
     const under = 'path > ? AND path < ?'; // `dir/` < p < `dir0`: everything under dir
     return {
       dropBelow: db.prepare(`DELETE FROM files WHERE source = ? AND ${under}`),
-      isDir: db.prepare('SELECT 1 FROM files WHERE source = ? AND path = ? AND rec LIKE \'%"t":"dir"%\''),
+      isDir: db.prepare("SELECT 1 FROM files WHERE source = ? AND path = ? AND substr(stamp, 1, 4) = 'dir:'"),
       // A moved subtree passes through paths that start with '/', which no relative path does.
       toTemp: db.prepare(`UPDATE files SET path = phx_rebase(X'2F', path, ?) WHERE source = ? AND (path = ? OR (${under}))`),
       fromTemp: db.prepare("UPDATE files SET path = phx_rebase(?, path, 1) WHERE source = ? AND path >= X'2F' AND path < X'30'"),
-      repath: db.prepare(`UPDATE files SET rec = phx_repath(rec, path) WHERE source = ? AND (path = ? OR (${under}))`),
     };
   }
 
@@ -477,7 +486,7 @@ export class StateDb {
   }
 
   #putFileRow(source: string, f: CachedFile): void {
-    this.#putFile.run(source, rawToBuffer(f.rec.path), JSON.stringify(encodeRecord(f.rec)), f.ino, f.ctimeNs, stampOf(f));
+    this.#putFile.run(source, rawToBuffer(f.rec.path), f.stamp ?? stampOf(f), encodeRow(f.rec));
   }
 
   #setSeq(source: string, repoId: string, seq: number): void {
