@@ -253,9 +253,10 @@ describe('the chunk index: a log merged into the table', () => {
       );
       const raw = new Database(file, { readonly: true });
       try {
-        const place = raw.prepare('SELECT pack, offset FROM chunks WHERE id = ?').raw();
-        assert.deepEqual(place.get(id(5)), [packB, 5]);
-        assert.deepEqual(place.get(id(69_999)), [packB, 7]);
+        // Ids and packs as 32 bytes each.
+        const place = raw.prepare('SELECT hex(pack), offset FROM chunks WHERE id = ?').raw();
+        assert.deepEqual(place.get(Buffer.from(id(5), 'hex')), [packB.toUpperCase(), 5]);
+        assert.deepEqual(place.get(Buffer.from(id(69_999), 'hex')), [packB.toUpperCase(), 7]);
       } finally {
         raw.close();
       }
@@ -327,7 +328,7 @@ describe('the chunk index: a log merged into the table', () => {
       db.close();
       // What an older build does when it applies a plan: purges `chunks`, records the plan.
       const raw = new Database(file);
-      raw.exec(`DELETE FROM chunks WHERE pack = '${packB}'; INSERT INTO plans (key) VALUES ('deletions/old')`);
+      raw.exec(`DELETE FROM chunks WHERE pack = x'${packB}'; INSERT INTO plans (key) VALUES ('deletions/old')`);
       raw.close();
       db = new StateDb(file);
       assert.equal(db.chunk(id(2)), undefined, 'a chunk of a pack deleted by the older build');
@@ -336,6 +337,31 @@ describe('the chunk index: a log merged into the table', () => {
       db.close();
       db = new StateDb(file);
       assert.equal(db.chunk(id(3))?.offset, 3, 'a log in step with the plans is kept');
+    } finally {
+      db.close();
+      dir.cleanup();
+    }
+  });
+});
+
+describe('the chunk index: ids of any shape', () => {
+  it('keeps ids and packs that are not 64 lowercase hex digits as text, apart from the binary ones', () => {
+    const dir = tempDir('phx-state-ids-');
+    const db = new StateDb(join(dir.path, 'db.sqlite'));
+    try {
+      const hex = 'ab'.repeat(32);
+      const refs = [
+        { id: hex, pack: 'cd'.repeat(32), offset: 1, length: 2 },
+        { id: hex.toUpperCase(), pack: 'a pack', offset: 3, length: 4 },
+        { id: 'short', pack: 'EF'.repeat(32), offset: 5, length: 6 },
+      ];
+      db.addChunks(refs);
+      for (const r of refs) assert.deepEqual(db.chunk(r.id), r);
+      assert.equal(db.chunk('ab'), undefined);
+      assert.equal(db.purgePacks('deletions/p', ['a pack', 'EF'.repeat(32)]), 2);
+      assert.deepEqual(db.chunk(hex), refs[0]);
+      assert.equal(db.chunk(hex.toUpperCase()), undefined);
+      assert.equal(db.chunk('short'), undefined);
     } finally {
       db.close();
       dir.cleanup();

@@ -28,6 +28,10 @@ const LOG_MAX = 524_288;
  * - A Bloom filter (ChunkFilter) of every id, once lookups are many: most chunks of a first
  *   backup are new, and "no" needs no SQLite at all.
  *
+ * Ids and pack ids are stored as 32 bytes (IdKey), and `chunks` is one B-tree (WITHOUT ROWID):
+ * 2,000,000 chunks took 314 MB instead of 652 (hex text, a table and its index), in the same
+ * time (18.3–18.7 s against 18.3–18.8 for their rows and lookups, alternated).
+ *
  * A miss here can only make a chunk be stored twice, never lost (another process writing the
  * same state file meanwhile has log rows this one does not know). A hit must name a pack that
  * still exists: a purge removes the pack's rows from both tables, and a log an older build
@@ -47,8 +51,8 @@ export class ChunkIndex {
   constructor(db: Database.Database) {
     this.#db = db;
     db.exec(`
-      CREATE TABLE IF NOT EXISTS chunks (id TEXT PRIMARY KEY, pack TEXT NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL);
-      CREATE TABLE IF NOT EXISTS chunk_log (n INTEGER PRIMARY KEY, id TEXT NOT NULL, pack TEXT NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL);
+      CREATE TABLE IF NOT EXISTS chunks (id BLOB PRIMARY KEY, pack BLOB NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL) WITHOUT ROWID;
+      CREATE TABLE IF NOT EXISTS chunk_log (n INTEGER PRIMARY KEY, id BLOB NOT NULL, pack BLOB NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL);
       CREATE TABLE IF NOT EXISTS chunk_log_plans (n INTEGER NOT NULL);
     `);
     this.#get = db.prepare('SELECT pack, offset, length FROM chunks WHERE id = ?').raw();
@@ -80,10 +84,10 @@ export class ChunkIndex {
     if (this.#loaded) return;
     this.#loaded = true;
     let collided = false;
-    const rows = this.#db.prepare('SELECT n, id FROM chunk_log ORDER BY n').raw().iterate() as Iterable<[number, string]>;
-    for (const [n, id] of rows) {
-      const k = keyOf(id);
-      if (this.#takenByAnother(k, id)) collided = true;
+    const rows = this.#db.prepare('SELECT n, id FROM chunk_log ORDER BY n').raw().iterate() as Iterable<[number, IdKey]>;
+    for (const [n, key] of rows) {
+      const k = keyOf(idOf(key));
+      if (this.#takenByAnother(k, key)) collided = true;
       this.#logged.set(k, n);
       this.#logRows++;
     }
@@ -93,26 +97,28 @@ export class ChunkIndex {
   get(id: string): ChunkRef | undefined {
     this.#load();
     if (!this.#mayHave(id)) return undefined;
+    const key = idKey(id);
     const n = this.#logged.get(keyOf(id));
     if (n !== undefined) {
       const r = this.#logRowAt(n);
       // Not this id: the row was merged (by another process too) and its number reused.
-      if (r !== undefined && r[0] === id) return { id, pack: r[1], offset: r[2], length: r[3] };
+      if (r !== undefined && sameKey(r[0], key)) return { id, pack: idOf(r[1]), offset: r[2], length: r[3] };
     }
-    const r = this.#get.get(id) as [string, number, number] | undefined;
-    return r ? { id, pack: r[0], offset: r[1], length: r[2] } : undefined;
+    const r = this.#get.get(key) as [IdKey, number, number] | undefined;
+    return r ? { id, pack: idOf(r[0]), offset: r[1], length: r[2] } : undefined;
   }
 
   /** Adds or moves a chunk. Inside the caller's transaction; every insert goes through here, so the filter never misses an id. */
   put(c: ChunkRef): void {
     this.#load();
     const k = keyOf(c.id);
-    if (this.#takenByAnother(k, c.id)) {
+    const key = idKey(c.id);
+    if (this.#takenByAnother(k, key)) {
       // Another id with the same 30 bits (about 1 in 4,000 rows of a full log): straight into the table.
-      this.#put.run(c.id, c.pack, c.offset, c.length);
+      this.#put.run(key, this.#packKey(c.pack), c.offset, c.length);
       if (this.#tableRows !== undefined) this.#tableRows++;
     } else {
-      this.#logged.set(k, Number(this.#append.run(c.id, c.pack, c.offset, c.length).lastInsertRowid));
+      this.#logged.set(k, Number(this.#append.run(key, this.#packKey(c.pack), c.offset, c.length).lastInsertRowid));
       this.#logRows++;
     }
     this.#addToFilter(c.id);
@@ -120,15 +126,25 @@ export class ChunkIndex {
     if (this.#logRows >= LOG_MIN && this.#logRows >= Math.min(LOG_MAX, this.#rows())) this.#merge();
   }
 
-  /** Row `n` of the log (id, pack, offset, length), or undefined when it is gone. */
-  #logRowAt(n: number): [string, string, number, number] | undefined {
-    return this.#logRow.get(n) as [string, string, number, number] | undefined;
+  /** The last pack's key (a commit's chunks are in a few packs). */
+  #lastPack: [string, IdKey] = ['', ''];
+
+  #packKey(pack: string): IdKey {
+    if (this.#lastPack[0] !== pack) this.#lastPack = [pack, idKey(pack)];
+    return this.#lastPack[1];
   }
 
-  /** Whether log key `k` leads to a row of another id than `id` (or to a row gone since). */
-  #takenByAnother(k: number, id: string): boolean {
+  /** Row `n` of the log (id, pack, offset, length), or undefined when it is gone. */
+  #logRowAt(n: number): [IdKey, IdKey, number, number] | undefined {
+    return this.#logRow.get(n) as [IdKey, IdKey, number, number] | undefined;
+  }
+
+  /** Whether log key `k` leads to a row of another id than `key` (or to a row gone since). */
+  #takenByAnother(k: number, key: IdKey): boolean {
     const n = this.#logged.get(k);
-    return n !== undefined && this.#logRowAt(n)?.[0] !== id;
+    if (n === undefined) return false;
+    const r = this.#logRowAt(n);
+    return r === undefined || !sameKey(r[0], key);
   }
 
   /** Forgets every chunk in the packs listed in temp table `doomed(pack)`; inside the caller's transaction. */
@@ -167,7 +183,7 @@ export class ChunkIndex {
   /** In front of the index once lookups are many (a first backup): see ChunkFilter. */
   #filter: ChunkFilter | undefined;
   /** A filter being filled a step per lookup: from the log (after row `n`), then from the table (after `id`). */
-  #building: { filter: ChunkFilter; n: number; id: string | undefined } | undefined;
+  #building: { filter: ChunkFilter; n: number; id: IdKey | undefined } | undefined;
   #lookups = 0;
   /** Lookups after which the filter is built: about when they would have cost what reading every id costs. */
   #filterAfter: number | undefined;
@@ -188,17 +204,18 @@ export class ChunkIndex {
     const b = this.#building;
     if (b.id === undefined) {
       this.#nextLogIds ??= this.#db.prepare('SELECT n, id FROM chunk_log WHERE n > ? ORDER BY n LIMIT ?').raw();
-      const rows = this.#nextLogIds.all(b.n, FILTER_STEP) as Array<[number, string]>;
-      for (const [, k] of rows) b.filter.add(k);
-      if (rows.length === FILTER_STEP) b.n = (rows[rows.length - 1] as [number, string])[0];
+      const rows = this.#nextLogIds.all(b.n, FILTER_STEP) as Array<[number, IdKey]>;
+      for (const [, k] of rows) b.filter.add(idOf(k));
+      if (rows.length === FILTER_STEP) b.n = (rows[rows.length - 1] as [number, IdKey])[0];
       else b.id = '';
       return true;
     }
+    // (Text ids sort before blobs: from '' on, every id comes once.)
     this.#nextIds ??= this.#db.prepare('SELECT id FROM chunks WHERE id > ? ORDER BY id LIMIT ?').pluck();
-    const ids = this.#nextIds.all(b.id, FILTER_STEP) as string[];
-    for (const k of ids) b.filter.add(k);
+    const ids = this.#nextIds.all(b.id, FILTER_STEP) as IdKey[];
+    for (const k of ids) b.filter.add(idOf(k));
     if (ids.length === FILTER_STEP) {
-      b.id = ids[ids.length - 1] as string;
+      b.id = ids[ids.length - 1] as IdKey;
       return true;
     }
     this.#filter = b.filter;
@@ -227,4 +244,25 @@ export class ChunkIndex {
  */
 function keyOf(id: string): number {
   return parseInt(id.slice(16, 24), 16) & 0x3fffffff;
+}
+
+/**
+ * How an id (of a chunk or a pack) is stored: 32 bytes when it is 64 lowercase hex digits (every
+ * id Phoenix makes), else as it is, text (a repository is untrusted). SQLite keeps each value
+ * as given in a BLOB column, and a text value never equals a blob.
+ */
+export type IdKey = Buffer | string;
+
+const HEX64 = /^[0-9a-f]{64}$/;
+
+export function idKey(id: string): IdKey {
+  return HEX64.test(id) ? Buffer.from(id, 'hex') : id;
+}
+
+export function idOf(key: IdKey): string {
+  return typeof key === 'string' ? key : key.toString('hex');
+}
+
+function sameKey(a: IdKey, b: IdKey): boolean {
+  return typeof a === 'string' || typeof b === 'string' ? a === b : a.equals(b);
 }

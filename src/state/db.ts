@@ -3,7 +3,7 @@ import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { Entry } from '../model/entry.js';
 import { rawFromBuffer, rawToBuffer, type RawPath } from '../model/path.js';
-import { ChunkIndex } from './chunk-index.js';
+import { ChunkIndex, idKey } from './chunk-index.js';
 import { type ChunkRef, type EncodedRecord, encodeRecord, type FileRecord, type JournalChange } from '../repo/index.js';
 import { decodeRow, encodeRow, rowChunks, stampIds, stampString, stampVouches } from './row.js';
 
@@ -53,7 +53,7 @@ class StoredFile implements CachedFile {
   }
 }
 
-/** The cache's format (user_version): 1 added files.stamp, 2 made the rows compact (row.ts). */
+/** The cache's format (user_version): 1 added files.stamp, 2 made the rows compact (row.ts) and chunk ids binary. */
 const STATE_VERSION = 2;
 
 type ChangeStatements = Record<'dropBelow' | 'isDir' | 'toTemp' | 'fromTemp', Database.Statement>;
@@ -131,10 +131,13 @@ export class StateDb {
     this.#db.pragma(this.#scratch ? 'synchronous = OFF' : 'synchronous = NORMAL');
     // A scratch tree is read back path by path as it is changed: 64 MiB of pages stay in memory.
     if (this.#scratch) this.#db.pragma('cache_size = -65536');
-    // Version 1 added files.stamp; version 2 made the rows compact (row.ts). Older file caches are
-    // dropped, and rebuilt from the repository (the queue and the chunk index are kept).
-    if ((this.#db.pragma('user_version', { simple: true }) as number) < STATE_VERSION)
-      this.#db.exec('DROP TABLE IF EXISTS files; DROP TABLE IF EXISTS meta;');
+    // Version 1 added files.stamp; version 2 made the rows compact (row.ts) and the chunk index's
+    // ids binary. Older caches are dropped, and rebuilt from the repository (the queue is kept).
+    const version = this.#db.pragma('user_version', { simple: true }) as number;
+    if (version < 2)
+      this.#db.exec(
+        'DROP TABLE IF EXISTS files; DROP TABLE IF EXISTS meta; DROP TABLE IF EXISTS chunks; DROP TABLE IF EXISTS chunk_log; DROP TABLE IF EXISTS chunk_log_plans;',
+      );
     this.#db.exec(`
       CREATE TABLE IF NOT EXISTS meta (source TEXT PRIMARY KEY, repo_id TEXT NOT NULL, seq INTEGER NOT NULL);
       CREATE TABLE IF NOT EXISTS files (source TEXT NOT NULL, path BLOB NOT NULL, stamp TEXT NOT NULL, rec BLOB NOT NULL, PRIMARY KEY (source, path)) WITHOUT ROWID;
@@ -238,10 +241,10 @@ export class StateDb {
   purgePacks(plan: string, packs: Iterable<string>, parts: Iterable<string> = []): number {
     this.#purges++;
     let n = 0;
-    this.#db.exec('CREATE TEMP TABLE IF NOT EXISTS doomed (pack TEXT PRIMARY KEY)');
+    this.#db.exec('CREATE TEMP TABLE IF NOT EXISTS doomed (pack BLOB PRIMARY KEY)');
     const add = this.#db.prepare('INSERT OR IGNORE INTO doomed (pack) VALUES (?)');
     this.#db.transaction(() => {
-      for (const p of packs) add.run(p);
+      for (const p of packs) add.run(idKey(p));
       // One pass over the index, whatever the number of packs.
       n = this.#chunks?.purgeDoomed() ?? 0;
       this.#db.exec('DELETE FROM doomed');
