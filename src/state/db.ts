@@ -489,7 +489,7 @@ export class StateDb {
   }
 
   #putFileRow(source: string, f: CachedFile): void {
-    this.#putFile.run(source, rawToBuffer(f.rec.path), f.stamp ?? stampOf(f), encodeRow(f.rec));
+    this.#putFile.run(source, rawToBuffer(f.rec.path), stampOf(f), encodeRow(f.rec));
   }
 
   #setSeq(source: string, repoId: string, seq: number): void {
