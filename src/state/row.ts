@@ -11,7 +11,7 @@ import type { ChunkRef, FileRecord } from '../repo/index.js';
  * The blob: one flags byte (FINE, TARGET, JSON_CHUNKS), then the chunk refs, each 76 bytes: id
  * (32), pack (32), offset, length and size + 1 (0: no size), u32 LE. A record whose refs do not
  * fit that shape (from a repository: untrusted, so never assumed) keeps them as JSON instead.
- * At 2,000,000 files a row went from about 440 bytes to about 170.
+ * At 2,000,000 files the rows took 386 MB instead of 819 (about 190 bytes a file instead of 440).
  */
 const FINE = 1;
 const TARGET = 2;
