@@ -89,6 +89,41 @@ export function parseJournalKey(name: string): { first: number; seq: number; tim
 // ---- JSON encoding (paths and link targets as base64 bytes, times as decimal strings) ------
 
 type Json = Record<string, unknown>;
+
+/** An id as Phoenix makes them (chunks, packs, parts): 64 lowercase hex digits. */
+export const HEX_ID = /^[0-9a-f]{64}$/;
+
+const KINDS: readonly string[] = ['file', 'dir', 'symlink', 'other'];
+
+/** `t` as an entry type, or an error. */
+export function kindOf(t: unknown): Kind {
+  if (!KINDS.includes(t as string)) throw new Error(`bad entry type ${String(t)}`);
+  return t as Kind;
+}
+
+/** Chunk refs as a record stores them: `[id, pack, offset, length]`, and the size when known. */
+export function encodeChunkRefs(chunks: readonly ChunkRef[]): unknown[][] {
+  return chunks.map((c) => (c.size === undefined ? [c.id, c.pack, c.offset, c.length] : [c.id, c.pack, c.offset, c.length, c.size]));
+}
+
+/** `pack`, or the equal string seen before in `packs` (one string per pack among the records decoded with it). */
+export function internPack(pack: string, packs: Map<string, string> | undefined): string {
+  if (packs === undefined) return pack;
+  const seen = packs.get(pack);
+  if (seen !== undefined) return seen;
+  packs.set(pack, pack);
+  return pack;
+}
+
+/** The chunk refs of `encodeChunkRefs`. */
+export function decodeChunkRefs(refs: unknown[][], packs?: Map<string, string>): ChunkRef[] {
+  return refs.map(([id, pack, offset, length, size]) => {
+    const ref: ChunkRef = { id: String(id), pack: internPack(String(pack), packs), offset: Number(offset), length: Number(length) };
+    if (size !== undefined) ref.size = Number(size);
+    return ref;
+  });
+}
+
 const b64 = (p: RawPath): string => rawToBuffer(p).toString('base64');
 const unb64 = (s: unknown): RawPath => rawFromBuffer(Buffer.from(String(s), 'base64'));
 
@@ -96,8 +131,7 @@ export function encodeRecord(r: FileRecord): Json {
   const o: Json = { p: b64(r.path), t: r.type, m: r.mode, u: r.uid, g: r.gid, mt: r.mtimeNs.toString(), s: r.size };
   if (r.target !== undefined) o.l = b64(r.target);
   if (r.fine) o.k = 1;
-  if (r.chunks.length > 0)
-    o.c = r.chunks.map((c) => (c.size === undefined ? [c.id, c.pack, c.offset, c.length] : [c.id, c.pack, c.offset, c.length, c.size]));
+  if (r.chunks.length > 0) o.c = encodeChunkRefs(r.chunks);
   return o;
 }
 
@@ -108,27 +142,16 @@ export function encodeRecord(r: FileRecord): Json {
 export function decodeRecord(o: Json, packs?: Map<string, string>): FileRecord {
   const r: FileRecord = {
     path: unb64(o.p),
-    type: o.t as Kind,
+    type: kindOf(o.t),
     mode: Number(o.m),
     uid: Number(o.u),
     gid: Number(o.g),
     mtimeNs: BigInt(String(o.mt)),
     size: Number(o.s),
-    chunks: ((o.c as unknown[][] | undefined) ?? []).map(([id, pack, offset, length, size]) => {
-      let p = String(pack);
-      if (packs !== undefined) {
-        const seen = packs.get(p);
-        if (seen === undefined) packs.set(p, p);
-        else p = seen;
-      }
-      const ref: ChunkRef = { id: String(id), pack: p, offset: Number(offset), length: Number(length) };
-      if (size !== undefined) ref.size = Number(size);
-      return ref;
-    }),
+    chunks: decodeChunkRefs((o.c as unknown[][] | undefined) ?? [], packs),
   };
   if (o.l !== undefined) r.target = unb64(o.l);
   if (o.k === 1) r.fine = true;
-  if (!['file', 'dir', 'symlink', 'other'].includes(r.type)) throw new Error(`bad entry type ${String(o.t)}`);
   return r;
 }
 
@@ -187,7 +210,7 @@ export function decodeParts(v: unknown): Array<[string, number]> {
   if (v === undefined) return [];
   if (!Array.isArray(v)) throw new Error('its parts are not a list');
   return v.map((p: unknown) => {
-    if (!Array.isArray(p) || typeof p[0] !== 'string' || !/^[0-9a-f]{64}$/.test(p[0])) throw new Error('a part id is malformed');
+    if (!Array.isArray(p) || typeof p[0] !== 'string' || !HEX_ID.test(p[0])) throw new Error('a part id is malformed');
     return [p[0], Number(p[1])];
   });
 }

@@ -1,5 +1,5 @@
 import type Database from 'better-sqlite3';
-import type { ChunkRef } from '../repo/index.js';
+import { type ChunkRef, HEX_ID } from '../repo/index.js';
 import { ChunkFilter } from './chunk-filter.js';
 
 /** Ids read from the index into a filter being built, per lookup (about 6 ms). */
@@ -253,10 +253,8 @@ function keyOf(id: string): number {
  */
 export type IdKey = Buffer | string;
 
-const HEX64 = /^[0-9a-f]{64}$/;
-
 export function idKey(id: string): IdKey {
-  return HEX64.test(id) ? Buffer.from(id, 'hex') : id;
+  return HEX_ID.test(id) ? Buffer.from(id, 'hex') : id;
 }
 
 export function idOf(key: IdKey): string {

@@ -1,6 +1,5 @@
-import type { Kind } from '../model/entry.js';
 import type { RawPath } from '../model/path.js';
-import type { ChunkRef, FileRecord } from '../repo/index.js';
+import { type ChunkRef, decodeChunkRefs, encodeChunkRefs, type FileRecord, HEX_ID, internPack, kindOf } from '../repo/index.js';
 
 /**
  * A row of the cache's `files` table (cache version 2): the record split between the stamp (a
@@ -17,7 +16,6 @@ const FINE = 1;
 const TARGET = 2;
 const JSON_CHUNKS = 4;
 const REF = 76;
-const HEX64 = /^[0-9a-f]{64}$/;
 const U32 = 0xffff_ffff;
 
 /** What must be equal for a file to be skipped unread (see stampOf in db.ts): the row's stamp. */
@@ -31,13 +29,11 @@ const fits = (n: number | undefined, max: number): boolean => n === undefined ||
 export function encodeRow(r: FileRecord): Buffer {
   let flags = (r.fine === true ? FINE : 0) | (r.target !== undefined ? TARGET : 0);
   const compact = r.chunks.every(
-    (c) => HEX64.test(c.id) && HEX64.test(c.pack) && fits(c.offset, U32) && fits(c.length, U32) && fits(c.size, U32 - 1),
+    (c) => HEX_ID.test(c.id) && HEX_ID.test(c.pack) && fits(c.offset, U32) && fits(c.length, U32) && fits(c.size, U32 - 1),
   );
   if (!compact) {
     flags |= JSON_CHUNKS;
-    const json = JSON.stringify(
-      r.chunks.map((c) => (c.size === undefined ? [c.id, c.pack, c.offset, c.length] : [c.id, c.pack, c.offset, c.length, c.size])),
-    );
+    const json = JSON.stringify(encodeChunkRefs(r.chunks));
     const b = Buffer.allocUnsafe(1 + Buffer.byteLength(json));
     b[0] = flags;
     b.write(json, 1);
@@ -60,22 +56,11 @@ export function encodeRow(r: FileRecord): Buffer {
 /** The chunk refs of a blob. `packs`: one string per pack id, shared among the refs decoded with it. */
 export function rowChunks(blob: Uint8Array, packs?: Map<string, string>): ChunkRef[] {
   const b = Buffer.isBuffer(blob) ? blob : Buffer.from(blob.buffer, blob.byteOffset, blob.byteLength);
-  if (((b[0] ?? 0) & JSON_CHUNKS) !== 0) {
-    return (JSON.parse(b.toString('utf8', 1)) as unknown[][]).map(([id, pack, offset, length, size]) => {
-      const ref: ChunkRef = { id: String(id), pack: String(pack), offset: Number(offset), length: Number(length) };
-      if (size !== undefined) ref.size = Number(size);
-      return ref;
-    });
-  }
+  if (((b[0] ?? 0) & JSON_CHUNKS) !== 0) return decodeChunkRefs(JSON.parse(b.toString('utf8', 1)) as unknown[][], packs);
   if ((b.length - 1) % REF !== 0) throw new Error(`a cache row's chunk list is ${b.length} bytes`);
   const out: ChunkRef[] = [];
   for (let at = 1; at < b.length; at += REF) {
-    let pack = b.toString('hex', at + 32, at + 64);
-    if (packs !== undefined) {
-      const seen = packs.get(pack);
-      if (seen === undefined) packs.set(pack, pack);
-      else pack = seen;
-    }
+    const pack = internPack(b.toString('hex', at + 32, at + 64), packs);
     const ref: ChunkRef = { id: b.toString('hex', at, at + 32), pack, offset: b.readUInt32LE(at + 64), length: b.readUInt32LE(at + 68) };
     const size = b.readUInt32LE(at + 72);
     if (size !== 0) ref.size = size - 1;
@@ -83,6 +68,9 @@ export function rowChunks(blob: Uint8Array, packs?: Map<string, string>): ChunkR
   }
   return out;
 }
+
+/** Type, mode, uid, gid, mtime, size, inode, ctime, link target. */
+type Stamp = [string, string, string, string, string, string, string, string, string];
 
 /** The fields of a stamp: 8 separated by ':', then the link target (which may hold ':'). */
 function stampFields(stamp: string): string[] {
@@ -116,22 +104,11 @@ export function stampIds(stamp: string): { ino: string; ctimeNs: string } {
 
 /** The record of a row. */
 export function decodeRow(path: RawPath, stamp: string, blob: Uint8Array, packs?: Map<string, string>): FileRecord {
-  const [type, mode, uid, gid, mtime, size, , , target] = stampFields(stamp) as [
-    Kind,
-    string,
-    string,
-    string,
-    string,
-    string,
-    string,
-    string,
-    string,
-  ];
-  if (!['file', 'dir', 'symlink', 'other'].includes(type)) throw new Error(`bad entry type ${type} in the cache`);
+  const [type, mode, uid, gid, mtime, size, , , target] = stampFields(stamp) as Stamp;
   const flags = blob[0] ?? 0;
   const r: FileRecord = {
     path,
-    type,
+    type: kindOf(type),
     mode: Number(mode),
     uid: Number(uid),
     gid: Number(gid),
