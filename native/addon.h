@@ -9,6 +9,7 @@ Napi::Function InitInotify(Napi::Env env);
 Napi::Value ScanDir(const Napi::CallbackInfo& info);
 Napi::Value GearCut(const Napi::CallbackInfo& info);
 Napi::Value DropCache(const Napi::CallbackInfo& info);
+Napi::Value PageOffset(const Napi::CallbackInfo& info);
 Napi::Value GcmSeal(const Napi::CallbackInfo& info);
 Napi::Value GcmOpen(const Napi::CallbackInfo& info);
 Napi::Value HmacSha256(const Napi::CallbackInfo& info);

@@ -27,6 +27,8 @@ export interface NativeBinding {
     gear: Uint32Array,
   ): number;
   dropCache(fd: number): number;
+  /** The address of `view`'s first byte modulo 4096. */
+  pageOffset(view: Uint8Array): number;
   /** out = nonce ‖ AES-256-GCM of the parts ‖ tag; returns its length. */
   gcmSeal(key: Uint8Array, nonce: Uint8Array, parts: readonly Uint8Array[], out: Uint8Array): number;
   /** The plaintext of nonce ‖ ciphertext ‖ tag into `out`; its length, or -1 when the tag does not match. */

@@ -96,6 +96,34 @@ export function backendConformance(name: string, open: () => Promise<SuiteTarget
       }
     });
 
+    test('ranged reads into a buffer of the caller: the bytes asked for, in place or not, at any alignment', async (b) => {
+      const data = randomBytes(3 * 2 ** 20 + 123);
+      await b.put('into/obj', data);
+      const MiB = 2 ** 20;
+      const cases: Array<[number, number]> = [
+        [0, MiB],
+        [1, MiB + 7],
+        [4095, MiB],
+        [4097, 2 * MiB - 3],
+        [data.length - MiB - 5, MiB + 5], // to the end, which is not on a block boundary
+        [data.length - 100, 100],
+        [0, data.length],
+      ];
+      for (const [offset, length] of cases) {
+        for (const room of [0, 16 * 1024]) {
+          for (const memory of [new ArrayBuffer(length + room + 7), new SharedArrayBuffer(length + room + 7)]) {
+            const into = Buffer.from(memory, 7); // not aligned itself
+            const got = await b.get('into/obj', { offset, length, into });
+            assert.ok(got.equals(data.subarray(offset, offset + length)), `${offset}+${length}, ${room} bytes of room`);
+          }
+        }
+      }
+      await assert.rejects(
+        b.get('into/obj', { offset: data.length - MiB, length: MiB + 1, into: Buffer.alloc(2 * MiB) }),
+        (e) => code(e) === 'PHX_PAST_END',
+      );
+    });
+
     test('an overwrite replaces the object; create-only refuses an existing one where claimed', async (b) => {
       await b.put('over/x', Buffer.from('one'));
       await b.put('over/x', Buffer.from('two!'));

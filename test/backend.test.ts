@@ -24,7 +24,9 @@ import {
 import { SftpBackend } from '../src/backend/sftp.js';
 import { WebDavBackend } from '../src/backend/webdav.js';
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { closeSync, constants, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { AzureBackend } from '../src/backend/azure.js';
 
 backendConformance('memory', async () => ({ backend: new MemoryBackend() }));
@@ -117,6 +119,38 @@ backendConformance('retry(limit(faulty(memory))) with transient faults', async (
   const faulty = new FaultyBackend(new MemoryBackend());
   faulty.add({ kind: 'error-before', times: 40 }).add({ op: 'put', kind: 'error-after', times: 10 });
   return { backend: new RetryBackend(new LimitBackend(faulty, 4), { baseDelayMs: 1, maxDelayMs: 5, attempts: 100 }) };
+});
+
+describe('local backend', () => {
+  it('a large read into a buffer of the caller comes from the disk (O_DIRECT), not through the page cache', async (t) => {
+    const dir = tempDir('phx-direct-');
+    try {
+      const file = join(dir.path, 'obj');
+      const data = randomBytes(8 * 2 ** 20 + 5);
+      writeFileSync(file, data); // in the page cache now (a put would drop it from there)
+      try {
+        closeSync(openSync(file, constants.O_RDONLY | constants.O_DIRECT));
+      } catch {
+        t.skip('this file system refuses O_DIRECT: reads go through the page cache');
+        return;
+      }
+      const fromDisk = (): number => Number(/^read_bytes: (\d+)$/m.exec(readFileSync('/proc/self/io', 'utf8'))?.[1]);
+      const b = new LocalBackend(dir.path);
+      const before = fromDisk();
+      const got = await b.get('obj', { offset: 3, length: 8 * 2 ** 20, into: Buffer.alloc(8 * 2 ** 20 + 16 * 1024) });
+      assert.ok(got.equals(data.subarray(3, 3 + 8 * 2 ** 20)));
+      // A cached read would come from memory: read_bytes counts what came from the disk.
+      assert.ok(fromDisk() - before >= 8 * 2 ** 20, `read from the disk: ${fromDisk() - before} bytes`);
+      // Without room to align, or small: through the page cache, as before.
+      const again = fromDisk();
+      assert.ok((await b.get('obj', { offset: 0, length: 4096, into: Buffer.alloc(65536) })).equals(data.subarray(0, 4096)));
+      // (the large one drops the file from the cache once read: last)
+      assert.ok((await b.get('obj', { offset: 3, length: 2 ** 20, into: Buffer.alloc(2 ** 20) })).equals(data.subarray(3, 3 + 2 ** 20)));
+      assert.equal(fromDisk() - again, 0);
+    } finally {
+      dir.cleanup();
+    }
+  });
 });
 
 describe('backend wrappers and URLs', () => {

@@ -49,7 +49,9 @@ export interface ByteRange {
   length: number;
   /**
    * A buffer of at least `length` bytes to read into, where the backend can (the local one
-   * does): the result is then a view of it. Others ignore it and return a buffer of their own.
+   * does): the result is then a view of its memory, at its start or, for a read that must be
+   * aligned, further in (give `into` a few KiB more than `length` to allow that). Others ignore
+   * it and return a buffer of their own.
    */
   into?: Uint8Array;
 }

@@ -913,13 +913,13 @@ export class Repository {
 
   /**
    * Bytes [offset, offset + length) of a pack, for chunks (`what` names the first in errors): a
-   * missing or short pack is a corrupt repository. With `into`, they are in it (read there
-   * directly where the backend can).
+   * missing or short pack is a corrupt repository. With `into`, they are in its memory: read
+   * there directly where the backend can, at its start or, for an aligned read, further in.
    */
   async readPack(pack: string, offset: number, length: number, what: string, into?: Uint8Array): Promise<Buffer> {
     try {
       const got = await this.backend.get(packKey(pack), { offset, length, into });
-      if (into === undefined || (got.buffer === into.buffer && got.byteOffset === into.byteOffset)) return got;
+      if (into === undefined || got.buffer === into.buffer) return got; // read in place (at its start, or further in)
       into.set(got);
       return Buffer.from(into.buffer, into.byteOffset, got.length);
     } catch (err) {

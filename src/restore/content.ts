@@ -12,6 +12,8 @@ const WINDOWS_AT_ONCE = 4;
  * thousands, and each write in flight holds a job, its path and a promise.
  */
 const USES_AT_ONCE = 512;
+/** Room past a window's bytes for a backend that reads aligned blocks into it (`ByteRange.into`). */
+const SLACK = 16 * 1024;
 
 /** A run of nearby chunks of one pack, read in one request, and where each of them goes. */
 interface Window {
@@ -76,11 +78,11 @@ export async function writeContent(
 
   let requests = 0;
   let fetcher: ChunkFetcher | undefined; // for chunks whose pack is gone (moved by a prune meanwhile)
-  const free: Buffer[] = [];
+  const free: SharedArrayBuffer[] = [];
   const writeWindow = async (w: Window): Promise<void> => {
     const size = w.end - w.start;
     const pooled = size <= limits.window;
-    const slab = pooled ? (free.pop() ?? Buffer.from(new SharedArrayBuffer(limits.window))) : Buffer.from(new SharedArrayBuffer(size));
+    const slab = Buffer.from(pooled ? (free.pop() ?? new SharedArrayBuffer(limits.window + SLACK)) : new SharedArrayBuffer(size + SLACK));
     const writes: Array<Promise<void>> = [];
     let error: unknown;
     try {
@@ -109,7 +111,7 @@ export async function writeContent(
     }
     // The threads read the slab until their writes are done, failed or not.
     const settled = await Promise.allSettled(writes);
-    if (pooled) free.push(slab);
+    if (pooled) free.push(slab.buffer as SharedArrayBuffer);
     if (error !== undefined) throw error;
     throwFirst(settled);
   };
