@@ -638,6 +638,12 @@ describe('repository', () => {
     writeFileSync(join(f.src.path, 'docs/many2'), big);
     writeFileSync(join(f.src.path, 'docs/rev'), Buffer.concat(pieces));
     writeFileSync(join(f.src.path, 'docs/rev2'), Buffer.concat(pieces));
+    // Modes that creating gives (0640 under the usual umask 022) and ones it cannot: bits the
+    // umask takes, no write for the owner (created 0600, reopened, then given its mode), set-id.
+    chmodSync(join(f.src.path, 'docs/many2'), 0o640);
+    chmodSync(join(f.src.path, 'docs/many'), 0o444);
+    chmodSync(join(f.src.path, 'docs/rev'), 0o666);
+    chmodSync(join(f.src.path, 'docs/rev2'), 0o4755);
     await backup(f.repo, f.db, f.src.path, 'src');
     const { state } = await f.repo.loadState('src');
     const ids = (p: string): string[] => (state.get(p)?.chunks ?? []).map((c) => c.id);
