@@ -162,7 +162,12 @@ export function encodeChange(c: JournalChange): Json {
 }
 
 export function decodeChange(o: Json): JournalChange {
-  if (o.op === 'put') return { op: 'put', ...decodeRecord(o) };
+  if (o.op === 'put') {
+    // The record itself, marked (a spread into a new object cost as much as decoding it).
+    const c = decodeRecord(o) as FileRecord & { op: 'put' };
+    c.op = 'put';
+    return c;
+  }
   if (o.op === 'delete') return { op: 'delete', path: unb64(o.p) };
   if (o.op === 'move') return { op: 'move', from: unb64(o.f), path: unb64(o.p) };
   throw new Error(`unknown journal op ${String(o.op)}`);
@@ -174,8 +179,8 @@ export type CommitHead = Omit<Commit, 'changes'> & {
   parts: Array<[string, number]>;
   /** Changes stored in the object itself, after those of the parts. */
   inline: Json[];
-  /** A segment's step: its changes, read from the segment's parts as they are needed (then `parts` and `inline` are empty). */
-  stream?: () => AsyncIterable<Json>;
+  /** A segment's step: its changes in runs, read from the segment's parts as they are needed (then `parts` and `inline` are empty). */
+  stream?: () => AsyncIterable<Json[]>;
 };
 
 export function encodeCommitHead(c: CommitHead): Json {

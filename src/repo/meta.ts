@@ -121,23 +121,32 @@ export async function readPart(backend: Backend, keys: Keys, id: string): Promis
   return text.slice(0, -1).split('\n');
 }
 
-/**
- * The JSON values of the lines of `ids`, in order, one part in memory at a time (the next one
- * is fetched while this one is consumed).
- */
-export async function* readParts(backend: Backend, keys: Keys, ids: readonly string[]): AsyncGenerator<Record<string, unknown>> {
-  let next = ids.length > 0 ? readPart(backend, keys, ids[0] as string) : undefined;
-  for (let i = 0; i < ids.length; i++) {
-    const lines = await (next as Promise<string[]>);
-    next = i + 1 < ids.length ? readPart(backend, keys, ids[i + 1] as string) : undefined;
-    next?.catch(() => {}); // awaited on the next turn
-    for (const line of lines) {
-      try {
-        yield JSON.parse(line) as Record<string, unknown>;
-      } catch (err) {
-        if (err instanceof SyntaxError) throw corrupt(`object ${partKey(ids[i] as string)}`, 'a line is not JSON');
-        throw err;
-      }
+/** The JSON values of the lines of part `id`. */
+export async function readPartValues(backend: Backend, keys: Keys, id: string): Promise<Array<Record<string, unknown>>> {
+  const lines = await readPart(backend, keys, id);
+  const values = new Array<Record<string, unknown>>(lines.length);
+  for (let i = 0; i < lines.length; i++) {
+    try {
+      values[i] = JSON.parse(lines[i] as string) as Record<string, unknown>;
+    } catch (err) {
+      if (err instanceof SyntaxError) throw corrupt(`object ${partKey(id)}`, 'a line is not JSON');
+      throw err;
     }
+  }
+  return values;
+}
+
+/**
+ * The JSON values of the lines of `ids`, in order, a part's at a time (the next part is fetched
+ * while this one is used; one part in memory at a time). By the part, not by the value: a value
+ * at a time through an async generator cost about 1 µs each, as much as decoding it.
+ */
+export async function* readParts(backend: Backend, keys: Keys, ids: readonly string[]): AsyncGenerator<Array<Record<string, unknown>>> {
+  let next = ids.length > 0 ? readPartValues(backend, keys, ids[0] as string) : undefined;
+  for (let i = 0; i < ids.length; i++) {
+    const values = await (next as Promise<Array<Record<string, unknown>>>);
+    next = i + 1 < ids.length ? readPartValues(backend, keys, ids[i + 1] as string) : undefined;
+    next?.catch(() => {}); // awaited on the next turn
+    yield values;
   }
 }

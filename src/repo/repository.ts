@@ -36,7 +36,7 @@ import {
   type JournalChange,
   type TreeState,
 } from './format.js';
-import { PartWriter, readParts } from './meta.js';
+import { PartWriter, readParts, readPartValues } from './meta.js';
 import { PACK_TARGET, PackBuilder, parseHeader, type PackEntry } from './pack.js';
 import { processAlive } from '../util/process.js';
 
@@ -444,7 +444,7 @@ export class Repository {
   async readCommit(info: CommitInfo): Promise<Commit> {
     const head = await this.readCommitHead(info);
     const changes: JournalChange[] = [];
-    for await (const ch of this.commitChanges(head)) changes.push(ch);
+    for await (const batch of this.commitChangeBatches(head)) for (const ch of batch) changes.push(ch);
     const { parts: _parts, inline: _inline, ...rest } = head;
     return { ...rest, changes };
   }
@@ -489,12 +489,12 @@ export class Repository {
   #segmentChanges(key: string, seg: DecodedSegment): Promise<Array<Record<string, unknown>>> {
     return cached(this.#segmentLines, key, 2, async () => {
       const all: Array<Record<string, unknown>> = [];
-      for await (const o of readParts(
+      for await (const values of readParts(
         this.backend,
         this.keys,
         seg.parts.map(([id]) => id),
       ))
-        all.push(o);
+        for (const o of values) all.push(o);
       for (const o of seg.inline) all.push(o);
       const n = seg.steps.reduce((k, st) => k + st.n, 0);
       if (all.length !== n) throw corrupt(`segment ${key}`, `its steps account for ${n} changes, it holds ${all.length}`);
@@ -526,10 +526,10 @@ export class Repository {
   readonly #partCounts = new Map<string, number[]>();
 
   /**
-   * Changes `at`…`at + n - 1` of segment `key` (its parts' lines, then its inline ones), one part
-   * in memory at a time: a step of any size is read in bounded memory.
+   * Changes `at`…`at + n - 1` of segment `key` (its parts' lines, then its inline ones), in runs,
+   * one part in memory at a time: a step of any size is read in bounded memory.
    */
-  async *#stepLines(key: string, seg: DecodedSegment, at: number, n: number): AsyncGenerator<Record<string, unknown>> {
+  async *#stepLines(key: string, seg: DecodedSegment, at: number, n: number): AsyncGenerator<Array<Record<string, unknown>>> {
     let counts = this.#partCounts.get(key);
     if (counts === undefined) {
       this.#partCounts.set(key, (counts = []));
@@ -538,11 +538,7 @@ export class Repository {
     const values = (part: number): Promise<Array<Record<string, unknown>>> => {
       if (part === seg.parts.length) return Promise.resolve(seg.inline);
       const id = (seg.parts[part] as [string, number])[0];
-      return cached(this.#partValues, id, 2, async () => {
-        const out: Array<Record<string, unknown>> = [];
-        for await (const o of readParts(this.backend, this.keys, [id])) out.push(o);
-        return out;
-      });
+      return cached(this.#partValues, id, 2, () => readPartValues(this.backend, this.keys, id));
     };
     let part = 0;
     let base = 0;
@@ -552,8 +548,9 @@ export class Repository {
       const lines = await values(part);
       counts[part] = lines.length;
       if (i < base + lines.length) {
-        yield lines[i - base] as Record<string, unknown>;
-        i++;
+        const end = Math.min(base + lines.length, at + n);
+        yield lines.slice(i - base, end - base);
+        i = end;
         continue;
       }
       base += lines.length;
@@ -670,28 +667,34 @@ export class Repository {
 
   /** The changes of a commit, in order, one part in memory at a time. */
   async *commitChanges(head: CommitHead): AsyncGenerator<JournalChange> {
+    for await (const batch of this.commitChangeBatches(head)) yield* batch;
+  }
+
+  /** The changes of a commit, in order, in runs (a part's at a time): for readers of many. */
+  async *commitChangeBatches(head: CommitHead): AsyncGenerator<JournalChange[]> {
     const what = `commit ${commitKey(head.source, head.seq, head.timeMs)}`;
     const moved = await this.#moved();
-    const decode = (o: Record<string, unknown>): JournalChange => {
-      try {
-        const c = decodeChange(o);
-        if (c.op === 'put' && moved.size > 0) relocate(c, moved);
-        return c;
-      } catch (err) {
-        throw corrupt(what, (err as Error).message);
-      }
-    };
+    const decode = (values: ReadonlyArray<Record<string, unknown>>): JournalChange[] =>
+      values.map((o) => {
+        try {
+          const c = decodeChange(o);
+          if (c.op === 'put' && moved.size > 0) relocate(c, moved);
+          return c;
+        } catch (err) {
+          throw corrupt(what, (err as Error).message);
+        }
+      });
     if (head.stream !== undefined) {
-      for await (const o of head.stream()) yield decode(o as Record<string, unknown>);
+      for await (const values of head.stream()) yield decode(values);
       return;
     }
-    for await (const o of readParts(
+    for await (const values of readParts(
       this.backend,
       this.keys,
       head.parts.map(([id]) => id),
     ))
-      yield decode(o);
-    for (const o of head.inline) yield decode(o);
+      yield decode(values);
+    if (head.inline.length > 0) yield decode(head.inline);
   }
 
   /**
@@ -828,24 +831,30 @@ export class Repository {
    * checkpoints once).
    */
   async *checkpointRecords(source: string, seq: number, opts: { skipParts?: Set<string> } = {}): AsyncGenerator<FileRecord> {
+    for await (const batch of this.checkpointRecordBatches(source, seq, opts)) yield* batch;
+  }
+
+  /** `checkpointRecords` in runs (a part's at a time): for readers of many. */
+  async *checkpointRecordBatches(source: string, seq: number, opts: { skipParts?: Set<string> } = {}): AsyncGenerator<FileRecord[]> {
     const head = await this.#checkpointHead(source, seq);
     this.#learnParts(head.parts);
     const moved = await this.#moved();
     const packs = new Map<string, string>();
-    const decode = (o: Record<string, unknown>): FileRecord => {
-      try {
-        const r = decodeRecord(o, packs);
-        if (moved.size > 0) relocate(r, moved);
-        return r;
-      } catch (err) {
-        throw corrupt(`checkpoint ${head.key}`, (err as Error).message);
-      }
-    };
-    for (const o of head.inline) yield decode(o as Record<string, unknown>);
+    const decode = (values: ReadonlyArray<Record<string, unknown>>): FileRecord[] =>
+      values.map((o) => {
+        try {
+          const r = decodeRecord(o, packs);
+          if (moved.size > 0) relocate(r, moved);
+          return r;
+        } catch (err) {
+          throw corrupt(`checkpoint ${head.key}`, (err as Error).message);
+        }
+      });
+    if (head.inline.length > 0) yield decode(head.inline as Array<Record<string, unknown>>);
     const skip = opts.skipParts;
     const ids = head.parts.map(([id]) => id).filter((id) => skip === undefined || !skip.has(id));
     for (const id of ids) skip?.add(id);
-    for await (const o of readParts(this.backend, this.keys, ids)) yield decode(o);
+    for await (const values of readParts(this.backend, this.keys, ids)) yield decode(values);
   }
 
   /**
@@ -892,7 +901,7 @@ export class Repository {
   /** A checkpoint as a map (its whole tree in memory: for browsing and restore). */
   async readCheckpoint(source: string, seq: number): Promise<TreeState> {
     const state: TreeState = new Map();
-    for await (const r of this.checkpointRecords(source, seq)) state.set(r.path, r);
+    for await (const batch of this.checkpointRecordBatches(source, seq)) for (const r of batch) state.set(r.path, r);
     return state;
   }
 
