@@ -315,7 +315,7 @@ async function loadInto(repo: Repository, db: StateDb, source: string, commits: 
     records = [];
   };
   if (best > 0) {
-    for await (const r of repo.checkpointRecords(source, best)) if (records.push(r) >= BATCH) put();
+    for await (const batch of repo.checkpointRecordBatches(source, best)) for (const r of batch) if (records.push(r) >= BATCH) put();
   }
   put();
   let changes: JournalChange[] = [];
@@ -336,7 +336,7 @@ async function loadInto(repo: Repository, db: StateDb, source: string, commits: 
     const head = await (heads[i] as Promise<CommitHead>);
     const ahead = tail[i + 8];
     if (ahead !== undefined) heads.push(fetch(ahead));
-    for await (const ch of repo.commitChanges(head)) if (changes.push(ch) >= BATCH) apply();
+    for await (const batch of repo.commitChangeBatches(head)) for (const ch of batch) if (changes.push(ch) >= BATCH) apply();
   }
   apply();
 }
