@@ -6,7 +6,7 @@ import { type FileRecord, findNames, type HistoryEvent, pathHistory, type Reposi
 import { streamRecords } from '../restore/stream.js';
 import { parseTime } from '../util/duration.js';
 import { sourcePath } from './args.js';
-import { iso, withRepo, pickSource, print, showTime, type RepoFlags } from './common.js';
+import { atOf, iso, withRepo, pickSource, print, showTime, type RepoFlags } from './common.js';
 import { jsonPath } from './output.js';
 
 export interface PathFlags extends RepoFlags {
@@ -16,8 +16,6 @@ export interface PathFlags extends RepoFlags {
 
 const mtimeMs = (r: FileRecord): number => Number(r.mtimeNs / 1_000_000n);
 
-/** --at, read before the repository is opened (a usage error is said at once). */
-export const atOf = (flags: { at?: string | undefined }): number | undefined => (flags.at === undefined ? undefined : parseTime(flags.at));
 
 /** Opens the repository, picks the source and closes the repository after `fn`. */
 function withSource<T>(flags: RepoFlags, fn: (repo: Repository, source: string) => Promise<T>): Promise<T> {

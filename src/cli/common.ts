@@ -1,12 +1,11 @@
 import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { Writable } from 'node:stream';
 import { openBackend, urlWarning, type OpenOptions } from '../backend/open.js';
 import { resolveSettings, type Settings, type SettingsFlags } from '../config/settings.js';
 import { errnoCode, PhoenixError } from '../errors.js';
 import { Repository, type RepoConfig } from '../repo/index.js';
-import { StateDb } from '../state/db.js';
+import { parseTime } from '../util/duration.js';
 
 /** Options every repository command takes. */
 export interface RepoFlags extends SettingsFlags {
@@ -156,9 +155,8 @@ export async function withRepo<T>(flags: RepoFlags, fn: (repo: Repository) => Pr
   }
 }
 
-export function openState(settings: Settings, config: RepoConfig): StateDb {
-  return new StateDb(join(settings.stateDir, `${config.id}.sqlite`));
-}
+/** --at, read before the repository is opened (a usage error is said at once). */
+export const atOf = (flags: { at?: string | undefined }): number | undefined => (flags.at === undefined ? undefined : parseTime(flags.at));
 
 /** The source to read: --source, or the only one the repository holds. */
 export async function pickSource(repo: Repository, flags: RepoFlags): Promise<string> {

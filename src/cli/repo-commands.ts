@@ -1,14 +1,14 @@
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { backup, planBackup, startScan } from '../archiver/backup.js';
 import { listAll } from '../backend/backend.js';
 import { openBackend } from '../backend/open.js';
-import { resolveSettings } from '../config/settings.js';
+import { resolveSettings, type Settings } from '../config/settings.js';
 import { PhoenixError } from '../errors.js';
 import { displayPath, type RawPath } from '../model/path.js';
-import { checkRepository, Repository } from '../repo/index.js';
-import type { StateDb } from '../state/db.js';
+import { checkRepository, type RepoConfig, Repository } from '../repo/index.js';
+import { StateDb } from '../state/db.js';
 import { writeLastCheck } from '../state/last-check.js';
-import { iso, newPassword, warnAboutUrl, withRepo, openRepo, openState, pickSource, print, showTime, type RepoFlags } from './common.js';
+import { iso, newPassword, warnAboutUrl, withRepo, openRepo, pickSource, print, showTime, type RepoFlags } from './common.js';
 import { jsonPath, type Verbosity } from './output.js';
 import { mib } from './format.js';
 import { DEFAULT_MIN_AGE, DEFAULT_POLICY } from '../retention/policy.js';
@@ -282,4 +282,8 @@ export async function checkCommand(flags: RepoFlags & { readData?: boolean }): P
     );
     return errors.length === 0 ? 0 : 1;
   });
+}
+
+function openState(settings: Settings, config: RepoConfig): StateDb {
+  return new StateDb(join(settings.stateDir, `${config.id}.sqlite`));
 }

@@ -5,8 +5,7 @@ import { stateAt } from '../repo/index.js';
 import { actionOf, type Overwrite } from '../restore/plan.js';
 import { restore } from '../restore/restore.js';
 import { sourcePath } from './args.js';
-import { atOf } from './browse.js';
-import { iso, withRepo, pickSource, print, showTime, type RepoFlags } from './common.js';
+import { atOf, iso, withRepo, pickSource, print, showTime, type RepoFlags } from './common.js';
 import { mib } from './format.js';
 import { jsonPath, type Verbosity } from './output.js';
 
