@@ -85,8 +85,9 @@ async function backupLocked(
   // A first backup (nothing cached) need not ask the cache about the paths it walks: each is
   // walked once, so none was committed before it, not even by an earlier commit of this run.
   const cached = db.known(source);
-  const known: KnownFiles =
-    db.count(source) > 0 ? cached : { ...cached, get: () => undefined, stamp: () => undefined, childStamps: () => new Map() };
+  const known: KnownFiles = db.holdsAny(source)
+    ? cached
+    : { ...cached, get: () => undefined, stamp: () => undefined, childStamps: () => new Map() };
   const stampOf = cachedStamps(known);
   const stats: CommitStats = { files: 0, dirs: 0, deleted: 0, bytesUploaded: 0, bytesTotal: 0 };
   let progressBytes = 0;

@@ -413,9 +413,14 @@ export class StateDb {
     };
   }
 
-  /** How many entries the cache holds for `source`. */
+  /** How many entries the cache holds for `source` (a pass over its rows: `holdsAny` only asks whether there are some). */
   count(source: string): number {
     return (this.#db.prepare('SELECT count(*) FROM files WHERE source = ?').pluck().get(source) as number) ?? 0;
+  }
+
+  /** Whether the cache holds any entry of `source`. */
+  holdsAny(source: string): boolean {
+    return this.#db.prepare('SELECT 1 FROM files WHERE source = ? LIMIT 1').pluck().get(source) !== undefined;
   }
 
   /** Forgets what the cache knows of `source` (a rebuild follows; until it ends the cache is out of sync). */
