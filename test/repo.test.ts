@@ -638,8 +638,7 @@ describe('repository', () => {
     writeFileSync(join(f.src.path, 'docs/many2'), big);
     writeFileSync(join(f.src.path, 'docs/rev'), Buffer.concat(pieces));
     writeFileSync(join(f.src.path, 'docs/rev2'), Buffer.concat(pieces));
-    // Modes that creating gives (0640 under the usual umask 022) and ones it cannot: bits the
-    // umask takes, no write for the owner (created 0600, reopened, then given its mode), set-id.
+    // Modes through files closed and reopened: bits the umask would take, none for the owner, set-id.
     chmodSync(join(f.src.path, 'docs/many2'), 0o640);
     chmodSync(join(f.src.path, 'docs/many'), 0o444);
     chmodSync(join(f.src.path, 'docs/rev'), 0o666);

@@ -74,11 +74,7 @@ export async function writeContent(
   for (const f of placed) remaining[f] = (files[f] as FileRecord).chunks.length;
   // Empty files: created and finished at once.
   const empty = placed.filter((f) => remaining[f] === 0);
-  await Promise.all(
-    empty.map((f) =>
-      pool.write({ file: f, path: path(f), mode: (files[f] as FileRecord).mode, last: done(f) }, []).then((n) => written(n, true)),
-    ),
-  );
+  await Promise.all(empty.map((f) => pool.write({ file: f, path: path(f), last: done(f) }, []).then((n) => written(n, true))));
 
   let requests = 0;
   let fetcher: ChunkFetcher | undefined; // for chunks whose pack is gone (moved by a prune meanwhile)
@@ -106,13 +102,7 @@ export async function writeContent(
         // Counted as it is sent (no await between): the file's last job is the last one sent.
         const left = (remaining[f] as number) - 1;
         remaining[f] = left;
-        const job = {
-          file: f,
-          path: path(f),
-          mode: (files[f] as FileRecord).mode,
-          at: uses.at[u] as number,
-          ...(left === 0 ? { last: done(f) } : {}),
-        };
+        const job = { file: f, path: path(f), at: uses.at[u] as number, ...(left === 0 ? { last: done(f) } : {}) };
         const blob = { id: ref.id, sealed, what: chunkWhat(ref), size: ref.size };
         writes.push(pool.write(job, [blob]).then((n) => written(n, left === 0)));
       }
@@ -137,10 +127,7 @@ export async function writeContent(
     let blobs: Array<{ id: string; sealed: Uint8Array; what: string }> = [];
     let pending = 0;
     const send = async (final: boolean): Promise<void> => {
-      const n = await pool.write(
-        { file: f, path: path(f), mode: (files[f] as FileRecord).mode, ...(final ? { last: done(f) } : {}) },
-        blobs,
-      );
+      const n = await pool.write({ file: f, path: path(f), ...(final ? { last: done(f) } : {}) }, blobs);
       blobs = [];
       pending = 0;
       written(n, final);

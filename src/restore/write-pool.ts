@@ -1,4 +1,3 @@
-import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { PhoenixError, type ErrorCode } from '../errors.js';
@@ -25,8 +24,6 @@ export interface WriteJob {
   file: number;
   /** The path's bytes as a latin1 string (cloning a small Buffer would copy Node's whole 8 KiB pool). */
   path: string;
-  /** The file's mode: it is created with it where that needs no chmod once written. */
-  mode: number;
   at?: number;
   /** Views of shared memory (no copy), or copies transferred with the message; `size`: the chunk's plain bytes, if known. */
   blobs: Array<{ id: string; sealed: Uint8Array; what: string; size?: number }>;
@@ -68,9 +65,8 @@ export class WritePool {
     threads = Math.max(1, Math.min(4, availableParallelism())),
   ) {
     const master = keys.toShared();
-    const umask = currentUmask();
     for (let i = 0; i < threads; i++) {
-      const w = new Worker(new URL('./write-worker.js', import.meta.url), { workerData: { master, createdAs, maxOpen, umask } });
+      const w = new Worker(new URL('./write-worker.js', import.meta.url), { workerData: { master, createdAs, maxOpen } });
       w.on('message', (replies: WriteReply[]) => {
         for (const r of replies) {
           const j = this.#jobs.get(r.job);
@@ -128,19 +124,4 @@ export class WritePool {
   async close(): Promise<void> {
     await Promise.all(this.#workers.map((w) => w.terminate()));
   }
-}
-
-/**
- * The process's umask, read from /proc (`process.umask()` without an argument sets it to 0 for a
- * moment, under the other threads' feet). Unknown: all bits, and every file is created 0600 and
- * given its mode once written.
- */
-function currentUmask(): number {
-  try {
-    const m = /^Umask:\s+([0-7]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'));
-    if (m !== null) return parseInt(m[1] as string, 8);
-  } catch {
-    // not Linux, or no /proc
-  }
-  return 0o777;
 }

@@ -7,11 +7,9 @@ import { Keys } from '../repo/crypto.js';
 import { openChunk } from '../repo/pack.js';
 import { nsToSeconds, type WriteJob, type WriteReply } from './write-pool.js';
 
-const { master, createdAs, maxOpen, umask } = workerData as {
+const { master, createdAs, maxOpen } = workerData as {
   master: Uint8Array | null;
   createdAs: { uid: number; gid: number } | undefined;
-  /** The process's umask: a file created with mode M gets M & ~umask. */
-  umask: number;
   /** Descriptors kept open at most; past it the least recently written file is closed (and reopened when more comes). */
   maxOpen: number;
 };
@@ -27,23 +25,12 @@ let scratch = Buffer.alloc(0);
 /** Files whose write failed: what else comes for them is refused. */
 const failed = new Set<number>();
 
-/**
- * The mode to create a file of mode `mode` with: its own where creating gives exactly that (then
- * no chmod is needed once written), else 0600 until it is finished. A file its owner may not
- * write is never created so: it may have to be opened again for writing.
- */
-function createMode(mode: number): number {
-  const own = mode & 0o7777;
-  return own === (own & 0o777 & ~umask) && (own & 0o200) !== 0 ? own : 0o600;
-}
-
 function fileOf(m: WriteJob, path: Buffer): { fd: number; written: number } {
   let f = files.get(m.file);
   if (f === undefined) {
     // Created, never opened as it is: a symlink or a hard link in the target is replaced (unlinked
     // first), never written through.
-    const mode = createMode(m.mode);
-    const create = (): number => openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, mode);
+    const create = (): number => openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
     let fd: number;
     try {
       fd = create();
@@ -99,7 +86,7 @@ function run(m: WriteJob): number {
       if (f.written !== m.last.size) {
         throw new PhoenixError('PHX_CORRUPT', `${m.last.display}: its chunks hold ${f.written} bytes, the record says ${m.last.size}`);
       }
-      if (createMode(m.last.mode) !== (m.last.mode & 0o7777)) fchmodSync(f.fd, m.last.mode & 0o7777);
+      fchmodSync(f.fd, m.last.mode & 0o7777);
       const t = nsToSeconds(BigInt(m.last.mtimeNs));
       futimesSync(f.fd, t, t);
     } finally {
