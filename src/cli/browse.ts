@@ -16,7 +16,6 @@ export interface PathFlags extends RepoFlags {
 
 const mtimeMs = (r: FileRecord): number => Number(r.mtimeNs / 1_000_000n);
 
-
 /** Opens the repository, picks the source and closes the repository after `fn`. */
 function withSource<T>(flags: RepoFlags, fn: (repo: Repository, source: string) => Promise<T>): Promise<T> {
   return withRepo(flags, async (repo) => fn(repo, await pickSource(repo, flags)));
