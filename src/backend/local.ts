@@ -1,4 +1,5 @@
 import { constants, promises as fs } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { errnoCode } from '../errors.js';
 import { native } from '../native.js';
@@ -111,13 +112,7 @@ export class LocalBackend implements Backend {
       const into = range?.into;
       const buf =
         into !== undefined && into.length >= length ? Buffer.from(into.buffer, into.byteOffset, length) : Buffer.allocUnsafe(length);
-      let done = 0;
-      while (done < length) {
-        const { bytesRead } = await fh.read(buf, done, length - done, offset + done);
-        if (bytesRead === 0)
-          throw new BackendError('PHX_BACKEND', `${this.location}: ${key} shrank while being read`, { key, transient: true });
-        done += bytesRead;
-      }
+      await this.#readAtLeast(fh, key, buf, length, offset);
       if (length >= DROP_CACHE_FROM) dropCache(fh.fd); // read once (a restore, a check): no need to keep it
       return buf;
     } catch (err) {
@@ -155,14 +150,8 @@ export class LocalBackend implements Backend {
       const { size } = await fh.stat();
       checkRange(this.location, key, size, range);
       const buf = Buffer.from(into.buffer, into.byteOffset + at, span);
-      const need = range.offset + range.length - start; // the span reaches past the end of the file at most to the next block
-      let done = 0;
-      while (done < need) {
-        const { bytesRead } = await fh.read(buf, done, span - done, start + done);
-        if (bytesRead === 0)
-          throw new BackendError('PHX_BACKEND', `${this.location}: ${key} shrank while being read`, { key, transient: true });
-        done += bytesRead;
-      }
+      // The span may reach past the end of the file, to the next block: the bytes asked for are enough.
+      await this.#readAtLeast(fh, key, buf, range.offset + range.length - start, start);
       return buf.subarray(range.offset - start, range.offset - start + range.length);
     } catch (err) {
       if (errnoCode(err) === 'EINVAL') {
@@ -172,6 +161,17 @@ export class LocalBackend implements Backend {
       throw err instanceof BackendError ? err : this.#error(err, key, 'read');
     } finally {
       await fh.close();
+    }
+  }
+
+  /** Fills `buf` from `position` on, reading at least `need` bytes (fewer: the object shrank while read). */
+  async #readAtLeast(fh: FileHandle, key: string, buf: Buffer, need: number, position: number): Promise<void> {
+    let done = 0;
+    while (done < need) {
+      const { bytesRead } = await fh.read(buf, done, buf.length - done, position + done);
+      if (bytesRead === 0)
+        throw new BackendError('PHX_BACKEND', `${this.location}: ${key} shrank while being read`, { key, transient: true });
+      done += bytesRead;
     }
   }
 
