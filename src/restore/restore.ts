@@ -113,8 +113,9 @@ export async function restore(repo: Repository, state: TreeState, target: string
   // What the target has in place of an entry that is replaced goes first (a directory with all below).
   for (const r of selected) if (actionOf(r.path) === 'replace') await fs.rm(abs(r.path), { recursive: true, force: true });
 
-  // Directories are made and finished with synchronous calls (a promise each cost more than the
-  // call), letting the event loop run between batches: a server restores too.
+  // Directories are made and finished, and files with the same content given their metadata,
+  // with synchronous calls (a promise each cost more than the call), letting the event loop run
+  // between batches: a server restores too.
   const pause = breather();
 
   /** Makes `p` a real directory (never a symlink to one), creating it when missing. */
@@ -171,10 +172,9 @@ export async function restore(repo: Repository, state: TreeState, target: string
   // A file with the same content gets its metadata only.
   for (const r of todo) {
     if (r.type !== 'file' || actionOf(r.path) !== 'same') continue;
-    await fs.chmod(abs(r.path), r.mode & 0o7777);
-    await fs.utimes(abs(r.path), nsToSeconds(r.mtimeNs), nsToSeconds(r.mtimeNs));
-    await chown(abs(r.path), r);
+    setMetadata(abs(r.path), r);
     result.files++;
+    await pause();
   }
   const files = todo.filter((r) => r.type === 'file' && actionOf(r.path) !== 'same');
   for (const r of files) {
@@ -205,23 +205,22 @@ export async function restore(repo: Repository, state: TreeState, target: string
   // Directory metadata last, deepest first, so writing their contents does not change it.
   for (const r of [...todo].reverse()) {
     if (r.type !== 'dir') continue;
-    chmodSync(abs(r.path), r.mode & 0o7777);
-    utimesSync(abs(r.path), nsToSeconds(r.mtimeNs), nsToSeconds(r.mtimeNs));
-    if (process.getuid?.() === 0) {
-      try {
-        lchownSync(abs(r.path), r.uid, r.gid);
-      } catch {
-        // an owner the target's file system refuses: the content and mode are what count
-      }
-    }
+    setMetadata(abs(r.path), r);
     await pause();
   }
   return result;
 }
 
-async function chown(path: Buffer, r: FileRecord): Promise<void> {
+/** Gives `path` the mode and times of `r`, and (as root) its owner. */
+function setMetadata(path: Buffer, r: FileRecord): void {
+  chmodSync(path, r.mode & 0o7777);
+  utimesSync(path, nsToSeconds(r.mtimeNs), nsToSeconds(r.mtimeNs));
   if (process.getuid?.() !== 0) return;
-  await fs.lchown(path, r.uid, r.gid).catch(() => {});
+  try {
+    lchownSync(path, r.uid, r.gid);
+  } catch {
+    // an owner the target's file system refuses: the content and mode are what count
+  }
 }
 
 /** A function to await in a loop of synchronous calls: every 256th call it lets the event loop run. */
