@@ -26,7 +26,8 @@ const LOG_MAX = 524_288;
  *   bounds the memory (`#logged`, 14 MiB): once the table holds that many, a merge comes every
  *   LOG_MAX rows.
  * - A Bloom filter (ChunkFilter) of every id, once lookups are many: most chunks of a first
- *   backup are new, and "no" needs no SQLite at all.
+ *   backup are new, and "no" needs no SQLite at all. It is read from the index once per
+ *   process, and grows with the inserts after that.
  *
  * Ids and pack ids are stored as 32 bytes (IdKey), and `chunks` is one B-tree (WITHOUT ROWID):
  * 2,000,000 chunks took 314 MB instead of 652 (hex text, a table and its index), in the same
@@ -224,17 +225,9 @@ export class ChunkIndex {
   }
 
   #addToFilter(id: string): void {
-    // Into a filter being filled too: the id may sort before the last one read into it.
-    const filter = this.#filter ?? this.#building?.filter;
-    if (filter === undefined) return;
-    filter.add(id);
-    if (filter.full) {
-      // Built again, larger, when lookups call for it.
-      this.#filter = undefined;
-      this.#building = undefined;
-      this.#filterAfter = undefined;
-      this.#lookups = 0;
-    }
+    // Into a filter being filled too: the id may sort before the last one read into it. (It
+    // grows as it fills: see ChunkFilter.)
+    (this.#filter ?? this.#building?.filter)?.add(id);
   }
 }
 
