@@ -55,8 +55,7 @@ export async function backupCommand(source: string, flags: BackupFlags): Promise
   const start = performance.now();
   const filter = { exclude: flags.exclude, oneFileSystem: flags.oneFileSystem ?? false };
   // The scan runs while the password's key is derived (about 0.1 s of scrypt).
-  const scan = startScan(dir, filter);
-  scan.catch(() => {}); // awaited by backup(); an error then is reported there
+  const scan = startScan(dir, filter); // its error is reported by backup()
   const name = flags.source ?? dir;
   const settings = await resolveSettings(flags);
   // The cache is opened while the key is derived, too.

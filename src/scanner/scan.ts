@@ -16,6 +16,12 @@ export interface ScanOptions {
    * here: watch first, then list, so nothing created in between is missed).
    */
   beforeList?: (rel: RawPath, entry: Entry | undefined) => void;
+  /**
+   * Called once a directory's listing is in the tree (its children can be read from `tree`),
+   * so that a caller can work on them while the rest of the walk goes on. Not called for a
+   * directory that could not be listed.
+   */
+  onListed?: (dir: RawPath, tree: Tree) => void;
   /** Directories listed at once; each listing runs on a libuv worker thread. */
   concurrency?: number;
   /** For the tree it builds (how much of it stays in memory). */
@@ -83,6 +89,7 @@ export async function scan(root: RawPath, scope: RawPath = '', opts: ScanOptions
       tree.set(rel, e);
       if (e.kind === 'dir' && !(filter.oneFileSystem && rootDev !== undefined && e.dev !== rootDev)) queue.push(rel);
     }
+    opts.onListed?.(dir, tree);
   };
 
   const limit = Math.max(1, opts.concurrency ?? 4);
