@@ -1,4 +1,5 @@
-import { deflateRawSync, inflateRawSync } from 'node:zlib';
+import { promisify } from 'node:util';
+import { deflateRaw as deflateRawCb, inflateRawSync } from 'node:zlib';
 import type { Backend } from '../backend/backend.js';
 import { corrupt, type Keys } from './crypto.js';
 
@@ -16,7 +17,9 @@ export const PART_MAX_BYTES = 4 * 2 ** 20;
 /** Lines of a part at least before a content-defined cut, and the mask that cuts about every 4096 lines after it. */
 const PART_MIN_LINES = 512;
 const CUT_MASK = 0xfff;
-/** Parts uploading at once. */
+const deflateRaw = promisify(deflateRawCb);
+
+/** Parts compressed and uploading at once. */
 const PARALLEL = 4;
 
 /** FNV-1a over the key's char codes: a cut that depends on the record only, never on its neighbours' positions. */
@@ -52,12 +55,20 @@ export class PartWriter {
     readonly doomed: (id: string) => boolean = () => false,
   ) {}
 
-  /** Adds one line; resolves at once unless too many parts are uploading. */
-  async add(line: string, cutKey?: string): Promise<void> {
-    if (this.#size > 0 && this.#size + line.length + 1 > PART_MAX_BYTES) await this.#cut();
+  /**
+   * Adds one line. A promise only when a part is cut (await it: it waits while too many parts
+   * are uploading); nothing for most lines, which then cost no promise at all.
+   */
+  add(line: string, cutKey?: string): Promise<void> | undefined {
+    if (this.#size > 0 && this.#size + line.length + 1 > PART_MAX_BYTES) return this.#cut().then(() => this.#push(line, cutKey));
+    return this.#push(line, cutKey);
+  }
+
+  #push(line: string, cutKey: string | undefined): Promise<void> | undefined {
     this.#lines.push(line);
     this.#size += line.length + 1;
-    if (cutKey !== undefined && this.#lines.length >= PART_MIN_LINES && (cutHash(cutKey) & CUT_MASK) === 0) await this.#cut();
+    if (cutKey !== undefined && this.#lines.length >= PART_MIN_LINES && (cutHash(cutKey) & CUT_MASK) === 0) return this.#cut();
+    return undefined;
   }
 
   /** Stores the last part and waits for every upload. */
@@ -88,17 +99,26 @@ export class PartWriter {
       this.bytes += have;
       return;
     }
-    // Level 1: about as small as level 6 for these (hex ids and base64 paths), at half the time.
-    const body = this.keys.seal(deflateRawSync(plain, { level: 1 }));
-    this.parts.push([id, body.length]);
-    this.bytes += body.length;
-    this.uploaded += body.length;
+    const part: [string, number] = [id, 0];
+    this.parts.push(part); // its place in order now, its size once it is sealed
     while (this.#inflight.size >= PARALLEL) await Promise.race(this.#inflight);
     if (this.#error !== undefined) throw this.#error;
-    const up = this.backend.put(partKey(id), body).then(
-      () => void this.known.set(id, body.length), // only once it is durable: a later writer may rely on it
-      (err: unknown) => void (this.#error ??= err),
-    );
+    // Compressed on a libuv thread, not on the main thread, which meanwhile goes on with the
+    // next part or with the files of the next commit (deflate was about 3% of it in a first
+    // backup of 2,000,000 files). Level 1: about as small as level 6 for these lines (hex ids
+    // and base64 paths), at half the time.
+    const up = deflateRaw(plain, { level: 1 })
+      .then((z) => {
+        const body = this.keys.seal(z);
+        part[1] = body.length;
+        this.bytes += body.length;
+        this.uploaded += body.length;
+        return this.backend.put(partKey(id), body).then(() => body.length);
+      })
+      .then(
+        (size) => void this.known.set(id, size), // only once it is durable: a later writer may rely on it
+        (err: unknown) => void (this.#error ??= err),
+      );
     const tracked = up.finally(() => this.#inflight.delete(tracked));
     this.#inflight.add(tracked);
   }

@@ -611,7 +611,8 @@ export class Repository {
       let n = 0;
       for await (const ch of st.changes) {
         const o = encodeChange(ch);
-        await lines.add(o, String(o.p));
+        const wait = lines.add(o, String(o.p));
+        if (wait !== undefined) await wait;
         n++;
       }
       const h: Record<string, unknown> = { seq: st.seq, time: st.timeMs, n, stats: st.stats };
@@ -639,23 +640,26 @@ export class Repository {
 
   /** Lines kept inline up to INLINE_BYTES, then all of them in parts (written as they fill). */
   #lineWriter(known?: Map<string, number>): {
-    add(o: Record<string, unknown>, cutKey?: string): Promise<void>;
+    /** A promise only when the caller must wait (a part was cut): most lines cost none. */
+    add(o: Record<string, unknown>, cutKey?: string): Promise<void> | undefined;
     finish(): Promise<{ parts: Array<[string, number]>; inline: Array<Record<string, unknown>>; bytes: number }>;
   } {
     let inline: Array<{ o: Record<string, unknown>; line: string; cutKey: string | undefined }> = [];
     let inlineBytes = 0;
     let parts: PartWriter | undefined;
     return {
-      add: async (o, cutKey) => {
+      add: (o, cutKey) => {
         const line = JSON.stringify(o);
         if (parts !== undefined) return parts.add(line, cutKey);
         inline.push({ o, line, cutKey });
         inlineBytes += line.length;
-        if (inlineBytes > INLINE_BYTES) {
-          parts = new PartWriter(this.backend, this.keys, known, this.#doomed);
-          for (const x of inline) await parts.add(x.line, x.cutKey);
-          inline = [];
-        }
+        if (inlineBytes <= INLINE_BYTES) return undefined;
+        const into = (parts = new PartWriter(this.backend, this.keys, known, this.#doomed));
+        const held = inline;
+        inline = [];
+        return (async () => {
+          for (const x of held) await into.add(x.line, x.cutKey);
+        })();
       },
       finish: async () => ({
         parts: parts === undefined ? [] : await parts.finish(),
@@ -708,7 +712,10 @@ export class Repository {
     await this.#upgradeConfig(2);
     const key = commitKey(c.source, c.seq, c.timeMs);
     const lines = this.#lineWriter();
-    for (const ch of c.changes) await lines.add(encodeChange(ch));
+    for (const ch of c.changes) {
+      const wait = lines.add(encodeChange(ch));
+      if (wait !== undefined) await wait;
+    }
     const { parts, inline, bytes } = await lines.finish();
     const { changes: _changes, ...rest } = c;
     const head: CommitHead = { ...rest, parts, inline };
@@ -749,7 +756,8 @@ export class Repository {
       if (last !== undefined && !(last < path))
         throw new PhoenixError('PHX_INTERNAL', `internal: checkpoint records out of order at entry ${entries}`);
       last = path;
-      await parts.add('json' in r ? r.json : JSON.stringify(encodeRecord(r)), path);
+      const wait = parts.add('json' in r ? r.json : JSON.stringify(encodeRecord(r)), path);
+      if (wait !== undefined) await wait;
       entries++;
     }
     const list = await parts.finish();
