@@ -252,7 +252,10 @@ export interface StartedScan {
 
 /** Starts scanning `sourceDir` for a backup; `done` rejects when it is not a directory. */
 export function startScan(sourceDir: string, opts: Pick<BackupOptions, 'exclude' | 'oneFileSystem'> = {}): StartedScan {
-  const listed: Array<{ dir: RawPath; tree: Tree }> = [];
+  /** Directories whose listing is in `tree`, in the order they were listed. */
+  const listed: RawPath[] = [];
+  let tree: Tree | undefined;
+  let ended = false;
   let wake: (() => void) | undefined;
   const poke = (): void => {
     const w = wake;
@@ -266,25 +269,26 @@ export function startScan(sourceDir: string, opts: Pick<BackupOptions, 'exclude'
     }
     return scan(rawFromUtf8(sourceDir), '', {
       filter: new Filter(opts),
-      onListed: (dir, tree) => {
-        listed.push({ dir, tree });
+      onListed: (dir, t) => {
+        tree = t;
+        listed.push(dir);
         poke();
       },
     });
   })();
-  let ended = false;
-  done.then(
-    () => (ended = true),
-    () => (ended = true),
-  );
-  done.finally(poke).catch(() => {}); // awaited by the caller (entries() rethrows)
+  // Settled either way: the reader is woken to finish (listings() rethrows the scan's error).
+  done
+    .catch(() => {})
+    .finally(() => {
+      ended = true;
+      poke();
+    });
   return {
     done,
     async *listings() {
       for (let i = 0; ;) {
-        if (i < listed.length) {
-          const { dir, tree } = listed[i] as { dir: RawPath; tree: Tree };
-          listed[i++] = undefined as never;
+        if (i < listed.length && tree !== undefined) {
+          const dir = listed[i++] as RawPath;
           const out: Array<[RawPath, Entry]> = [];
           for (const name of tree.childNames(dir)) {
             const path = joinRaw(dir, name);
