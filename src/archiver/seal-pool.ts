@@ -148,8 +148,7 @@ export class SealPool {
       slot.outbox.add(job, path, prev, how.fine, how.hot, typeof seen === 'number' ? undefined : seen);
       if (!this.#flushing) {
         // After this turn of the event loop: the files started by one batch of results go out
-        // together (a postMessage costs the main thread 15 µs or more, a fair part of what the
-        // worker spends on a small file).
+        // together (each postMessage has a fixed cost on the main thread, a few µs for a string).
         this.#flushing = true;
         setImmediate(() => this.#flush());
       }
@@ -162,8 +161,7 @@ export class SealPool {
     this.#flushing = false;
     for (const s of this.#slots) {
       if (s.outbox.empty) continue;
-      const jobs = s.outbox.take();
-      s.worker.postMessage(jobs, [jobs[1]]);
+      s.worker.postMessage(s.outbox.take());
     }
   }
 

@@ -216,7 +216,7 @@ function readFileJob(m: FileJob): void {
   }
 }
 
-parentPort?.on('message', (jobs: [number, ArrayBuffer]) => {
+parentPort?.on('message', (jobs: string) => {
   for (const m of decodeJobs(jobs)) readFileJob(m);
   flush();
 });
