@@ -103,6 +103,7 @@ async function backupLocked(
         opts.onProgress?.({ files: progressFiles, bytes: progressBytes, total: 0 });
       },
       pendingChunk: (id) => sealing?.newChunk(id),
+      slicedRows: true,
     });
   let builder = newBuilder();
   let seq = synced;

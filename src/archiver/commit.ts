@@ -31,6 +31,12 @@ export interface CommitBuilderOptions {
   inPlace?: Map<RawPath, number>;
   /** A chunk stored by a commit still being written (not in the cache yet): its ref, or undefined. */
   pendingChunk?: (id: string) => ChunkRef | undefined;
+  /**
+   * The cache rows are written in slices, the event loop running between them
+   * (StateDb.applyCommitInSlices): for a one-shot backup, whose next files are read meanwhile.
+   * Then commit() takes no `inTransaction`.
+   */
+  slicedRows?: boolean;
 }
 
 /** In-place rewrites seen before a large file is cut finely. */
@@ -260,8 +266,14 @@ export class CommitBuilder {
       else puts.push(c);
     }
     const repoId = this.repo.config.id;
+    const apply = async (at: number, chunks: Iterable<ChunkRef>): Promise<void> => {
+      if (this.opts.slicedRows !== true) this.db.applyCommit(this.source, repoId, at, puts, deleted, chunks, inTransaction);
+      else if (inTransaction !== undefined)
+        throw new PhoenixError('PHX_INTERNAL', 'internal: a commit of sliced rows was given work for their transaction');
+      else await this.db.applyCommitInSlices(this.source, repoId, at, puts, deleted, chunks);
+    };
     if (!this.changed) {
-      this.db.applyCommit(this.source, repoId, seq - 1, puts, deleted, [], inTransaction);
+      await apply(seq - 1, []);
       return undefined;
     }
     this.stats.bytesUploaded = this.#writer.bytesUploaded;
@@ -277,7 +289,7 @@ export class CommitBuilder {
     };
     if (this.opts.root !== undefined) commit.root = this.opts.root;
     const info = await this.repo.writeCommit(commit);
-    this.db.applyCommit(this.source, repoId, seq, puts, deleted, this.#newChunks.values(), inTransaction);
+    await apply(seq, this.#newChunks.values());
     return { info, commit };
   }
 
