@@ -484,64 +484,6 @@ describe('a cache row (compact, version 2)', () => {
     }
   });
 
-  it('written in slices, leaves the cache as applyCommit does; a slice refused leaves the seq as it was', async () => {
-    const dir = tempDir('phx-state-slices-');
-    const one = new StateDb(join(dir.path, 'one.sqlite'));
-    const sliced = new StateDb(join(dir.path, 'sliced.sqlite'));
-    const ids = (n: number): ChunkRef[] =>
-      Array.from({ length: n }, (_, i) => ({
-        id: createHash('sha256').update(`c${i}`).digest('hex'),
-        pack: 'cd'.repeat(32),
-        offset: i,
-        length: 9,
-      }));
-    const state = (db: StateDb, source: string) => ({
-      seq: db.seq(source, 'repo'),
-      records: [...db.snapshot(source)],
-      stamps: [...db.known(source).stamps()],
-      chunks: ids(2100).map((c) => db.chunk(c.id)),
-    });
-    try {
-      let run = 0;
-      await fc.assert(
-        fc.asyncProperty(
-          // More rows than a slice (1,024), so that a commit crosses several of them.
-          fc.uniqueArray(recArb, { minLength: 1100, maxLength: 2500, selector: (r) => r.path }),
-          fc.nat(),
-          async (recs, cut) => {
-            const source = `s${run++}`;
-            const first = recs.map((r, i) => ({ rec: r, ino: String(i), ctimeNs: i % 7 === 0 ? '' : '1700000000123456789' }));
-            const gone = recs.slice(0, cut % recs.length).map((r) => r.path);
-            const again = first.slice(cut % recs.length).map((f) => ({ ...f, ino: `${f.ino}0` }));
-            one.applyCommit(source, 'repo', 1, first, [], ids(2100).slice(0, 1100));
-            one.applyCommit(source, 'repo', 2, again, gone, ids(2100).slice(1100));
-            await sliced.applyCommitInSlices(source, 'repo', 1, first, [], ids(2100).slice(0, 1100));
-            assert.equal(sliced.seq(source, 'repo'), 1);
-            await sliced.applyCommitInSlices(source, 'repo', 2, again, gone, ids(2100).slice(1100));
-            assert.deepEqual(state(sliced, source), state(one, source));
-            assert.equal(sliced.count(source), recs.length - gone.length);
-          },
-        ),
-        { numRuns: 4, endOnFailure: true },
-      );
-      // A row SQLite refuses: the commit fails and the cache still names the commit before (a
-      // backup run after it finds the cache out of step with the repository, and rebuilds it).
-      const raw = new Database(join(dir.path, 'sliced.sqlite'));
-      raw.exec(
-        `CREATE TRIGGER refuse BEFORE INSERT ON files WHEN NEW.path = x'7a7a' BEGIN SELECT RAISE(ABORT, 'refused by the test'); END`,
-      );
-      raw.close();
-      const puts = ['a', 'b', 'zz', 'c'].map((p, i) => ({ rec: rec(p, 'file', i), ino: '1', ctimeNs: '2' }));
-      await sliced.applyCommitInSlices('t', 'repo', 5, puts.slice(0, 2), [], []);
-      await assert.rejects(sliced.applyCommitInSlices('t', 'repo', 6, puts, [], ids(3)), /refused by the test/);
-      assert.equal(sliced.seq('t', 'repo'), 5);
-    } finally {
-      one.close();
-      sliced.close();
-      dir.cleanup();
-    }
-  });
-
   it('a cache of version 1 (records as JSON) is dropped, to be rebuilt; the queue is kept', () => {
     const dir = tempDir('phx-state-v1-');
     const path = join(dir.path, 'db.sqlite');

@@ -103,7 +103,6 @@ async function backupLocked(
         opts.onProgress?.({ files: progressFiles, bytes: progressBytes, total: 0 });
       },
       pendingChunk: (id) => sealing?.newChunk(id),
-      slicedRows: true,
     });
   let builder = newBuilder();
   let seq = synced;

@@ -31,12 +31,6 @@ export interface CommitBuilderOptions {
   inPlace?: Map<RawPath, number>;
   /** A chunk stored by a commit still being written (not in the cache yet): its ref, or undefined. */
   pendingChunk?: (id: string) => ChunkRef | undefined;
-  /**
-   * The cache rows are written in slices, the event loop running between them
-   * (StateDb.applyCommitInSlices): for a one-shot backup, whose next files are read meanwhile.
-   * Then commit() takes no `inTransaction`.
-   */
-  slicedRows?: boolean;
 }
 
 /** In-place rewrites seen before a large file is cut finely. */
@@ -266,14 +260,8 @@ export class CommitBuilder {
       else puts.push(c);
     }
     const repoId = this.repo.config.id;
-    const apply = async (at: number, chunks: Iterable<ChunkRef>): Promise<void> => {
-      if (this.opts.slicedRows !== true) this.db.applyCommit(this.source, repoId, at, puts, deleted, chunks, inTransaction);
-      else if (inTransaction !== undefined)
-        throw new PhoenixError('PHX_INTERNAL', 'internal: a commit of sliced rows was given work for their transaction');
-      else await this.db.applyCommitInSlices(this.source, repoId, at, puts, deleted, chunks);
-    };
     if (!this.changed) {
-      await apply(seq - 1, []);
+      this.db.applyCommit(this.source, repoId, seq - 1, puts, deleted, [], inTransaction);
       return undefined;
     }
     this.stats.bytesUploaded = this.#writer.bytesUploaded;
@@ -289,7 +277,7 @@ export class CommitBuilder {
     };
     if (this.opts.root !== undefined) commit.root = this.opts.root;
     const info = await this.repo.writeCommit(commit);
-    await apply(seq, this.#newChunks.values());
+    this.db.applyCommit(this.source, repoId, seq, puts, deleted, this.#newChunks.values(), inTransaction);
     return { info, commit };
   }
 

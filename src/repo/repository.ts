@@ -39,7 +39,6 @@ import {
 import { PartWriter, readParts, readPartValues } from './meta.js';
 import { PACK_TARGET, PackBuilder, parseHeader, type PackEntry } from './pack.js';
 import { processAlive } from '../util/process.js';
-import { breather } from '../util/breather.js';
 
 /** The `config` object (JSON, not encrypted: it holds what is needed to open the rest). */
 export interface RepoConfig {
@@ -713,10 +712,8 @@ export class Repository {
     await this.#upgradeConfig(2);
     const key = commitKey(c.source, c.seq, c.timeMs);
     const lines = this.#lineWriter();
-    // A commit of 20,000 files is about 100 ms of encoding: the event loop runs in between.
-    const pause = breather(1024);
     for (const ch of c.changes) {
-      const wait = lines.add(encodeChange(ch)) ?? pause();
+      const wait = lines.add(encodeChange(ch));
       if (wait !== undefined) await wait;
     }
     const { parts, inline, bytes } = await lines.finish();

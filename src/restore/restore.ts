@@ -6,7 +6,6 @@ import { writeContent } from './content.js';
 import { FETCH_LIMITS, type FetchLimits } from './fetch.js';
 import { actionOf as actionOfPlan, planRestore, underAny, type Action, type Overwrite, type RestorePlan } from './plan.js';
 import { nsToSeconds, WritePool } from './write-pool.js';
-import { breather } from '../util/breather.js';
 
 export interface RestoreOptions {
   /** Restore only these paths (and what is below them); everything when empty. */
@@ -222,6 +221,12 @@ function setMetadata(path: Buffer, r: FileRecord): void {
   } catch {
     // an owner the target's file system refuses: the content and mode are what count
   }
+}
+
+/** A function to await in a loop of synchronous calls: every 256th call it lets the event loop run. */
+function breather(every = 256): () => Promise<void> | undefined {
+  let n = 0;
+  return () => (++n % every === 0 ? new Promise((resolve) => setImmediate(resolve)) : undefined);
 }
 
 /** A path from the repository must stay inside the target. */

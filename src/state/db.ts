@@ -56,9 +56,6 @@ class StoredFile implements CachedFile {
 /** The cache's format (user_version): 1 added files.stamp, 2 made the rows compact (row.ts) and chunk ids binary. */
 const STATE_VERSION = 2;
 
-/** Rows an applyCommitInSlices writes per transaction (about 12 ms of the main thread). */
-const APPLY_SLICE = 1024;
-
 type ChangeStatements = Record<'dropBelow' | 'isDir' | 'toTemp' | 'fromTemp', Database.Statement>;
 
 /** What the cache knows of one source's committed tree (StateDb.known). */
@@ -222,48 +219,6 @@ export class StateDb {
       for (const c of chunks) this.#putChunkRow(c);
       this.#setSeq(source, repoId, seq);
     })();
-  }
-
-  /**
-   * applyCommit for a large commit of a one-shot backup, in transactions of APPLY_SLICE rows
-   * with a turn of the event loop between them, and the seq with the last. In one transaction,
-   * a commit of 20,000 files held the main thread 230 ms (600 ms with a merge of the chunk log),
-   * while the seal workers ran out of files after a few.
-   *
-   * Until the last slice the cache names the commit before, with some of this one's rows: a
-   * process that stops meanwhile finds it out of step with the repository (which holds the
-   * commit already) and rebuilds it, as after a stop just before applyCommit. Between slices,
-   * the caller only reads the cache (the next commit's lookups).
-   */
-  async applyCommitInSlices(
-    source: string,
-    repoId: string,
-    seq: number,
-    put: Iterable<CachedFile>,
-    deleted: Iterable<RawPath>,
-    chunks: Iterable<ChunkRef>,
-  ): Promise<void> {
-    await this.#inSlices(deleted, (p) => this.#delFile.run(source, rawToBuffer(p)));
-    await this.#inSlices(put, (f) => this.#putFileRow(source, f));
-    await this.#inSlices(chunks, (c) => this.#putChunkRow(c));
-    this.#setSeq(source, repoId, seq);
-  }
-
-  async #inSlices<T>(items: Iterable<T>, apply: (item: T) => void): Promise<void> {
-    const it = items[Symbol.iterator]();
-    for (let done = false; !done;) {
-      this.#db.transaction(() => {
-        for (let n = 0; n < APPLY_SLICE; n++) {
-          const r = it.next();
-          if (r.done === true) {
-            done = true;
-            return;
-          }
-          apply(r.value);
-        }
-      })();
-      if (!done) await new Promise((resolve) => setImmediate(resolve));
-    }
   }
 
   /** The deletion plans (keys) whose packs were purged from the chunk index already. */
