@@ -89,9 +89,10 @@ class Out {
     this.at += 24;
   }
 
-  /** The bytes as a latin1 string; the buffer is used again for the next ones. */
+  /** The bytes as a latin1 string; the buffer is used again for the next ones (unless a large job grew it). */
   takeString(): string {
     const s = this.buf.toString('latin1', 0, this.at);
+    if (this.buf.length > 4 * this.initial) this.buf = Buffer.allocUnsafeSlow(this.initial);
     this.at = 0;
     return s;
   }
