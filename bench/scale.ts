@@ -102,11 +102,11 @@ const resticRepo = join(work, 'restic-repo');
 // Each first backup starts with the tree read just before (`tar cf - | cat`) and the writeback
 // that read caused (atime) done. This machine pages out memory not accessed for 60 s (DAMON's
 // pageout scheme, kdamond), so whichever tool ran first on the tree as generated read much of
-// it from disk and paid 20-40 s that the one after it did not. Even warmed, the first run after
-// a cold read was slower (the same build: 122.6 s, then 103.9 right after), so each tool backs
-// up twice, in the order Phoenix, restic, restic, Phoenix (each into an empty repository), and
-// the table gives the mean of its two runs: an order effect, or a drift of the machine's speed
-// during the four runs, weighs on both alike.
+// it from disk and paid 20-40 s that the one after it did not. Warmed, runs still vary by 10-15%
+// (the same build twice in a row: 122.6 and 103.9 s one time, 114.5 and 112.9 another), so each
+// tool backs up twice, in the order Phoenix, restic, restic, Phoenix (each into an empty
+// repository), and the table gives the mean of its two runs: an order effect, or a drift of the
+// machine's speed during the four runs, weighs on both alike.
 const warm = (dir: string): void => {
   spawnSync('sh', ['-c', 'tar cf - -C "$1" . | cat >/dev/null', 'sh', dir]);
   spawnSync('sync');
