@@ -111,18 +111,20 @@ const warm = (dir: string): void => {
   spawnSync('sh', ['-c', 'tar cf - -C "$1" . | cat >/dev/null', 'sh', dir]);
   spawnSync('sync');
 };
-const phxFirst = (repo: string, state: string): { s: number; rssMiB: number } => {
+/** One first backup: wall seconds and peak RSS. */
+type Run = { s: number; rssMiB: number };
+const phxFirst = (repo: string, state: string): Run => {
   spawnSync(process.execPath, [PHOENIX, 'init', '--repo', repo], { env });
   warm(big);
   return timed(process.execPath, [PHOENIX, 'backup', big, '--repo', repo, '--state', state, '-q']);
 };
-const resticFirst = (repo: string): { s: number; rssMiB: number } => {
+const resticFirst = (repo: string): Run => {
   spawnSync('restic', ['-r', repo, 'init'], { env });
   warm(big);
   return timed('restic', ['-r', repo, 'backup', '-q', big]);
 };
 const scrap = (...dirs: string[]): void => dirs.forEach((d) => rmSync(d, { recursive: true, force: true }));
-const firsts: { p: Array<{ s: number; rssMiB: number }>; r: Array<{ s: number; rssMiB: number }> } = { p: [], r: [] };
+const firsts: { p: Run[]; r: Run[] } = { p: [], r: [] };
 firsts.p.push(phxFirst(join(work, 'phx-repo-1'), join(work, 'phx-state-1')));
 scrap(join(work, 'phx-repo-1'), join(work, 'phx-state-1'));
 if (haveRestic) {
@@ -131,10 +133,14 @@ if (haveRestic) {
   firsts.r.push(resticFirst(resticRepo));
 }
 firsts.p.push(phxFirst(phxRepo, phxState)); // the repository the rows below go on with
-const mean = (xs: number[]): number => (xs.length === 0 ? NaN : xs.reduce((a, b) => a + b, 0) / xs.length);
-const pFirst = { s: mean(firsts.p.map((r) => r.s)), rssMiB: Math.max(...firsts.p.map((r) => r.rssMiB)) };
-const rFirst = haveRestic ? { s: mean(firsts.r.map((r) => r.s)), rssMiB: Math.max(...firsts.r.map((r) => r.rssMiB)) } : undefined;
-const each = (xs: Array<{ s: number }>): string => xs.map((r) => f1(r.s)).join(', ');
+/** The mean wall time of `runs` and the larger peak RSS. */
+const summary = (runs: Run[]): Run => ({
+  s: runs.reduce((n, r) => n + r.s, 0) / runs.length,
+  rssMiB: Math.max(...runs.map((r) => r.rssMiB)),
+});
+const pFirst = summary(firsts.p);
+const rFirst = haveRestic ? summary(firsts.r) : undefined;
+const each = (runs: Run[]): string => runs.map((r) => f1(r.s)).join(', ');
 rows.push([
   `first backup of ${FILES} files, mean of two (s)`,
   f1(pFirst.s),
