@@ -20,7 +20,7 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import Database from 'better-sqlite3';
 import fc from 'fast-check';
-import { backup } from '../src/archiver/backup.js';
+import { backup, planBackup, startScan } from '../src/archiver/backup.js';
 import { SealPool, type JobEnd, type SeenStat } from '../src/archiver/seal-pool.js';
 import type { Entry } from '../src/model/entry.js';
 import { lstatEntry } from '../src/scanner/stat.js';
@@ -571,6 +571,64 @@ describe('repository', () => {
     fresh.close();
     f.db.close = () => {};
     f.done();
+  });
+
+  it('a backup finds what is gone directory by directory: files, subtrees, a directory that is a file or a link now, an excluded or unlisted one', async () => {
+    const src = tempDir('phx-gone-src-');
+    const state = tempDir('phx-gone-state-');
+    const repo = await init(new MemoryBackend());
+    const db = new StateDb(join(state.path, 'db.sqlite'));
+    const paths = async (): Promise<string[]> => [...(await repo.loadState('gone')).state.keys()].sort();
+    try {
+      for (const f of ['a/x', 'a/b/c/y', 'a/b/z', 'd/e/z', 'l/m/n', 'f/v', 'keep/k', 'keep/gone', 'top']) {
+        mkdirSync(join(src.path, f, '..'), { recursive: true });
+        writeFileSync(join(src.path, f), f);
+      }
+      await backup(repo, db, src.path, 'gone', { commitEntries: 4 });
+      assert.equal((await paths()).length, 18);
+      rmSync(join(src.path, 'a/b'), { recursive: true }); // a subtree
+      rmSync(join(src.path, 'd'), { recursive: true });
+      writeFileSync(join(src.path, 'd'), 'a file now'); // a directory that is a file now
+      rmSync(join(src.path, 'l'), { recursive: true });
+      symlinkSync('keep', join(src.path, 'l')); // and a link
+      rmSync(join(src.path, 'keep/gone')); // a file
+      const want = ['a', 'a/x', 'd', 'keep', 'keep/k', 'l', 'top'];
+      // The dry run tells the same, and writes nothing.
+      const plan = await planBackup(repo, db, src.path, 'gone', { exclude: ['f'] });
+      const removed = plan.changes.filter((c) => c.change === 'removed').map((c) => c.path);
+      assert.deepEqual(removed.sort(), ['a/b', 'a/b/c', 'a/b/c/y', 'a/b/z', 'd/e', 'd/e/z', 'f', 'f/v', 'keep/gone', 'l/m', 'l/m/n']);
+      assert.equal((await paths()).length, 18);
+      await backup(repo, db, src.path, 'gone', { exclude: ['f'], commitEntries: 2 }); // an excluded directory is gone too
+      assert.deepEqual(await paths(), want);
+      // Below a directory the walk found but could not list, what the last commit had stays.
+      // Below one it found but did not list (gone meanwhile, or another file system), nothing is.
+      mkdirSync(join(src.path, 'd2/sub'), { recursive: true });
+      writeFileSync(join(src.path, 'd2/sub/s'), 's');
+      mkdirSync(join(src.path, 'v/w'), { recursive: true });
+      writeFileSync(join(src.path, 'v/w/q'), 'q');
+      await backup(repo, db, src.path, 'gone');
+      const scan = startScan(src.path);
+      // (As root a mode of 000 does not stop a listing: the walk is made to fail there instead.)
+      const walked = await scan.done;
+      assert.ok(walked.tree.get('d2/sub')?.kind === 'dir' && walked.tree.get('d2/sub/s') === undefined, 'the scan keeps directories only');
+      rmSync(join(src.path, 'd2/sub/s'));
+      const fake = {
+        done: Promise.resolve({ ...walked, problems: [{ path: 'd2/sub', code: 'EACCES', message: 'cannot list directory' }] }),
+        async *listings() {
+          for await (const [dir, listing] of scan.listings()) if (dir !== 'd2/sub' && dir !== 'v') yield [dir, listing] as [string, typeof listing];
+        },
+      };
+      const problems: string[] = [];
+      await backup(repo, db, src.path, 'gone', { scan: fake, onProblem: (p) => problems.push(p) });
+      assert.deepEqual(problems, ['d2/sub']);
+      const after = await paths();
+      assert.ok(after.includes('d2/sub/s'), 'what an unlisted directory held stays');
+      assert.ok(after.includes('v') && !after.includes('v/w') && !after.includes('v/w/q'), after.join(' '));
+    } finally {
+      db.close();
+      src.cleanup();
+      state.cleanup();
+    }
   });
 
   it('a state cache of an older build (no stamps) is rebuilt from the repository; its queue is kept', async () => {

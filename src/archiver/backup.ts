@@ -3,8 +3,7 @@ import { promises as fs } from 'node:fs';
 import { PhoenixError } from '../errors.js';
 import type { Entry } from '../model/entry.js';
 import { Filter } from '../model/filter.js';
-import { baseName, compareRaw, isWithin, joinRaw, parentOf, rawFromUtf8, toFsPath, type RawPath } from '../model/path.js';
-import type { Tree } from '../model/tree.js';
+import { baseName, compareRaw, joinRaw, rawFromUtf8, toFsPath, type RawPath } from '../model/path.js';
 import {
   type CommitHead,
   type CommitInfo,
@@ -86,7 +85,6 @@ async function backupLocked(
   const known: KnownFiles = db.holdsAny(source)
     ? cached
     : { ...cached, get: () => undefined, stamp: () => undefined, childStamps: () => new Map() };
-  const stampOf = cachedStamps(known);
   const stats: CommitStats = { files: 0, dirs: 0, deleted: 0, bytesUploaded: 0, bytesTotal: 0 };
   let progressBytes = 0;
   let progressFiles = 0;
@@ -120,23 +118,30 @@ async function backupLocked(
     }
   };
   const vanished: RawPath[] = [];
+  // A first backup knew nothing: nothing can be missing.
+  const missing = known === cached ? new Missing(known) : undefined;
   // Files are read many at a time (on the seal workers) so that disk, CPU and network overlap,
   // and go on being read while the commit before is written (one commit in flight at most).
   let reading = 0;
   let room: (() => void) | undefined;
-  let adds: Array<Promise<void>> = [];
+  let failure: { err: unknown } | undefined;
+  // The files of the builder being filled that are still being read (a count, not a promise
+  // per file held until its commit: at 20,000 files a commit, that was most of what the
+  // garbage collector copied).
+  let reads = new Reads();
   let committing: Promise<void> = Promise.resolve();
   const rotate = async (): Promise<void> => {
     await committing;
     const b = builder;
-    const filled = adds;
+    const filled = reads;
     builder = newBuilder();
-    adds = [];
+    reads = new Reads();
     // From now on the next builder finds this one's new chunks (the other way round it must
     // not: this commit cannot wait for the next one's packs).
     sealing = b;
     committing = (async () => {
-      await Promise.all(filled);
+      await filled.done();
+      if (filled.failed !== undefined) throw filled.failed.err;
       try {
         await commit(b);
       } finally {
@@ -145,40 +150,51 @@ async function backupLocked(
     })();
     committing.catch(() => {}); // awaited by the next rotate, or below
   };
-  let failure: { err: unknown } | undefined;
   try {
     // Each directory's entries as soon as its listing is in (parents before children), while
     // the scan goes on: reading does not wait for the whole tree to be walked (6 s at 2,000,000
     // files, when the workers had nothing to do).
-    for await (const listing of scanning.listings())
+    for await (const [dir, listing] of scanning.listings()) {
+      // What the cache has of this directory, in one range read (a lookup per file cost 8–14 µs
+      // at 200,000 files, most of a no-change backup).
+      const kids = known.childStamps(dir);
+      missing?.listed(dir, listing, kids);
       for (const [path, e] of listing) {
         // What the cache vouches for is settled here, without a read and without a promise.
-        const stamp = stampOf(path, e);
+        const stamp = kids.get(baseName(path));
         if (stamp !== undefined && stamp === entryStamp(e)) continue;
         while (reading >= IN_FLIGHT) await new Promise<void>((r) => (room = r));
         if (failure !== undefined) throw failure.err; // the store failed: read no more
         reading++;
-        const added = builder.add(path, toFsPath(root, path), e).then((r) => {
-          // Gone: a deletion below if it was known. Unreadable: it keeps its last version.
-          if (r === 'vanished') vanished.push(path);
-          progressFiles++;
-        });
+        const r = reads;
+        r.started++;
         const settled = (): void => {
+          r.end();
           reading--;
           const wake = room;
           room = undefined;
           wake?.();
         };
-        added.then(settled, (err: unknown) => {
-          failure ??= { err };
-          settled();
-        });
-        adds.push(added);
+        builder.add(path, toFsPath(root, path), e).then(
+          (how) => {
+            // Gone: a deletion below if it was known. Unreadable: it keeps its last version.
+            if (how === 'vanished') vanished.push(path);
+            progressFiles++;
+            settled();
+          },
+          (err: unknown) => {
+            failure ??= { err };
+            r.failed ??= { err };
+            settled();
+          },
+        );
         // Files read again that did not change count too (a cache rebuilt from the repository
         // vouches for nothing): their rows are written by the same commit call, without a commit object.
-        if (adds.length >= (opts.commitEntries ?? COMMIT_ENTRIES)) await rotate();
+        if (r.started >= (opts.commitEntries ?? COMMIT_ENTRIES)) await rotate();
       }
-    await Promise.all(adds);
+    }
+    await reads.done();
+    if (reads.failed !== undefined) throw reads.failed.err;
   } catch (err) {
     // Never return while a commit is still being written (the lease goes, the workers stop),
     // nor while the scan still runs.
@@ -189,13 +205,8 @@ async function backupLocked(
   await committing;
   const scanned = await scanning.done;
   for (const p of scanned.problems) problem(p.path, `${p.code}: ${p.message}`);
-  // Below a directory that could not be listed nothing is known: keep what the last commit had.
-  const unlisted = scanned.problems.map((p) => p.path).filter((p) => scanned.tree.get(p)?.kind === 'dir' || p === '');
-  const gone = new Set(vanished);
-  // With nothing cached at the start, every row is one this run put, of a path it walked: no
-  // pass over them (two million rows read back at the end of a first backup).
-  if (known === cached)
-    for (const p of known.paths()) if (!scanned.tree.has(p) && !unlisted.some((u) => p !== u && isWithin(p, u))) gone.add(p);
+  const gone = missing?.finish(scanned) ?? new Set<RawPath>();
+  for (const p of vanished) gone.add(p);
   builder.removeMany([...gone].filter((p) => known.get(p) !== undefined || builder.get(p) !== undefined));
   await commit(builder);
   if (last !== undefined && (await CheckpointPolicy.load(repo, source, await repo.commitList(source), db.count(source))).due()) {
@@ -205,6 +216,25 @@ async function backupLocked(
     await repo.writeCheckpoint(source, seq, records).finally(() => records.close());
   }
   return { commit: last, stats, problems };
+}
+
+/** Files started for one builder, and a wait for the last of them to settle. */
+class Reads {
+  started = 0;
+  /** The first of them that failed. */
+  failed: { err: unknown } | undefined;
+  #settled = 0;
+  #wake: (() => void) | undefined;
+
+  end(): void {
+    if (++this.#settled === this.started) this.#wake?.();
+  }
+
+  /** Settles once every file started so far has (none is started after this is asked). */
+  done(): Promise<void> {
+    if (this.#settled === this.started) return Promise.resolve();
+    return new Promise((resolve) => (this.#wake = resolve));
+  }
 }
 
 /**
@@ -220,23 +250,43 @@ const COMMIT_ENTRIES = 20_000;
 const IN_FLIGHT = 128;
 
 /**
- * The cached stamp of each path of a walk (Tree.walk: a directory's files together, right
- * after it): the files of a directory are read from the cache in one go when the first of them
- * is asked for, directories one by one. A lookup per file cost 8–14 µs at 200,000 files, most
- * of a no-change backup.
+ * What the cache knew and a walk did not find, directory by directory as the listings come
+ * (no tree of every file is kept): a child a listing lacks, with its subtree, and what was
+ * below a directory that is something else now; at the end, what was below a directory walked
+ * but not listed.
  */
-function cachedStamps(known: KnownFiles): (path: RawPath, e: Entry) => string | undefined {
-  let dir: RawPath | undefined;
-  let files = new Map<RawPath, string | undefined>();
-  return (path, e) => {
-    if (e.kind === 'dir') return known.stamp(path);
-    const parent = parentOf(path);
-    if (parent !== dir) {
-      dir = parent;
-      files = known.childStamps(parent);
+class Missing {
+  readonly #gone = new Set<RawPath>();
+  readonly #listed = new Set<RawPath>();
+
+  constructor(readonly known: KnownFiles) {}
+
+  /** `dir` was listed: `listing`, against what the cache has of it (`kids`: stamps by name). */
+  listed(dir: RawPath, listing: ReadonlyArray<[RawPath, Entry]>, kids: Map<RawPath, string | undefined>): void {
+    this.#listed.add(dir);
+    if (kids.size === 0) return;
+    const here = new Map(listing.map(([p, e]) => [baseName(p), e.kind]));
+    for (const [name, stamp] of kids) {
+      const p = joinRaw(dir, name);
+      const kind = here.get(name);
+      if (kind === undefined) this.#gone.add(p);
+      const wasDir = stamp === undefined ? this.known.get(p)?.rec.type === 'dir' : stamp.startsWith('dir:');
+      if (wasDir && kind !== 'dir') for (const q of this.known.below(p)) this.#gone.add(q);
     }
-    return files.get(baseName(path));
-  };
+  }
+
+  /**
+   * Every path missing, once the walk is over. A directory walked but not listed is gone
+   * meanwhile, on another file system (nothing is below it now), or could not be listed:
+   * below that one nothing is known, and what the last commit had stays.
+   */
+  finish(scanned: ScanResult): Set<RawPath> {
+    const unlisted = new Set(scanned.problems.map((p) => p.path).filter((p) => scanned.tree.get(p)?.kind === 'dir' || p === ''));
+    if (!unlisted.has(''))
+      for (const d of scanned.tree.walk(''))
+        if (!this.#listed.has(d) && !unlisted.has(d)) for (const p of this.known.below(d)) this.#gone.add(p);
+    return this.#gone;
+  }
 }
 
 /** A scan under way: its entries as directories are listed, and its result at the end. */
@@ -244,19 +294,31 @@ export interface StartedScan {
   /** The whole scan; rejects when the source is not a directory. */
   done: Promise<ScanResult>;
   /**
-   * Every entry of the tree once: a directory's children together, as soon as its listing is
-   * in (so parents before children), while the rest of the walk goes on. Read it once.
+   * Every entry of the tree once: each listed directory with its children, as soon as its
+   * listing is in (so parents before children), while the rest of the walk goes on. Read it
+   * once. The scan's tree (in `done`) holds the directories only.
    */
-  listings(): AsyncGenerator<Array<[RawPath, Entry]>>;
+  listings(): AsyncGenerator<[RawPath, Array<[RawPath, Entry]>]>;
 }
+
+/**
+ * Entries listed and not yet taken by the backup, past which the scan waits: it walks far
+ * faster than files are read, and they are objects (about 300 bytes each).
+ */
+const LISTED_AHEAD = 65_536;
 
 /** Starts scanning `sourceDir` for a backup; `done` rejects when it is not a directory. */
 export function startScan(sourceDir: string, opts: Pick<BackupOptions, 'exclude' | 'oneFileSystem'> = {}): StartedScan {
-  /** Directories whose listing is in `tree`, in the order they were listed. */
-  const listed: RawPath[] = [];
-  let tree: Tree | undefined;
+  // The scan's tree keeps directories only: each listing comes here once, is handed to the
+  // backup, and is dropped (a tree of every file was most of a first backup's garbage, and
+  // past 131,072 files it spilled them to disk).
+  const listed: Array<[RawPath, Array<[RawPath, Entry]>] | undefined> = [];
+  let head = 0;
+  let ahead = 0;
   let ended = false;
+  let stopped = false;
   let wake: (() => void) | undefined;
+  let room: { promise: Promise<void>; resolve: () => void; reject: (err: Error) => void } | undefined;
   const poke = (): void => {
     const w = wake;
     wake = undefined;
@@ -269,10 +331,25 @@ export function startScan(sourceDir: string, opts: Pick<BackupOptions, 'exclude'
     }
     return scan(rawFromUtf8(sourceDir), '', {
       filter: new Filter(opts),
-      onListed: (dir, t) => {
-        tree = t;
-        listed.push(dir);
+      keepFiles: false,
+      onEntries: (dir, entries) => {
+        listed.push([dir, entries]);
+        ahead += entries.length;
         poke();
+      },
+      throttle: () => {
+        if (stopped) throw new Error('the backup stopped reading the scan');
+        if (ahead < LISTED_AHEAD) return undefined;
+        if (room === undefined) {
+          let resolve = (): void => {};
+          let reject = (_: Error): void => {};
+          const promise = new Promise<void>((res, rej) => {
+            resolve = res;
+            reject = rej;
+          });
+          room = { promise, resolve, reject };
+        }
+        return room.promise;
       },
     });
   })();
@@ -286,23 +363,31 @@ export function startScan(sourceDir: string, opts: Pick<BackupOptions, 'exclude'
   return {
     done,
     async *listings() {
-      for (let i = 0; ;) {
-        if (i < listed.length && tree !== undefined) {
-          const dir = listed[i++] as RawPath;
-          const out: Array<[RawPath, Entry]> = [];
-          for (const name of tree.childNames(dir)) {
-            const path = joinRaw(dir, name);
-            const e = tree.get(path);
-            if (e !== undefined) out.push([path, e]);
+      try {
+        for (;;) {
+          const next = listed[head];
+          if (next !== undefined) {
+            listed[head++] = undefined;
+            if (head >= 1024 && head * 2 >= listed.length) head = listed.splice(0, head).length - head;
+            ahead -= next[1].length;
+            if (ahead < LISTED_AHEAD / 2 && room !== undefined) {
+              room.resolve();
+              room = undefined;
+            }
+            yield next;
+            continue;
           }
-          yield out;
-          continue;
+          if (ended) {
+            await done; // throws the scan's error
+            return;
+          }
+          await new Promise<void>((r) => (wake = r));
         }
-        if (ended) {
-          await done; // throws the scan's error
-          return;
-        }
-        await new Promise<void>((r) => (wake = r));
+      } finally {
+        // The backup stopped early (an error): the scan must not wait for it forever.
+        stopped = true;
+        room?.reject(new Error('the backup stopped reading the scan'));
+        room = undefined;
       }
     },
   };
@@ -428,26 +513,21 @@ export async function planBackup(
 ): Promise<{ changes: PlannedChange[]; problems: number }> {
   const scanning = opts.scan ?? startScan(sourceDir, opts);
   await syncCache(repo, db, source);
+  const known = db.known(source);
+  const missing = new Missing(known);
+  const changes: PlannedChange[] = [];
+  for await (const [dir, listing] of scanning.listings()) {
+    const kids = known.childStamps(dir);
+    missing.listed(dir, listing, kids);
+    for (const [p, e] of listing) {
+      const stamp = kids.get(baseName(p));
+      if (stamp !== undefined && stamp === entryStamp(e)) continue;
+      changes.push({ path: p, change: kids.has(baseName(p)) ? 'changed' : 'new', kind: e.kind, size: e.kind === 'file' ? e.size : 0 });
+    }
+  }
   const scanned = await scanning.done;
   for (const p of scanned.problems) opts.onProblem?.(p.path, `${p.code}: ${p.message}`);
-  const known = db.known(source);
-  const stampOf = cachedStamps(known);
-  const changes: PlannedChange[] = [];
-  for (const p of scanned.tree.walk('')) {
-    const e = scanned.tree.get(p) as Entry;
-    const stamp = stampOf(p, e);
-    if (stamp !== undefined && stamp === entryStamp(e)) continue;
-    changes.push({
-      path: p,
-      change: stamp === undefined && known.get(p) === undefined ? 'new' : 'changed',
-      kind: e.kind,
-      size: e.kind === 'file' ? e.size : 0,
-    });
-  }
-  const unlisted = scanned.problems.map((p) => p.path).filter((p) => scanned.tree.get(p)?.kind === 'dir' || p === '');
-  for (const p of known.paths()) {
-    if (scanned.tree.has(p) || unlisted.some((u) => p !== u && isWithin(p, u))) continue;
+  for (const p of [...missing.finish(scanned)].sort(compareRaw))
     changes.push({ path: p, change: 'removed', kind: known.get(p)?.rec.type ?? 'file', size: 0 });
-  }
   return { changes, problems: scanned.problems.length };
 }

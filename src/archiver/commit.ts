@@ -13,7 +13,7 @@ import {
   type Repository,
 } from '../repo/index.js';
 import { entryStamp, stampOf, type CachedFile, type KnownFiles, type StateDb } from '../state/db.js';
-import { readFile, TORN_RETRIES, type PendingChunk } from './read.js';
+import { readFile, TORN_RETRIES } from './read.js';
 import type { SealPool } from './seal-pool.js';
 
 export interface CommitBuilderOptions {
@@ -56,8 +56,9 @@ export class CommitBuilder {
   readonly #overlay = new Map<RawPath, CachedFile | null>();
   readonly #structural: JournalChange[] = [];
   /** Puts by path: a later removal or move of the same path in this commit takes them along. */
-  readonly #puts = new Map<RawPath, FileRecord>();
-  readonly #unresolved: Array<{ rec: FileRecord; chunks: PendingChunk[] }> = [];
+  readonly #puts = new Map<RawPath, PutChange>();
+  /** Records with refs of new chunks, whose packs are named only once they are cut. */
+  readonly #unresolved: FileRecord[] = [];
   readonly #newChunks = new Map<string, ChunkRef>();
   readonly #writer: ChunkWriter;
 
@@ -108,7 +109,7 @@ export class CommitBuilder {
     const before = o === null ? undefined : (o ?? committed);
     if (before !== undefined && unchanged(before, e)) return 'unchanged';
     let entry = e;
-    let rec: FileRecord;
+    let rec: PutChange;
     let torn = false;
     if (e.kind === 'file' && e.size > MAX_FILE_BYTES) {
       // Its record (a chunk ref per MiB) would not fit in one JSON line: said before any read.
@@ -136,18 +137,14 @@ export class CommitBuilder {
         );
       entry = read.entry;
       // Ids now (to compare with the last version); packs and offsets once the packs are cut.
-      rec = record(
-        path,
-        entry,
-        read.chunks.map((c) => ({ id: c.id, pack: '', offset: 0, length: 0, size: c.size })),
-      );
+      rec = record(path, entry, read.chunks);
       if (read.fine) rec.fine = true;
       const seen = this.opts.inPlace;
       if (seen !== undefined && read.inPlace && !read.fine) {
         if (seen.size >= 4096 && !seen.has(path)) seen.delete(seen.keys().next().value as RawPath); // bounded: the oldest goes
         seen.set(path, (seen.get(path) ?? 0) + 1);
       }
-      this.#unresolved.push({ rec, chunks: read.chunks });
+      if (read.chunks.some((c) => c.pack === '')) this.#unresolved.push(rec);
     } else {
       rec = record(path, e, []);
     }
@@ -246,13 +243,11 @@ export class CommitBuilder {
   ): Promise<{ info: CommitInfo; commit: Commit } | undefined> {
     await this.#writer.flush();
     await beforeWrite?.();
-    for (const u of this.#unresolved) {
-      u.rec.chunks = u.chunks.map(({ ref: r, size }) => {
-        // Every pack is cut by now: this builder's by flush(), the one before's by its commit.
+    // Every pack is cut by now (this builder's by flush(), the one before's by its commit), and
+    // its refs, which the records hold, name it.
+    for (const rec of this.#unresolved)
+      for (const r of rec.chunks)
         if (r.pack === '') throw new PhoenixError('PHX_INTERNAL', `internal: chunk ${r.id} has no pack at commit`);
-        return { id: r.id, pack: r.pack, offset: r.offset, length: r.length, size };
-      });
-    }
     const puts: CachedFile[] = [];
     const deleted: RawPath[] = [];
     for (const [p, c] of this.#overlay) {
@@ -265,7 +260,7 @@ export class CommitBuilder {
       return undefined;
     }
     this.stats.bytesUploaded = this.#writer.bytesUploaded;
-    const changes: JournalChange[] = [...this.#structural, ...[...this.#puts.values()].map((r): JournalChange => ({ op: 'put', ...r }))];
+    const changes: JournalChange[] = [...this.#structural, ...this.#puts.values()];
     const commit: Commit = {
       source: this.source,
       seq,
@@ -343,12 +338,18 @@ export class CommitBuilder {
   }
 
   /** A chunk by id: known (its ref at once), or new (its ref once its pack is cut), uploaded once. */
-  readonly #refFor = (id: string, sealed: Buffer): ChunkRef => {
+  readonly #refFor = (id: string, sealed: Buffer, size: number): ChunkRef => {
     let r = this.#newChunks.get(id);
     if (r === undefined) {
-      const known = this.db.chunk(id) ?? this.opts.pendingChunk?.(id);
-      if (known !== undefined) return known;
-      r = this.#writer.add(id, sealed);
+      const stored = this.db.chunk(id); // a ref of its own
+      if (stored !== undefined) {
+        stored.size = size;
+        return stored;
+      }
+      // The builder before's ref (its pack named when cut), with the size: the same id, the same bytes.
+      const pending = this.opts.pendingChunk?.(id);
+      if (pending !== undefined) return pending;
+      r = this.#writer.add(id, sealed, size);
       this.#newChunks.set(id, r);
     }
     return r;
@@ -360,8 +361,12 @@ export function unchanged(c: CachedFile, e: Entry): boolean {
   return c.ctimeNs !== '' && (c.stamp ?? stampOf(c)) === entryStamp(e);
 }
 
-function record(path: RawPath, e: Entry, chunks: ChunkRef[]): FileRecord {
-  const r: FileRecord = {
+/** A record as a commit puts it (the journal change itself: no copy of it per file at commit). */
+type PutChange = Extract<JournalChange, { op: 'put' }>;
+
+function record(path: RawPath, e: Entry, chunks: ChunkRef[]): PutChange {
+  const r: PutChange = {
+    op: 'put',
     path,
     type: e.kind,
     mode: e.mode,

@@ -4,16 +4,13 @@ import type { ChunkOut, SealPool } from './seal-pool.js';
 
 export { TORN_RETRIES } from './seal-pool.js';
 
-export interface PendingChunk {
-  id: string;
-  /** Plaintext bytes. */
-  size: number;
-  /** Its pack is '' until the pack is cut (ChunkWriter.add). */
-  ref: ChunkRef;
-}
-
 export type ReadResult =
-  | { status: 'ok'; entry: Entry; chunks: PendingChunk[]; torn: boolean; fine: boolean; inPlace: boolean }
+  /**
+   * `chunks`: the file's refs, each with its size. A new chunk's ref is the ChunkWriter's own,
+   * whose pack is '' until its pack is cut (ChunkWriter.add): it is final, in place, once the
+   * commit has flushed its writer (and the commit before it has been written).
+   */
+  | { status: 'ok'; entry: Entry; chunks: ChunkRef[]; torn: boolean; fine: boolean; inPlace: boolean }
   | { status: 'vanished' }
   | { status: 'error'; message: string; code?: string };
 
@@ -22,20 +19,20 @@ export type ReadResult =
  * before and after the read; a file that changed meanwhile is read again, so no torn content is
  * committed as if it were whole (after a few tries the last read is kept, and reported).
  * `previous` is the file's last committed version: its chunks are not sealed again.
- * `refFor` turns a new chunk into its (deduplicated) ref.
+ * `refFor` turns a new chunk into its (deduplicated) ref, with its size.
  */
 export async function readFile(
   pool: SealPool,
   path: Buffer,
   scanned: Entry,
   previous: readonly ChunkRef[],
-  refFor: (id: string, sealed: Buffer) => ChunkRef,
+  refFor: (id: string, sealed: Buffer, size: number) => ChunkRef,
   writer: ChunkWriter,
   onBytes: (n: number) => void,
   how: { fine: boolean; hot: boolean } = { fine: false, hot: false },
 ): Promise<ReadResult> {
   const prev = previous.length === 0 ? undefined : new Map(previous.map((c) => [c.id, c]));
-  let chunks: PendingChunk[] = [];
+  let chunks: ChunkRef[] = [];
   const end = await pool.readFile(
     path,
     scanned,
@@ -46,10 +43,11 @@ export async function readFile(
         if (c.sealed === undefined) {
           const known = prev?.get(c.id);
           if (known === undefined) throw new Error(`seal worker skipped chunk ${c.id}, which the file's last version does not have`);
-          chunks.push({ id: c.id, size: c.bytes, ref: known });
+          // (Refs are never changed once their pack is named: records may share them.)
+          chunks.push(known.size === c.bytes ? known : { ...known, size: c.bytes });
           return;
         }
-        chunks.push({ id: c.id, size: c.bytes, ref: refFor(c.id, c.sealed) });
+        chunks.push(refFor(c.id, c.sealed, c.bytes));
         return writer.backpressure();
       },
       restart: () => {

@@ -1293,11 +1293,13 @@ export class ChunkWriter {
 
   /**
    * Adds a blob already sealed (by a worker thread). Its ref names its pack once the pack is
-   * cut (at the latest by `flush()`): until then `pack` is ''.
+   * cut (at the latest by `flush()`): until then `pack` is ''. `size`: its plaintext bytes, for
+   * the ref to carry.
    */
-  add(id: string, sealed: Buffer): ChunkRef {
+  add(id: string, sealed: Buffer, size?: number): ChunkRef {
     const entry = this.#pack.add(id, sealed);
     const ref: ChunkRef = { id, pack: '', offset: entry.offset, length: entry.length };
+    if (size !== undefined) ref.size = size;
     this.#refs.push(ref);
     if (this.#pack.size >= PACK_TARGET) this.#cut();
     return ref;

@@ -22,6 +22,15 @@ export interface ScanOptions {
    * directory that could not be listed.
    */
   onListed?: (dir: RawPath, tree: Tree) => void;
+  /**
+   * Whether the tree keeps the entries that are not directories (default true). Without them
+   * it holds directories only, and `onEntries` is where the others are seen.
+   */
+  keepFiles?: boolean;
+  /** Called with each directory's entries (those the filter keeps, directories too) as it is listed. */
+  onEntries?: (dir: RawPath, entries: Array<[RawPath, Entry]>) => void;
+  /** Asked before each directory is listed: a promise to wait for (the caller has enough in hand), or undefined. */
+  throttle?: () => Promise<void> | undefined;
   /** Directories listed at once; each listing runs on a libuv worker thread. */
   concurrency?: number;
   /** For the tree it builds (how much of it stays in memory). */
@@ -64,6 +73,7 @@ export async function scan(root: RawPath, scope: RawPath = '', opts: ScanOptions
     if (top.kind === 'dir') queue.push(scope);
   }
 
+  const keepFiles = opts.keepFiles ?? true;
   let dirs = 0;
   const listOne = async (dir: RawPath): Promise<void> => {
     opts.beforeList?.(dir, dir === '' ? undefined : tree.get(dir));
@@ -78,6 +88,7 @@ export async function scan(root: RawPath, scope: RawPath = '', opts: ScanOptions
       }
       return;
     }
+    const entries: Array<[RawPath, Entry]> | undefined = opts.onEntries && [];
     for (const rec of parseScanRecords(buf)) {
       const rel = joinRaw(dir, rec.name);
       if (rec.err !== 0) {
@@ -86,15 +97,22 @@ export async function scan(root: RawPath, scope: RawPath = '', opts: ScanOptions
       }
       const e = rec.entry;
       if (filter.excludes(rel, e.kind === 'dir')) continue;
-      tree.set(rel, e);
+      if (keepFiles || e.kind === 'dir') tree.set(rel, e);
+      entries?.push([rel, e]);
       if (e.kind === 'dir' && !(filter.oneFileSystem && rootDev !== undefined && e.dev !== rootDev)) queue.push(rel);
     }
+    if (entries !== undefined) opts.onEntries?.(dir, entries);
     opts.onListed?.(dir, tree);
   };
 
   const limit = Math.max(1, opts.concurrency ?? 4);
   const running = new Set<Promise<void>>();
   while (queue.length > 0 || running.size > 0) {
+    const wait = queue.length > 0 && running.size < limit ? opts.throttle?.() : undefined;
+    if (wait !== undefined) {
+      await wait;
+      continue;
+    }
     while (queue.length > 0 && running.size < limit) {
       const p: Promise<void> = listOne(queue.shift() as RawPath).finally(() => running.delete(p));
       running.add(p);
