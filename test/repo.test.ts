@@ -615,7 +615,8 @@ describe('repository', () => {
       const fake = {
         done: Promise.resolve({ ...walked, problems: [{ path: 'd2/sub', code: 'EACCES', message: 'cannot list directory' }] }),
         async *listings() {
-          for await (const [dir, listing] of scan.listings()) if (dir !== 'd2/sub' && dir !== 'v') yield [dir, listing] as [string, typeof listing];
+          for await (const [dir, listing] of scan.listings())
+            if (dir !== 'd2/sub' && dir !== 'v') yield [dir, listing] as [string, typeof listing];
         },
       };
       const problems: string[] = [];
