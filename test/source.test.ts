@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { chmodSync, existsSync, lstatSync, mkdirSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, lstatSync, mkdirSync, readdirSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, it } from 'node:test';
@@ -67,6 +67,49 @@ interface Rig {
   tree(): Promise<string[]>;
 }
 
+/** A SourceRunner on `src` fed by a Scripted stream (handed to `onSource` when the runner makes it). */
+function makeRunner(
+  src: string,
+  repo: Repository,
+  db: StateDb,
+  pool: SealPool,
+  out: { commits: CommitReport[]; traces: Rig['traces'] },
+  onSource: (s: Scripted) => void,
+): SourceRunner {
+  return new SourceRunner(
+    { name: 's', path: src, exclude: [], oneFileSystem: false, guard: null },
+    repo,
+    db,
+    pool,
+    {
+      info: () => {},
+      warn: () => {},
+      problem: (p, m) => assert.fail(`unexpected problem: ${p ?? ''} ${m}`),
+      committed: (c) => {
+        out.commits.push(c);
+      },
+      trace: (msg, fields) => {
+        out.traces.push({ msg, fields });
+      },
+      bytesRead: () => {},
+      fatal: (err) => assert.fail(err),
+    },
+    {
+      settle: { closedMs: 1, openMs: 1, maxDelayMs: 10 },
+      reconcileMs: 0,
+      changes: (path, opts) => {
+        const s = new Scripted(path, opts);
+        onSource(s);
+        return s;
+      },
+    },
+  );
+}
+
+const until = async (what: () => boolean): Promise<void> => {
+  while (!what()) await sleep(5);
+};
+
 /** Runs `body` against a SourceRunner on a new source (`setup` fills it first) and a memory repository. */
 async function withRunner(setup: (src: string) => void, body: (rig: Rig) => Promise<void>): Promise<void> {
   const src = tempDir('phx-source-src-');
@@ -77,33 +120,7 @@ async function withRunner(setup: (src: string) => void, body: (rig: Rig) => Prom
   let source: Scripted | undefined;
   const commits: CommitReport[] = [];
   const traces: Rig['traces'] = [];
-  const until = async (what: () => boolean): Promise<void> => {
-    while (!what()) await sleep(5);
-  };
-  const runner = new SourceRunner(
-    { name: 's', path: src.path, exclude: [], oneFileSystem: false, guard: null },
-    repo,
-    db,
-    pool,
-    {
-      info: () => {},
-      warn: () => {},
-      problem: (p, m) => assert.fail(`unexpected problem: ${p ?? ''} ${m}`),
-      committed: (c) => {
-        commits.push(c);
-      },
-      trace: (msg, fields) => {
-        traces.push({ msg, fields });
-      },
-      bytesRead: () => {},
-      fatal: (err) => assert.fail(err),
-    },
-    {
-      settle: { closedMs: 1, openMs: 1, maxDelayMs: 10 },
-      reconcileMs: 0,
-      changes: (path, opts) => (source = new Scripted(path, opts)),
-    },
-  );
+  const runner = makeRunner(src.path, repo, db, pool, { commits, traces }, (s) => (source = s));
   const tree = async (): Promise<string[]> =>
     [...(await repo.loadState('s', runner.seq)).state.keys()].map((p) => Buffer.from(p, 'latin1').toString()).sort();
   try {
@@ -120,6 +137,26 @@ async function withRunner(setup: (src: string) => void, body: (rig: Rig) => Prom
     src.cleanup();
     state.cleanup();
   }
+}
+
+/** The tree under `root` as a committed tree would say it: path, type and, for files, size. */
+function diskTree(root: string, dir = ''): string[] {
+  return readdirSync(join(root, dir)).flatMap((name) => {
+    const p = dir === '' ? name : `${dir}/${name}`;
+    const st = lstatSync(join(root, p));
+    return st.isDirectory()
+      ? [`${p} dir`, ...diskTree(root, p)]
+      : [`${p} ${st.isFile() ? 'file' : 'symlink'} ${st.isFile() ? st.size : 0}`];
+  });
+}
+
+/** The committed tree at `seq`, as diskTree says it. */
+async function committedTree(repo: Repository, seq: number): Promise<string[]> {
+  const { state } = await repo.loadState('s', seq);
+  return [...state.values()].map((r) => {
+    const p = Buffer.from(r.path, 'latin1').toString();
+    return r.type === 'dir' ? `${p} dir` : `${p} ${r.type} ${r.type === 'file' ? r.size : 0}`;
+  });
 }
 
 describe('SourceRunner with a scripted change stream (in process)', () => {
@@ -199,20 +236,6 @@ describe('SourceRunner with a scripted change stream (in process)', () => {
         const isDir = (p: string): boolean => existsSync(abs(p)) && lstatSync(abs(p)).isDirectory();
         const dirs = ['d0', 'd1', 'd2', 'd3', 'd0/n', 'd1/n', 'd2/n', 'd3/n'];
         const files = dirs.flatMap((d) => ['f0', 'f1', 'f2'].map((f) => `${d}/${f}`));
-        /** The disk as a committed tree would say it: path, type and, for files, size. */
-        const disk = (dir = ''): string[] =>
-          readdirSync(abs(dir)).flatMap((name) => {
-            const p = dir === '' ? name : `${dir}/${name}`;
-            const st = lstatSync(abs(p));
-            return st.isDirectory() ? [`${p} dir`, ...disk(p)] : [`${p} file ${st.size}`];
-          });
-        const committed = async (): Promise<string[]> => {
-          const { state } = await repo.loadState('s', runner.seq);
-          return [...state.values()].map((r) => {
-            const p = Buffer.from(r.path, 'latin1').toString();
-            return r.type === 'dir' ? `${p} dir` : `${p} ${r.type} ${r.size}`;
-          });
-        };
         // rm -rf, reporting what the kernel reports: each entry, children before their directory
         const removeTree = (p: string): void => {
           if (!existsSync(abs(p))) return;
@@ -276,10 +299,54 @@ describe('SourceRunner with a scripted change stream (in process)', () => {
           if (rnd() < 0.15) await sleep(Math.floor(rnd() * 4));
           if (rnd() < 0.1 || op === 119) {
             await until(() => runner.pending.size === 0);
-            assert.deepEqual((await committed()).sort(), disk().sort(), `seed ${seed}, after operation ${op}`);
+            assert.deepEqual((await committedTree(repo, runner.seq)).sort(), diskTree(src).sort(), `seed ${seed}, after operation ${op}`);
           }
         }
       });
+    }
+  });
+  it('at start-up, finds what changed while it was not running, directory by directory: a subtree gone, a directory made a file and a link, a file made a directory', async () => {
+    const src = tempDir('phx-source-src-');
+    const state = tempDir('phx-source-state-');
+    const repo = await Repository.init(new MemoryBackend(), { insecureNoEncryption: true });
+    const db = new StateDb(join(state.path, 'db.sqlite'));
+    const pool = new SealPool(repo.keys);
+    const out: { commits: CommitReport[]; traces: Rig['traces'] } = { commits: [], traces: [] };
+    const at = (p: string): string => join(src.path, p);
+    try {
+      for (const d of ['gone', 'gone/deep', 'to-file', 'to-file/x', 'to-link', 'same', 'changed']) mkdirSync(at(d));
+      for (const f of ['gone/a', 'gone/deep/b', 'to-file/x/c', 'to-link/d', 'same/e', 'changed/f', 'was-file', 'top'])
+        writeFileSync(at(f), f);
+      const first = makeRunner(src.path, repo, db, pool, out, () => {});
+      await first.start();
+      await until(() => out.commits.length === 1);
+      assert.equal(await first.stop(Date.now() + 10_000), true);
+
+      // While no daemon runs:
+      rmSync(at('gone'), { recursive: true });
+      rmSync(at('to-file'), { recursive: true });
+      writeFileSync(at('to-file'), 'now a file');
+      rmSync(at('to-link'), { recursive: true });
+      symlinkSync('same', at('to-link'));
+      rmSync(at('was-file'));
+      mkdirSync(at('was-file'));
+      writeFileSync(at('was-file/g'), 'g');
+      writeFileSync(at('changed/f'), 'longer than before');
+      mkdirSync(at('new'));
+      writeFileSync(at('new/h'), 'h');
+
+      const second = makeRunner(src.path, repo, db, pool, out, () => {});
+      await second.start();
+      await until(() => out.commits.length === 2 && second.pending.size === 0);
+      assert.deepEqual((await committedTree(repo, second.seq)).sort(), diskTree(src.path).sort());
+      // The subtrees gone are one delete each, not one per entry below them.
+      assert.equal(out.commits[1]?.kinds.delete, 3);
+      assert.equal(await second.stop(Date.now() + 10_000), true);
+    } finally {
+      await pool.close();
+      db.close();
+      src.cleanup();
+      state.cleanup();
     }
   });
 });

@@ -420,6 +420,40 @@ describe('KnownFiles.childStamps', () => {
       dir.cleanup();
     }
   });
+
+  it('reads past a page of rows, and past subdirectories whose subtrees span pages', () => {
+    // Rows are read 1,024 at a time: 3,000 files here, with two subdirectories of 1,500 entries
+    // among them (one at the very end of a page's worth of files), at the root and below it.
+    const dir = tempDir('phx-state-pages-');
+    const db = new StateDb(join(dir.path, 'db.sqlite'));
+    try {
+      for (const top of ['', 'top']) {
+        const at = (n: string): string => (top === '' ? n : `${top}/${n}`);
+        const puts = top === '' ? [] : [{ rec: rec(top, 'dir', 0), ino: '1', ctimeNs: '7' }];
+        const want = new Map<string, string | undefined>();
+        for (let i = 0; i < 3000; i++) {
+          const name = `n${String(i).padStart(4, '0')}`;
+          puts.push({ rec: rec(at(name), 'file', i), ino: String(i), ctimeNs: i % 7 === 0 ? '' : '7' });
+          if (i === 1023 || i === 2000) {
+            const sub = `${name}d`;
+            puts.push({ rec: rec(at(sub), 'dir', i), ino: String(i), ctimeNs: '7' });
+            for (let j = 0; j < 1500; j++) puts.push({ rec: rec(at(`${sub}/x${j}`), 'file', j), ino: String(j), ctimeNs: '7' });
+          }
+        }
+        db.applyCommit(top || 'root', 'repo', 1, puts, [], []);
+        const known = db.known(top || 'root');
+        for (const p of puts)
+          if (p.rec.path.split('/').length === (top === '' ? 1 : 2))
+            want.set(p.rec.path.slice(top === '' ? 0 : top.length + 1), known.stamp(p.rec.path));
+        const got = known.childStamps(top);
+        assert.equal(got.size, 3002);
+        assert.deepEqual(got, want);
+      }
+    } finally {
+      db.close();
+      dir.cleanup();
+    }
+  });
 });
 
 describe('a cache row (compact, version 2)', () => {

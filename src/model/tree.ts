@@ -235,6 +235,18 @@ export class Tree {
     return names;
   }
 
+  /**
+   * Calls `fn` with each child of directory `dir` ('' for the root) and a copy of its entry:
+   * its files, then its subdirectories. `fn` must not use the tree: the directory's files are
+   * gone through in place (no list of them is made).
+   */
+  forEachChild(dir: RawPath, fn: (name: RawPath, e: Entry) => void): void {
+    const node = this.#dirs.get(dir);
+    if (node === undefined) return;
+    if (node.count > 0) for (const [name, s] of this.#filesOf(node)) fn(name, typeof s === 'number' ? this.#slab.read(s) : { ...s });
+    for (const [name, sub] of node.dirs) if (sub.entry !== undefined) fn(name, { ...sub.entry });
+  }
+
   /** Every entry, parents before children. */
   *entries(): IterableIterator<[RawPath, Entry]> {
     for (const p of this.walk('')) yield [p, this.get(p) as Entry];

@@ -53,6 +53,14 @@ class StoredFile implements CachedFile {
   }
 }
 
+/**
+ * Rows read at a time by a range read that may stop early (childStamps): from FIRST_PAGE,
+ * doubled with each full page up to PAGE, and back to FIRST_PAGE after a subtree is skipped
+ * (a directory of directories reads a row or two of each).
+ */
+const FIRST_PAGE = 16;
+const PAGE = 1024;
+
 /** The cache's format (user_version): 1 added files.stamp, 2 made the rows compact (row.ts) and chunk ids binary. */
 const STATE_VERSION = 2;
 
@@ -73,8 +81,6 @@ export interface KnownFiles {
   childStamps(dir: RawPath): Map<RawPath, string | undefined>;
   /** Every path, lazily; close() it when not read to the end. */
   paths(): Iterable<RawPath> & { close(): void };
-  /** Every path with its stamp (undefined when the cache does not vouch for it), lazily, in one pass. */
-  stamps(): Iterable<[RawPath, string | undefined]> & { close(): void };
   has(path: RawPath): boolean;
 }
 
@@ -333,8 +339,11 @@ export class StateDb {
     const stamp = this.#db.prepare('SELECT stamp FROM files WHERE source = ? AND path = ?').pluck();
     const below = this.#db.prepare('SELECT path FROM files WHERE source = ? AND path > ? AND path < ?').pluck();
     const all = this.#db.prepare('SELECT path FROM files WHERE source = ?').pluck();
-    const from = this.#db.prepare('SELECT path, stamp FROM files WHERE source = ? AND path >= ? ORDER BY path').raw();
-    const fromTo = this.#db.prepare('SELECT path, stamp FROM files WHERE source = ? AND path >= ? AND path < ? ORDER BY path').raw();
+    // Pages of rows, not a row at a time: iterate() cost a third more per row.
+    const from = this.#db.prepare('SELECT path, stamp FROM files WHERE source = ? AND path >= ? ORDER BY path LIMIT ?').raw();
+    const fromTo = this.#db
+      .prepare('SELECT path, stamp FROM files WHERE source = ? AND path >= ? AND path < ? ORDER BY path LIMIT ?')
+      .raw();
     const exists = this.#db.prepare('SELECT 1 FROM files WHERE source = ? AND path = ?').pluck();
     return {
       get: (path) => {
@@ -352,33 +361,36 @@ export class StateDb {
         const prefix = dir === '' ? '' : `${dir}/`;
         const end = dir === '' ? undefined : rawToBuffer(`${dir}0`);
         let lo: RawPath | undefined = prefix;
+        let limit = FIRST_PAGE;
         while (lo !== undefined) {
           const rows = (
-            end === undefined ? from.iterate(source, rawToBuffer(lo)) : fromTo.iterate(source, rawToBuffer(lo), end)
-          ) as Iterable<[Buffer, string]>;
+            end === undefined ? from.all(source, rawToBuffer(lo), limit) : fromTo.all(source, rawToBuffer(lo), end, limit)
+          ) as Array<[Buffer, string]>;
           const at: RawPath = lo;
           lo = undefined;
+          let name = '';
           for (const [p, stamp] of rows) {
-            const name = rawFromBuffer(p).slice(prefix.length);
+            name = rawFromBuffer(p).slice(prefix.length);
             if (name === '') continue; // `dir` itself (only '' could be: it is not stored)
             const slash = name.indexOf('/');
             if (slash >= 0) {
               // Inside a subdirectory: go on after its subtree ('0' follows '/').
               const next = `${prefix}${name.slice(0, slash)}0`;
               if (next > at) lo = next;
+              limit = FIRST_PAGE;
               break;
             }
             out.set(name, stampVouches(stamp) ? stamp : undefined);
+          }
+          // A full page: the next one starts just after its last path (no path holds a NUL byte).
+          if (lo === undefined && rows.length === limit) {
+            lo = `${prefix}${name}\0`;
+            limit = Math.min(PAGE, limit * 2);
           }
         }
         return out;
       },
       paths: () => this.#rows(source, 'path', '', (r) => rawFromBuffer(r as Buffer)),
-      stamps: () =>
-        this.#rows(source, 'path, stamp', '', (r) => {
-          const [p, stamp] = r as [Buffer, string];
-          return [rawFromBuffer(p), stampVouches(stamp) ? stamp : undefined];
-        }),
       has: (path) => exists.get(source, rawToBuffer(path)) !== undefined,
     };
   }
