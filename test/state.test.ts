@@ -4,7 +4,15 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import Database from 'better-sqlite3';
 import fc from 'fast-check';
-import { applyChange, type ChunkRef, encodeRecord, type FileRecord, type JournalChange, type TreeState } from '../src/repo/format.js';
+import {
+  applyChange,
+  type ChunkRef,
+  encodeRecord,
+  type FileRecord,
+  type JournalChange,
+  subtreeIndexing,
+  type TreeState,
+} from '../src/repo/format.js';
 import { StateDb, stampOf } from '../src/state/db.js';
 import { ChunkFilter } from '../src/state/chunk-filter.js';
 import { tempDir } from './helpers.js';
@@ -64,6 +72,35 @@ describe('state cache', () => {
     } finally {
       db.close();
       dir.cleanup();
+    }
+  });
+
+  it("a large tree's directory index gives what a look at every path gives, whatever the changes (property-based)", () => {
+    // Any changes, also those no writer makes (a put below a file or below nothing, a move onto
+    // its own subtree): a repository is untrusted. Each run starts scanning and switches to the
+    // index after `after` subtree changes; states changed behind applyChange's back rebuild it.
+    const saved = { ...subtreeIndexing };
+    try {
+      fc.assert(
+        fc.property(fc.array(changeArb, { maxLength: 40 }), fc.nat(6), fc.nat(40), (changes, after, meddleAt) => {
+          const scanned: TreeState = new Map();
+          const indexed: TreeState = new Map();
+          changes.forEach((c, i) => {
+            Object.assign(subtreeIndexing, { minEntries: Infinity, afterScans: 0 });
+            applyChange(scanned, c);
+            Object.assign(subtreeIndexing, { minEntries: 0, afterScans: after });
+            applyChange(indexed, c);
+            if (i === meddleAt) {
+              // Changed directly: the index notices (the size differs) and is built again.
+              for (const st of [scanned, indexed]) st.set('b/zz', rec('b/zz', 'file', 1));
+            }
+            assert.deepEqual([...indexed].sort(), [...scanned].sort());
+          });
+        }),
+        { numRuns: 500 },
+      );
+    } finally {
+      Object.assign(subtreeIndexing, saved);
     }
   });
 

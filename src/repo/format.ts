@@ -1,5 +1,5 @@
 import type { Kind } from '../model/entry.js';
-import { compareRaw, rawFromBuffer, rawToBuffer, type RawPath } from '../model/path.js';
+import { compareRaw, parentOf, rawFromBuffer, rawToBuffer, type RawPath } from '../model/path.js';
 
 /** Where a chunk lives: its id (hex), its pack (hex id), and the sealed blob's byte range. */
 export interface ChunkRef {
@@ -222,14 +222,92 @@ export function decodeParts(v: unknown): Array<[string, number]> {
 
 // ---- applying changes to a tree state --------------------------------------------------------
 
+/**
+ * A tree as of one commit, by path. Once changes are applied to it (applyChange), change it
+ * only through applyChange: that keeps the index of a large tree's directories in step.
+ */
 export type TreeState = Map<RawPath, FileRecord>;
 
-function dropSubtree(state: TreeState, path: RawPath): void {
+/**
+ * Subtree changes (a directory deleted, moved, or replaced by a file) on a tree state: the first
+ * `afterScans` look at every path; past them, on a tree of at least `minEntries`, an index of
+ * each directory's children is built once and kept by applyChange, so each costs its subtree,
+ * not the tree (a journal tail with a thousand directory moves on a tree of two million entries
+ * was two billion comparisons). Tests lower the thresholds.
+ */
+export const subtreeIndexing = { minEntries: 65_536, afterScans: 8 };
+
+interface SubtreeIndex {
+  scans: number;
+  /** Children (full paths) by directory, once built. */
+  kids: Map<RawPath, Set<RawPath>> | undefined;
+  /** The tree's size when the index was last in step with it. */
+  size: number;
+}
+
+const subtreeIndexes = new WeakMap<TreeState, SubtreeIndex>();
+
+/** The index of `state` if it has one in step with it (one changed behind applyChange's back is dropped). */
+function liveIndex(state: TreeState): Map<RawPath, Set<RawPath>> | undefined {
+  const idx = subtreeIndexes.get(state);
+  if (idx?.kids !== undefined && idx.size !== state.size) idx.kids = undefined;
+  return idx?.kids;
+}
+
+/** The index of `state` for a subtree change, built now if it is time; undefined: scan. */
+function subtreeIndex(state: TreeState): Map<RawPath, Set<RawPath>> | undefined {
+  liveIndex(state);
+  let idx = subtreeIndexes.get(state);
+  if (idx === undefined) subtreeIndexes.set(state, (idx = { scans: 0, kids: undefined, size: 0 }));
+  if (idx.kids === undefined) {
+    if (++idx.scans <= subtreeIndexing.afterScans || state.size < subtreeIndexing.minEntries) return undefined;
+    idx.kids = new Map();
+    for (const p of state.keys()) indexAdd(idx.kids, p);
+    idx.size = state.size;
+  }
+  return idx.kids;
+}
+
+/** Adds `p` under its directory, and that directory under its own when it is new to the index (a tree from a repository may lack it). */
+function indexAdd(kids: Map<RawPath, Set<RawPath>>, p: RawPath): void {
+  for (let q = p; q !== '';) {
+    const dir = parentOf(q);
+    const set = kids.get(dir);
+    if (set !== undefined) {
+      set.add(q);
+      return;
+    }
+    kids.set(dir, new Set([q]));
+    q = dir;
+  }
+}
+
+/** `path` (if present) and every path below it. */
+function subtreeOf(state: TreeState, path: RawPath, kids: Map<RawPath, Set<RawPath>> | undefined): RawPath[] {
+  if (kids === undefined) {
+    const prefix = `${path}/`;
+    return [...state.keys()].filter((k) => k === path || k.startsWith(prefix));
+  }
+  const out: RawPath[] = [];
+  const stack = [path];
+  while (stack.length > 0) {
+    const p = stack.pop() as RawPath;
+    if (state.has(p)) out.push(p);
+    for (const c of kids.get(p) ?? []) stack.push(c);
+  }
+  return out;
+}
+
+function dropSubtree(state: TreeState, path: RawPath, kids: Map<RawPath, Set<RawPath>> | undefined): void {
   const old = state.get(path);
-  state.delete(path);
-  if (old !== undefined && old.type !== 'dir') return;
-  const prefix = `${path}/`;
-  for (const k of state.keys()) if (k.startsWith(prefix)) state.delete(k);
+  const gone = old === undefined || old.type === 'dir' ? subtreeOf(state, path, kids) : [path];
+  for (const p of gone) {
+    state.delete(p);
+    if (kids !== undefined) {
+      kids.get(parentOf(p))?.delete(p);
+      kids.delete(p);
+    }
+  }
 }
 
 /** The record a put stores. */
@@ -253,21 +331,27 @@ export function recordOf(c: Extract<JournalChange, { op: 'put' }>): FileRecord {
 export function applyChange(state: TreeState, c: JournalChange): void {
   if (c.op === 'put') {
     const old = state.get(c.path);
-    if (old?.type === 'dir' && c.type !== 'dir') dropSubtree(state, c.path);
+    const replacesDir = old?.type === 'dir' && c.type !== 'dir';
+    const kids = replacesDir ? subtreeIndex(state) : liveIndex(state);
+    if (replacesDir) dropSubtree(state, c.path, kids);
+    if (kids !== undefined && !state.has(c.path)) indexAdd(kids, c.path);
     state.set(c.path, recordOf(c));
   } else if (c.op === 'delete') {
-    dropSubtree(state, c.path);
+    dropSubtree(state, c.path, subtreeIndex(state));
   } else {
     if (c.from === c.path) return;
-    const prefix = `${c.from}/`;
-    const moving = [...state].filter(([k]) => k === c.from || k.startsWith(prefix));
-    dropSubtree(state, c.from);
-    dropSubtree(state, c.path);
+    const kids = subtreeIndex(state);
+    const moving = subtreeOf(state, c.from, kids).map((k) => [k, state.get(k) as FileRecord] as const);
+    dropSubtree(state, c.from, kids);
+    dropSubtree(state, c.path, kids);
     for (const [k, r] of moving) {
       const np = c.path + k.slice(c.from.length);
+      if (kids !== undefined) indexAdd(kids, np);
       state.set(np, { ...r, path: np });
     }
   }
+  const idx = subtreeIndexes.get(state);
+  if (idx?.kids !== undefined) idx.size = state.size;
 }
 
 /** The records of a tree in byte order of path (the order checkpoints store them in). */
