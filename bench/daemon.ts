@@ -3,7 +3,8 @@
  * with lsyncd (Debian package) mirroring the same burst to a local directory, in one run.
  *   npm run bench:daemon     (BENCH_SCALE=0.1 for a quick run; BENCH_IDLE_S=60 idle seconds)
  * Prints: close-to-durable latency of single-file changes (p50/p95/p99), time until a burst of
- * 20,000 small files is durable, bytes and objects written per commit, CPU while idle, and RSS
+ * 20,000 small files is durable, bytes and objects written per commit, CPU in the minute after the
+ * burst and in the idle minute after that (with its context switches), and RSS
  * while watching a tree of 100,000 files.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -71,11 +72,19 @@ async function measure(name: string, repo: string): Promise<Map<string, string>>
   out.set('burst: KiB uploaded per commit', ((s1.uploaded.bytes - s0.uploaded.bytes) / 1024 / Math.max(1, commits)).toFixed(1));
   out.set('burst: objects written per commit', (objects / Math.max(1, commits)).toFixed(2));
 
-  // Idle CPU.
+  // CPU after the burst: first the minute right after it, while the daemon winds down (the seal
+  // workers stop after 30 s without work, the collector shrinks the heap), then an idle minute:
+  // nothing to do, nothing held (the issue's goal: at most 100 ms, and no timer more often than
+  // the lease's renewal, once a minute).
   await sleep(1000);
   const c0 = d.cpuMs();
   await sleep(idleSeconds * 1000);
-  out.set(`idle CPU over ${idleSeconds} s (ms)`, (d.cpuMs() - c0).toFixed(0));
+  out.set(`CPU over the ${idleSeconds} s right after the burst (ms)`, (d.cpuMs() - c0).toFixed(0));
+  const c1 = d.cpuMs();
+  const w1 = d.contextSwitches();
+  await sleep(idleSeconds * 1000);
+  out.set(`idle CPU over ${idleSeconds} s, the minute after that (ms)`, (d.cpuMs() - c1).toFixed(0));
+  out.set(`  context switches in that minute (all threads)`, String(d.contextSwitches() - w1));
   await d.stop();
 
   // RSS while watching a large tree (after its initial backup).

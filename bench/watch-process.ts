@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
@@ -76,6 +76,20 @@ export class WatchProcess {
   cpuMs(): number {
     const f = (readFileSync(`/proc/${this.child.pid}/stat`, 'utf8').split(') ')[1] ?? '').split(' ');
     return ((Number(f[11]) + Number(f[12])) * 1000) / 100; // utime + stime, in clock ticks of 10 ms
+  }
+
+  /** Context switches of all its threads so far (each wake-up is one), voluntary or not. */
+  contextSwitches(): number {
+    let n = 0;
+    for (const t of readdirSync(`/proc/${this.child.pid}/task`)) {
+      try {
+        const status = readFileSync(`/proc/${this.child.pid}/task/${t}/status`, 'utf8');
+        for (const m of status.matchAll(/^(?:non)?voluntary_ctxt_switches:\s+(\d+)$/gm)) n += Number(m[1]);
+      } catch {
+        // the thread ended meanwhile
+      }
+    }
+    return n;
   }
 
   rssMiB(): number {
