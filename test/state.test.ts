@@ -459,8 +459,9 @@ describe('KnownFiles.childStamps', () => {
   });
 
   it('reads past a page of rows, and past subdirectories whose subtrees span pages', () => {
-    // Rows are read 1,024 at a time: 3,000 files here, with two subdirectories of 1,500 entries
-    // among them (one at the very end of a page's worth of files), at the root and below it.
+    // Rows are read in pages of 16, doubling up to 1,024 (and back to 16 after a subtree):
+    // 3,000 files here, with two subdirectories of 1,500 entries among them (one right after
+    // the sixth page ends, at row 1,008, one inside a page), at the root and below it.
     const dir = tempDir('phx-state-pages-');
     const db = new StateDb(join(dir.path, 'db.sqlite'));
     try {
@@ -471,7 +472,7 @@ describe('KnownFiles.childStamps', () => {
         for (let i = 0; i < 3000; i++) {
           const name = `n${String(i).padStart(4, '0')}`;
           puts.push({ rec: rec(at(name), 'file', i), ino: String(i), ctimeNs: i % 7 === 0 ? '' : '7' });
-          if (i === 1023 || i === 2000) {
+          if (i === 1007 || i === 2000) {
             const sub = `${name}d`;
             puts.push({ rec: rec(at(sub), 'dir', i), ino: String(i), ctimeNs: '7' });
             for (let j = 0; j < 1500; j++) puts.push({ rec: rec(at(`${sub}/x${j}`), 'file', j), ino: String(j), ctimeNs: '7' });
