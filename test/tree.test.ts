@@ -6,6 +6,13 @@ import { Tree } from '../src/model/tree.js';
 
 const e = (kind: Kind): Entry => ({ kind, mode: 0, uid: 0, gid: 0, nlink: 1, size: 0, ino: 1n, dev: 1, mtimeNs: 0n, ctimeNs: 0n });
 
+/** The names directly inside `dir`, as forEachChild gives them. */
+function childNames(t: Tree, dir: string): string[] {
+  const out: string[] = [];
+  t.forEachChild(dir, (name) => out.push(name));
+  return out;
+}
+
 function build(...paths: string[]): Tree {
   const t = new Tree();
   for (const p of paths) t.set(p.replace(/\/$/, ''), e(p.endsWith('/') ? 'dir' : 'file'));
@@ -26,7 +33,7 @@ describe('Tree', () => {
     assert.equal(t.size, 3);
     assert.equal(t.dirCount, 2);
     assert.deepEqual([...t.entries()].map(([p]) => p).sort(), ['x', 'x/b', 'x/b/f']);
-    assert.deepEqual([...t.childNames('')], ['x']);
+    assert.deepEqual(childNames(t, ''), ['x']);
   });
 
   it('deletes subtrees and never confuses a/b with a/bc', () => {
@@ -166,7 +173,7 @@ describe('Tree', () => {
     t.set('e', e('dir'));
     t.move('d4', 'e/moved');
     assert.deepEqual(t.get('e/moved/f\xfe1'), f(401));
-    assert.equal(t.childNames('e/moved').size, 101);
+    assert.equal(childNames(t, 'e/moved').length, 101);
     t.delete('d5');
     assert.equal(t.get('d5/f\xfe1'), undefined);
     assert.equal(t.size, 50 * 102 + 1 - 102);

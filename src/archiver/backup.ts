@@ -14,7 +14,7 @@ import {
   type Repository,
 } from '../repo/index.js';
 import { scan, type ScanResult } from '../scanner/scan.js';
-import { entryStamp, type KnownFiles, type StateDb } from '../state/db.js';
+import { cachedAsDir, entryStamp, type KnownFiles, type StateDb } from '../state/db.js';
 import { CheckpointPolicy } from './checkpoints.js';
 import { CommitBuilder } from './commit.js';
 import { SealPool } from './seal-pool.js';
@@ -270,8 +270,7 @@ class Missing {
       const p = joinRaw(dir, name);
       const kind = here.get(name);
       if (kind === undefined) this.#gone.add(p);
-      const wasDir = stamp === undefined ? this.known.get(p)?.rec.type === 'dir' : stamp.startsWith('dir:');
-      if (wasDir && kind !== 'dir') for (const q of this.known.below(p)) this.#gone.add(q);
+      if (kind !== 'dir' && cachedAsDir(this.known, p, stamp)) for (const q of this.known.below(p)) this.#gone.add(q);
     }
   }
 

@@ -11,7 +11,7 @@ import { displayPath, isWithin, joinRaw, parentOf, toFsPath, type RawPath } from
 import type { Tree } from '../model/tree.js';
 import { LEASE_TTL_MS, type Repository } from '../repo/index.js';
 import { lstatEntry } from '../scanner/stat.js';
-import { entryStamp, type KnownFiles, type StateDb } from '../state/db.js';
+import { cachedAsDir, entryStamp, type KnownFiles, type StateDb } from '../state/db.js';
 import { Watcher, type WatcherOptions, type WatcherState } from '../watcher/watcher.js';
 import { fillCommit } from './batch.js';
 import { DEFAULT_GUARD, GuardPins, type GuardOptions, type GuardTrip } from './guard.js';
@@ -270,8 +270,7 @@ export class SourceRunner {
         if (had && stamp === entryStamp(e)) return;
         const p = joinRaw(dir, name);
         // A directory that is something else now: removed with its subtree, then read as it is.
-        const wasDir = had && (stamp === undefined ? this.#known.get(p)?.rec.type === 'dir' : stamp.startsWith('dir:'));
-        note(wasDir && e.kind !== 'dir' ? 'removed' : 'created', p);
+        note(had && e.kind !== 'dir' && cachedAsDir(this.#known, p, stamp) ? 'removed' : 'created', p);
       });
       // What the cache has and the tree does not (a directory with its subtree).
       for (const name of kids.keys()) note('removed', joinRaw(dir, name));

@@ -226,15 +226,6 @@ export class Tree {
     return parent.dirs.has(name) || (parent.count > 0 && this.#filesOf(parent).has(name));
   }
 
-  /** Names directly inside directory `dir` ('' for the root). */
-  childNames(dir: RawPath): ReadonlySet<RawPath> {
-    const node = this.#dirs.get(dir);
-    if (node === undefined) return new Set();
-    const names = new Set<RawPath>(node.count > 0 ? this.#filesOf(node).keys() : undefined);
-    for (const n of node.dirs.keys()) names.add(n);
-    return names;
-  }
-
   /**
    * Calls `fn` with each child of directory `dir` ('' for the root) and a copy of its entry:
    * its files, then its subdirectories. `fn` must not use the tree: the directory's files are

@@ -256,16 +256,16 @@ function liveIndex(state: TreeState): Map<RawPath, Set<RawPath>> | undefined {
 
 /** The index of `state` for a subtree change, built now if it is time; undefined: scan. */
 function subtreeIndex(state: TreeState): Map<RawPath, Set<RawPath>> | undefined {
-  liveIndex(state);
+  const live = liveIndex(state);
+  if (live !== undefined) return live;
   let idx = subtreeIndexes.get(state);
   if (idx === undefined) subtreeIndexes.set(state, (idx = { scans: 0, kids: undefined, size: 0 }));
-  if (idx.kids === undefined) {
-    if (++idx.scans <= subtreeIndexing.afterScans || state.size < subtreeIndexing.minEntries) return undefined;
-    idx.kids = new Map();
-    for (const p of state.keys()) indexAdd(idx.kids, p);
-    idx.size = state.size;
-  }
-  return idx.kids;
+  if (++idx.scans <= subtreeIndexing.afterScans || state.size < subtreeIndexing.minEntries) return undefined;
+  const kids = new Map<RawPath, Set<RawPath>>();
+  for (const p of state.keys()) indexAdd(kids, p);
+  idx.kids = kids;
+  idx.size = state.size;
+  return kids;
 }
 
 /** Adds `p` under its directory, and that directory under its own when it is new to the index (a tree from a repository may lack it). */

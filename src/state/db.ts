@@ -29,6 +29,14 @@ export function entryStamp(e: Entry): string {
   return `${e.kind}:${e.mode}:${e.uid}:${e.gid}:${e.mtimeNs}:${e.kind === 'file' ? e.size : 0}:${e.ino}:${e.ctimeNs}:${e.target ?? ''}`;
 }
 
+/**
+ * Whether the cache holds `path` as a directory, given the stamp childStamps gave for it (a
+ * row that does not vouch for its content gives none: then the row itself is read).
+ */
+export function cachedAsDir(known: KnownFiles, path: RawPath, stamp: string | undefined): boolean {
+  return stamp === undefined ? known.get(path)?.rec.type === 'dir' : stamp.startsWith('dir:');
+}
+
 /** A row of the cache (row.ts): the record is decoded only when used (most of a scan only compares stamps). */
 class StoredFile implements CachedFile {
   readonly #path: RawPath;
@@ -79,8 +87,6 @@ export interface KnownFiles {
    * per child.
    */
   childStamps(dir: RawPath): Map<RawPath, string | undefined>;
-  /** Every path, lazily; close() it when not read to the end. */
-  paths(): Iterable<RawPath> & { close(): void };
   has(path: RawPath): boolean;
 }
 
@@ -390,7 +396,6 @@ export class StateDb {
         }
         return out;
       },
-      paths: () => this.#rows(source, 'path', '', (r) => rawFromBuffer(r as Buffer)),
       has: (path) => exists.get(source, rawToBuffer(path)) !== undefined,
     };
   }
