@@ -34,7 +34,15 @@ import { DEFAULT_CHUNKER, nextCut, referenceCut } from '../src/repo/chunker.js';
 import { checkRepository } from '../src/repo/check.js';
 import { Keys } from '../src/repo/crypto.js';
 import { openBlob } from '../src/repo/pack.js';
-import { recordsInOrder } from '../src/repo/format.js';
+import {
+  changeJson,
+  encodeChange,
+  encodeRecord,
+  recordJson,
+  recordsInOrder,
+  type FileRecord,
+  type JournalChange,
+} from '../src/repo/format.js';
 import { Repository } from '../src/repo/repository.js';
 import { restore } from '../src/restore/restore.js';
 import { StateDb } from '../src/state/db.js';
@@ -403,6 +411,53 @@ describe('backup and restore (property-based)', () => {
     } finally {
       await server.stop();
     }
+  });
+});
+
+describe('records written straight to JSON', () => {
+  // Any record, also one no writer makes (decoded from a tampered repository: NaN, -0, huge
+  // numbers, odd strings in ids and types): the text is JSON.stringify's of the object form.
+  const num = fc.oneof(fc.integer(), fc.double(), fc.constantFrom(Number.NaN, -0, Infinity, -Infinity, 1e21, 2 ** 53));
+  const text = fc.oneof(
+    fc.string(),
+    fc.uint8Array({ minLength: 32, maxLength: 32 }).map((b) => Buffer.from(b).toString('hex')),
+    fc.constantFrom('"', '\\', '\u2028', '</'),
+  );
+  const raw = fc.uint8Array({ maxLength: 12 }).map((b) => Buffer.from(b).toString('latin1'));
+  const ref = fc.record(
+    { id: text, pack: text, offset: num, length: num, size: fc.option(num, { nil: undefined }) },
+    { requiredKeys: ['id', 'pack', 'offset', 'length'] },
+  );
+  const rec = fc.record(
+    {
+      path: raw,
+      type: fc.oneof(fc.constantFrom('file', 'dir', 'symlink', 'other'), fc.string()),
+      mode: num,
+      uid: num,
+      gid: num,
+      mtimeNs: fc.bigInt(),
+      size: num,
+      chunks: fc.array(ref, { maxLength: 3 }),
+      target: raw,
+      fine: fc.boolean(),
+    },
+    { requiredKeys: ['path', 'type', 'mode', 'uid', 'gid', 'mtimeNs', 'size', 'chunks'] },
+  ) as fc.Arbitrary<FileRecord>;
+  const change: fc.Arbitrary<JournalChange> = fc.oneof(
+    rec.map((r) => ({ ...r, op: 'put' as const })),
+    raw.map((path) => ({ op: 'delete' as const, path })),
+    fc.tuple(raw, raw).map(([from, path]) => ({ op: 'move' as const, from, path })),
+  );
+
+  it('equal what JSON.stringify makes of encodeRecord and encodeChange', () => {
+    fc.assert(
+      fc.property(rec, (r) => recordJson(r) === JSON.stringify(encodeRecord(r))),
+      { numRuns: 2000 },
+    );
+    fc.assert(
+      fc.property(change, (c) => changeJson(c) === JSON.stringify(encodeChange(c))),
+      { numRuns: 2000 },
+    );
   });
 });
 

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { isNotFound, listAll } from '../backend/backend.js';
 import { displayPath } from '../model/path.js';
-import { encodeRecord, packKey, type TreeState } from './format.js';
+import { packKey, recordJson, type TreeState } from './format.js';
 import { chunkWhat, openChunk, packId, type PackEntry } from './pack.js';
 import { applyTracked, TreeDigest } from './digest.js';
 import { mapLimited, type Repository } from './repository.js';
@@ -135,7 +135,7 @@ function sameTree(a: TreeState, b: TreeState): boolean {
   if (a.size !== b.size) return false;
   for (const [p, r] of a) {
     const o = b.get(p);
-    if (o === undefined || JSON.stringify(encodeRecord(o)) !== JSON.stringify(encodeRecord(r))) return false;
+    if (o === undefined || recordJson(o) !== recordJson(r)) return false;
   }
   return true;
 }

@@ -18,7 +18,8 @@ import {
   decodeRecord,
   encodeChange,
   encodeCommitHead,
-  encodeRecord,
+  changeJson,
+  recordJson,
   leasePrefix,
   packKey,
   parseJournalKey,
@@ -611,7 +612,7 @@ export class Repository {
       let n = 0;
       for await (const ch of st.changes) {
         const o = encodeChange(ch);
-        const wait = lines.add(o, String(o.p));
+        const wait = lines.add(JSON.stringify(o), String(o.p), o);
         if (wait !== undefined) await wait;
         n++;
       }
@@ -641,15 +642,14 @@ export class Repository {
   /** Lines kept inline up to INLINE_BYTES, then all of them in parts (written as they fill). */
   #lineWriter(known?: Map<string, number>): {
     /** A promise only when the caller must wait (a part was cut): most lines cost none. */
-    add(o: Record<string, unknown>, cutKey?: string): Promise<void> | undefined;
+    add(line: string, cutKey?: string, o?: Record<string, unknown>): Promise<void> | undefined;
     finish(): Promise<{ parts: Array<[string, number]>; inline: Array<Record<string, unknown>>; bytes: number }>;
   } {
-    let inline: Array<{ o: Record<string, unknown>; line: string; cutKey: string | undefined }> = [];
+    let inline: Array<{ o: Record<string, unknown> | undefined; line: string; cutKey: string | undefined }> = [];
     let inlineBytes = 0;
     let parts: PartWriter | undefined;
     return {
-      add: (o, cutKey) => {
-        const line = JSON.stringify(o);
+      add: (line, cutKey, o) => {
         if (parts !== undefined) return parts.add(line, cutKey);
         inline.push({ o, line, cutKey });
         inlineBytes += line.length;
@@ -663,7 +663,7 @@ export class Repository {
       },
       finish: async () => ({
         parts: parts === undefined ? [] : await parts.finish(),
-        inline: inline.map((x) => x.o),
+        inline: inline.map((x) => x.o ?? (JSON.parse(x.line) as Record<string, unknown>)),
         bytes: parts?.bytes ?? 0,
       }),
     };
@@ -713,7 +713,7 @@ export class Repository {
     const key = commitKey(c.source, c.seq, c.timeMs);
     const lines = this.#lineWriter();
     for (const ch of c.changes) {
-      const wait = lines.add(encodeChange(ch));
+      const wait = lines.add(changeJson(ch));
       if (wait !== undefined) await wait;
     }
     const { parts, inline, bytes } = await lines.finish();
@@ -756,7 +756,7 @@ export class Repository {
       if (last !== undefined && !(last < path))
         throw new PhoenixError('PHX_INTERNAL', `internal: checkpoint records out of order at entry ${entries}`);
       last = path;
-      const wait = parts.add('json' in r ? r.json : JSON.stringify(encodeRecord(r)), path);
+      const wait = parts.add('json' in r ? r.json : recordJson(r), path);
       if (wait !== undefined) await wait;
       entries++;
     }

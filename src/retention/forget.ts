@@ -4,7 +4,7 @@ import { compareRaw, parentOf, type RawPath } from '../model/path.js';
 import {
   applyTracked,
   checkpointKey,
-  encodeRecord,
+  recordJson,
   mapLimited,
   seqAt,
   type CommitInfo,
@@ -483,7 +483,7 @@ export function* netChanges(
   before: ReadonlyMap<RawPath, FileRecord | null>,
   state: { get(p: RawPath): FileRecord | undefined },
 ): Generator<JournalChange> {
-  const json = (r: FileRecord): string => JSON.stringify(encodeRecord(r));
+  const json = (r: FileRecord): string => recordJson(r);
   const paths = [...before.keys()].sort(compareRaw);
   const deleted = new Set<RawPath>();
   for (const p of paths) {

@@ -4,7 +4,7 @@ import { dirname } from 'node:path';
 import type { Entry } from '../model/entry.js';
 import { rawFromBuffer, rawToBuffer, type RawPath } from '../model/path.js';
 import { ChunkIndex, idKey } from './chunk-index.js';
-import { type ChunkRef, type EncodedRecord, encodeRecord, type FileRecord, type JournalChange } from '../repo/index.js';
+import { type ChunkRef, type EncodedRecord, type FileRecord, recordJson, type JournalChange } from '../repo/index.js';
 import { decodeRow, encodeRow, rowChunks, stampIds, stampString, stampVouches } from './row.js';
 
 /** What the local cache knows of one path: the stored record, plus inode and ctime to skip unchanged files. */
@@ -332,7 +332,7 @@ export class StateDb {
     return this.#rows(source, 'path, stamp, rec', 'ORDER BY path', (r) => {
       const [p, stamp, blob] = r as [Buffer, string, Buffer];
       const path = rawFromBuffer(p);
-      return { path, json: JSON.stringify(encodeRecord(decodeRow(path, stamp, blob, packs))) };
+      return { path, json: recordJson(decodeRow(path, stamp, blob, packs)) };
     });
   }
 
