@@ -334,13 +334,15 @@ function subtreeOf(state: TreeState, path: RawPath, kids: Map<RawPath, Set<RawPa
 
 function dropSubtree(state: TreeState, path: RawPath, kids: Map<RawPath, Set<RawPath>> | undefined): void {
   const old = state.get(path);
-  const gone = old === undefined || old.type === 'dir' ? subtreeOf(state, path, kids) : [path];
+  const whole = old === undefined || old.type === 'dir';
+  const gone = whole ? subtreeOf(state, path, kids) : [path];
   for (const p of gone) {
     state.delete(p);
-    if (kids !== undefined) {
-      kids.get(parentOf(p))?.delete(p);
-      kids.delete(p);
-    }
+    // A file goes alone, and paths a tree from a repository may hold below it stay: so does
+    // the way to them in the index (subtreeOf(its directory) must still find them).
+    if (kids === undefined || (!whole && (kids.get(p)?.size ?? 0) > 0)) continue;
+    kids.get(parentOf(p))?.delete(p);
+    kids.delete(p);
   }
 }
 
