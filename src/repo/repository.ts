@@ -9,6 +9,7 @@ import { corrupt, deriveKey, Keys, newKdf, seal, type KdfParams } from './crypto
 import { addKey, configKeyId, keyCandidates, lastKey, moveConfigKey, removeKey, unlock, type KeyInfo } from './keyring.js';
 import {
   applyChange,
+  changeJson,
   checkpointKey,
   commitKey,
   CONFIG_KEY,
@@ -18,14 +19,13 @@ import {
   decodeRecord,
   encodeChange,
   encodeCommitHead,
-  changeJson,
-  recordJson,
   leasePrefix,
   packKey,
   parseJournalKey,
   pinKey,
   pinPrefix,
   policyKey,
+  recordJson,
   segmentKey,
   sourceDir,
   sourceFromDir,

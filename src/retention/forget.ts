@@ -4,8 +4,8 @@ import { compareRaw, parentOf, type RawPath } from '../model/path.js';
 import {
   applyTracked,
   checkpointKey,
-  recordJson,
   mapLimited,
+  recordJson,
   seqAt,
   type CommitInfo,
   type CommitStats,
@@ -483,7 +483,6 @@ export function* netChanges(
   before: ReadonlyMap<RawPath, FileRecord | null>,
   state: { get(p: RawPath): FileRecord | undefined },
 ): Generator<JournalChange> {
-  const json = (r: FileRecord): string => recordJson(r);
   const paths = [...before.keys()].sort(compareRaw);
   const deleted = new Set<RawPath>();
   for (const p of paths) {
@@ -499,7 +498,7 @@ export function* netChanges(
     const now = state.get(p);
     if (now === undefined) continue;
     const was = before.get(p) as FileRecord | null;
-    if (was === null || json(was) !== json(now)) yield { op: 'put', ...now };
+    if (was === null || recordJson(was) !== recordJson(now)) yield { op: 'put', ...now };
   }
 }
 
