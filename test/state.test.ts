@@ -365,6 +365,43 @@ describe('the chunk index: a log merged into the table', () => {
     }
   });
 
+  it('puts many chunks in one call as it puts them one at a time: ids with the same key bits, an id twice', () => {
+    const dir = tempDir('phx-state-log-many-');
+    const file = join(dir.path, 'db.sqlite');
+    let db = new StateDb(file);
+    try {
+      const a = '3'.repeat(16) + 'd'.repeat(48);
+      const b = '4'.repeat(16) + 'd'.repeat(48);
+      // Batches of 64 rows to a statement: both ids and the move fall inside the first ones.
+      const refs = [
+        ...Array.from({ length: 40 }, (_, i) => ref(i)),
+        { id: a, pack: packA, offset: 1, length: 1 },
+        ...Array.from({ length: 10 }, (_, i) => ref(100 + i)),
+        { id: b, pack: packB, offset: 2, length: 1 },
+        ...Array.from({ length: 50 }, (_, i) => ref(200 + i)),
+        { id: a, pack: packB, offset: 3, length: 1 }, // moved, in the same call
+        ...Array.from({ length: 300 }, (_, i) => ref(300 + i)),
+      ];
+      db.addChunks(refs);
+      assert.equal(rows(file, 'chunks') + rows(file, 'chunk_log'), refs.length);
+      const check = (): void => {
+        assert.deepEqual(db.chunk(a), { id: a, pack: packB, offset: 3, length: 1 });
+        assert.deepEqual(db.chunk(b), { id: b, pack: packB, offset: 2, length: 1 });
+        for (const r of refs) if (r.id !== a && r.id !== b) assert.deepEqual(db.chunk(r.id), r);
+      };
+      check();
+      db.close();
+      db = new StateDb(file);
+      check();
+      db.purgePacks('deletions/v', ['c3'.repeat(32)]); // merges the log
+      assert.equal(rows(file, 'chunk_log'), 0);
+      check();
+    } finally {
+      db.close();
+      dir.cleanup();
+    }
+  });
+
   it('purges the rows another process appended to the log, which this one does not know', () => {
     const dir = tempDir('phx-state-log-two-');
     const file = join(dir.path, 'db.sqlite');

@@ -9,6 +9,9 @@ const FILTER_STEP = 4096;
 const LOG_MIN = 65_536;
 const LOG_MAX = 524_288;
 
+/** Log rows written by one statement (putMany). */
+const LOG_BATCH = 64;
+
 /**
  * Where each chunk lives, by id (the state's dedup index): two SQLite tables and a little memory.
  *
@@ -43,6 +46,7 @@ export class ChunkIndex {
   readonly #get: Database.Statement;
   readonly #put: Database.Statement;
   readonly #append: Database.Statement;
+  readonly #appendMany: Database.Statement;
   readonly #logRow: Database.Statement;
   /** 30 bits of an id → its newest row in chunk_log (ids whose bits collide go to `chunks` instead). */
   readonly #logged = new Map<number, number>();
@@ -59,6 +63,9 @@ export class ChunkIndex {
     this.#get = db.prepare('SELECT pack, offset, length FROM chunks WHERE id = ?').raw();
     this.#put = db.prepare('INSERT OR REPLACE INTO chunks (id, pack, offset, length) VALUES (?, ?, ?, ?)');
     this.#append = db.prepare('INSERT INTO chunk_log (id, pack, offset, length) VALUES (?, ?, ?, ?)');
+    this.#appendMany = db.prepare(
+      `INSERT INTO chunk_log (id, pack, offset, length) VALUES ${Array(LOG_BATCH).fill('(?, ?, ?, ?)').join(', ')}`,
+    );
     this.#logRow = db.prepare('SELECT id, pack, offset, length FROM chunk_log WHERE n = ?').raw();
     db.transaction(() => {
       // Deletion plans applied (by any build) since this log was last in step with them: an
@@ -123,6 +130,52 @@ export class ChunkIndex {
       this.#logRows++;
     }
     this.#addToFilter(c.id);
+    this.#mergeIfDue();
+  }
+
+  /**
+   * put() of many chunks: their log rows go in LOG_BATCH at a time, one statement each (a
+   * first backup's 400,000 rows took about half the time of a statement per row). Inside the
+   * caller's transaction.
+   */
+  putMany(chunks: Iterable<ChunkRef>): void {
+    this.#load();
+    const batch: ChunkRef[] = [];
+    const keys = new Set<number>();
+    const args: Array<IdKey | number> = [];
+    const flush = (): void => {
+      if (batch.length === LOG_BATCH) {
+        // A rowid table gives each new row the largest rowid + 1: the batch's rows are numbered in a row.
+        const last = Number(this.#appendMany.run(args).lastInsertRowid);
+        for (let i = 0; i < LOG_BATCH; i++) {
+          const id = (batch[i] as ChunkRef).id;
+          this.#logged.set(keyOf(id), last - LOG_BATCH + 1 + i);
+          this.#addToFilter(id);
+        }
+        this.#logRows += LOG_BATCH;
+        this.#mergeIfDue();
+      } else for (const c of batch) this.put(c);
+      batch.length = 0;
+      keys.clear();
+      args.length = 0;
+    };
+    for (const c of chunks) {
+      const k = keyOf(c.id);
+      if (keys.has(k) || this.#logged.has(k)) {
+        // Its log key is taken (by this id, or another: about 1 in 4,000 rows of a full log): put() decides, in order.
+        flush();
+        this.put(c);
+        continue;
+      }
+      batch.push(c);
+      keys.add(k);
+      args.push(idKey(c.id), this.#packKey(c.pack), c.offset, c.length);
+      if (batch.length === LOG_BATCH) flush();
+    }
+    flush();
+  }
+
+  #mergeIfDue(): void {
     // (The table is counted only once the log is that large: a count is a pass over its index.)
     if (this.#logRows >= LOG_MIN && this.#logRows >= Math.min(LOG_MAX, this.#rows())) this.#merge();
   }
