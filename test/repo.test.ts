@@ -2,10 +2,12 @@ import assert from 'node:assert/strict';
 import { createCipheriv, createDecipheriv, createHash, createHmac, randomBytes } from 'node:crypto';
 import {
   appendFileSync,
+  closeSync,
   chmodSync,
   existsSync,
   lstatSync,
   mkdirSync,
+  openSync,
   readFileSync,
   renameSync,
   rmSync,
@@ -14,6 +16,7 @@ import {
   unlinkSync,
   writeFileSync,
 } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { spawnSync } from 'node:child_process';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
@@ -82,6 +85,43 @@ async function chunksOf(data: Buffer, keys = Keys.none(), known: string[] = []):
     dir.cleanup();
   }
 }
+
+describe('a seal pool that may grow', () => {
+  /** Reads a FIFO on `pool`: the worker's open waits in the kernel `ms` (as a read of a cold disk does) for a writer. */
+  async function slowRead(pool: SealPool, dir: string, ms: number): Promise<JobEnd> {
+    const fifo = join(dir, 'fifo');
+    rmSync(fifo, { force: true });
+    assert.equal(spawnSync('mkfifo', [fifo]).status, 0);
+    const end = pool.readFile(Buffer.from(fifo), 0, [], { chunk: () => {}, restart: () => {} });
+    await sleep(ms);
+    closeSync(openSync(fifo, 'w')); // the worker waits in open(): this returns at once
+    return end;
+  }
+
+  it('starts another worker when its workers spent their time asleep in the kernel, not on a CPU', async () => {
+    const dir = tempDir('phx-grow-');
+    const pool = new SealPool(Keys.none(), 1, 2);
+    const fixed = new SealPool(Keys.none(), 1);
+    try {
+      const file = join(dir.path, 'f');
+      writeFileSync(file, 'x');
+      const handlers = { chunk: () => {}, restart: () => {} };
+      for (const p of [pool, fixed]) {
+        const slow = await slowRead(p, dir.path, 600);
+        assert.ok(slow.status === 'error' && slow.code === 'ESPIPE', 'a pipe cannot be read at an offset');
+        assert.equal(p.workers, 1);
+        await sleep(300); // the pool looks at its workers every 250 ms, as it is given files
+        assert.equal((await p.readFile(Buffer.from(file), 1, [], handlers)).status, 'ok');
+      }
+      assert.equal(pool.workers, 2, 'a second worker, for a read that waited 600 ms');
+      assert.equal(fixed.workers, 1, 'no more than it may have');
+    } finally {
+      await pool.close();
+      await fixed.close();
+      dir.cleanup();
+    }
+  });
+});
 
 describe('a seal worker checks its read against the stat taken before it', () => {
   /** Reads `path` with `seen` as the caller's stat: the bytes of the last read, restarts, and the end. */

@@ -59,7 +59,20 @@ interface Slot {
   outbox: JobEncoder;
   /** Stopped for being idle: its exit is not a failure. */
   retired: boolean;
+  /** How the worker spent its time (seal-worker.ts), and those totals at the pool's last look. */
+  spent: BigInt64Array;
+  seen: [number, number, number];
 }
+
+/**
+ * A pool that may grow looks at its workers this often: when they spent more than ASLEEP of
+ * their time on files asleep in the kernel (reads waiting for a cold disk), one more starts.
+ * On a warm page cache workers beyond one per core only take CPU from the main thread: a first
+ * backup of 400,000 cached files used 15% less CPU with 3 workers than with 6, and took 10%
+ * less time; cold, 6 were about a sixth faster than 3.
+ */
+const LOOK_MS = 250;
+const ASLEEP = 0.2;
 
 /** Workers idle this long are stopped (they start again at the next file): an idle daemon holds no threads. */
 const IDLE_MS = 30_000;
@@ -85,42 +98,52 @@ export class SealPool {
   #dead: Error | undefined;
   #closing = false;
 
+  /**
+   * `threads` workers start with the first file; up to `maxThreads` while the workers wait for
+   * the disk (LOOK_MS).
+   */
   constructor(
     readonly keys: Keys,
     readonly threads = Math.max(1, Math.min(4, availableParallelism())),
+    readonly maxThreads = threads,
   ) {}
 
   /** Workers start at the first file, so a backup with nothing to read starts none. */
   #start(): void {
+    for (let i = 0; i < this.threads; i++) this.#spawn();
+    this.#looked = performance.now();
+  }
+
+  #spawn(): void {
+    const control = new SharedArrayBuffer(8);
+    const ctl = new Int32Array(control);
+    ctl[0] = CREDIT;
+    ctl[1] = -1;
+    const waits = new SharedArrayBuffer(24);
     const master = this.keys.toShared();
-    for (let i = 0; i < this.threads; i++) {
-      const control = new SharedArrayBuffer(8);
-      const ctl = new Int32Array(control);
-      ctl[0] = CREDIT;
-      ctl[1] = -1;
-      const worker = new Worker(new URL('./seal-worker.js', import.meta.url), { workerData: { master, control } });
-      const slot: Slot = { worker, ctl, queued: 0, outbox: new JobEncoder(), retired: false };
-      worker.on('message', (m: WorkerMessage) => decodeResults(m, this.#results));
-      // A worker that dies (a bug: jobs catch their own errors) fails its jobs and gets no more.
-      const died = (err: Error): void => {
-        const i = this.#slots.indexOf(slot);
-        if (i < 0) return; // 'error' then 'exit'
-        this.#slots.splice(i, 1);
-        this.#dead ??= err;
-        for (const [id, j] of this.#jobs) {
-          if (j.slot !== slot) continue;
-          this.#jobs.delete(id);
-          j.reject(err);
-        }
-      };
-      worker.on('error', (err) => {
-        if (!slot.retired) died(err);
-      });
-      worker.on('exit', (code) => {
-        if (!this.#closing && !slot.retired) died(new Error(`a seal worker exited (code ${code})`));
-      });
-      this.#slots.push(slot);
-    }
+    const worker = new Worker(new URL('./seal-worker.js', import.meta.url), { workerData: { master, control, waits } });
+    const spent = new BigInt64Array(waits);
+    const slot: Slot = { worker, ctl, queued: 0, outbox: new JobEncoder(), retired: false, spent, seen: [0, 0, 0] };
+    worker.on('message', (m: WorkerMessage) => decodeResults(m, this.#results));
+    // A worker that dies (a bug: jobs catch their own errors) fails its jobs and gets no more.
+    const died = (err: Error): void => {
+      const i = this.#slots.indexOf(slot);
+      if (i < 0) return; // 'error' then 'exit'
+      this.#slots.splice(i, 1);
+      this.#dead ??= err;
+      for (const [id, j] of this.#jobs) {
+        if (j.slot !== slot) continue;
+        this.#jobs.delete(id);
+        j.reject(err);
+      }
+    };
+    worker.on('error', (err) => {
+      if (!slot.retired) died(err);
+    });
+    worker.on('exit', (code) => {
+      if (!this.#closing && !slot.retired) died(new Error(`a seal worker exited (code ${code})`));
+    });
+    this.#slots.push(slot);
   }
 
   /**
@@ -139,6 +162,7 @@ export class SealPool {
     this.#idle = undefined;
     if (this.#slots.length === 0 && this.#dead === undefined) this.#start();
     if (this.#slots.length === 0) return Promise.reject(this.#dead as Error);
+    if (this.#slots.length < this.maxThreads && this.#dead === undefined) this.#mayGrow();
     const job = this.#next++;
     const size = typeof seen === 'number' ? seen : seen.size;
     const slot = this.#slots.reduce((a, b) => (b.queued < a.queued ? b : a));
@@ -157,6 +181,30 @@ export class SealPool {
   }
 
   #flushing = false;
+  #looked = 0;
+
+  /** Workers running now. */
+  get workers(): number {
+    return this.#slots.length;
+  }
+
+  /** One more worker when those there spent much of their time since the last look asleep in the kernel (see LOOK_MS). */
+  #mayGrow(): void {
+    const now = performance.now();
+    if (now - this.#looked < LOOK_MS) return;
+    this.#looked = now;
+    let working = 0;
+    let asleep = 0;
+    for (const s of this.#slots) {
+      const t: [number, number, number] = [0, 1, 2].map((i) => Number(Atomics.load(s.spent, i)) / 1000) as [number, number, number];
+      // The kernel does not say: as many workers as allowed (on a warm cache some are idle).
+      if (t[1] < 0) asleep = Infinity;
+      working += t[0] - s.seen[0];
+      asleep += t[0] - s.seen[0] - (t[1] - s.seen[1]) - (t[2] - s.seen[2]);
+      s.seen = t;
+    }
+    if (working > 0 && asleep > working * ASLEEP) this.#spawn();
+  }
 
   #flush(): void {
     this.#flushing = false;

@@ -11,7 +11,7 @@ import { sealBlob } from '../repo/pack.js';
 import { TORN_RETRIES } from './seal-pool.js';
 import { decodeJobs, ResultEncoder, type FileJob } from './seal-wire.js';
 
-const { master, control } = workerData as { master: Uint8Array | null; control: SharedArrayBuffer };
+const { master, control, waits } = workerData as { master: Uint8Array | null; control: SharedArrayBuffer; waits: SharedArrayBuffer };
 const keys = Keys.fromShared(master);
 
 /** How much nicer than the main thread a worker runs. */
@@ -44,6 +44,9 @@ function flush(): void {
 
 class Cancelled extends Error {}
 
+/** ms spent waiting for credit, in all. */
+let creditWait = 0;
+
 /** Waits until the main thread has room for `n` more bytes; throws when the job was cancelled. */
 function takeCredit(job: number, n: number): void {
   for (;;) {
@@ -52,7 +55,9 @@ function takeCredit(job: number, n: number): void {
     // Always let one chunk through (a chunk larger than the whole credit must not wait forever).
     if (have > 0) break;
     flush(); // the main thread gives credit back only for blobs it has
+    const t = performance.now();
     Atomics.wait(ctl, 0, have, 100); // wakes at least every 100 ms, so terminate() is heard
+    creditWait += performance.now() - t;
   }
   Atomics.sub(ctl, 0, n);
 }
@@ -216,7 +221,37 @@ function readFileJob(m: FileJob): void {
   }
 }
 
+/**
+ * How this worker spends its time, for the pool to tell whether another worker would help
+ * (seal-pool.ts, WAITS), as totals in µs since it started: [0] working on batches of jobs,
+ * [1] on a CPU or waiting for one, as the kernel counts it at the end of the last batch
+ * (-1: the kernel does not say), [2] waiting for credit. A batch's time that is none of these
+ * is spent asleep in the kernel: reads waiting for the disk.
+ */
+const spent = new BigInt64Array(waits);
+let batches = 0;
+const sched = ((): { fd: number; buf: Buffer } | undefined => {
+  try {
+    return { fd: openSync('/proc/thread-self/schedstat', 'r'), buf: Buffer.alloc(128) };
+  } catch {
+    Atomics.store(spent, 1, -1n);
+    return undefined;
+  }
+})();
+
+/** µs this thread has run on a CPU and waited for one (the kernel's count may lag by a tick while it runs). */
+function schedUs(fd: number, buf: Buffer): bigint {
+  const n = readSync(fd, buf, 0, buf.length, 0);
+  const [run, wait] = buf.toString('latin1', 0, n).split(' ');
+  return BigInt(Math.round((Number(run) + Number(wait)) / 1000));
+}
+
 parentPort?.on('message', (jobs: string) => {
+  const t0 = performance.now();
   for (const m of decodeJobs(jobs)) readFileJob(m);
   flush();
+  batches += performance.now() - t0;
+  Atomics.store(spent, 0, BigInt(Math.round(batches * 1000)));
+  if (sched !== undefined) Atomics.store(spent, 1, schedUs(sched.fd, sched.buf));
+  Atomics.store(spent, 2, BigInt(Math.round(creditWait * 1000)));
 });
