@@ -1,7 +1,7 @@
 // A worker thread that backs up file content: it reads a file, cuts it into chunks (FastCDC),
 // computes each chunk's id and seals it (compress, encrypt), so that all per-byte work runs on
 // every core and the main thread only packs and uploads. The protocol is in seal-pool.ts.
-import { type BigIntStats, closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
+import { type BigIntStats, closeSync, constants, fstatSync, openSync, readFileSync, readSync } from 'node:fs';
 import { getPriority, setPriority } from 'node:os';
 import { parentPort, workerData } from 'node:worker_threads';
 import { DEFAULT_CHUNKER, FINE_CHUNKER, nextCut, type ChunkerParams } from '../repo/chunker.js';
@@ -11,7 +11,12 @@ import { sealBlob } from '../repo/pack.js';
 import { TORN_RETRIES } from './seal-pool.js';
 import { decodeJobs, ResultEncoder, type FileJob } from './seal-wire.js';
 
-const { master, control, waits } = workerData as { master: Uint8Array | null; control: SharedArrayBuffer; waits: SharedArrayBuffer };
+const { master, control, waits } = workerData as {
+  master: Uint8Array | null;
+  control: SharedArrayBuffer;
+  /** Undefined when the pool will not grow: then nothing is counted. */
+  waits: SharedArrayBuffer | undefined;
+};
 const keys = Keys.fromShared(master);
 
 /** How much nicer than the main thread a worker runs. */
@@ -228,30 +233,31 @@ function readFileJob(m: FileJob): void {
  * (-1: the kernel does not say), [2] waiting for credit. A batch's time that is none of these
  * is spent asleep in the kernel: reads waiting for the disk.
  */
-const spent = new BigInt64Array(waits);
+const spent = waits === undefined ? undefined : new BigInt64Array(waits);
 let batches = 0;
-const sched = ((): { fd: number; buf: Buffer } | undefined => {
-  try {
-    return { fd: openSync('/proc/thread-self/schedstat', 'r'), buf: Buffer.alloc(128) };
-  } catch {
-    Atomics.store(spent, 1, -1n);
-    return undefined;
-  }
-})();
 
-/** µs this thread has run on a CPU and waited for one (the kernel's count may lag by a tick while it runs). */
-function schedUs(fd: number, buf: Buffer): bigint {
-  const n = readSync(fd, buf, 0, buf.length, 0);
-  const [run, wait] = buf.toString('latin1', 0, n).split(' ');
-  return BigInt(Math.round((Number(run) + Number(wait)) / 1000));
+/**
+ * µs this thread has run on a CPU and waited for one (the kernel's count may lag by a tick
+ * while it runs), or -1 when the kernel does not say. Read whole each time: a descriptor kept
+ * open would outlive the thread (descriptors belong to the process).
+ */
+function schedUs(): bigint {
+  try {
+    const [run, wait] = readFileSync('/proc/thread-self/schedstat', 'latin1').split(' ');
+    const us = Math.round((Number(run) + Number(wait)) / 1000);
+    return Number.isFinite(us) ? BigInt(us) : -1n;
+  } catch {
+    return -1n;
+  }
 }
 
 parentPort?.on('message', (jobs: string) => {
   const t0 = performance.now();
   for (const m of decodeJobs(jobs)) readFileJob(m);
   flush();
+  if (spent === undefined) return;
   batches += performance.now() - t0;
   Atomics.store(spent, 0, BigInt(Math.round(batches * 1000)));
-  if (sched !== undefined) Atomics.store(spent, 1, schedUs(sched.fd, sched.buf));
+  Atomics.store(spent, 1, schedUs());
   Atomics.store(spent, 2, BigInt(Math.round(creditWait * 1000)));
 });
