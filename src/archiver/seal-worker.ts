@@ -228,7 +228,7 @@ function readFileJob(m: FileJob): void {
 
 /**
  * How this worker spends its time, for the pool to tell whether another worker would help
- * (seal-pool.ts, WAITS), as totals in µs since it started: [0] working on batches of jobs,
+ * (seal-pool.ts, LOOK_MS), as totals in µs since it started: [0] working on batches of jobs,
  * [1] on a CPU or waiting for one, as the kernel counts it at the end of the last batch
  * (-1: the kernel does not say), [2] waiting for credit. A batch's time that is none of these
  * is spent asleep in the kernel: reads waiting for the disk.

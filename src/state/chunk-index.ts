@@ -134,8 +134,8 @@ export class ChunkIndex {
   }
 
   /**
-   * put() of many chunks: their log rows go in LOG_BATCH at a time, one statement each (a
-   * first backup's 400,000 rows took about half the time of a statement per row). Inside the
+   * put() of many chunks: their log rows go in LOG_BATCH at a time, one statement each (400,000
+   * rows took about half the time of a statement per row, in a microbenchmark). Inside the
    * caller's transaction.
    */
   putMany(chunks: Iterable<ChunkRef>): void {
