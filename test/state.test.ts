@@ -336,70 +336,80 @@ describe('the chunk index: a log merged into the table', () => {
     }
   });
 
-  it('keeps two ids whose bits the log is found by are the same apart, through a reopen and a merge', () => {
-    const dir = tempDir('phx-state-log-same-');
+  /**
+   * Puts chunks into a new state file with `put`, then runs `check`: at once, after a reopen,
+   * and after a purge of `pack` (which merges the log first).
+   */
+  function checkThroughReopenAndMerge(
+    prefix: string,
+    put: (db: StateDb, file: string) => void,
+    check: (db: StateDb) => void,
+    pack: string,
+  ): void {
+    const dir = tempDir(prefix);
     const file = join(dir.path, 'db.sqlite');
     let db = new StateDb(file);
     try {
-      // The same characters where the log's key is taken from (16-24), different elsewhere.
-      const a = '1'.repeat(16) + 'c'.repeat(48);
-      const b = '2'.repeat(16) + 'c'.repeat(48);
-      db.addChunks([{ id: a, pack: packA, offset: 1, length: 1 }]);
-      db.addChunks([{ id: b, pack: packB, offset: 2, length: 1 }]);
-      db.addChunks([{ id: a, pack: packB, offset: 3, length: 1 }]); // moved
-      assert.equal(rows(file, 'chunks'), 1, 'the second id went to the table');
-      const check = (): void => {
-        assert.deepEqual(db.chunk(a), { id: a, pack: packB, offset: 3, length: 1 });
-        assert.deepEqual(db.chunk(b), { id: b, pack: packB, offset: 2, length: 1 });
-      };
-      check();
+      put(db, file);
+      check(db);
       db.close();
       db = new StateDb(file);
-      check();
-      db.purgePacks('deletions/w', [packA]); // merges the log
+      check(db);
+      db.purgePacks('deletions/w', [pack]);
       assert.equal(rows(file, 'chunk_log'), 0);
-      check();
+      check(db);
     } finally {
       db.close();
       dir.cleanup();
     }
+  }
+
+  it('keeps two ids whose bits the log is found by are the same apart, through a reopen and a merge', () => {
+    // The same characters where the log's key is taken from (16-24), different elsewhere.
+    const a = '1'.repeat(16) + 'c'.repeat(48);
+    const b = '2'.repeat(16) + 'c'.repeat(48);
+    checkThroughReopenAndMerge(
+      'phx-state-log-same-',
+      (db, file) => {
+        db.addChunks([{ id: a, pack: packA, offset: 1, length: 1 }]);
+        db.addChunks([{ id: b, pack: packB, offset: 2, length: 1 }]);
+        db.addChunks([{ id: a, pack: packB, offset: 3, length: 1 }]); // moved
+        assert.equal(rows(file, 'chunks'), 1, 'the second id went to the table');
+      },
+      (db) => {
+        assert.deepEqual(db.chunk(a), { id: a, pack: packB, offset: 3, length: 1 });
+        assert.deepEqual(db.chunk(b), { id: b, pack: packB, offset: 2, length: 1 });
+      },
+      packA, // where `a` was before it moved
+    );
   });
 
   it('puts many chunks in one call as it puts them one at a time: ids with the same key bits, an id twice', () => {
-    const dir = tempDir('phx-state-log-many-');
-    const file = join(dir.path, 'db.sqlite');
-    let db = new StateDb(file);
-    try {
-      const a = '3'.repeat(16) + 'd'.repeat(48);
-      const b = '4'.repeat(16) + 'd'.repeat(48);
-      // Batches of 64 rows to a statement: both ids and the move fall inside the first ones.
-      const refs = [
-        ...Array.from({ length: 40 }, (_, i) => ref(i)),
-        { id: a, pack: packA, offset: 1, length: 1 },
-        ...Array.from({ length: 10 }, (_, i) => ref(100 + i)),
-        { id: b, pack: packB, offset: 2, length: 1 },
-        ...Array.from({ length: 50 }, (_, i) => ref(200 + i)),
-        { id: a, pack: packB, offset: 3, length: 1 }, // moved, in the same call
-        ...Array.from({ length: 300 }, (_, i) => ref(300 + i)),
-      ];
-      db.addChunks(refs);
-      assert.equal(rows(file, 'chunks') + rows(file, 'chunk_log'), refs.length);
-      const check = (): void => {
+    const a = '3'.repeat(16) + 'd'.repeat(48);
+    const b = '4'.repeat(16) + 'd'.repeat(48);
+    // Batches of 64 rows to a statement: both ids and the move fall inside the first ones.
+    const refs = [
+      ...Array.from({ length: 40 }, (_, i) => ref(i)),
+      { id: a, pack: packA, offset: 1, length: 1 },
+      ...Array.from({ length: 10 }, (_, i) => ref(100 + i)),
+      { id: b, pack: packB, offset: 2, length: 1 },
+      ...Array.from({ length: 50 }, (_, i) => ref(200 + i)),
+      { id: a, pack: packB, offset: 3, length: 1 }, // moved, in the same call
+      ...Array.from({ length: 300 }, (_, i) => ref(300 + i)),
+    ];
+    checkThroughReopenAndMerge(
+      'phx-state-log-many-',
+      (db, file) => {
+        db.addChunks(refs);
+        assert.equal(rows(file, 'chunks') + rows(file, 'chunk_log'), refs.length);
+      },
+      (db) => {
         assert.deepEqual(db.chunk(a), { id: a, pack: packB, offset: 3, length: 1 });
         assert.deepEqual(db.chunk(b), { id: b, pack: packB, offset: 2, length: 1 });
         for (const r of refs) if (r.id !== a && r.id !== b) assert.deepEqual(db.chunk(r.id), r);
-      };
-      check();
-      db.close();
-      db = new StateDb(file);
-      check();
-      db.purgePacks('deletions/v', ['c3'.repeat(32)]); // merges the log
-      assert.equal(rows(file, 'chunk_log'), 0);
-      check();
-    } finally {
-      db.close();
-      dir.cleanup();
-    }
+      },
+      'c3'.repeat(32),
+    );
   });
 
   it('purges the rows another process appended to the log, which this one does not know', () => {
