@@ -110,7 +110,7 @@ describe('a seal pool that may grow', () => {
         const slow = await slowRead(p, dir.path, 600);
         assert.ok(slow.status === 'error' && slow.code === 'ESPIPE', 'a pipe cannot be read at an offset');
         assert.equal(p.workers, 1);
-        await sleep(300); // the pool looks at its workers every 250 ms, as it is given files
+        // The pool looks at its workers (every 250 ms, as it is given files) at this file: 600 ms after the last look.
         assert.equal((await p.readFile(Buffer.from(file), 1, [], handlers)).status, 'ok');
       }
       assert.equal(pool.workers, 2, 'a second worker, for a read that waited 600 ms');

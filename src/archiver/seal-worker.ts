@@ -254,10 +254,12 @@ function schedUs(): bigint {
 parentPort?.on('message', (jobs: string) => {
   const t0 = performance.now();
   for (const m of decodeJobs(jobs)) readFileJob(m);
+  // Counted before the results go: a pool that has a batch's results sees the batch counted.
+  if (spent !== undefined) {
+    batches += performance.now() - t0;
+    Atomics.store(spent, 0, BigInt(Math.round(batches * 1000)));
+    Atomics.store(spent, 1, schedUs());
+    Atomics.store(spent, 2, BigInt(Math.round(creditWait * 1000)));
+  }
   flush();
-  if (spent === undefined) return;
-  batches += performance.now() - t0;
-  Atomics.store(spent, 0, BigInt(Math.round(batches * 1000)));
-  Atomics.store(spent, 1, schedUs());
-  Atomics.store(spent, 2, BigInt(Math.round(creditWait * 1000)));
 });
